@@ -1,0 +1,169 @@
+//! The agent protocol's wire format: one definition for the host, the bare guest
+//! and the Linux agent, so the three cannot drift apart.
+//!
+//! A frame is a 16-byte header (`magic`, `kind`, `len`, `flags`, little-endian
+//! `u32`s) followed by `len` payload bytes. In zeroboot's own VMM a frame lives in
+//! the guest's mailbox page(s) and one port write (the doorbell) hands it over:
+//! one VM exit per message, whatever its size. Over a byte stream (a serial port
+//! under another VMM, or a pipe in tests) the same bytes are sent back to back.
+//!
+//! The conversation is strictly alternating. The guest announces [`Kind::Ready`]
+//! once; the host then sends a request ([`Kind::Exec`], files) and the guest
+//! answers with zero or more [`Kind::Output`] frames — each acknowledged by a
+//! [`Kind::Resume`] from the host — and exactly one final frame
+//! ([`Kind::Exit`], [`Kind::FileData`], [`Kind::Done`] or [`Kind::Error`]).
+//!
+//! The crate has no `std` and no allocator: the bare guest links it too. Payloads
+//! are built with [`Writer`] and parsed with [`Reader`], which never panic on
+//! hostile input.
+#![no_std]
+
+mod codec;
+mod messages;
+
+pub use codec::{Reader, WireError, Writer};
+pub use messages::*;
+
+/// Guest-physical address of the mailbox in zeroboot's VMM.
+pub const MAILBOX_GPA: u64 = 0x20_0000;
+/// Size of the mailbox: the largest frame, header included.
+pub const MAILBOX_SIZE: usize = 64 * 1024;
+/// I/O port whose write tells the host "a frame is in the mailbox".
+pub const DOORBELL_PORT: u16 = 0x0b00;
+/// Header length in bytes.
+pub const HEADER_LEN: usize = 16;
+/// The largest payload a frame can carry.
+pub const MAX_PAYLOAD: usize = MAILBOX_SIZE - HEADER_LEN;
+/// `"ZBF1"`: marks a frame header and its version.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"ZBF1");
+/// Protocol version announced in [`Ready`].
+pub const VERSION: u32 = 1;
+
+/// Frame kinds. Host-to-guest kinds are below 0x80, guest-to-host at or above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
+    /// Host: run a program ([`ExecHeader`] payload).
+    Exec = 0x01,
+    /// Host: continue after an [`Kind::Output`] frame; `flags` may carry [`RESUME_STOP_OUTPUT`].
+    Resume = 0x02,
+    /// Host: write a file (path, mode, data).
+    WriteFile = 0x03,
+    /// Host: read a file (path, max bytes).
+    ReadFile = 0x04,
+    /// Guest: booted and waiting for work ([`Ready`] payload).
+    Ready = 0x81,
+    /// Guest: a chunk of output (stream id, then bytes).
+    Output = 0x82,
+    /// Guest: the program ended ([`ExitStatus`] payload).
+    Exit = 0x83,
+    /// Guest: the request failed inside the agent (code, message).
+    Error = 0x84,
+    /// Guest: contents of a file read.
+    FileData = 0x85,
+    /// Guest: a request without output succeeded.
+    Done = 0x86,
+}
+
+impl Kind {
+    /// Decodes a kind, rejecting unknown values.
+    pub fn from_u32(v: u32) -> Result<Kind, WireError> {
+        Ok(match v {
+            0x01 => Kind::Exec,
+            0x02 => Kind::Resume,
+            0x03 => Kind::WriteFile,
+            0x04 => Kind::ReadFile,
+            0x81 => Kind::Ready,
+            0x82 => Kind::Output,
+            0x83 => Kind::Exit,
+            0x84 => Kind::Error,
+            0x85 => Kind::FileData,
+            0x86 => Kind::Done,
+            other => return Err(WireError::UnknownKind(other)),
+        })
+    }
+
+    /// True for kinds only a guest may send.
+    pub fn is_from_guest(self) -> bool {
+        self as u32 >= 0x80
+    }
+}
+
+/// `Resume` flag: the host has enough output; stop sending more and finish.
+pub const RESUME_STOP_OUTPUT: u32 = 1;
+
+/// A decoded frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// What the payload is.
+    pub kind: Kind,
+    /// Payload length in bytes (at most [`MAX_PAYLOAD`]).
+    pub len: u32,
+    /// Kind-specific flags.
+    pub flags: u32,
+}
+
+impl Header {
+    /// Encodes the header into its 16 bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4..8].copy_from_slice(&(self.kind as u32).to_le_bytes());
+        out[8..12].copy_from_slice(&self.len.to_le_bytes());
+        out[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        out
+    }
+
+    /// Decodes and validates a header: magic, known kind, length within bounds.
+    pub fn decode(bytes: &[u8]) -> Result<Header, WireError> {
+        let mut r = Reader::new(bytes);
+        if r.u32()? != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let kind = Kind::from_u32(r.u32()?)?;
+        let len = r.u32()?;
+        if len as usize > MAX_PAYLOAD {
+            return Err(WireError::TooLong(len));
+        }
+        let flags = r.u32()?;
+        Ok(Header { kind, len, flags })
+    }
+}
+
+/// Writes a whole frame (header + payload built by `body`) into `buf`, returning
+/// the frame's total length.
+pub fn encode_frame(
+    buf: &mut [u8],
+    kind: Kind,
+    flags: u32,
+    body: impl FnOnce(&mut Writer<'_>) -> Result<(), WireError>,
+) -> Result<usize, WireError> {
+    if buf.len() < HEADER_LEN {
+        return Err(WireError::Truncated);
+    }
+    let (head, rest) = buf.split_at_mut(HEADER_LEN);
+    let limit = rest.len().min(MAX_PAYLOAD);
+    let mut w = Writer::new(&mut rest[..limit]);
+    body(&mut w)?;
+    let len = w.position();
+    head.copy_from_slice(
+        &Header {
+            kind,
+            len: len as u32,
+            flags,
+        }
+        .encode(),
+    );
+    Ok(HEADER_LEN + len)
+}
+
+/// Splits a buffer holding a frame into its validated header and payload.
+pub fn decode_frame(buf: &[u8]) -> Result<(Header, &[u8]), WireError> {
+    let header = Header::decode(buf)?;
+    let end = HEADER_LEN + header.len as usize;
+    let payload = buf.get(HEADER_LEN..end).ok_or(WireError::Truncated)?;
+    Ok((header, payload))
+}
+
+#[cfg(test)]
+mod tests;

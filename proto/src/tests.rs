@@ -1,0 +1,135 @@
+use crate::*;
+
+fn exec_frame(buf: &mut [u8]) -> usize {
+    let argv: [&[u8]; 2] = [b"echo", b"hi"];
+    let env: [(&[u8], &[u8]); 1] = [(b"K", b"V")];
+    encode_frame(buf, Kind::Exec, 0, |w| {
+        Exec::encode(
+            w,
+            ExecParts {
+                clock_ns: 7,
+                seed: [9; 32],
+                timeout_ms: 100,
+                program: Program::Argv,
+                argv: argv.iter().copied(),
+                env: env.iter().copied(),
+                cwd: b"/tmp",
+                stdin: b"in",
+            },
+        )
+    })
+    .unwrap()
+}
+
+#[test]
+fn exec_round_trips() {
+    let mut buf = [0u8; 512];
+    let n = exec_frame(&mut buf);
+    let (h, payload) = decode_frame(&buf[..n]).unwrap();
+    assert_eq!(h.kind, Kind::Exec);
+    let e = Exec::decode(payload).unwrap();
+    assert_eq!(e.clock_ns, 7);
+    assert_eq!(e.seed, [9; 32]);
+    assert_eq!(e.timeout_ms, 100);
+    let argv: [&[u8]; 2] = [b"echo", b"hi"];
+    assert!(e.argv.iter().eq(argv.iter().copied()));
+    let pairs: [(&[u8], &[u8]); 1] = [(b"K", b"V")];
+    assert!(e.env_pairs().eq(pairs.iter().copied()));
+    assert_eq!(e.cwd, b"/tmp");
+    assert_eq!(e.stdin, b"in");
+}
+
+#[test]
+fn every_truncation_of_an_exec_is_rejected() {
+    let mut buf = [0u8; 512];
+    let n = exec_frame(&mut buf);
+    for cut in HEADER_LEN..n {
+        let payload = &buf[HEADER_LEN..cut];
+        assert!(Exec::decode(payload).is_err(), "cut at {cut} decoded");
+    }
+}
+
+#[test]
+fn header_rejects_bad_magic_kind_and_length() {
+    let good = Header {
+        kind: Kind::Output,
+        len: 3,
+        flags: 0,
+    }
+    .encode();
+    assert!(Header::decode(&good).is_ok());
+    let mut bad = good;
+    bad[0] ^= 1;
+    assert_eq!(Header::decode(&bad), Err(WireError::BadMagic));
+    let mut bad = good;
+    bad[4] = 0x7f;
+    assert_eq!(Header::decode(&bad), Err(WireError::UnknownKind(0x7f)));
+    let mut bad = good;
+    bad[8..12].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+    assert!(matches!(Header::decode(&bad), Err(WireError::TooLong(_))));
+    assert_eq!(Header::decode(&good[..10]), Err(WireError::Truncated));
+}
+
+#[test]
+fn frame_longer_than_buffer_is_truncated() {
+    let mut buf = [0u8; 64];
+    let n = encode_frame(&mut buf, Kind::Output, 0, |w| {
+        Output {
+            stream: Stream::Stdout,
+            data: b"hello",
+        }
+        .encode(w)
+    })
+    .unwrap();
+    assert_eq!(decode_frame(&buf[..n - 1]).err(), Some(WireError::Truncated));
+    let (_, p) = decode_frame(&buf[..n]).unwrap();
+    assert_eq!(Output::decode(p).unwrap().data, b"hello");
+}
+
+#[test]
+fn huge_list_count_does_not_overflow() {
+    let mut buf = [0u8; 64];
+    let mut w = Writer::new(&mut buf);
+    w.u32(u32::MAX).unwrap();
+    let n = w.position();
+    let mut r = Reader::new(&buf[..n]);
+    assert!(StrList::decode(&mut r, 2).is_err());
+}
+
+#[test]
+fn writer_refuses_to_overflow() {
+    let mut buf = [0u8; 4];
+    let mut w = Writer::new(&mut buf);
+    assert_eq!(w.bytes(b"x"), Err(WireError::Truncated));
+}
+
+#[test]
+fn small_payloads_round_trip() {
+    let mut buf = [0u8; 128];
+    let mut w = Writer::new(&mut buf);
+    ExitStatus {
+        code: -3,
+        signal: 9,
+        flags: EXIT_TIMED_OUT,
+    }
+    .encode(&mut w)
+    .unwrap();
+    let n = w.position();
+    assert_eq!(
+        ExitStatus::decode(&buf[..n]).unwrap(),
+        ExitStatus {
+            code: -3,
+            signal: 9,
+            flags: EXIT_TIMED_OUT
+        }
+    );
+    let mut w = Writer::new(&mut buf);
+    Ready {
+        version: VERSION,
+        agent: AgentKind::Linux,
+    }
+    .encode(&mut w)
+    .unwrap();
+    let n = w.position();
+    assert_eq!(Ready::decode(&buf[..n]).unwrap().agent, AgentKind::Linux);
+}
