@@ -3,9 +3,15 @@
 //!
 //! A frame is a 16-byte header (`magic`, `kind`, `len`, `flags`, little-endian
 //! `u32`s) followed by `len` payload bytes. In zeroboot's own VMM a frame lives in
-//! the guest's mailbox page(s) and one port write (the doorbell) hands it over:
-//! one VM exit per message, whatever its size. Over a byte stream (a serial port
-//! under another VMM, or a pipe in tests) the same bytes are sent back to back.
+//! the guest's mailbox and one port write (the doorbell) hands it over: one VM
+//! exit per message, whatever its size. Over a byte stream (a serial port under
+//! another VMM, or a pipe in tests) the same bytes are sent back to back.
+//!
+//! The mailbox is memory the guest chooses: before its first frame the guest
+//! writes a [`PageList`] into one page and writes that page's frame number to
+//! [`MAILBOX_PORT`]. The bare guest names pages of its own image; the Linux agent
+//! names locked pages of its own address space (found through
+//! `/proc/self/pagemap`), so neither needs `/dev/mem` or a reserved region.
 //!
 //! The conversation is strictly alternating. The guest announces [`Kind::Ready`]
 //! once; the host then sends a request ([`Kind::Exec`], files) and the guest
@@ -24,12 +30,16 @@ mod messages;
 pub use codec::{Reader, WireError, Writer};
 pub use messages::*;
 
-/// Guest-physical address of the mailbox in zeroboot's VMM.
-pub const MAILBOX_GPA: u64 = 0x20_0000;
-/// Size of the mailbox: the largest frame, header included.
-pub const MAILBOX_SIZE: usize = 64 * 1024;
+/// Page size the mailbox is made of.
+pub const PAGE_SIZE: usize = 4096;
+/// Most pages a mailbox may have.
+pub const MAILBOX_MAX_PAGES: usize = 16;
+/// Size of the largest mailbox: the largest frame, header included.
+pub const MAILBOX_SIZE: usize = MAILBOX_MAX_PAGES * PAGE_SIZE;
 /// I/O port whose write tells the host "a frame is in the mailbox".
 pub const DOORBELL_PORT: u16 = 0x0b00;
+/// I/O port that takes (as a 32-bit write) the frame number of a [`PageList`] page.
+pub const MAILBOX_PORT: u16 = 0x0b04;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 16;
 /// The largest payload a frame can carry.
@@ -163,6 +173,57 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Header, &[u8]), WireError> {
     let end = HEADER_LEN + header.len as usize;
     let payload = buf.get(HEADER_LEN..end).ok_or(WireError::Truncated)?;
     Ok((header, payload))
+}
+
+/// `"ZBML"`: marks a [`PageList`] page.
+pub const PAGE_LIST_MAGIC: u32 = u32::from_le_bytes(*b"ZBML");
+
+/// The guest-physical pages that make up a mailbox, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageList {
+    /// Number of valid entries in `pages`.
+    pub count: usize,
+    /// Page-aligned guest-physical addresses.
+    pub pages: [u64; MAILBOX_MAX_PAGES],
+}
+
+impl PageList {
+    /// Encodes the list into the start of a page.
+    pub fn encode(&self, page: &mut [u8]) -> Result<usize, WireError> {
+        let mut w = Writer::new(page);
+        w.u32(PAGE_LIST_MAGIC)?;
+        w.u32(self.count as u32)?;
+        for gpa in &self.pages[..self.count] {
+            w.u64(*gpa)?;
+        }
+        Ok(w.position())
+    }
+
+    /// Decodes and validates a list: magic, 1..=16 entries, each page-aligned.
+    pub fn decode(page: &[u8]) -> Result<PageList, WireError> {
+        let mut r = Reader::new(page);
+        if r.u32()? != PAGE_LIST_MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let count = r.u32()? as usize;
+        if count == 0 || count > MAILBOX_MAX_PAGES {
+            return Err(WireError::BadValue);
+        }
+        let mut pages = [0u64; MAILBOX_MAX_PAGES];
+        for slot in &mut pages[..count] {
+            let gpa = r.u64()?;
+            if gpa % PAGE_SIZE as u64 != 0 {
+                return Err(WireError::BadValue);
+            }
+            *slot = gpa;
+        }
+        Ok(PageList { count, pages })
+    }
+
+    /// Mailbox capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.count * PAGE_SIZE
+    }
 }
 
 #[cfg(test)]

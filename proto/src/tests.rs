@@ -133,3 +133,24 @@ fn small_payloads_round_trip() {
     let n = w.position();
     assert_eq!(Ready::decode(&buf[..n]).unwrap().agent, AgentKind::Linux);
 }
+
+#[test]
+fn page_list_validates() {
+    let mut pages = [0u64; MAILBOX_MAX_PAGES];
+    pages[0] = 0x1000;
+    pages[1] = 0x5000;
+    let list = PageList { count: 2, pages };
+    let mut page = [0u8; PAGE_SIZE];
+    list.encode(&mut page).unwrap();
+    assert_eq!(PageList::decode(&page).unwrap(), list);
+    assert_eq!(list.capacity(), 2 * PAGE_SIZE);
+    let mut bad = page;
+    bad[8] = 1; // first gpa no longer aligned
+    assert_eq!(PageList::decode(&bad), Err(WireError::BadValue));
+    let mut bad = page;
+    bad[4] = 17;
+    assert_eq!(PageList::decode(&bad), Err(WireError::BadValue));
+    let mut bad = page;
+    bad[0] = 0;
+    assert_eq!(PageList::decode(&bad), Err(WireError::BadMagic));
+}

@@ -1,0 +1,1 @@
+//! Linux guest image: kernel + initramfs with the agent as `/init` (being written).
