@@ -1,0 +1,244 @@
+//! The output pump: feeds stdin, streams stdout/stderr to the host as they
+//! come (one Output frame per read, each acknowledged by a Resume), enforces
+//! the deadline by killing the process group, and ends with one Exit frame.
+//!
+//! The exec ends when the program itself has exited: what it wrote before is
+//! drained from the pipes, but a background process it left holding the pipes
+//! does not keep the exec open.
+
+use super::{ExecRequest, Running, Stdio};
+use crate::frames::{self, OUTPUT_DATA, OUTPUT_MAX};
+use crate::sys;
+use crate::transport::{Transport, TransportError};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Instant;
+use zeroboot_proto::{
+    AgentErrorCode, EXIT_TIMED_OUT, ExitStatus, Kind, RESUME_STOP_OUTPUT, Stream,
+};
+
+/// Reads per stream once the program has exited: a pipe holds at most 1 MiB
+/// (16 reads of [`OUTPUT_MAX`]), so this drains everything it wrote.
+const DRAIN_READS: usize = 16;
+
+/// The pipes and where their bytes go.
+struct Pump<'t> {
+    t: &'t mut dyn Transport,
+    outs: [(Stream, Option<File>); 2],
+    stdin: Option<File>,
+    input: Vec<u8>,
+    written: usize,
+    /// The host asked for no more output (or broke the protocol).
+    discard: bool,
+    /// Set when the host answered an Output with something other than Resume.
+    protocol_error: Option<String>,
+}
+
+enum Read1 {
+    Data,
+    End,
+    Empty,
+}
+
+impl Pump<'_> {
+    /// Reads one chunk of stream `i` and, unless discarding, sends it.
+    fn read_one(&mut self, i: usize, pgid: u32) -> Result<Read1, TransportError> {
+        let (stream, Some(file)) = &mut self.outs[i] else {
+            return Ok(Read1::End);
+        };
+        let stream = *stream;
+        let buf = &mut self.t.buf()[OUTPUT_DATA..OUTPUT_DATA + OUTPUT_MAX];
+        let n = match file.read(buf) {
+            Ok(0) => 0,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read1::Empty),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Read1::Empty),
+            Err(_) => 0,
+        };
+        if n == 0 {
+            self.outs[i].1 = None;
+            return Ok(Read1::End);
+        }
+        if !self.discard {
+            let len = frames::output_in_place(self.t.buf(), stream, n);
+            let reply = self.t.exchange(len)?;
+            if reply.kind != Kind::Resume {
+                self.protocol_error = Some(format!(
+                    "expected Resume after Output, got {:?}",
+                    reply.kind
+                ));
+                self.discard = true;
+                report_kill(pgid);
+            } else if reply.flags & RESUME_STOP_OUTPUT != 0 {
+                self.discard = true;
+            }
+        }
+        Ok(Read1::Data)
+    }
+
+    /// Writes as much pending stdin as the pipe takes; closes it when done.
+    fn feed(&mut self) {
+        let Some(pipe) = &mut self.stdin else { return };
+        match pipe.write(&self.input[self.written..]) {
+            Ok(n) => self.written += n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
+            // EPIPE: the program closed its stdin; the rest is dropped.
+            Err(_) => self.written = self.input.len(),
+        }
+        if self.written == self.input.len() {
+            self.stdin = None;
+        }
+    }
+}
+
+/// Kills a process group, logging (not failing) if that is impossible.
+fn report_kill(pgid: u32) {
+    if let Err(e) = sys::kill_group(pgid) {
+        eprintln!("zeroboot-agent: cannot kill process group {pgid}: {e}");
+    }
+}
+
+/// Milliseconds until `deadline`, rounded up, for `poll`.
+fn ms_until(deadline: Instant) -> i32 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (left.as_micros().div_ceil(1000))
+        .try_into()
+        .unwrap_or(i32::MAX)
+}
+
+/// The wire form of an exit status. A signal death also reports the shell's
+/// `128 + signal` as its code.
+fn wire_status(s: std::process::ExitStatus, timed_out: bool) -> ExitStatus {
+    let signal = s.signal().unwrap_or(0);
+    ExitStatus {
+        code: s.code().unwrap_or(128 + signal),
+        signal,
+        flags: if timed_out { EXIT_TIMED_OUT } else { 0 },
+    }
+}
+
+/// Runs the started program to its end; returns the final frame's length.
+pub fn pump(
+    t: &mut dyn Transport,
+    program: &mut dyn Running,
+    stdio: Stdio,
+    req: &ExecRequest,
+) -> Result<usize, TransportError> {
+    for f in [&stdio.stdin, &stdio.stdout, &stdio.stderr] {
+        sys::set_nonblocking(f.as_fd()).map_err(TransportError::Io)?;
+    }
+    let mut p = Pump {
+        t,
+        outs: [
+            (Stream::Stdout, Some(stdio.stdout)),
+            (Stream::Stderr, Some(stdio.stderr)),
+        ],
+        stdin: (!req.stdin.is_empty()).then_some(stdio.stdin),
+        input: req.stdin.clone(),
+        written: 0,
+        discard: false,
+        protocol_error: None,
+    };
+    let pgid = program.pgid();
+    let deadline = req.timeout.map(|d| Instant::now() + d);
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(d) = deadline
+            && !timed_out
+            && Instant::now() >= d
+        {
+            report_kill(pgid);
+            timed_out = true;
+        }
+        let wait_ms = match deadline {
+            Some(d) if !timed_out => ms_until(d),
+            _ => -1,
+        };
+        let mut fds = vec![libc::pollfd {
+            fd: program.exit_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        for (_, f) in &p.outs {
+            fds.push(libc::pollfd {
+                fd: f.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        fds.push(libc::pollfd {
+            fd: p.stdin.as_ref().map_or(-1, |f| f.as_raw_fd()),
+            events: libc::POLLOUT,
+            revents: 0,
+        });
+        sys::poll(&mut fds, wait_ms).map_err(TransportError::Io)?;
+        for i in 0..2 {
+            if fds[1 + i].revents != 0 {
+                p.read_one(i, pgid)?;
+            }
+        }
+        if fds[3].revents != 0 {
+            p.feed();
+        }
+        if fds[0].revents != 0 {
+            match program.try_status() {
+                Ok(Some(s)) => break s,
+                Ok(None) => {}
+                Err(e) => {
+                    report_kill(pgid);
+                    let msg = format!("lost track of the program: {e}");
+                    return Ok(frames::error(p.t.buf(), AgentErrorCode::Io, &msg));
+                }
+            }
+        }
+    };
+    for i in 0..2 {
+        for _ in 0..DRAIN_READS {
+            if !matches!(p.read_one(i, pgid)?, Read1::Data) {
+                break;
+            }
+        }
+    }
+    if let Some(msg) = p.protocol_error {
+        return Ok(frames::error(p.t.buf(), AgentErrorCode::BadRequest, &msg));
+    }
+    Ok(frames::exit(p.t.buf(), wire_status(status, timed_out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_code_signal_and_timeout_flag() {
+        let exited = std::process::ExitStatus::from_raw(3 << 8);
+        assert_eq!(
+            wire_status(exited, false),
+            ExitStatus {
+                code: 3,
+                signal: 0,
+                flags: 0
+            }
+        );
+        let killed = std::process::ExitStatus::from_raw(libc::SIGKILL);
+        assert_eq!(
+            wire_status(killed, true),
+            ExitStatus {
+                code: 137,
+                signal: 9,
+                flags: EXIT_TIMED_OUT
+            }
+        );
+    }
+
+    #[test]
+    fn deadline_rounds_up_to_whole_milliseconds() {
+        let soon = Instant::now() + std::time::Duration::from_micros(1500);
+        assert!((1..=2).contains(&ms_until(soon)));
+        assert_eq!(ms_until(Instant::now()), 0);
+    }
+}

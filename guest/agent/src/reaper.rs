@@ -1,0 +1,15 @@
+//! Reaping as PID 1: every orphan in the guest becomes the agent's child, and
+//! its zombie stays until the agent waits for it.
+
+/// Waits for every child that has exited, without blocking. Called between
+/// requests, when the agent's own children are only the zygote (which
+/// restarts itself if this reaps it).
+pub fn reap_orphans() {
+    loop {
+        // SAFETY: waitpid with a null status pointer writes nothing.
+        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The request loop: announce Ready, then answer each host request with its
+//! final frame (after any Output frames the exec streamed).
+
+use crate::exec::{ExecRequest, Runner};
+use crate::frames::{self, Failure};
+use crate::transport::{Transport, TransportError};
+use crate::{files, reaper};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use zeroboot_proto::{AgentErrorCode, Exec, HEADER_LEN, Header, Kind, ReadFile, WriteFile};
+
+/// Serves requests until the transport fails.
+pub fn serve(t: &mut dyn Transport, runner: &mut Runner) -> TransportError {
+    let mut len = frames::ready(t.buf());
+    loop {
+        let header = match t.exchange(len) {
+            Ok(h) => h,
+            Err(e) => return e,
+        };
+        if runner.system {
+            reaper::reap_orphans();
+        }
+        len = match handle(t, runner, header) {
+            Ok(len) => len,
+            Err(e) => return e,
+        };
+    }
+}
+
+fn bad_request(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(AgentErrorCode::BadRequest, format!("malformed {what}: {e}"))
+}
+
+/// Answers one request; returns the final frame's length.
+fn handle(
+    t: &mut dyn Transport,
+    runner: &mut Runner,
+    header: Header,
+) -> Result<usize, TransportError> {
+    let payload = &t.buf()[HEADER_LEN..HEADER_LEN + header.len as usize];
+    let outcome = match header.kind {
+        Kind::Exec => match Exec::decode(payload) {
+            Ok(e) => {
+                let req = ExecRequest::from_wire(&e);
+                return runner.run(t, req);
+            }
+            Err(e) => Err(bad_request("exec", e)),
+        },
+        Kind::WriteFile => match WriteFile::decode(payload) {
+            Ok(w) => files::write(&PathBuf::from(OsStr::from_bytes(w.path)), w.mode, w.data)
+                .map(|()| None),
+            Err(e) => Err(bad_request("write_file", e)),
+        },
+        Kind::ReadFile => match ReadFile::decode(payload) {
+            Ok(r) => {
+                let path = PathBuf::from(OsStr::from_bytes(r.path));
+                let max = r.max_bytes;
+                files::read(&path, max, &mut t.buf()[HEADER_LEN..]).map(Some)
+            }
+            Err(e) => Err(bad_request("read_file", e)),
+        },
+        other => Err(Failure::new(
+            AgentErrorCode::Unsupported,
+            format!("{other:?} is not a request"),
+        )),
+    };
+    let buf = t.buf();
+    Ok(match outcome {
+        Ok(None) => frames::done(buf),
+        Ok(Some(n)) => frames::in_place(buf, Kind::FileData, n),
+        Err(f) => f.encode(buf),
+    })
+}
