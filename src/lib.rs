@@ -5,4 +5,7 @@
 //! engine owns templates and sandboxes; [`vmm`] owns KVM; [`agent`] is the host
 //! side of the protocol spoken with the program inside each guest.
 
+pub mod agent;
+pub mod engine;
 pub mod image;
+pub mod vmm;

@@ -123,11 +123,25 @@ impl<'a> Writer<'a> {
 
     /// Appends raw bytes.
     pub fn raw(&mut self, data: &[u8]) -> Result<(), WireError> {
-        let end = self.pos.checked_add(data.len()).ok_or(WireError::Truncated)?;
+        let end = self
+            .pos
+            .checked_add(data.len())
+            .ok_or(WireError::Truncated)?;
         self.buf
             .get_mut(self.pos..end)
             .ok_or(WireError::Truncated)?
             .copy_from_slice(data);
+        self.pos = end;
+        Ok(())
+    }
+
+    /// Counts `n` bytes already present in the buffer (written in place by the
+    /// caller) as written.
+    pub fn skip(&mut self, n: usize) -> Result<(), WireError> {
+        let end = self.pos.checked_add(n).ok_or(WireError::Truncated)?;
+        if end > self.buf.len() {
+            return Err(WireError::Truncated);
+        }
         self.pos = end;
         Ok(())
     }

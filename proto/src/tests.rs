@@ -81,7 +81,10 @@ fn frame_longer_than_buffer_is_truncated() {
         .encode(w)
     })
     .unwrap();
-    assert_eq!(decode_frame(&buf[..n - 1]).err(), Some(WireError::Truncated));
+    assert_eq!(
+        decode_frame(&buf[..n - 1]).err(),
+        Some(WireError::Truncated)
+    );
     let (_, p) = decode_frame(&buf[..n]).unwrap();
     assert_eq!(Output::decode(p).unwrap().data, b"hello");
 }

@@ -1,0 +1,111 @@
+//! The engine's errors: what a caller (the RPC layer, the CLI, a test) can act
+//! on. The RPC layer maps each variant to a JSON-RPC code in one place.
+
+use crate::agent::AgentError;
+use crate::vmm::VmmError;
+
+/// Errors from engine operations.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// /dev/kvm is missing or unusable.
+    #[error("KVM is unavailable")]
+    KvmUnavailable(#[source] VmmError),
+    /// No template has this id.
+    #[error("template not found: {0}")]
+    TemplateNotFound(String),
+    /// The template still has live sandboxes.
+    #[error("template {template} has {sandboxes} live sandboxes")]
+    TemplateInUse {
+        /// The template.
+        template: String,
+        /// How many sandboxes live.
+        sandboxes: usize,
+    },
+    /// No sandbox has this id (never existed, or killed).
+    #[error("sandbox not found: {0}")]
+    SandboxNotFound(String),
+    /// Another exec is running on the sandbox.
+    #[error("sandbox {0} is busy with another exec")]
+    SandboxBusy(String),
+    /// The sandbox was stopped by an earlier timeout, cancel, crash or protocol
+    /// violation; only kill is possible.
+    #[error("sandbox {id} is unusable: {reason}")]
+    SandboxUnusable {
+        /// The sandbox.
+        id: String,
+        /// What happened to it.
+        reason: String,
+    },
+    /// The exec passed its deadline; the vCPU was stopped.
+    #[error("exec timed out after {timeout_ms} ms")]
+    ExecTimeout {
+        /// The deadline.
+        timeout_ms: u64,
+    },
+    /// The exec was cancelled by the caller; the vCPU was stopped.
+    #[error("exec cancelled")]
+    Cancelled,
+    /// The guest crashed.
+    #[error("guest crashed: {reason}")]
+    GuestCrashed {
+        /// Exit reason reported by KVM.
+        reason: String,
+    },
+    /// The guest broke the agent protocol.
+    #[error("guest protocol violation: {detail}")]
+    GuestProtocol {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The agent in the guest refused or failed the request.
+    #[error("agent error: {message}")]
+    AgentFailed {
+        /// The agent's message.
+        message: String,
+    },
+    /// A configured limit was reached.
+    #[error("resource limit: {0}")]
+    ResourceLimit(String),
+    /// The request is invalid (empty argv, too large, unknown builtin...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A template file could not be read or written.
+    #[error("template file {path}: {detail}")]
+    TemplateFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The KVM layer failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+}
+
+impl EngineError {
+    /// Classifies a failed conversation.
+    pub(crate) fn from_agent(e: AgentError) -> EngineError {
+        match e {
+            AgentError::Protocol(detail) => EngineError::GuestProtocol { detail },
+            AgentError::Crashed(reason) => EngineError::GuestCrashed { reason },
+            AgentError::Interrupted => EngineError::Cancelled,
+            AgentError::Agent { message, .. } => EngineError::AgentFailed { message },
+            AgentError::RequestTooLarge(n) => EngineError::InvalidRequest(format!(
+                "request of {n} bytes exceeds the guest mailbox"
+            )),
+            AgentError::Vmm(v) => EngineError::Vmm(v),
+        }
+    }
+
+    /// True when the failure leaves the sandbox's vCPU in an unknown state.
+    pub(crate) fn breaks_sandbox(&self) -> bool {
+        matches!(
+            self,
+            EngineError::ExecTimeout { .. }
+                | EngineError::Cancelled
+                | EngineError::GuestCrashed { .. }
+                | EngineError::GuestProtocol { .. }
+                | EngineError::Vmm(_)
+        )
+    }
+}

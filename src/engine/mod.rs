@@ -1,0 +1,515 @@
+//! The engine owns templates and sandboxes and is the one API every front end
+//! (JSON-RPC worker, CLI, bench, tests) calls. It knows nothing of JSON-RPC.
+//!
+//! Every method is synchronous and thread-safe; calls on different sandboxes
+//! run fully in parallel (each VM has its own thread), calls on one sandbox
+//! are serialised by a busy flag rather than queued, so a caller learns at once
+//! that its sandbox is occupied.
+
+mod cancel;
+mod error;
+mod exec;
+mod file;
+mod pool;
+mod recycle;
+mod sandbox;
+mod template;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub use cancel::CancelToken;
+pub use error::EngineError;
+pub use exec::{ExecOptions, ExecResult};
+pub use template::{BARE_GUEST, Template};
+
+use crate::vmm::{Flavor, Hypervisor, memory};
+use pool::{Health, Shell};
+use sandbox::{Counters, Sandbox};
+use template::Snapshot;
+
+/// Limits and sizes chosen by the operator.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EngineConfig {
+    /// Idle VMs kept ready per template.
+    pub pool_size: usize,
+    /// Most sandboxes alive at once.
+    pub max_sandboxes: usize,
+    /// Deadline of an exec that names none.
+    pub default_timeout_ms: u64,
+    /// Output bytes (stdout + stderr) kept per exec by default.
+    pub default_output_cap: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            pool_size: 8,
+            max_sandboxes: 4096,
+            default_timeout_ms: 30_000,
+            default_output_cap: 1 << 20,
+        }
+    }
+}
+
+/// Public facts about a template.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TemplateInfo {
+    /// Its id.
+    pub template: String,
+    /// Where it came from.
+    pub source: String,
+    /// Guest memory size.
+    pub memory_bytes: usize,
+    /// Live sandboxes forked from it.
+    pub sandboxes: usize,
+    /// Idle VMs ready for forks.
+    pub pooled: usize,
+}
+
+/// Public facts about a sandbox.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SandboxInfo {
+    /// Its id.
+    pub sandbox: String,
+    /// Its template.
+    pub template: String,
+    /// Whether it can run an exec ("ready", "busy", "broken").
+    pub state: String,
+    /// Why it is broken, if it is.
+    pub reason: Option<String>,
+}
+
+/// Resource use of one sandbox.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SandboxStats {
+    /// Its id.
+    pub sandbox: String,
+    /// Pages the sandbox holds privately (copied on write).
+    pub dirty_pages: u64,
+    /// Same, in KiB.
+    pub private_dirty_kib: u64,
+    /// VM exits to userspace so far.
+    pub exits: u64,
+    /// Execs run.
+    pub execs: u64,
+    /// Time since fork.
+    pub uptime_ms: u64,
+    /// Port accesses nothing answered.
+    pub stray_pio: u64,
+    /// MMIO accesses nothing answered.
+    pub stray_mmio: u64,
+}
+
+/// A fork's result.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Forked {
+    /// The new sandbox.
+    pub sandbox: String,
+    /// Time the fork took, as the engine saw it.
+    pub fork_us: u64,
+    /// Whether a pooled VM was used (false: created on the request path).
+    pub pooled: bool,
+}
+
+/// The engine (cheap to clone; clones share everything).
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+struct Inner {
+    hv: Arc<Hypervisor>,
+    config: EngineConfig,
+    templates: RwLock<HashMap<String, Arc<Template>>>,
+    sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
+    next_id: AtomicU64,
+    shut: AtomicBool,
+    refillers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Opens KVM and starts an empty engine.
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        let hv = Hypervisor::open().map_err(EngineError::KvmUnavailable)?;
+        Ok(Engine(Arc::new(Inner {
+            hv: Arc::new(hv),
+            config,
+            templates: RwLock::new(HashMap::new()),
+            sandboxes: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            shut: AtomicBool::new(false),
+            refillers: Mutex::new(Vec::new()),
+        })))
+    }
+
+    /// Which KVM backs this engine.
+    pub fn flavor(&self) -> Flavor {
+        self.0.hv.flavor()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.0.config
+    }
+
+    fn next_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{}",
+            self.0.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn template(&self, id: &str) -> Result<Arc<Template>, EngineError> {
+        self.0
+            .templates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::TemplateNotFound(id.to_string()))
+    }
+
+    fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>, EngineError> {
+        self.0
+            .sandboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))
+    }
+
+    /// Loads a built-in template ("bare").
+    pub fn load_builtin(&self, name: &str) -> Result<TemplateInfo, EngineError> {
+        let snap = match name {
+            "bare" => Snapshot::boot_bare(&self.0.hv)?,
+            other => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "unknown builtin template {other:?}"
+                )));
+            }
+        };
+        self.register(format!("builtin:{name}"), snap)
+    }
+
+    /// Loads a template saved by [`Engine::save_template`].
+    pub fn load_file(&self, path: &std::path::Path) -> Result<TemplateInfo, EngineError> {
+        let snap = file::read(path)?;
+        self.register(path.display().to_string(), snap)
+    }
+
+    /// Writes a template to a file that [`Engine::load_file`] can read.
+    pub fn save_template(&self, id: &str, path: &std::path::Path) -> Result<u64, EngineError> {
+        let tpl = self.template(id)?;
+        file::write(&tpl, path)
+    }
+
+    fn register(&self, source: String, snap: Snapshot) -> Result<TemplateInfo, EngineError> {
+        let id = self.next_id("tpl");
+        let tpl = Arc::new(Template::new(
+            id.clone(),
+            source,
+            snap,
+            self.0.config.pool_size,
+        )?);
+        self.0
+            .templates
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), Arc::clone(&tpl));
+        self.start_refiller(&tpl)?;
+        Ok(self.template_info(&tpl))
+    }
+
+    /// Keeps the template's pool full in the background.
+    fn start_refiller(&self, tpl: &Arc<Template>) -> Result<(), EngineError> {
+        if self.0.config.pool_size == 0 {
+            return Ok(());
+        }
+        let (tpl, hv) = (Arc::clone(tpl), Arc::clone(&self.0.hv));
+        let handle = std::thread::Builder::new()
+            .name(format!("pool-{}", tpl.id))
+            .spawn(move || {
+                while tpl.pool.wait_for_room() {
+                    match tpl.spawn_shell(&hv) {
+                        Ok(thread) => {
+                            if let Err(shell) = tpl.pool.offer(Shell::new(thread)) {
+                                drop(shell.thread.stop());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(template = %tpl.id, error = %e, "cannot refill the pool");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| EngineError::ResourceLimit(format!("cannot start a pool thread: {e}")))?;
+        self.0
+            .refillers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+        Ok(())
+    }
+
+    fn template_info(&self, tpl: &Arc<Template>) -> TemplateInfo {
+        let sandboxes = self
+            .0
+            .sandboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| Arc::ptr_eq(&s.template, tpl))
+            .count();
+        TemplateInfo {
+            template: tpl.id.clone(),
+            source: tpl.source.clone(),
+            memory_bytes: tpl.memory_bytes(),
+            sandboxes,
+            pooled: tpl.pool.len(),
+        }
+    }
+
+    /// Lists templates.
+    pub fn list_templates(&self) -> Vec<TemplateInfo> {
+        let tpls: Vec<_> = self
+            .0
+            .templates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<_> = tpls.iter().map(|t| self.template_info(t)).collect();
+        out.sort_by(|a, b| a.template.cmp(&b.template));
+        out
+    }
+
+    /// Unloads a template; refused while sandboxes of it live unless `force`,
+    /// which kills them.
+    pub fn unload_template(&self, id: &str, force: bool) -> Result<usize, EngineError> {
+        let tpl = self.template(id)?;
+        let children: Vec<String> = self
+            .0
+            .sandboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| Arc::ptr_eq(&s.template, &tpl))
+            .map(|s| s.id.clone())
+            .collect();
+        if !children.is_empty() && !force {
+            return Err(EngineError::TemplateInUse {
+                template: id.to_string(),
+                sandboxes: children.len(),
+            });
+        }
+        self.0
+            .templates
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        for shell in tpl.pool.close() {
+            drop(shell.thread.stop());
+        }
+        for child in &children {
+            // A child killed concurrently is already gone: nothing to do.
+            let _ = self.kill(child);
+        }
+        Ok(children.len())
+    }
+
+    /// Forks one sandbox from a template.
+    pub fn fork(&self, template: &str) -> Result<Forked, EngineError> {
+        let start = Instant::now();
+        let tpl = self.template(template)?;
+        if self.0.shut.load(Ordering::SeqCst) {
+            return Err(EngineError::ResourceLimit(
+                "the engine is shutting down".into(),
+            ));
+        }
+        if self
+            .0
+            .sandboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            >= self.0.config.max_sandboxes
+        {
+            return Err(EngineError::ResourceLimit(format!(
+                "at most {} sandboxes may live at once",
+                self.0.config.max_sandboxes
+            )));
+        }
+        let (shell, pooled) = match tpl.pool.take() {
+            Some(shell) => (shell, true),
+            None => (Shell::new(tpl.spawn_shell(&self.0.hv)?), false),
+        };
+        let id = self.next_id("sb");
+        let sandbox = Arc::new(Sandbox {
+            id: id.clone(),
+            template: tpl,
+            shell: Some(shell),
+            busy: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            created: Instant::now(),
+            execs: AtomicU64::new(0),
+            counters: Arc::new(Mutex::new(Counters::default())),
+        });
+        self.0
+            .sandboxes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), sandbox);
+        Ok(Forked {
+            sandbox: id,
+            fork_us: start.elapsed().as_micros() as u64,
+            pooled,
+        })
+    }
+
+    /// Forks `count` sandboxes, creating VMs on all cores in parallel.
+    pub fn fork_many(&self, template: &str, count: usize) -> Result<Vec<Forked>, EngineError> {
+        self.template(template)?;
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(count.max(1));
+        let results: Vec<Result<Forked, EngineError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let n = count / workers + usize::from(w < count % workers);
+                    s.spawn(move || (0..n).map(|_| self.fork(template)).collect::<Vec<_>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("fork worker panicked"))
+                .collect()
+        });
+        let mut forked = Vec::with_capacity(count);
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(f) => forked.push(f),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_err {
+            for f in &forked {
+                let _ = self.kill(&f.sandbox);
+            }
+            return Err(e);
+        }
+        Ok(forked)
+    }
+
+    /// Kills a sandbox. Returns at once: a running exec is stopped, and the VM
+    /// is recycled or torn down on its own thread.
+    pub fn kill(&self, id: &str) -> Result<(), EngineError> {
+        let sb = self
+            .0
+            .sandboxes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .ok_or_else(|| EngineError::SandboxNotFound(id.to_string()))?;
+        sb.killed.store(true, Ordering::SeqCst);
+        if sb.busy.load(Ordering::SeqCst) {
+            sb.shell().thread.kicker().kick();
+        }
+        Ok(())
+    }
+
+    /// Lists sandboxes.
+    pub fn list_sandboxes(&self) -> Vec<SandboxInfo> {
+        let mut out: Vec<SandboxInfo> = self
+            .0
+            .sandboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|s| {
+                let (state, reason) = match s.health() {
+                    Health::Broken { reason, .. } => ("broken", Some(reason)),
+                    Health::Ready if s.busy.load(Ordering::SeqCst) => ("busy", None),
+                    Health::Ready => ("ready", None),
+                };
+                SandboxInfo {
+                    sandbox: s.id.clone(),
+                    template: s.template.id.clone(),
+                    state: state.into(),
+                    reason,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
+        out
+    }
+
+    /// Resource use of a sandbox.
+    pub fn stats(&self, id: &str) -> Result<SandboxStats, EngineError> {
+        let sb = self.sandbox(id)?;
+        let (addr, size) = sb.shell().thread.ram_range();
+        let dirty_pages = memory::private_pages(addr, size)
+            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?;
+        let c = *sb.counters.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(SandboxStats {
+            sandbox: sb.id.clone(),
+            dirty_pages,
+            private_dirty_kib: dirty_pages * 4,
+            exits: c.exits,
+            execs: sb.execs.load(Ordering::Relaxed),
+            uptime_ms: sb.created.elapsed().as_millis() as u64,
+            stray_pio: c.stray.stray_pio,
+            stray_mmio: c.stray.stray_mmio,
+        })
+    }
+
+    /// Number of live sandboxes.
+    pub fn sandbox_count(&self) -> usize {
+        self.0
+            .sandboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Kills every sandbox and empties every pool; later forks are refused.
+    pub fn shutdown(&self) {
+        self.0.shut.store(true, Ordering::SeqCst);
+        let ids: Vec<String> = self
+            .0
+            .sandboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            let _ = self.kill(&id);
+        }
+        let tpls: Vec<_> = self
+            .0
+            .templates
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, tpl) in tpls {
+            for shell in tpl.pool.close() {
+                drop(shell.thread.stop());
+            }
+        }
+        for h in self
+            .0
+            .refillers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = h.join();
+        }
+    }
+}

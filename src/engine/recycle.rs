@@ -1,0 +1,48 @@
+//! Returning a killed sandbox's VM to its template's pool.
+//!
+//! The reset maps the template's memory privately again over the same host
+//! address (MAP_FIXED): the old private pages are freed and KVM's MMU notifier
+//! drops its mappings of them, so the slot need not change. Then the full
+//! machine state is restored, as for a cold fork. No page, register or device
+//! state of the previous tenant survives (tests/isolation.rs checks this).
+
+use std::sync::Arc;
+
+use super::Template;
+use super::pool::{Health, Shell};
+
+/// Recycles `shell` into the pool of `tpl`, or tears it down when the pool is
+/// full or the VM crashed.
+pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell) {
+    let recyclable = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
+        Health::Ready => true,
+        Health::Broken { recyclable, .. } => *recyclable,
+    };
+    if !recyclable || !tpl.pool.has_room() {
+        drop(shell.thread.stop());
+        return;
+    }
+    *shell.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Ready;
+    shell.thread.kicker().clear();
+    let health = Arc::clone(&shell.health);
+    let t = Arc::clone(tpl);
+    let queued = shell.thread.submit(move |vm| {
+        let reset = vm
+            .ram()
+            .reset_private(&t.memfd)
+            .and_then(|()| vm.restore(&t.state));
+        if let Err(e) = reset {
+            tracing::warn!(template = %t.id, error = %e, "recycling a VM failed");
+            *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
+                reason: format!("reset after recycling failed: {e}"),
+                recyclable: false,
+            };
+        }
+    });
+    if !queued {
+        return;
+    }
+    if let Err(shell) = tpl.pool.offer(shell) {
+        drop(shell.thread.stop());
+    }
+}

@@ -1,0 +1,73 @@
+//! A sandbox: one forked VM, its template, and what it has done. When the last
+//! reference goes (after kill, and after any exec still unwinding), its VM is
+//! recycled into the template's pool or torn down on its own thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::Template;
+use super::pool::{Health, Shell};
+use crate::vmm::BusStats;
+
+/// A live sandbox.
+pub(crate) struct Sandbox {
+    pub id: String,
+    pub template: Arc<Template>,
+    pub shell: Option<Shell>,
+    pub busy: AtomicBool,
+    pub killed: AtomicBool,
+    pub created: Instant,
+    pub execs: AtomicU64,
+    pub counters: Arc<Mutex<Counters>>,
+}
+
+/// Counters the vCPU thread updates after each exec.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    pub exits: u64,
+    pub stray: BusStats,
+}
+
+impl Sandbox {
+    pub fn shell(&self) -> &Shell {
+        self.shell
+            .as_ref()
+            .expect("a live sandbox has its shell until dropped")
+    }
+
+    pub fn health(&self) -> Health {
+        self.shell()
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_health(&self, h: Health) {
+        *self
+            .shell()
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = h;
+    }
+
+    /// Clears the busy flag when an exec ends, however it ends.
+    pub fn busy_guard(&self) -> impl Drop + '_ {
+        struct Guard<'a>(&'a AtomicBool);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        Guard(&self.busy)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(shell) = self.shell.take() {
+            super::recycle::recycle(&self.template, shell);
+        }
+    }
+}

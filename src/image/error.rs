@@ -1,0 +1,82 @@
+//! Why an image build failed.
+
+use std::path::PathBuf;
+
+/// Errors of [`super::build`]. Each message says what to do about it where
+/// there is something to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The host has no apt: Debian's kernel and Python cannot be fetched.
+    #[error(
+        "apt-get not found: this host cannot fetch Debian's kernel and Python packages; \
+         build the image on a Debian 12 host, or pass your own --kernel and --initramfs"
+    )]
+    NoApt,
+    /// A user-supplied file does not exist.
+    #[error("{what} {path} does not exist")]
+    Missing {
+        /// Which input.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+    },
+    /// `apt-get download` failed.
+    #[error("apt-get download {package} failed (run `apt-get update` as root?): {stderr}")]
+    AptDownload {
+        /// The package.
+        package: String,
+        /// What apt said.
+        stderr: String,
+    },
+    /// A helper program could not run or failed.
+    #[error("`{command}` failed: {detail}")]
+    Command {
+        /// The command line, for the user to retry.
+        command: String,
+        /// Exit status and stderr, or the spawn error.
+        detail: String,
+    },
+    /// A package lacks a file the image needs.
+    #[error("{package} has no {what}")]
+    PackageContents {
+        /// The package.
+        package: String,
+        /// What was looked for.
+        what: &'static str,
+    },
+    /// `ldd` could not resolve a library the guest's Python needs.
+    #[error("{binary} needs {library}, which this host lacks (install the Debian package providing it)")]
+    MissingLibrary {
+        /// The ELF file that needs it.
+        binary: PathBuf,
+        /// The soname.
+        library: String,
+    },
+    /// The agent binary is not statically linked: it would not start as `/init`.
+    #[error("agent {0} is dynamically linked; build it with RUSTFLAGS=\"-C target-feature=+crt-static\"")]
+    AgentNotStatic(PathBuf),
+    /// No agent was given and its source tree is not next to this binary.
+    #[error("no agent binary: pass --agent PATH (a static zeroboot-agent), or run from the zeroboot source tree")]
+    NoAgentSource,
+    /// No cache directory could be chosen.
+    #[error("no cache directory: set ZEROBOOT_CACHE or HOME")]
+    NoCacheDir,
+    /// Filesystem work failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl ImageError {
+    /// Wraps an I/O error with what was being done to which path.
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ImageError {
+        let path = path.into();
+        move |source| ImageError::Io { action, path, source }
+    }
+}

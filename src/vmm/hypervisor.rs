@@ -1,0 +1,117 @@
+//! The process's one handle on /dev/kvm (reopening it per fork is wasted work),
+//! with what every VM needs and never changes: supported CPUID, the MSRs that
+//! can be saved, and which kind of KVM this is.
+
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry};
+use kvm_ioctls::{Cap, Kvm};
+
+use super::VmmError;
+
+/// Which KVM implementation backs /dev/kvm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    /// Intel VT-x or AMD-V (also nested, e.g. under QEMU's emulated SVM).
+    Hardware,
+    /// kvm-pvm: a software hypervisor; CPL0 guest code is emulated, so a stock
+    /// Linux guest cannot boot.
+    Pvm,
+}
+
+impl Flavor {
+    /// Name used in JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Hardware => "hardware",
+            Flavor::Pvm => "pvm",
+        }
+    }
+
+    fn detect() -> Flavor {
+        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            Flavor::Pvm
+        } else {
+            Flavor::Hardware
+        }
+    }
+}
+
+/// /dev/kvm plus the facts derived from it once per process.
+pub struct Hypervisor {
+    kvm: Kvm,
+    cpuid: CpuId,
+    msrs: Vec<u32>,
+    flavor: Flavor,
+}
+
+impl Hypervisor {
+    /// Opens /dev/kvm and checks what zeroboot relies on.
+    pub fn open() -> Result<Hypervisor, VmmError> {
+        let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "IRQCHIP"),
+            (Cap::ImmediateExit, "IMMEDIATE_EXIT"),
+            (Cap::Xsave, "XSAVE"),
+            (Cap::Xcrs, "XCRS"),
+            (Cap::UserMemory, "USER_MEMORY"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmmError::MissingCapability(name));
+            }
+        }
+        let xsave = kvm.check_extension_int(Cap::Xsave2);
+        if xsave > 4096 {
+            return Err(VmmError::XsaveTooLarge(xsave));
+        }
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::SupportedCpuid)?;
+        let index = kvm.get_msr_index_list().map_err(VmmError::MsrIndexList)?;
+        let msrs = readable_msrs(&kvm, index.as_slice())?;
+        Ok(Hypervisor {
+            kvm,
+            cpuid,
+            msrs,
+            flavor: Flavor::detect(),
+        })
+    }
+
+    /// The KVM handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// CPUID every vCPU gets: what KVM supports, unchanged.
+    pub fn cpuid(&self) -> &CpuId {
+        &self.cpuid
+    }
+
+    /// MSRs captured in a snapshot.
+    pub fn msrs(&self) -> &[u32] {
+        &self.msrs
+    }
+
+    /// Which KVM this is.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+}
+
+/// Keeps the MSRs a scratch vCPU can actually read: KVM_GET_MSRS stops at the
+/// first failing index, so each one is probed alone, once per process.
+fn readable_msrs(kvm: &Kvm, index: &[u32]) -> Result<Vec<u32>, VmmError> {
+    let vm = kvm.create_vm().map_err(VmmError::CreateVm)?;
+    let vcpu = vm.create_vcpu(0).map_err(VmmError::CreateVcpu)?;
+    let mut ok = Vec::with_capacity(index.len());
+    for &msr in index {
+        let mut one = Msrs::from_entries(&[kvm_msr_entry {
+            index: msr,
+            ..Default::default()
+        }])
+        .expect("one entry is below the FAM limit");
+        if matches!(vcpu.get_msrs(&mut one), Ok(1)) {
+            ok.push(msr);
+        }
+    }
+    Ok(ok)
+}

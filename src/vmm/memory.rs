@@ -1,0 +1,216 @@
+//! Guest RAM: a memfd holds the template's pages; the template VM maps it
+//! shared while it boots, every fork maps it private (copy-on-write), and a
+//! recycled fork maps it again over the same address so its KVM slot stays valid
+//! while its dirty pages are dropped.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::ptr::NonNull;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use super::VmmError;
+
+/// The file holding a template's memory.
+#[derive(Debug)]
+pub struct Memfd {
+    file: File,
+    size: usize,
+}
+
+impl Memfd {
+    /// Creates an empty (all-zero, no pages allocated) memfd of `size` bytes.
+    pub fn create(name: &str, size: usize) -> Result<Memfd, VmmError> {
+        let err = |source| VmmError::CreateMemory { size, source };
+        let cname = std::ffi::CString::new(name).expect("memfd names have no NUL");
+        // SAFETY: cname is a valid C string; the flags are valid for memfd_create.
+        let fd = unsafe {
+            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if fd < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: fd was just returned by memfd_create and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size as u64).map_err(err)?;
+        Ok(Memfd { file, size })
+    }
+
+    /// Wraps an existing file (a loaded template) of `size` bytes.
+    pub fn from_file(file: File, size: usize) -> Memfd {
+        Memfd { file, size }
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Forbids any further change to the contents or size: once a template is
+    /// captured, no mapping can alter what later forks start from.
+    pub fn seal(&self) -> Result<(), VmmError> {
+        let seals =
+            libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on an fd we own, with a valid command and argument.
+        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+        if r < 0 {
+            return Err(VmmError::SealMemory(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+/// How a mapping shares its pages with the memfd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// Writes go to the memfd (the template while it boots).
+    Shared,
+    /// Writes stay in this mapping (a fork).
+    Private,
+}
+
+/// An owned mapping of guest RAM at a fixed host address, with bounds-checked
+/// access through vm-memory.
+#[derive(Debug)]
+pub struct GuestRam {
+    addr: NonNull<u8>,
+    size: usize,
+    mem: GuestMemoryMmap,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; vm-memory's accessors
+// use volatile copies, and KVM's concurrent access is what guest memory is for.
+unsafe impl Send for GuestRam {}
+// SAFETY: as above; shared references only perform volatile copies.
+unsafe impl Sync for GuestRam {}
+
+impl GuestRam {
+    /// Maps the whole memfd.
+    pub fn map(memfd: &Memfd, sharing: Sharing) -> Result<GuestRam, VmmError> {
+        let addr = map_at(None, memfd, sharing)?;
+        // SAFETY: addr..addr+size was just mapped readable and writable, stays
+        // mapped until this value drops, and the region does not unmap it.
+        let region = unsafe {
+            MmapRegion::build_raw(
+                addr.as_ptr(),
+                memfd.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_NORESERVE | flags(sharing),
+            )
+        }
+        .map_err(|e| VmmError::MapMemory(io::Error::other(e.to_string())))?;
+        let region =
+            GuestRegionMmap::new(region, GuestAddress(0)).ok_or(VmmError::GuestAddress {
+                addr: 0,
+                len: memfd.size(),
+            })?;
+        let mem = GuestMemoryMmap::from_regions(vec![region])
+            .map_err(|e| VmmError::MapMemory(io::Error::other(e.to_string())))?;
+        Ok(GuestRam {
+            addr,
+            size: memfd.size(),
+            mem,
+        })
+    }
+
+    /// Replaces every page with the memfd's again, privately, at the same host
+    /// address: dirty pages are dropped and KVM's MMU notifier forgets them.
+    pub fn reset_private(&self, memfd: &Memfd) -> Result<(), VmmError> {
+        assert_eq!(memfd.size(), self.size, "a reset keeps the size");
+        map_at(Some(self.addr), memfd, Sharing::Private).map(|_| ())
+    }
+
+    /// Host address of guest-physical 0.
+    pub fn host_addr(&self) -> u64 {
+        self.addr.as_ptr() as u64
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Copies bytes into guest memory.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), VmmError> {
+        self.mem
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| VmmError::GuestAddress {
+                addr: gpa,
+                len: data.len(),
+            })
+    }
+
+    /// Copies bytes out of guest memory.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), VmmError> {
+        self.mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| VmmError::GuestAddress {
+                addr: gpa,
+                len: buf.len(),
+            })
+    }
+}
+
+/// Counts the pages of a mapping of this process held privately (copied on
+/// write), from /proc/self/pagemap: a present page that is neither file-backed
+/// nor shared is a private copy.
+pub fn private_pages(host_addr: u64, size: usize) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let mut buf = vec![0u8; size / 4096 * 8];
+    pagemap.read_exact_at(&mut buf, host_addr / 4096 * 8)?;
+    const PRESENT: u64 = 1 << 63;
+    const FILE_OR_SHARED: u64 = 1 << 61;
+    Ok(buf
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+        .filter(|e| e & PRESENT != 0 && e & FILE_OR_SHARED == 0)
+        .count() as u64)
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: this value owns the mapping; vm-memory's region does not unmap it.
+        unsafe { libc::munmap(self.addr.as_ptr().cast(), self.size) };
+    }
+}
+
+fn flags(sharing: Sharing) -> i32 {
+    match sharing {
+        Sharing::Shared => libc::MAP_SHARED,
+        Sharing::Private => libc::MAP_PRIVATE,
+    }
+}
+
+fn map_at(
+    at: Option<NonNull<u8>>,
+    memfd: &Memfd,
+    sharing: Sharing,
+) -> Result<NonNull<u8>, VmmError> {
+    let (hint, fixed) = match at {
+        Some(p) => (p.as_ptr().cast(), libc::MAP_FIXED),
+        None => (std::ptr::null_mut(), 0),
+    };
+    // SAFETY: maps a file we own; with MAP_FIXED the target range is a mapping
+    // owned by the caller's GuestRam, replaced atomically with the same size.
+    let p = unsafe {
+        libc::mmap(
+            hint,
+            memfd.size(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags(sharing) | libc::MAP_NORESERVE | fixed,
+            memfd.file().as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(VmmError::MapMemory(io::Error::last_os_error()));
+    }
+    Ok(NonNull::new(p.cast()).expect("mmap never returns NULL on success"))
+}

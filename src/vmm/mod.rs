@@ -1,0 +1,26 @@
+//! Everything that touches KVM. Nothing above this module sees an ioctl, and
+//! nothing in here knows about templates, sandboxes or JSON-RPC.
+//!
+//! `unsafe` lives here and in [`memory`] only: raw mappings, `kvm_run` fields
+//! written from another thread, and ioctls whose size contracts kvm-ioctls
+//! cannot check.
+
+mod bus;
+mod error;
+mod hypervisor;
+mod kick;
+pub mod layout;
+pub mod memory;
+mod state;
+mod thread;
+mod vcpu;
+mod vm;
+
+pub use bus::{Bus, BusStats};
+pub use error::VmmError;
+pub use hypervisor::{Flavor, Hypervisor};
+pub use kick::Kicker;
+pub use state::{MachineState, VcpuState, VmState};
+pub use thread::{VcpuThread, live_vms};
+pub use vcpu::{Stop, run_until_stop};
+pub use vm::Vm;

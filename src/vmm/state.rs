@@ -1,0 +1,178 @@
+//! A machine's complete state, captured from the template VM and restored into
+//! every fork. Each ioctl maps to its own error so a failure says what failed;
+//! MSR counts are checked because KVM reports partial success, not an error.
+
+use kvm_bindings::{
+    CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, Msrs, kvm_clock_data,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
+use kvm_ioctls::{VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+
+use super::VmmError;
+
+/// State of the one vCPU.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    /// CPUID the vCPU was created with (set on a new vCPU before anything else).
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers, EFER, APIC base.
+    pub sregs: kvm_sregs,
+    /// FPU/SSE/AVX state.
+    pub xsave: kvm_xsave,
+    /// Extended control registers (XCR0).
+    pub xcrs: kvm_xcrs,
+    /// Local APIC registers.
+    pub lapic: kvm_lapic_state,
+    /// Model-specific registers, every one KVM could read.
+    pub msrs: Vec<kvm_msr_entry>,
+    /// Pending exceptions, interrupts, NMIs, SMIs.
+    pub events: kvm_vcpu_events,
+    /// Runnable, halted, waiting for SIPI...
+    pub mp_state: kvm_mp_state,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
+}
+
+/// VM-wide state: interrupt controllers and the KVM clock.
+#[derive(Serialize, Deserialize)]
+pub struct VmState {
+    /// PIC master, PIC slave, IOAPIC.
+    pub irqchips: Vec<kvm_irqchip>,
+    /// kvmclock.
+    pub clock: kvm_clock_data,
+}
+
+/// Everything a fork needs besides memory.
+#[derive(Serialize, Deserialize)]
+pub struct MachineState {
+    /// The vCPU.
+    pub vcpu: VcpuState,
+    /// The VM.
+    pub vm: VmState,
+}
+
+fn get<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmmError> {
+    r.map_err(|source| VmmError::GetState { what, source })
+}
+
+fn set<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmmError> {
+    r.map_err(|source| VmmError::SetState { what, source })
+}
+
+fn check_msrs(op: &'static str, done: usize, entries: &[kvm_msr_entry]) -> Result<(), VmmError> {
+    if done == entries.len() {
+        return Ok(());
+    }
+    Err(VmmError::MsrCount {
+        op,
+        done,
+        wanted: entries.len(),
+        first_missing: entries.get(done).map_or(0, |e| e.index),
+    })
+}
+
+impl VcpuState {
+    /// Reads the state of a stopped vCPU (not inside KVM_RUN, no pending I/O).
+    pub fn capture(vcpu: &VcpuFd, cpuid: &CpuId, msr_list: &[u32]) -> Result<VcpuState, VmmError> {
+        let wanted: Vec<kvm_msr_entry> = msr_list
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&wanted).map_err(|_| VmmError::MsrCount {
+            op: "read",
+            done: 0,
+            wanted: wanted.len(),
+            first_missing: 0,
+        })?;
+        let read = get("MSRS", vcpu.get_msrs(&mut msrs))?;
+        check_msrs("read", read, &wanted)?;
+        Ok(VcpuState {
+            cpuid: cpuid.as_slice().to_vec(),
+            regs: get("REGS", vcpu.get_regs())?,
+            sregs: get("SREGS", vcpu.get_sregs())?,
+            xsave: get("XSAVE", vcpu.get_xsave())?,
+            xcrs: get("XCRS", vcpu.get_xcrs())?,
+            lapic: get("LAPIC", vcpu.get_lapic())?,
+            msrs: msrs.as_slice().to_vec(),
+            events: get("VCPU_EVENTS", vcpu.get_vcpu_events())?,
+            mp_state: get("MP_STATE", vcpu.get_mp_state())?,
+            debugregs: get("DEBUGREGS", vcpu.get_debug_regs())?,
+        })
+    }
+
+    /// The CPUID as KVM wants it.
+    pub fn cpuid(&self) -> Result<CpuId, VmmError> {
+        CpuId::from_entries(&self.cpuid)
+            .map_err(|_| VmmError::MissingCapability("CPUID entry count"))
+    }
+
+    /// Writes the state into a vCPU whose CPUID is already set.
+    ///
+    /// The order matters:
+    /// - SREGS first: CR0/CR4/EFER decide how KVM interprets the rest, and it
+    ///   carries the APIC base the LAPIC state is relative to.
+    /// - XCRS before XSAVE: XCR0 decides which XSAVE components are valid.
+    /// - REGS before VCPU_EVENTS: setting registers clears pending exceptions,
+    ///   which the events then put back.
+    /// - LAPIC before MSRS: the TSC-deadline MSR only sticks once the LAPIC is in
+    ///   TSC-deadline mode.
+    /// - MP_STATE last, so the vCPU is runnable only once everything is in place.
+    pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), VmmError> {
+        set("SREGS", vcpu.set_sregs(&self.sregs))?;
+        set("XCRS", vcpu.set_xcrs(&self.xcrs))?;
+        // SAFETY: KVM_SET_XSAVE reads size_of::<kvm_xsave>() bytes, and
+        // Hypervisor::open refused hosts whose XSAVE area is larger.
+        set("XSAVE", unsafe { vcpu.set_xsave(&self.xsave) })?;
+        set("REGS", vcpu.set_regs(&self.regs))?;
+        set("LAPIC", vcpu.set_lapic(&self.lapic))?;
+        let msrs = Msrs::from_entries(&self.msrs).map_err(|_| VmmError::MsrCount {
+            op: "wrote",
+            done: 0,
+            wanted: self.msrs.len(),
+            first_missing: 0,
+        })?;
+        let wrote = set("MSRS", vcpu.set_msrs(&msrs))?;
+        check_msrs("wrote", wrote, &self.msrs)?;
+        set("DEBUGREGS", vcpu.set_debug_regs(&self.debugregs))?;
+        set("VCPU_EVENTS", vcpu.set_vcpu_events(&self.events))?;
+        set("MP_STATE", vcpu.set_mp_state(self.mp_state))
+    }
+}
+
+impl VmState {
+    /// Reads the VM-wide state.
+    pub fn capture(vm: &VmFd) -> Result<VmState, VmmError> {
+        let mut irqchips = Vec::with_capacity(3);
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            get("IRQCHIP", vm.get_irqchip(&mut chip))?;
+            irqchips.push(chip);
+        }
+        let mut clock = get("CLOCK", vm.get_clock())?;
+        // Restore the clock exactly; no flag asks KVM to adjust it.
+        clock.flags = 0;
+        Ok(VmState { irqchips, clock })
+    }
+
+    /// Writes the VM-wide state.
+    pub fn restore(&self, vm: &VmFd) -> Result<(), VmmError> {
+        for chip in &self.irqchips {
+            set("IRQCHIP", vm.set_irqchip(chip))?;
+        }
+        set("CLOCK", vm.set_clock(&self.clock))
+    }
+}

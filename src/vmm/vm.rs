@@ -1,0 +1,142 @@
+//! One VM with one vCPU. Creation order is chosen for speed: the memory slot is
+//! registered *before* the in-kernel irqchip, because the other order makes
+//! KVM wait for an SRCU grace period (7.5 ms vs 0.12 ms measured here). No PIT
+//! is created: none of our guests needs one, and it costs ~15 ms and a kernel
+//! thread per VM.
+
+use kvm_bindings::{CpuId, kvm_userspace_memory_region};
+use kvm_ioctls::{VcpuFd, VmFd};
+
+use super::memory::GuestRam;
+use super::{Bus, Flavor, Hypervisor, MachineState, VcpuState, VmState, VmmError};
+
+/// Address of the three pages Intel VMX needs for real-mode emulation.
+const TSS_ADDR: usize = 0xfffb_d000;
+
+/// A VM, its vCPU and its memory.
+pub struct Vm {
+    vm: VmFd,
+    vcpu: VcpuFd,
+    ram: GuestRam,
+    bus: Bus,
+    exits: u64,
+}
+
+impl Vm {
+    /// Creates a VM over `ram` with a vCPU using `cpuid`.
+    pub fn new(hv: &Hypervisor, ram: GuestRam, cpuid: &CpuId) -> Result<Vm, VmmError> {
+        let vm = hv.kvm().create_vm().map_err(VmmError::CreateVm)?;
+        if hv.flavor() == Flavor::Hardware {
+            vm.set_tss_address(TSS_ADDR).map_err(VmmError::SetTssAddr)?;
+        }
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size() as u64,
+            userspace_addr: ram.host_addr(),
+        };
+        // SAFETY: the region describes `ram`, which this Vm owns and drops only
+        // after `vm` (field order), so KVM never sees the mapping go away early.
+        unsafe { vm.set_user_memory_region(region) }.map_err(VmmError::SetMemoryRegion)?;
+        vm.create_irq_chip().map_err(VmmError::CreateIrqchip)?;
+        let vcpu = vm.create_vcpu(0).map_err(VmmError::CreateVcpu)?;
+        vcpu.set_cpuid2(cpuid)
+            .map_err(|source| VmmError::SetState {
+                what: "CPUID2",
+                source,
+            })?;
+        Ok(Vm {
+            vm,
+            vcpu,
+            ram,
+            bus: Bus::default(),
+            exits: 0,
+        })
+    }
+
+    /// Captures the whole machine (vCPU stopped, no I/O pending).
+    pub fn capture(&self, hv: &Hypervisor, cpuid: &CpuId) -> Result<MachineState, VmmError> {
+        Ok(MachineState {
+            vcpu: VcpuState::capture(&self.vcpu, cpuid, hv.msrs())?,
+            vm: VmState::capture(&self.vm)?,
+        })
+    }
+
+    /// Puts the machine into `state` (memory is the caller's business).
+    pub fn restore(&mut self, state: &MachineState) -> Result<(), VmmError> {
+        state.vm.restore(&self.vm)?;
+        state.vcpu.restore(&self.vcpu)?;
+        self.bus.reset();
+        self.exits = 0;
+        Ok(())
+    }
+
+    /// The vCPU (for running and kicking).
+    pub fn vcpu_mut(&mut self) -> &mut VcpuFd {
+        &mut self.vcpu
+    }
+
+    /// Guest memory.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// Runs until the guest needs the caller (see [`super::run_until_stop`]).
+    pub fn run(&mut self) -> Result<super::Stop, VmmError> {
+        super::run_until_stop(&mut self.vcpu, &mut self.bus, &mut self.exits)
+    }
+
+    /// Lets KVM finish the I/O instruction the vCPU stopped on (RIP moves past
+    /// it) without running further, so captured state is self-consistent.
+    pub fn complete_pending_io(&mut self) -> Result<(), VmmError> {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let errno = match self.vcpu.run() {
+            Err(e) => e.errno(),
+            Ok(_) => libc::EPROTO,
+        };
+        self.vcpu.set_kvm_immediate_exit(0);
+        match errno {
+            libc::EINTR => Ok(()),
+            other => Err(VmmError::Run(kvm_ioctls::Error::new(other))),
+        }
+    }
+
+    /// Exits to userspace since creation or the last restore.
+    pub fn exits(&self) -> u64 {
+        self.exits
+    }
+
+    /// Stray-access counters.
+    pub fn bus_stats(&self) -> super::BusStats {
+        self.bus.stats()
+    }
+
+    /// Sets the vCPU's registers (boot entry).
+    pub fn set_entry(
+        &self,
+        regs: &kvm_bindings::kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+    ) -> Result<(), VmmError> {
+        self.vcpu
+            .set_sregs(sregs)
+            .map_err(|source| VmmError::SetState {
+                what: "SREGS",
+                source,
+            })?;
+        self.vcpu
+            .set_regs(regs)
+            .map_err(|source| VmmError::SetState {
+                what: "REGS",
+                source,
+            })
+    }
+
+    /// The vCPU's special registers (to start a boot layout from its reset state).
+    pub fn sregs(&self) -> Result<kvm_bindings::kvm_sregs, VmmError> {
+        self.vcpu.get_sregs().map_err(|source| VmmError::GetState {
+            what: "SREGS",
+            source,
+        })
+    }
+}
