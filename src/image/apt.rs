@@ -14,7 +14,10 @@ pub struct Apt {
 
 /// The newest `.deb` of `package` among `names` (file names of the cache),
 /// by the order of `key` (modification time in practice).
-fn pick_deb<'a, K: Ord>(package: &str, names: impl Iterator<Item = (&'a str, K)>) -> Option<&'a str> {
+fn pick_deb<'a, K: Ord>(
+    package: &str,
+    names: impl Iterator<Item = (&'a str, K)>,
+) -> Option<&'a str> {
     let prefix = format!("{package}_");
     names
         .filter(|(n, _)| n.starts_with(&prefix) && n.ends_with(".deb"))
@@ -29,16 +32,26 @@ impl Apt {
             return Err(ImageError::NoApt);
         }
         fs::create_dir_all(debs).map_err(ImageError::io("cannot create", debs))?;
-        Ok(Apt { debs: debs.to_owned() })
+        Ok(Apt {
+            debs: debs.to_owned(),
+        })
     }
 
     fn cached(&self, package: &str) -> Result<Option<PathBuf>, ImageError> {
         let entries: Vec<(String, std::time::SystemTime)> = fs::read_dir(&self.debs)
             .map_err(ImageError::io("cannot list", &self.debs))?
             .filter_map(Result::ok)
-            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.modified().ok()?)))
+            .filter_map(|e| {
+                Some((
+                    e.file_name().into_string().ok()?,
+                    e.metadata().ok()?.modified().ok()?,
+                ))
+            })
             .collect();
-        Ok(pick_deb(package, entries.iter().map(|(n, t)| (n.as_str(), *t))).map(|n| self.debs.join(n)))
+        Ok(
+            pick_deb(package, entries.iter().map(|(n, t)| (n.as_str(), *t)))
+                .map(|n| self.debs.join(n)),
+        )
     }
 
     fn download(&self, package: &str) -> Result<(), ImageError> {
@@ -48,9 +61,13 @@ impl Apt {
             // apt's download sandbox user cannot write into root's cache.
             cmd.args(["-o", "APT::Sandbox::User=root"]);
         }
-        cmd.args(["-q", "download", package]).current_dir(&self.debs);
+        cmd.args(["-q", "download", package])
+            .current_dir(&self.debs);
         command::run(&mut cmd).map(drop).map_err(|e| match e {
-            ImageError::Command { detail, .. } => ImageError::AptDownload { package: package.into(), stderr: detail },
+            ImageError::Command { detail, .. } => ImageError::AptDownload {
+                package: package.into(),
+                stderr: detail,
+            },
             other => other,
         })
     }
@@ -63,10 +80,11 @@ impl Apt {
         }
         eprintln!("zeroboot image: downloading {package}");
         self.download(package)?;
-        self.cached(package)?.ok_or_else(|| ImageError::PackageContents {
-            package: package.into(),
-            what: "downloaded .deb file",
-        })
+        self.cached(package)?
+            .ok_or_else(|| ImageError::PackageContents {
+                package: package.into(),
+                what: "downloaded .deb file",
+            })
     }
 
     /// Unpacks `deb`'s files under `dest`.
@@ -99,7 +117,10 @@ mod tests {
             pick_deb("python3.11-minimal", names.iter().copied()),
             Some("python3.11-minimal_3.11.2-7_amd64.deb")
         );
-        assert_eq!(pick_deb("python3.11", names.iter().copied()), Some("python3.11_3.11.2-7_amd64.deb"));
+        assert_eq!(
+            pick_deb("python3.11", names.iter().copied()),
+            Some("python3.11_3.11.2-7_amd64.deb")
+        );
         assert_eq!(pick_deb("python3", names.iter().copied()), None);
     }
 }

@@ -16,7 +16,10 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` to completion, capturing its output; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<Output, ImageError> {
-    let out = cmd.output().map_err(|e| ImageError::Command { command: describe(cmd), detail: e.to_string() })?;
+    let out = cmd.output().map_err(|e| ImageError::Command {
+        command: describe(cmd),
+        detail: e.to_string(),
+    })?;
     if out.status.success() {
         Ok(out)
     } else {

@@ -23,7 +23,11 @@ pub struct CpioWriter<W: Write> {
 impl<W: Write> CpioWriter<W> {
     /// Starts an archive.
     pub fn new(out: W) -> Self {
-        CpioWriter { out, next_ino: 1, written: 0 }
+        CpioWriter {
+            out,
+            next_ino: 1,
+            written: 0,
+        }
     }
 
     fn pad(&mut self) -> io::Result<()> {
@@ -39,12 +43,27 @@ impl<W: Write> CpioWriter<W> {
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) -> io::Result<()> {
         let name = name.trim_start_matches('/');
-        let size = u32::try_from(data.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{name} exceeds 4 GiB")))?;
+        let size = u32::try_from(data.len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{name} exceeds 4 GiB"))
+        })?;
         let ino = self.next_ino;
         self.next_ino += 1;
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
-        let fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            size,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
         let mut header = String::with_capacity(110);
         header.push_str(MAGIC);
         for f in fields {

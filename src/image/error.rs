@@ -45,7 +45,9 @@ pub enum ImageError {
         what: &'static str,
     },
     /// `ldd` could not resolve a library the guest's Python needs.
-    #[error("{binary} needs {library}, which this host lacks (install the Debian package providing it)")]
+    #[error(
+        "{binary} needs {library}, which this host lacks (install the Debian package providing it)"
+    )]
     MissingLibrary {
         /// The ELF file that needs it.
         binary: PathBuf,
@@ -53,10 +55,14 @@ pub enum ImageError {
         library: String,
     },
     /// The agent binary is not statically linked: it would not start as `/init`.
-    #[error("agent {0} is dynamically linked; build it with RUSTFLAGS=\"-C target-feature=+crt-static\"")]
+    #[error(
+        "agent {0} is dynamically linked; build it with RUSTFLAGS=\"-C target-feature=+crt-static\""
+    )]
     AgentNotStatic(PathBuf),
     /// No agent was given and its source tree is not next to this binary.
-    #[error("no agent binary: pass --agent PATH (a static zeroboot-agent), or run from the zeroboot source tree")]
+    #[error(
+        "no agent binary: pass --agent PATH (a static zeroboot-agent), or run from the zeroboot source tree"
+    )]
     NoAgentSource,
     /// No cache directory could be chosen.
     #[error("no cache directory: set ZEROBOOT_CACHE or HOME")]
@@ -75,8 +81,15 @@ pub enum ImageError {
 
 impl ImageError {
     /// Wraps an I/O error with what was being done to which path.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ImageError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> ImageError {
         let path = path.into();
-        move |source| ImageError::Io { action, path, source }
+        move |source| ImageError::Io {
+            action,
+            path,
+            source,
+        }
     }
 }

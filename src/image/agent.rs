@@ -1,0 +1,125 @@
+//! The agent binary that becomes `/init`. It must be static (the initramfs
+//! has no loader for it at that path and the agent must run even if the
+//! Python libraries are absent), so it is either given prebuilt or built
+//! here with glibc's static libc:
+//! `RUSTFLAGS="-C target-feature=+crt-static" cargo build -p zeroboot-agent
+//! --release --target x86_64-unknown-linux-gnu`.
+
+use super::{ImageError, command};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `PT_INTERP`: the program header naming a dynamic loader.
+const PT_INTERP: u32 = 3;
+
+/// True when `elf` is a 64-bit little-endian ELF without a dynamic loader.
+pub fn is_static(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    };
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        let at = phoff + i * phentsize;
+        elf.get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().expect("4 bytes")) != PT_INTERP)
+    })
+}
+
+/// The zeroboot source tree this binary was built from, if it is still there.
+pub fn source_tree() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    root.join("guest/agent/Cargo.toml")
+        .is_file()
+        .then(|| root.to_owned())
+}
+
+/// Builds the static agent from `source` (into its own target directory, so
+/// it never waits on the lock of a cargo that is running us) and returns the
+/// binary's path.
+pub fn build(source: &Path) -> Result<PathBuf, ImageError> {
+    eprintln!("zeroboot image: building the static agent (cargo)");
+    let target_dir = source.join("target").join("agent-static");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(source)
+        .args([
+            "build",
+            "-p",
+            "zeroboot-agent",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    command::run(&mut cmd)?;
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/zeroboot-agent"))
+}
+
+/// The agent to pack: `explicit` if given, else built from the source tree.
+/// Either way it must be static.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {
+    let path = match explicit {
+        Some(p) if !p.is_file() => {
+            return Err(ImageError::Missing {
+                what: "agent",
+                path: p.to_owned(),
+            });
+        }
+        Some(p) => p.to_owned(),
+        None if !command::exists("cargo") && std::env::var_os("CARGO").is_none() => {
+            return Err(ImageError::NoAgentSource);
+        }
+        None => build(&source_tree().ok_or(ImageError::NoAgentSource)?)?,
+    };
+    let bytes = std::fs::read(&path).map_err(ImageError::io("cannot read", &path))?;
+    if !is_static(&bytes) {
+        return Err(ImageError::AgentNotStatic(path));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF64 header with one program header of type `ptype`.
+    fn elf_with(ptype: u32) -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&ptype.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn interpreter_header_means_dynamic() {
+        assert!(is_static(&elf_with(1)));
+        assert!(!is_static(&elf_with(PT_INTERP)));
+        assert!(!is_static(b"#!/bin/sh\n"));
+        let mut cut = elf_with(1);
+        cut.truncate(66); // p_type cut in half
+        assert!(!is_static(&cut));
+    }
+
+    #[test]
+    fn this_test_binary_is_dynamic() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_static(&me));
+    }
+}
