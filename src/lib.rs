@@ -8,4 +8,5 @@
 pub mod agent;
 pub mod engine;
 pub mod image;
+pub mod rpc;
 pub mod vmm;

@@ -132,6 +132,7 @@ impl Engine {
     /// Opens KVM and starts an empty engine.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         let hv = Hypervisor::open().map_err(EngineError::KvmUnavailable)?;
+        crate::vmm::raise_nofile();
         Ok(Engine(Arc::new(Inner {
             hv: Arc::new(hv),
             config,

@@ -4,6 +4,7 @@
 //! slot stays valid) and its state restored — which also keeps its thread, so
 //! KVM_RUN never changes thread, and skips the 15-23 ms VM teardown.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -41,7 +42,8 @@ impl Shell {
 
 /// The idle shells of one template.
 pub(crate) struct Pool {
-    shells: Mutex<Vec<Shell>>,
+    /// Oldest first: a fork takes the shell whose reset has had longest to finish.
+    shells: Mutex<VecDeque<Shell>>,
     capacity: usize,
     wanted: Condvar,
     closed: AtomicBool,
@@ -50,20 +52,20 @@ pub(crate) struct Pool {
 impl Pool {
     pub fn new(capacity: usize) -> Pool {
         Pool {
-            shells: Mutex::new(Vec::with_capacity(capacity)),
+            shells: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
             wanted: Condvar::new(),
             closed: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Shell>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Shell>> {
         self.shells.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a ready shell, if any, and wakes the refiller.
     pub fn take(&self) -> Option<Shell> {
-        let shell = self.lock().pop();
+        let shell = self.lock().pop_front();
         self.wanted.notify_one();
         shell
     }
@@ -74,7 +76,7 @@ impl Pool {
         if self.closed.load(Ordering::SeqCst) || shells.len() >= self.capacity {
             return Err(shell);
         }
-        shells.push(shell);
+        shells.push_back(shell);
         Ok(())
     }
 
@@ -98,7 +100,7 @@ impl Pool {
     }
 
     /// Refuses new shells and returns the idle ones.
-    pub fn close(&self) -> Vec<Shell> {
+    pub fn close(&self) -> VecDeque<Shell> {
         self.closed.store(true, Ordering::SeqCst);
         self.wanted.notify_all();
         std::mem::take(&mut *self.lock())

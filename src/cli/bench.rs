@@ -1,0 +1,274 @@
+//! `zeroboot bench`: the figures the README quotes, measured in one run with
+//! their repetitions and percentiles. Pooled forks are compared against cold
+//! forks (VM created on the request path) in the same run.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use zeroboot::agent::ExecRequest;
+use zeroboot::engine::{Engine, EngineConfig, EngineError, ExecOptions};
+
+use super::stats::summarize;
+use super::{EngineArgs, report};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Fewer repetitions (200 samples, 100 VMs): for slow, emulated hosts.
+    #[arg(long)]
+    quick: bool,
+    /// Samples per latency figure (default 2000, or 200 with --quick).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Sandboxes created at once for the create/kill/memory figures (default 1000).
+    #[arg(long)]
+    vms: Option<usize>,
+}
+
+pub fn main(args: BenchArgs) -> ExitCode {
+    match run(&args) {
+        Ok(report_json) => {
+            if args.json {
+                println!("{report_json}");
+            } else {
+                print_table(&report_json);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn echo() -> ExecRequest {
+    ExecRequest {
+        argv: vec!["echo".into(), "hello".into()],
+        ..Default::default()
+    }
+}
+
+fn exec(engine: &Engine, sandbox: &str, req: &ExecRequest) -> Result<(), EngineError> {
+    let r = engine.exec(sandbox, req, &ExecOptions::default(), &mut |_, _| {})?;
+    if r.exit_code != Some(0) {
+        return Err(EngineError::InvalidRequest(format!(
+            "bench exec exited with {:?}",
+            r.exit_code
+        )));
+    }
+    Ok(())
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<(T, Duration), EngineError> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed()))
+}
+
+fn summary(samples: &[Duration]) -> Value {
+    json!(summarize(samples))
+}
+
+fn run(args: &BenchArgs) -> Result<Value, EngineError> {
+    let samples = args.samples.unwrap_or(if args.quick { 200 } else { 2000 });
+    let vms = args.vms.unwrap_or(if args.quick { 100 } else { 1000 });
+    let config = args.engine.config();
+    let engine = Engine::new(config.clone())?;
+    let (tpl, build) = timed(|| engine.load_builtin("bare"))?;
+    let t = tpl.template.clone();
+    // Let the pool fill before measuring steady-state forks.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let (mut fork, mut kill) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for _ in 0..samples {
+        let (f, d) = timed(|| engine.fork(&t))?;
+        fork.push(d);
+        let ((), d) = timed(|| engine.kill(&f.sandbox))?;
+        kill.push(d);
+    }
+
+    let one = engine.fork(&t)?;
+    let req = echo();
+    let mut exec_echo = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        exec_echo.push(timed(|| exec(&engine, &one.sandbox, &req))?.1);
+    }
+    engine.kill(&one.sandbox)?;
+
+    let mut fork_exec = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let (f, d) = timed(|| {
+            let f = engine.fork(&t)?;
+            exec(&engine, &f.sandbox, &req)?;
+            Ok(f)
+        })?;
+        fork_exec.push(d);
+        engine.kill(&f.sandbox)?;
+    }
+
+    let fleet = fleet(&engine, &t, vms, config.pool_size)?;
+    engine.shutdown();
+    let cold = cold_forks(&config, (samples / 4).max(1))?;
+
+    Ok(json!({
+        "kvm": engine.flavor().as_str(),
+        "samples": samples,
+        "pool_size": config.pool_size,
+        "template_build_ms": ms(build),
+        "template_mib": tpl.memory_bytes as f64 / (1 << 20) as f64,
+        "fork_us": summary(&fork),
+        "kill_us": summary(&kill),
+        "exec_echo_us": summary(&exec_echo),
+        "fork_exec_echo_us": summary(&fork_exec),
+        "fork_cold_us": summary(&cold),
+        "create_vms": vms,
+        "create_1000_ms": fleet.create_ms,
+        "kill_1000_ms": fleet.kill_ms,
+        "private_dirty_kib_idle": fleet.idle_kib,
+        "private_dirty_kib_dirty10": fleet.dirty10_kib,
+        "kernel_kib_per_vm": fleet.kernel_kib_per_vm,
+    }))
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+struct Fleet {
+    create_ms: f64,
+    kill_ms: f64,
+    idle_kib: f64,
+    dirty10_kib: f64,
+    kernel_kib_per_vm: f64,
+}
+
+/// Creates `n` live sandboxes (each runs one echo), measures memory, kills them all.
+fn fleet(engine: &Engine, t: &str, n: usize, pool: usize) -> Result<Fleet, EngineError> {
+    let before = mem_available_kib();
+    let start = Instant::now();
+    let forked = engine.fork_many(t, n)?;
+    let ids: Vec<String> = forked.into_iter().map(|f| f.sandbox).collect();
+    let req = echo();
+    parallel(&ids, |id| exec(engine, id, &req))?;
+    let create = start.elapsed();
+    let after = mem_available_kib();
+    let mean_kib = |ids: &[String]| -> Result<f64, EngineError> {
+        let mut total = 0u64;
+        for id in ids {
+            total += engine.stats(id)?.private_dirty_kib;
+        }
+        Ok(total as f64 / ids.len().max(1) as f64)
+    };
+    let idle_kib = mean_kib(&ids)?;
+    let dirtied = &ids[..ids.len().min(100)];
+    let dirty = ExecRequest {
+        argv: vec!["dirty".into(), "10".into()],
+        ..Default::default()
+    };
+    parallel(dirtied, |id| exec(engine, id, &dirty))?;
+    let dirty10_kib = mean_kib(dirtied)?;
+    let start = Instant::now();
+    for id in &ids {
+        engine.kill(id)?;
+    }
+    while zeroboot::vmm::live_vms() > pool {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let kill = start.elapsed();
+    Ok(Fleet {
+        create_ms: ms(create),
+        kill_ms: ms(kill),
+        idle_kib,
+        dirty10_kib,
+        kernel_kib_per_vm: (before.saturating_sub(after)) as f64 / n.max(1) as f64,
+    })
+}
+
+/// Runs `f` over `ids` on every core.
+fn parallel(
+    ids: &[String],
+    f: impl Fn(&str) -> Result<(), EngineError> + Sync,
+) -> Result<(), EngineError> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = ids.len().div_ceil(workers).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .chunks(chunk)
+            .map(|part| s.spawn(|| part.iter().try_for_each(|id| f(id))))
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("bench worker panicked"))
+    })
+}
+
+/// Forks with the pool disabled: every VM is created on the request path.
+fn cold_forks(config: &EngineConfig, n: usize) -> Result<Vec<Duration>, EngineError> {
+    let engine = Engine::new(EngineConfig {
+        pool_size: 0,
+        ..config.clone()
+    })?;
+    let t = engine.load_builtin("bare")?.template;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (f, d) = timed(|| engine.fork(&t))?;
+        out.push(d);
+        engine.kill(&f.sandbox)?;
+    }
+    engine.shutdown();
+    Ok(out)
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn print_table(v: &Value) {
+    println!(
+        "zeroboot bench ({} KVM, {} samples per latency)",
+        v["kvm"].as_str().unwrap_or("?"),
+        v["samples"]
+    );
+    for key in [
+        "fork_us",
+        "fork_cold_us",
+        "kill_us",
+        "exec_echo_us",
+        "fork_exec_echo_us",
+    ] {
+        let s = &v[key];
+        println!(
+            "  {key:<20} p50 {:>9} us   p99 {:>9} us   max {:>9} us   (n={})",
+            s["p50"], s["p99"], s["max"], s["n"]
+        );
+    }
+    for key in [
+        "template_build_ms",
+        "create_1000_ms",
+        "kill_1000_ms",
+        "private_dirty_kib_idle",
+        "private_dirty_kib_dirty10",
+        "kernel_kib_per_vm",
+        "template_mib",
+    ] {
+        println!("  {key:<26} {}", v[key]);
+    }
+    println!(
+        "  (create/kill figures are for {} sandboxes)",
+        v["create_vms"]
+    );
+}
