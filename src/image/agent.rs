@@ -63,7 +63,11 @@ pub fn build(source: &Path) -> Result<PathBuf, ImageError> {
         ])
         .arg("--target-dir")
         .arg(&target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // Static glibc; no debug info or symbols (/init is not debugged in place).
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols",
+        )
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     command::run(&mut cmd)?;
     Ok(target_dir.join("x86_64-unknown-linux-gnu/release/zeroboot-agent"))

@@ -1,0 +1,99 @@
+//! Copy-on-write isolation: forks never see each other's writes, recycled VMs
+//! carry nothing over from their previous tenant, and the template never changes.
+
+mod support;
+
+use support::*;
+use zeroboot::engine::EngineConfig;
+
+const TEMPLATE_SCRATCH: &str = "0x7e57000000000001\n";
+
+#[test]
+fn forks_do_not_see_each_others_writes() {
+    if !kvm_or_skip("forks_do_not_see_each_others_writes") {
+        return;
+    }
+    let (e, t) = engine();
+    let a = e.fork(&t).unwrap().sandbox;
+    let b = e.fork(&t).unwrap().sandbox;
+    assert_eq!(stdout(&e, &a, &["peek"]), TEMPLATE_SCRATCH);
+    stdout(&e, &a, &["poke", "0x1234"]);
+    assert_eq!(stdout(&e, &a, &["peek"]), "0x0000000000001234\n");
+    assert_eq!(stdout(&e, &b, &["peek"]), TEMPLATE_SCRATCH);
+    let c = e.fork(&t).unwrap().sandbox;
+    assert_eq!(stdout(&e, &c, &["peek"]), TEMPLATE_SCRATCH);
+    assert_eq!(stdout(&e, &a, &["peek"]), "0x0000000000001234\n");
+}
+
+#[test]
+fn recycled_vms_keep_nothing_from_the_previous_tenant() {
+    if !kvm_or_skip("recycled_vms_keep_nothing_from_the_previous_tenant") {
+        return;
+    }
+    // One pooled VM, so the next fork after a kill reuses the killed VM.
+    let (e, t) = engine_with(EngineConfig {
+        pool_size: 1,
+        ..Default::default()
+    });
+    for round in 0..20 {
+        let sb = e.fork(&t).unwrap().sandbox;
+        assert_eq!(
+            stdout(&e, &sb, &["peek"]),
+            TEMPLATE_SCRATCH,
+            "round {round}"
+        );
+        let dirty_addr = format!("{:#x}", 8u64 << 20);
+        assert_eq!(
+            stdout(&e, &sb, &["peek", &dirty_addr]),
+            "0x0000000000000000\n",
+            "round {round}"
+        );
+        stdout(&e, &sb, &["poke", "0xdead"]);
+        stdout(&e, &sb, &["dirty", "64"]);
+        assert!(e.stats(&sb).unwrap().dirty_pages >= 64);
+        e.kill(&sb).unwrap();
+    }
+}
+
+#[test]
+fn dirty_pages_are_private_and_counted() {
+    if !kvm_or_skip("dirty_pages_are_private_and_counted") {
+        return;
+    }
+    let (e, t) = engine();
+    let sb = e.fork(&t).unwrap().sandbox;
+    stdout(&e, &sb, &["echo"]);
+    let idle = e.stats(&sb).unwrap().dirty_pages;
+    stdout(&e, &sb, &["dirty", "100"]);
+    let dirty = e.stats(&sb).unwrap().dirty_pages;
+    assert!(dirty >= idle + 100, "idle {idle} dirty {dirty}");
+    let other = e.fork(&t).unwrap().sandbox;
+    stdout(&e, &other, &["echo"]);
+    assert!(e.stats(&other).unwrap().dirty_pages < idle + 10);
+}
+
+#[test]
+fn saved_template_loads_and_forks_identically() {
+    if !kvm_or_skip("saved_template_loads_and_forks_identically") {
+        return;
+    }
+    let (e, t) = engine();
+    let path = std::env::temp_dir().join(format!("zeroboot-test-{}.zbt", std::process::id()));
+    let bytes = e.save_template(&t, &path).unwrap();
+    assert!(
+        bytes > 0 && bytes < 4 << 20,
+        "only touched pages are stored: {bytes}"
+    );
+    let loaded = e.load_file(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let sb = e.fork(&loaded.template).unwrap().sandbox;
+    assert_eq!(stdout(&e, &sb, &["echo", "from", "file"]), "from file\n");
+    assert_eq!(stdout(&e, &sb, &["peek"]), TEMPLATE_SCRATCH);
+    let garbage = std::env::temp_dir().join(format!("zeroboot-bad-{}.zbt", std::process::id()));
+    std::fs::write(&garbage, b"not a template").unwrap();
+    assert!(matches!(
+        e.load_file(&garbage),
+        Err(zeroboot::engine::EngineError::TemplateFile { .. })
+    ));
+    std::fs::remove_file(&garbage).unwrap();
+}

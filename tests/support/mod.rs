@@ -1,0 +1,69 @@
+//! Shared helpers for engine tests: KVM gating and short-hand execs.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use zeroboot::agent::ExecRequest;
+use zeroboot::engine::{Engine, EngineConfig, EngineError, ExecOptions, ExecResult};
+
+/// Returns false (after saying so) when /dev/kvm is missing; panics instead when
+/// ZEROBOOT_REQUIRE_KVM=1, so CI can never skip KVM tests silently.
+pub fn kvm_or_skip(test: &str) -> bool {
+    if std::path::Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    if std::env::var("ZEROBOOT_REQUIRE_KVM").as_deref() == Ok("1") {
+        panic!("{test}: /dev/kvm is missing and ZEROBOOT_REQUIRE_KVM=1");
+    }
+    eprintln!("skipping {test}: no /dev/kvm on this host");
+    false
+}
+
+/// An engine with the bare template loaded.
+pub fn engine_with(config: EngineConfig) -> (Engine, String) {
+    let engine = Engine::new(config).expect("KVM engine");
+    let t = engine.load_builtin("bare").expect("bare template").template;
+    (engine, t)
+}
+
+pub fn engine() -> (Engine, String) {
+    engine_with(EngineConfig::default())
+}
+
+pub fn req(argv: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn run(engine: &Engine, sb: &str, argv: &[&str]) -> Result<ExecResult, EngineError> {
+    run_with(engine, sb, argv, &ExecOptions::default())
+}
+
+pub fn run_with(
+    engine: &Engine,
+    sb: &str,
+    argv: &[&str],
+    opts: &ExecOptions,
+) -> Result<ExecResult, EngineError> {
+    engine.exec(sb, &req(argv), opts, &mut |_, _| {})
+}
+
+pub fn stdout(engine: &Engine, sb: &str, argv: &[&str]) -> String {
+    let r = run(engine, sb, argv).expect("exec");
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "{argv:?} failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8(r.stdout).expect("utf-8 output")
+}
+
+pub fn timeout(ms: u64) -> ExecOptions {
+    ExecOptions {
+        timeout: Some(Duration::from_millis(ms)),
+        ..Default::default()
+    }
+}
