@@ -20,11 +20,13 @@ pub fn open_serial(path: &str) -> io::Result<File> {
     if unsafe { libc::tcgetattr(fd, &mut tio) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: cfmakeraw and cfsetspeed only edit the struct we own.
-    unsafe {
-        libc::cfmakeraw(&mut tio);
-        libc::cfsetspeed(&mut tio, libc::B115200);
-    }
+    // SAFETY: cfmakeraw only edits the struct we own.
+    unsafe { libc::cfmakeraw(&mut tio) };
+    // 115200 baud, set by hand: the libc crate binds cfsetspeed to a
+    // versioned glibc symbol that a static link cannot resolve.
+    tio.c_cflag = (tio.c_cflag & !libc::CBAUD) | libc::B115200;
+    tio.c_ispeed = libc::B115200;
+    tio.c_ospeed = libc::B115200;
     tio.c_cc[libc::VMIN] = 1;
     tio.c_cc[libc::VTIME] = 0;
     // SAFETY: `fd` is open and `tio` is a fully initialised termios.

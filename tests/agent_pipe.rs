@@ -1,0 +1,199 @@
+//! The Linux agent's exec, file and reseed logic, run as a host process that
+//! speaks the protocol over its stdin/stdout, with the host's real python3.
+//! The binary under test is the static one the guest image packs.
+
+mod agent_support;
+
+use agent_support::{Client, End, ExecSpec};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use zeroboot_proto::{AgentErrorCode, AgentKind, EXIT_TIMED_OUT, Kind, VERSION};
+
+fn agent_binary() -> &'static PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let source = zeroboot::image::source_tree().expect("tests run from the source tree");
+        zeroboot::image::build_agent(&source).expect("building the static agent")
+    })
+}
+
+/// A running agent and the host end of its pipes; killed on drop.
+struct Agent {
+    child: Child,
+    client: Client<ChildStdout, ChildStdin>,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let python = PathBuf::from("/usr/bin/python3");
+        assert!(python.is_file(), "these tests need the host's python3 (3.11)");
+        let mut child = Command::new(agent_binary())
+            .args(["--transport", "stdio", "--python"])
+            .arg(&python)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning the agent");
+        let mut client = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        let ready = client.ready();
+        assert_eq!((ready.version, ready.agent), (VERSION, AgentKind::Linux));
+        Agent { child, client }
+    }
+
+    fn exec(&mut self, spec: &ExecSpec) -> agent_support::Run {
+        self.client.exec(spec)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _reaped = self.child.kill().and_then(|()| self.child.wait());
+    }
+}
+
+fn sh(script: &str) -> ExecSpec {
+    ExecSpec::argv(&["/bin/sh", "-c", script])
+}
+
+#[test]
+fn exit_codes_and_signals_are_real() {
+    let mut a = Agent::start();
+    assert_eq!(a.exec(&sh("exit 0")).status().code, 0);
+    let s = a.exec(&sh("exit 3")).status();
+    assert_eq!((s.code, s.signal, s.flags), (3, 0, 0));
+    let s = a.exec(&sh("kill -TERM $$")).status();
+    assert_eq!((s.signal, s.code), (libc::SIGTERM, 128 + libc::SIGTERM));
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate() {
+    let mut a = Agent::start();
+    let run = a.exec(&sh("echo out; echo err >&2; exit 1"));
+    assert_eq!(run.stdout_str(), "out\n");
+    assert_eq!(run.stderr_str(), "err\n");
+    assert_eq!(run.status().code, 1);
+}
+
+#[test]
+fn env_cwd_and_stdin_reach_the_program() {
+    let mut a = Agent::start();
+    let run = a.exec(&sh("echo \"$GREETING\"; pwd; cat").env("GREETING", "hi there").cwd("/tmp").stdin(b"from stdin"));
+    assert_eq!(run.stdout_str(), "hi there\n/tmp\nfrom stdin");
+    assert_eq!(run.status().code, 0);
+}
+
+#[test]
+fn spawn_failures_and_bad_requests_are_errors_not_exits() {
+    let mut a = Agent::start();
+    let run = a.exec(&ExecSpec::argv(&["/nonexistent/program"]));
+    assert!(matches!(run.end, End::Error(AgentErrorCode::SpawnFailed, _)), "{:?}", run.end);
+    let run = a.exec(&sh("true").cwd("/nonexistent-dir"));
+    assert!(matches!(run.end, End::Error(AgentErrorCode::SpawnFailed, _)), "{:?}", run.end);
+    a.client.send(Kind::Exec, 0, |w| w.raw(b"garbage"));
+    let (h, _) = a.client.recv();
+    assert_eq!(h.kind, Kind::Error);
+    // The agent is still serving.
+    assert_eq!(a.exec(&sh("exit 5")).status().code, 5);
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group() {
+    let mut a = Agent::start();
+    let t = Instant::now();
+    let run = a.exec(&sh("sleep 30 & echo $!; sleep 30").timeout_ms(300));
+    let elapsed = t.elapsed();
+    let s = run.status();
+    assert_eq!((s.flags & EXIT_TIMED_OUT, s.signal), (EXIT_TIMED_OUT, libc::SIGKILL));
+    assert!(elapsed < Duration::from_secs(3), "timeout took {elapsed:?}");
+    let background: i32 = run.stdout_str().trim().parse().expect("background pid");
+    // The background sleep was in the group: it must be dead (gone or a zombie).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{background}/stat")).unwrap_or_default();
+        let alive = state.split(") ").nth(1).is_some_and(|rest| !rest.starts_with('Z'));
+        if !alive {
+            break;
+        }
+        assert!(Instant::now() < deadline, "background process {background} survived the timeout");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn large_output_streams_in_many_frames() {
+    let mut a = Agent::start();
+    let run = a.exec(&sh("head -c 3000000 /dev/zero | tr '\\0' x; echo done >&2"));
+    assert_eq!(run.status().code, 0);
+    assert_eq!(run.stdout.len(), 3_000_000);
+    assert!(run.stdout.iter().all(|&b| b == b'x'));
+    assert_eq!(run.stderr_str(), "done\n");
+    assert!(run.output_frames >= 3_000_000 / zeroboot_proto::MAX_PAYLOAD, "{} frames", run.output_frames);
+}
+
+#[test]
+fn stop_output_lets_the_program_finish() {
+    let mut a = Agent::start();
+    let run = a.exec(&sh("head -c 3000000 /dev/zero; exit 7").stop_after(1));
+    assert_eq!(run.status().code, 7);
+    assert_eq!(run.output_frames, 1, "no output after the host said stop");
+}
+
+#[test]
+fn python_runs_in_the_warm_zygote() {
+    let mut a = Agent::start();
+    let run = a.exec(&ExecSpec::python("import sys\nprint('json' in sys.modules, sys.argv)\nsys.exit(4)"));
+    assert_eq!(run.stdout_str(), "True ['-c']\n", "stderr: {}", run.stderr_str());
+    assert_eq!(run.status().code, 4);
+    let run = a.exec(&ExecSpec::python("raise ValueError('boom')"));
+    assert_eq!(run.status().code, 1);
+    assert!(run.stderr_str().contains("ValueError: boom"), "{}", run.stderr_str());
+    let code = "import os, sys\nprint(os.environ['K'], os.getcwd(), sys.stdin.read())";
+    let run = a.exec(&ExecSpec::python(code).env("K", "v").cwd("/tmp").stdin(b"in"));
+    assert_eq!(run.stdout_str(), "v /tmp in\n");
+}
+
+#[test]
+fn python_timeout_kills_its_group_and_zygote_survives() {
+    let mut a = Agent::start();
+    let t = Instant::now();
+    let run = a.exec(&ExecSpec::python("import time\nwhile True: pass").timeout_ms(300));
+    assert_eq!(run.status().flags & EXIT_TIMED_OUT, EXIT_TIMED_OUT);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(a.exec(&ExecSpec::python("print(6*7)")).stdout_str(), "42\n");
+}
+
+#[test]
+fn every_exec_sees_fresh_randomness() {
+    let mut a = Agent::start();
+    let code = "import os, random\nprint(os.urandom(16).hex(), random.random())";
+    let first = a.exec(&ExecSpec::python(code)).stdout_str();
+    let second = a.exec(&ExecSpec::python(code)).stdout_str();
+    assert_eq!(first.split_whitespace().count(), 2, "{first}");
+    let (f, s): (Vec<_>, Vec<_>) = (first.split_whitespace().collect(), second.split_whitespace().collect());
+    assert_ne!(f[0], s[0], "os.urandom repeated");
+    assert_ne!(f[1], s[1], "random.random repeated");
+}
+
+#[test]
+fn files_round_trip_with_mode_and_size_cap() {
+    let mut a = Agent::start();
+    let dir = std::env::temp_dir().join(format!("zeroboot-agent-pipe-{}", std::process::id()));
+    let path = dir.join("nested/data.bin");
+    let path = path.to_str().unwrap();
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    a.client.write_file(path, 0o600, &data).unwrap();
+    assert_eq!(a.client.read_file(path, 1 << 20).unwrap(), data);
+    let run = a.exec(&ExecSpec::argv(&["/usr/bin/stat", "-c", "%a", path]));
+    assert_eq!(run.stdout_str(), "600\n");
+    match a.client.read_file(path, 1000) {
+        Err(End::Error(code, _)) => assert_eq!(code, AgentErrorCode::TooLarge),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    match a.client.read_file("/nonexistent/file", 10) {
+        Err(End::Error(code, _)) => assert_eq!(code, AgentErrorCode::Io),
+        other => panic!("expected Io, got {other:?}"),
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,216 @@
+//! A minimal host side of the agent protocol over a byte stream, for the
+//! tests that talk to the Linux agent (as a process over pipes, or in a guest
+//! under QEMU over a serial port). It checks every frame the agent sends.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::io::{Read, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+use zeroboot_proto::{
+    AgentError, AgentErrorCode, Exec, ExecParts, ExitStatus, HEADER_LEN, Header, Kind, MAX_PAYLOAD, Output,
+    Program, RESUME_STOP_OUTPUT, ReadFile, Ready, Stream, WriteFile, encode_frame,
+};
+
+/// What an exec asks for.
+#[derive(Clone, Debug)]
+pub struct ExecSpec {
+    pub program: Program,
+    pub argv: Vec<Vec<u8>>,
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    pub cwd: Vec<u8>,
+    pub stdin: Vec<u8>,
+    pub timeout_ms: u32,
+    /// Answer the first Output with RESUME_STOP_OUTPUT once this many bytes arrived.
+    pub stop_after: Option<usize>,
+}
+
+impl ExecSpec {
+    pub fn argv(args: &[&str]) -> Self {
+        ExecSpec {
+            program: Program::Argv,
+            argv: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            env: Vec::new(),
+            cwd: Vec::new(),
+            stdin: Vec::new(),
+            timeout_ms: 0,
+            stop_after: None,
+        }
+    }
+
+    pub fn python(code: &str) -> Self {
+        ExecSpec { program: Program::Python, ..ExecSpec::argv(&[code]) }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn cwd(mut self, cwd: &str) -> Self {
+        self.cwd = cwd.into();
+        self
+    }
+
+    pub fn stdin(mut self, data: &[u8]) -> Self {
+        self.stdin = data.to_vec();
+        self
+    }
+
+    pub fn timeout_ms(mut self, ms: u32) -> Self {
+        self.timeout_ms = ms;
+        self
+    }
+
+    pub fn stop_after(mut self, bytes: usize) -> Self {
+        self.stop_after = Some(bytes);
+        self
+    }
+}
+
+/// How an exec ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    Exit(ExitStatus),
+    Error(AgentErrorCode, String),
+}
+
+/// Everything an exec sent back.
+#[derive(Debug)]
+pub struct Run {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub end: End,
+    pub output_frames: usize,
+}
+
+impl Run {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// The exit status; panics (showing stderr) if the exec failed in the agent.
+    pub fn status(&self) -> ExitStatus {
+        match &self.end {
+            End::Exit(s) => *s,
+            End::Error(code, msg) => panic!("agent error {code:?}: {msg}; stderr: {}", self.stderr_str()),
+        }
+    }
+}
+
+/// The host end of a conversation.
+pub struct Client<R, W> {
+    r: R,
+    w: W,
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn seed() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    getrandom::fill(&mut s).unwrap();
+    s
+}
+
+impl<R: Read, W: Write> Client<R, W> {
+    pub fn new(r: R, w: W) -> Self {
+        Client { r, w }
+    }
+
+    pub fn send(&mut self, kind: Kind, flags: u32, body: impl FnOnce(&mut zeroboot_proto::Writer<'_>) -> Result<(), zeroboot_proto::WireError>) {
+        let mut buf = vec![0u8; HEADER_LEN + MAX_PAYLOAD];
+        let n = encode_frame(&mut buf, kind, flags, body).unwrap();
+        self.w.write_all(&buf[..n]).unwrap();
+        self.w.flush().unwrap();
+    }
+
+    /// Reads one frame; it must come from the guest.
+    pub fn recv(&mut self) -> (Header, Vec<u8>) {
+        let mut head = [0u8; HEADER_LEN];
+        self.r.read_exact(&mut head).expect("agent closed the channel");
+        let h = Header::decode(&head).unwrap();
+        assert!(h.kind.is_from_guest(), "agent sent host kind {:?}", h.kind);
+        let mut payload = vec![0u8; h.len as usize];
+        self.r.read_exact(&mut payload).unwrap();
+        (h, payload)
+    }
+
+    pub fn ready(&mut self) -> Ready {
+        let (h, p) = self.recv();
+        assert_eq!(h.kind, Kind::Ready);
+        Ready::decode(&p).unwrap()
+    }
+
+    fn error_of(p: &[u8]) -> End {
+        let e = AgentError::decode(p).unwrap();
+        End::Error(e.code, String::from_utf8_lossy(e.message).into_owned())
+    }
+
+    pub fn exec(&mut self, spec: &ExecSpec) -> Run {
+        let s = spec.clone();
+        self.send(Kind::Exec, 0, |w| {
+            Exec::encode(
+                w,
+                ExecParts {
+                    clock_ns: now_ns(),
+                    seed: seed(),
+                    timeout_ms: s.timeout_ms,
+                    program: s.program,
+                    argv: s.argv.iter().map(Vec::as_slice),
+                    env: s.env.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+                    cwd: &s.cwd,
+                    stdin: &s.stdin,
+                },
+            )
+        });
+        let mut run = Run { stdout: Vec::new(), stderr: Vec::new(), end: End::Exit(ExitStatus { code: -1, signal: 0, flags: 0 }), output_frames: 0 };
+        loop {
+            let (h, p) = self.recv();
+            match h.kind {
+                Kind::Output => {
+                    let o = Output::decode(&p).unwrap();
+                    match o.stream {
+                        Stream::Stdout => run.stdout.extend(o.data),
+                        Stream::Stderr => run.stderr.extend(o.data),
+                    }
+                    run.output_frames += 1;
+                    let total = run.stdout.len() + run.stderr.len();
+                    let stop = spec.stop_after.is_some_and(|n| total >= n);
+                    self.send(Kind::Resume, if stop { RESUME_STOP_OUTPUT } else { 0 }, |_| Ok(()));
+                }
+                Kind::Exit => {
+                    run.end = End::Exit(ExitStatus::decode(&p).unwrap());
+                    return run;
+                }
+                Kind::Error => {
+                    run.end = Self::error_of(&p);
+                    return run;
+                }
+                other => panic!("unexpected {other:?} during an exec"),
+            }
+        }
+    }
+
+    pub fn write_file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<(), End> {
+        self.send(Kind::WriteFile, 0, |w| WriteFile { path: path.as_bytes(), mode, data }.encode(w));
+        match self.recv() {
+            (h, _) if h.kind == Kind::Done => Ok(()),
+            (h, p) if h.kind == Kind::Error => Err(Self::error_of(&p)),
+            (h, _) => panic!("unexpected {:?} after write_file", h.kind),
+        }
+    }
+
+    pub fn read_file(&mut self, path: &str, max_bytes: u32) -> Result<Vec<u8>, End> {
+        self.send(Kind::ReadFile, 0, |w| ReadFile { path: path.as_bytes(), max_bytes }.encode(w));
+        match self.recv() {
+            (h, p) if h.kind == Kind::FileData => Ok(p),
+            (h, p) if h.kind == Kind::Error => Err(Self::error_of(&p)),
+            (h, _) => panic!("unexpected {:?} after read_file", h.kind),
+        }
+    }
+}
