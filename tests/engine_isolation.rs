@@ -97,3 +97,33 @@ fn saved_template_loads_and_forks_identically() {
     ));
     std::fs::remove_file(&garbage).unwrap();
 }
+
+#[test]
+fn a_live_sandbox_branches_into_a_template() {
+    if !kvm_or_skip("a_live_sandbox_branches_into_a_template") {
+        return;
+    }
+    let (e, t) = engine();
+    let parent = e.fork(&t).unwrap().sandbox;
+    stdout(&e, &parent, &["poke", "0xb0a7"]);
+    let branch = e.snapshot_sandbox(&parent).unwrap();
+    assert!(branch.source.contains(&parent));
+    // The parent carries on, and its later writes do not reach the branch.
+    assert_eq!(stdout(&e, &parent, &["peek"]), "0x000000000000b0a7\n");
+    stdout(&e, &parent, &["poke", "0x1"]);
+    for _ in 0..3 {
+        let child = e.fork(&branch.template).unwrap().sandbox;
+        assert_eq!(stdout(&e, &child, &["peek"]), "0x000000000000b0a7\n");
+        assert_eq!(stdout(&e, &child, &["echo", "branched"]), "branched\n");
+        stdout(&e, &child, &["poke", "0x2"]);
+    }
+    let a = e.fork(&branch.template).unwrap().sandbox;
+    let b = e.fork(&branch.template).unwrap().sandbox;
+    assert_ne!(
+        stdout(&e, &a, &["random", "16"]),
+        stdout(&e, &b, &["random", "16"])
+    );
+    // The original template is untouched.
+    let fresh = e.fork(&t).unwrap().sandbox;
+    assert_eq!(stdout(&e, &fresh, &["peek"]), TEMPLATE_SCRATCH);
+}

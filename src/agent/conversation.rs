@@ -7,6 +7,8 @@ use zeroboot_proto::{
     Ready, Stream, VERSION, encode_frame,
 };
 
+use zeroboot_proto::Header;
+
 use super::{AgentError, Mailbox};
 use crate::vmm::{Stop, Vm};
 
@@ -62,6 +64,49 @@ fn unexpected_stop(stop: Stop, waiting_for: &str) -> AgentError {
     }
 }
 
+/// Writes `request`, runs to the doorbell and reads the guest's frame.
+fn round_trip(
+    vm: &mut Vm,
+    mailbox: &Mailbox,
+    request: &[u8],
+    payload: &mut Vec<u8>,
+) -> Result<Header, AgentError> {
+    mailbox.write(vm.ram(), request)?;
+    match vm.run()? {
+        Stop::Doorbell => mailbox.read(vm.ram(), payload),
+        other => Err(unexpected_stop(other, "a reply")),
+    }
+}
+
+fn agent_error(payload: &[u8]) -> AgentError {
+    match WireAgentError::decode(payload) {
+        Ok(e) => AgentError::Agent {
+            code: e.code,
+            message: String::from_utf8_lossy(e.message).into_owned(),
+        },
+        Err(w) => w.into(),
+    }
+}
+
+/// Sends a request answered by one frame of kind `expect` (file operations);
+/// returns that frame's payload.
+pub fn request(
+    vm: &mut Vm,
+    mailbox: &Mailbox,
+    frame: &[u8],
+    expect: Kind,
+) -> Result<Vec<u8>, AgentError> {
+    let mut payload = Vec::new();
+    let header = round_trip(vm, mailbox, frame, &mut payload)?;
+    match header.kind {
+        k if k == expect => Ok(payload),
+        Kind::Error => Err(agent_error(&payload)),
+        other => Err(AgentError::Protocol(format!(
+            "expected {expect:?}, got {other:?}"
+        ))),
+    }
+}
+
 /// Sends an Exec frame and runs the guest to its Exit, passing output chunks
 /// to `on_output` until `output_cap` bytes in all have been passed.
 pub fn exec(
@@ -71,16 +116,12 @@ pub fn exec(
     output_cap: usize,
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<ExecEnd, AgentError> {
-    mailbox.write(vm.ram(), request)?;
     let mut payload = Vec::new();
     let mut delivered = 0usize;
     let mut truncated = false;
+    let mut next = request.to_vec();
     loop {
-        match vm.run()? {
-            Stop::Doorbell => {}
-            other => return Err(unexpected_stop(other, "a reply")),
-        }
-        let header = mailbox.read(vm.ram(), &mut payload)?;
+        let header = round_trip(vm, mailbox, &next, &mut payload)?;
         match header.kind {
             Kind::Output => {
                 let out = Output::decode(&payload)?;
@@ -92,9 +133,8 @@ pub fn exec(
                 }
                 truncated |= take < out.data.len();
                 let flags = if truncated { RESUME_STOP_OUTPUT } else { 0 };
-                let mut frame = [0u8; zeroboot_proto::HEADER_LEN];
-                encode_frame(&mut frame, Kind::Resume, flags, |_| Ok(()))?;
-                mailbox.write(vm.ram(), &frame)?;
+                next.resize(zeroboot_proto::HEADER_LEN, 0);
+                encode_frame(&mut next, Kind::Resume, flags, |_| Ok(()))?;
             }
             Kind::Exit => {
                 let status = ExitStatus::decode(&payload)?;
@@ -105,13 +145,7 @@ pub fn exec(
                     truncated,
                 });
             }
-            Kind::Error => {
-                let e = WireAgentError::decode(&payload)?;
-                return Err(AgentError::Agent {
-                    code: e.code,
-                    message: String::from_utf8_lossy(e.message).into_owned(),
-                });
-            }
+            Kind::Error => return Err(agent_error(&payload)),
             other => {
                 return Err(AgentError::Protocol(format!(
                     "unexpected {other:?} frame during exec"

@@ -8,8 +8,8 @@ mod error;
 mod mailbox;
 mod request;
 
-pub use conversation::{ExecEnd, boot, exec};
+pub use conversation::{ExecEnd, boot, exec, request};
 pub use error::AgentError;
 pub use mailbox::Mailbox;
-pub use request::{ExecRequest, encode_exec};
-pub use zeroboot_proto::{Program, Stream};
+pub use request::{ExecRequest, encode_exec, encode_read_file, encode_write_file};
+pub use zeroboot_proto::{Kind, Program, Stream};

@@ -1,7 +1,9 @@
 //! Encoding an exec request. Every request carries the host's wall clock and
 //! fresh randomness, so the first exec after a fork already reseeds the guest.
 
-use zeroboot_proto::{Exec, ExecParts, Kind, MAILBOX_SIZE, Program, encode_frame};
+use zeroboot_proto::{
+    Exec, ExecParts, Kind, MAILBOX_SIZE, Program, ReadFile, WriteFile, encode_frame,
+};
 
 use super::AgentError;
 
@@ -28,8 +30,8 @@ pub fn encode_exec(
     clock_ns: u64,
     seed: [u8; 32],
 ) -> Result<Vec<u8>, AgentError> {
-    let mut buf = vec![0u8; MAILBOX_SIZE];
-    let n = encode_frame(&mut buf, Kind::Exec, 0, |w| {
+    let size_hint = req.stdin.len() + req.argv.iter().map(String::len).sum::<usize>();
+    encode(Kind::Exec, size_hint, |w| {
         Exec::encode(
             w,
             ExecParts {
@@ -44,11 +46,39 @@ pub fn encode_exec(
             },
         )
     })
-    .map_err(|_| {
-        AgentError::RequestTooLarge(
-            req.stdin.len() + req.argv.iter().map(String::len).sum::<usize>(),
-        )
-    })?;
+}
+
+/// Builds a WriteFile frame.
+pub fn encode_write_file(path: &str, mode: u32, data: &[u8]) -> Result<Vec<u8>, AgentError> {
+    encode(Kind::WriteFile, path.len() + data.len(), |w| {
+        WriteFile {
+            path: path.as_bytes(),
+            mode,
+            data,
+        }
+        .encode(w)
+    })
+}
+
+/// Builds a ReadFile frame.
+pub fn encode_read_file(path: &str, max_bytes: u32) -> Result<Vec<u8>, AgentError> {
+    encode(Kind::ReadFile, path.len(), |w| {
+        ReadFile {
+            path: path.as_bytes(),
+            max_bytes,
+        }
+        .encode(w)
+    })
+}
+
+fn encode(
+    kind: Kind,
+    size_hint: usize,
+    body: impl FnOnce(&mut zeroboot_proto::Writer<'_>) -> Result<(), zeroboot_proto::WireError>,
+) -> Result<Vec<u8>, AgentError> {
+    let mut buf = vec![0u8; MAILBOX_SIZE];
+    let n = encode_frame(&mut buf, kind, 0, body)
+        .map_err(|_| AgentError::RequestTooLarge(size_hint))?;
     buf.truncate(n);
     Ok(buf)
 }

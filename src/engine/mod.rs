@@ -6,10 +6,13 @@
 //! are serialised by a busy flag rather than queued, so a caller learns at once
 //! that its sandbox is occupied.
 
+mod branch;
 mod cancel;
+mod converse;
 mod error;
 mod exec;
 mod file;
+mod files;
 mod pool;
 mod recycle;
 mod sandbox;
@@ -93,7 +96,7 @@ pub struct SandboxStats {
     pub private_dirty_kib: u64,
     /// VM exits to userspace so far.
     pub exits: u64,
-    /// Execs run.
+    /// Requests served (execs, file operations, snapshots).
     pub execs: u64,
     /// Time since fork.
     pub uptime_ms: u64,

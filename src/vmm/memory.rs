@@ -157,10 +157,10 @@ impl GuestRam {
     }
 }
 
-/// Counts the pages of a mapping of this process held privately (copied on
-/// write), from /proc/self/pagemap: a present page that is neither file-backed
-/// nor shared is a private copy.
-pub fn private_pages(host_addr: u64, size: usize) -> io::Result<u64> {
+/// Which pages of a mapping of this process are held privately (copied on
+/// write), from /proc/self/pagemap: a present page that is neither
+/// file-backed nor shared is a private copy.
+fn private_page_map(host_addr: u64, size: usize) -> io::Result<Vec<bool>> {
     use std::os::unix::fs::FileExt;
     let pagemap = File::open("/proc/self/pagemap")?;
     let mut buf = vec![0u8; size / 4096 * 8];
@@ -170,8 +170,74 @@ pub fn private_pages(host_addr: u64, size: usize) -> io::Result<u64> {
     Ok(buf
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-        .filter(|e| e & PRESENT != 0 && e & FILE_OR_SHARED == 0)
+        .map(|e| e & PRESENT != 0 && e & FILE_OR_SHARED == 0)
+        .collect())
+}
+
+/// Counts the pages of a mapping of this process held privately.
+pub fn private_pages(host_addr: u64, size: usize) -> io::Result<u64> {
+    Ok(private_page_map(host_addr, size)?
+        .into_iter()
+        .filter(|p| *p)
         .count() as u64)
+}
+
+/// Pages of `memfd` that hold data (not holes), by SEEK_DATA/SEEK_HOLE.
+fn data_pages(memfd: &Memfd) -> io::Result<Vec<bool>> {
+    let mut pages = vec![false; memfd.size() / 4096];
+    let fd = memfd.file().as_raw_fd();
+    let mut at: libc::off_t = 0;
+    loop {
+        // SAFETY: lseek on a descriptor we own; it reads no memory of ours.
+        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if start < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(pages)
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        if end < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for p in (start as usize / 4096)..(end as usize).div_ceil(4096).min(pages.len()) {
+            pages[p] = true;
+        }
+        at = end;
+    }
+}
+
+impl GuestRam {
+    /// Copies this mapping's contents into `dst` (same size), reading only the
+    /// pages that can differ from zero: data pages of `base` (the memfd this
+    /// mapping is a private view of) and pages this mapping copied on write.
+    /// Returns the number of pages copied.
+    pub fn copy_into(&self, base: &Memfd, dst: &Memfd) -> Result<u64, VmmError> {
+        use std::os::unix::fs::FileExt;
+        let io = |e: io::Error| VmmError::CreateMemory {
+            size: dst.size(),
+            source: e,
+        };
+        let private = private_page_map(self.host_addr(), self.size).map_err(io)?;
+        let data = data_pages(base).map_err(io)?;
+        let mut page = vec![0u8; 4096];
+        let mut copied = 0;
+        for (i, _) in private
+            .iter()
+            .zip(&data)
+            .enumerate()
+            .filter(|(_, (p, d))| **p || **d)
+        {
+            let gpa = (i * 4096) as u64;
+            self.read(gpa, &mut page)?;
+            dst.file().write_all_at(&page, gpa).map_err(io)?;
+            copied += 1;
+        }
+        Ok(copied)
+    }
 }
 
 impl Drop for GuestRam {

@@ -1,0 +1,321 @@
+//! Every JSON-RPC error this worker sends, in one place: the standard codes
+//! for protocol problems, -32800 for a cancelled call, and application codes
+//! (1001 and up, outside the reserved -32768..-32000) for engine failures.
+//! Each error's `data` is an object whose `kind` names the case in snake_case;
+//! the other members depend on the kind and are listed in schema/openrpc.json.
+
+use jsonrpsee::types::ErrorObjectOwned;
+use serde_json::{Value, json};
+
+use crate::engine::EngineError;
+
+/// Invalid JSON or invalid UTF-8.
+pub const PARSE_ERROR: i32 = -32700;
+/// Not a valid request object (also: any request after `shutdown`).
+pub const INVALID_REQUEST: i32 = -32600;
+/// No such method.
+pub const METHOD_NOT_FOUND: i32 = -32601;
+/// Params of the wrong shape or type, or rejected by the engine.
+pub const INVALID_PARAMS: i32 = -32602;
+/// A bug in the worker.
+pub const INTERNAL_ERROR: i32 = -32603;
+/// The call was cancelled by `$/cancelRequest` (the LSP code).
+pub const REQUEST_CANCELLED: i32 = -32800;
+
+/// /dev/kvm is missing or unusable.
+pub const KVM_UNAVAILABLE: i32 = 1001;
+/// No template has this id.
+pub const TEMPLATE_NOT_FOUND: i32 = 1002;
+/// The template still has live sandboxes (unload without `force`).
+pub const TEMPLATE_IN_USE: i32 = 1003;
+/// No sandbox has this id (never existed, or killed).
+pub const SANDBOX_NOT_FOUND: i32 = 1004;
+/// Another exec is running on the sandbox.
+pub const SANDBOX_BUSY: i32 = 1005;
+/// An earlier timeout, cancel, crash or protocol violation left the sandbox
+/// unusable; only `sandbox.kill` works on it.
+pub const SANDBOX_UNUSABLE: i32 = 1006;
+/// The host deadline passed; the vCPU was stopped and the sandbox is unusable.
+pub const EXEC_TIMEOUT: i32 = 1007;
+/// The guest crashed (triple fault, shutdown, unhandled exit).
+pub const GUEST_CRASHED: i32 = 1008;
+/// The guest broke the agent protocol.
+pub const GUEST_PROTOCOL: i32 = 1009;
+/// The agent in the guest refused or failed the request.
+pub const AGENT_FAILED: i32 = 1010;
+/// A configured limit was reached.
+pub const RESOURCE_LIMIT: i32 = 1011;
+/// A template file could not be read or written.
+pub const TEMPLATE_FILE: i32 = 1012;
+/// The KVM layer failed.
+pub const VMM_ERROR: i32 = 1013;
+
+fn error(code: i32, message: impl Into<String>, data: Value) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(code, message.into(), Some(data))
+}
+
+/// The message of an error with its cause chain, printed once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}
+
+/// The one mapping from engine errors to JSON-RPC errors.
+pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
+    let msg = chain(e);
+    match e {
+        EngineError::KvmUnavailable(_) => error(
+            KVM_UNAVAILABLE,
+            msg.clone(),
+            json!({"kind": "kvm_unavailable", "detail": msg}),
+        ),
+        EngineError::TemplateNotFound(t) => error(
+            TEMPLATE_NOT_FOUND,
+            msg,
+            json!({"kind": "template_not_found", "template": t}),
+        ),
+        EngineError::TemplateInUse {
+            template,
+            sandboxes,
+        } => error(
+            TEMPLATE_IN_USE,
+            msg,
+            json!({"kind": "template_in_use", "template": template, "sandboxes": sandboxes}),
+        ),
+        EngineError::SandboxNotFound(s) => error(
+            SANDBOX_NOT_FOUND,
+            msg,
+            json!({"kind": "sandbox_not_found", "sandbox": s}),
+        ),
+        EngineError::SandboxBusy(s) => error(
+            SANDBOX_BUSY,
+            msg,
+            json!({"kind": "sandbox_busy", "sandbox": s}),
+        ),
+        EngineError::SandboxUnusable { id, reason } => error(
+            SANDBOX_UNUSABLE,
+            msg,
+            json!({"kind": "sandbox_unusable", "sandbox": id, "reason": reason}),
+        ),
+        EngineError::ExecTimeout { timeout_ms } => error(
+            EXEC_TIMEOUT,
+            msg,
+            json!({"kind": "exec_timeout", "timeout_ms": timeout_ms}),
+        ),
+        EngineError::Cancelled => cancelled(),
+        EngineError::GuestCrashed { reason } => error(
+            GUEST_CRASHED,
+            msg,
+            json!({"kind": "guest_crashed", "reason": reason}),
+        ),
+        EngineError::GuestProtocol { detail } => error(
+            GUEST_PROTOCOL,
+            msg,
+            json!({"kind": "guest_protocol", "detail": detail}),
+        ),
+        EngineError::AgentFailed { message } => error(
+            AGENT_FAILED,
+            msg,
+            json!({"kind": "agent_failed", "message": message}),
+        ),
+        EngineError::ResourceLimit(detail) => error(
+            RESOURCE_LIMIT,
+            msg,
+            json!({"kind": "resource_limit", "detail": detail}),
+        ),
+        EngineError::InvalidRequest(detail) => error(
+            INVALID_PARAMS,
+            msg,
+            json!({"kind": "invalid_request", "detail": detail}),
+        ),
+        EngineError::TemplateFile { path, detail } => error(
+            TEMPLATE_FILE,
+            msg,
+            json!({"kind": "template_file", "path": path, "detail": detail}),
+        ),
+        EngineError::Vmm(_) => error(VMM_ERROR, msg.clone(), json!({"kind": "vmm", "detail": msg})),
+    }
+}
+
+/// The engine could not be started (KVM unusable); every engine method
+/// answers with this.
+pub fn kvm_unavailable(detail: &str) -> ErrorObjectOwned {
+    error(
+        KVM_UNAVAILABLE,
+        format!("KVM is unavailable: {detail}"),
+        json!({"kind": "kvm_unavailable", "detail": detail}),
+    )
+}
+
+/// A call cancelled by `$/cancelRequest`.
+pub fn cancelled() -> ErrorObjectOwned {
+    error(
+        REQUEST_CANCELLED,
+        "request cancelled",
+        json!({"kind": "cancelled"}),
+    )
+}
+
+/// Invalid JSON (`kind` "parse_error") or invalid UTF-8 ("invalid_utf8"), or
+/// a framing error the worker exits on ("framing").
+pub fn parse_error(kind: &str, detail: impl Into<String>) -> ErrorObjectOwned {
+    let detail = detail.into();
+    error(
+        PARSE_ERROR,
+        format!("parse error: {detail}"),
+        json!({"kind": kind, "detail": detail}),
+    )
+}
+
+/// Not a valid request.
+pub fn invalid_request(detail: impl Into<String>) -> ErrorObjectOwned {
+    let detail = detail.into();
+    error(
+        INVALID_REQUEST,
+        format!("invalid request: {detail}"),
+        json!({"kind": "invalid_request", "detail": detail}),
+    )
+}
+
+/// A message over `max_message_bytes`, skipped unread.
+pub fn message_too_large(length: u64, limit: usize) -> ErrorObjectOwned {
+    error(
+        INVALID_REQUEST,
+        format!("message of {length} bytes exceeds the limit of {limit} bytes"),
+        json!({"kind": "message_too_large", "length": length, "limit": limit}),
+    )
+}
+
+/// A request after `shutdown`.
+pub fn shutting_down() -> ErrorObjectOwned {
+    error(
+        INVALID_REQUEST,
+        "the worker is shutting down",
+        json!({"kind": "shutting_down"}),
+    )
+}
+
+/// No such method.
+pub fn method_not_found(method: &str) -> ErrorObjectOwned {
+    error(
+        METHOD_NOT_FOUND,
+        format!("method not found: {method}"),
+        json!({"kind": "method_not_found", "method": method}),
+    )
+}
+
+/// Params of the wrong shape or type.
+pub fn invalid_params(detail: impl Into<String>) -> ErrorObjectOwned {
+    let detail = detail.into();
+    error(
+        INVALID_PARAMS,
+        format!("invalid params: {detail}"),
+        json!({"kind": "invalid_params", "detail": detail}),
+    )
+}
+
+/// A bug in the worker (a panicked task, an unreadable reply).
+pub fn internal(detail: impl Into<String>) -> ErrorObjectOwned {
+    let detail = detail.into();
+    error(
+        INTERNAL_ERROR,
+        format!("internal error: {detail}"),
+        json!({"kind": "internal", "detail": detail}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::VmmError;
+
+    /// One value of every engine error variant (the match keeps it complete).
+    pub(crate) fn every_engine_error() -> Vec<EngineError> {
+        let all = vec![
+            EngineError::KvmUnavailable(VmmError::OpenKvm(kvm_ioctls::Error::new(libc::ENOENT))),
+            EngineError::TemplateNotFound("tpl-9".into()),
+            EngineError::TemplateInUse {
+                template: "tpl-1".into(),
+                sandboxes: 2,
+            },
+            EngineError::SandboxNotFound("sb-9".into()),
+            EngineError::SandboxBusy("sb-1".into()),
+            EngineError::SandboxUnusable {
+                id: "sb-1".into(),
+                reason: "timed out".into(),
+            },
+            EngineError::ExecTimeout { timeout_ms: 5 },
+            EngineError::Cancelled,
+            EngineError::GuestCrashed {
+                reason: "triple fault".into(),
+            },
+            EngineError::GuestProtocol {
+                detail: "garbage".into(),
+            },
+            EngineError::AgentFailed {
+                message: "unsupported".into(),
+            },
+            EngineError::ResourceLimit("too many".into()),
+            EngineError::InvalidRequest("empty argv".into()),
+            EngineError::TemplateFile {
+                path: "/x".into(),
+                detail: "bad magic".into(),
+            },
+            EngineError::Vmm(VmmError::OpenKvm(kvm_ioctls::Error::new(libc::EIO))),
+        ];
+        for e in &all {
+            // Adding a variant breaks this match: add it above and to the schema.
+            match e {
+                EngineError::KvmUnavailable(_)
+                | EngineError::TemplateNotFound(_)
+                | EngineError::TemplateInUse { .. }
+                | EngineError::SandboxNotFound(_)
+                | EngineError::SandboxBusy(_)
+                | EngineError::SandboxUnusable { .. }
+                | EngineError::ExecTimeout { .. }
+                | EngineError::Cancelled
+                | EngineError::GuestCrashed { .. }
+                | EngineError::GuestProtocol { .. }
+                | EngineError::AgentFailed { .. }
+                | EngineError::ResourceLimit(_)
+                | EngineError::InvalidRequest(_)
+                | EngineError::TemplateFile { .. }
+                | EngineError::Vmm(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_engine_error_has_a_distinct_kind_and_a_code_outside_the_reserved_range() {
+        let mut kinds = std::collections::HashSet::new();
+        for e in every_engine_error() {
+            let obj = engine_error(&e);
+            let data: Value = serde_json::from_str(obj.data().unwrap().get()).unwrap();
+            let kind = data["kind"].as_str().unwrap().to_string();
+            assert!(kinds.insert(kind.clone()), "{kind} twice");
+            let code = obj.code();
+            let standard = [INVALID_PARAMS, REQUEST_CANCELLED];
+            assert!(
+                !(-32768..=-32000).contains(&code) || standard.contains(&code),
+                "{kind}: {code}"
+            );
+            assert!(!obj.message().is_empty());
+        }
+    }
+
+    #[test]
+    fn messages_carry_the_cause_once() {
+        let e = EngineError::KvmUnavailable(VmmError::OpenKvm(kvm_ioctls::Error::new(
+            libc::ENOENT,
+        )));
+        let obj = engine_error(&e);
+        assert!(obj.message().starts_with("KVM is unavailable: "), "{}", obj.message());
+    }
+}
