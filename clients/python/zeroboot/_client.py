@@ -1,0 +1,530 @@
+"""Synchronous and asyncio APIs. Both mirror the TypeScript client:
+
+    with Zeroboot.start() as zb:                       async with await AsyncZeroboot.start() as zb:
+        t = zb.load_template(builtin="bare")               t = await zb.load_template(builtin="bare")
+        with zb.fork(t) as sb:                             async with await zb.fork(t) as sb:
+            r = sb.exec(["echo", "hi"])                        r = await sb.exec(["echo", "hi"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+from ._conn import Connection
+from ._errors import WorkerExitedError
+from ._generated import RequestCancelledError
+
+
+@dataclass(frozen=True)
+class Template:
+    id: str
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    stream: str  # "stdout" | "stderr"
+    data: str
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: str
+    stderr: str
+    exit_code: Optional[int]
+    signal: Optional[int]
+    timed_out: bool
+    truncated: bool
+    duration_us: int
+    raw: Dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def _from(cls, r: Dict[str, Any]) -> "ExecResult":
+        return cls(
+            stdout=r["stdout"],
+            stderr=r["stderr"],
+            exit_code=r.get("exit_code"),
+            signal=r.get("signal"),
+            timed_out=r["timed_out"],
+            truncated=r["truncated"],
+            duration_us=r["duration_us"],
+            raw=r,
+        )
+
+
+class CancelToken:
+    """Cancels synchronous calls from another thread: `token.cancel()` sends `$/cancelRequest` for every
+    call made with it; those calls then raise RequestCancelledError."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._callbacks: List[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            cbs, self._callbacks = self._callbacks, []
+        for cb in cbs:
+            cb()
+
+    def _register(self, cb: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(cb)
+                return lambda: self._unregister(cb)
+        cb()
+        return lambda: None
+
+    def _unregister(self, cb: Callable[[], None]) -> None:
+        with self._lock:
+            if cb in self._callbacks:
+                self._callbacks.remove(cb)
+
+
+TemplateLike = Union[Template, str]
+
+
+def _tid(t: TemplateLike) -> str:
+    return t if isinstance(t, str) else t.id
+
+
+def _exec_params(sandbox: str, argv: Sequence[str], stdin, env, cwd, timeout_ms, output_cap, stream) -> Dict[str, Any]:
+    p: Dict[str, Any] = {"sandbox": sandbox, "argv": list(argv)}
+    if stdin is not None:
+        p["stdin"] = stdin
+    if env is not None:
+        p["env"] = dict(env)
+    if cwd is not None:
+        p["cwd"] = cwd
+    if timeout_ms is not None:
+        p["timeout_ms"] = timeout_ms
+    if output_cap is not None:
+        p["output_cap"] = output_cap
+    if stream:
+        p["stream"] = True
+    return p
+
+
+def _load_params(builtin: Optional[str], path: Optional[str]) -> Dict[str, Any]:
+    if (builtin is None) == (path is None):
+        raise ValueError("give exactly one of builtin= or path=")
+    return {"builtin": builtin} if builtin is not None else {"path": path}
+
+
+# ------------------------------------------------------------------------------------------------
+# synchronous API
+
+
+class Zeroboot:
+    """A running `zeroboot serve` worker (synchronous API; thread-safe: calls from many threads run
+    concurrently in the worker)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._sandboxes: Dict[str, "Sandbox"] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(
+        cls,
+        binary: Optional[str] = None,
+        args: Sequence[str] = ("serve",),
+        env: Optional[Dict[str, str]] = None,
+        stderr_lines: int = 20,
+        on_stderr: Optional[Callable[[str], None]] = None,
+    ) -> "Zeroboot":
+        """Spawns the worker and checks it answers (`worker.info`)."""
+        zb = cls(Connection(binary, args, env, stderr_lines, on_stderr))
+        try:
+            zb.info()
+        except BaseException:
+            zb._conn.proc.kill()
+            raise
+        return zb
+
+    @property
+    def binary(self) -> str:
+        return self._conn.binary
+
+    @property
+    def pid(self) -> int:
+        return self._conn.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._conn.death is None
+
+    def call(self, method: str, params: Optional[Dict[str, Any]] = None, *, cancel: Optional[CancelToken] = None,
+             timeout: Optional[float] = None) -> Any:
+        """Calls any method of the schema. `cancel` or Ctrl-C (or `timeout` seconds passing) sends
+        `$/cancelRequest` and raises once the worker answers."""
+        rid, fut = self._conn.request(method, params or {})
+        undo = cancel._register(lambda: self._conn.cancel(rid)) if cancel else (lambda: None)
+        try:
+            try:
+                return fut.result(timeout)
+            except (KeyboardInterrupt, concurrent.futures.TimeoutError):
+                self._conn.cancel(rid)
+                try:
+                    fut.result(10)
+                except Exception:
+                    pass
+                raise
+        finally:
+            undo()
+
+    def info(self) -> Dict[str, Any]:
+        return self.call("worker.info")
+
+    def discover(self) -> Dict[str, Any]:
+        return self.call("rpc.discover")
+
+    def load_template(self, *, builtin: Optional[str] = None, path: Optional[str] = None) -> Template:
+        r = self.call("template.load", _load_params(builtin, path))
+        return Template(r["template"], r["memory_bytes"])
+
+    def templates(self) -> List[Dict[str, Any]]:
+        return self.call("template.list")["templates"]
+
+    def unload_template(self, template: TemplateLike, force: bool = False) -> Dict[str, Any]:
+        return self.call("template.unload", {"template": _tid(template), "force": force})
+
+    def save_template(self, template: TemplateLike, path: str) -> Dict[str, Any]:
+        return self.call("template.save", {"template": _tid(template), "path": path})
+
+    def fork(self, template: TemplateLike) -> "Sandbox":
+        r = self.call("sandbox.fork", {"template": _tid(template)})
+        return self._adopt(r["sandbox"], _tid(template), r["fork_us"])
+
+    def fork_many(self, template: TemplateLike, count: int) -> List["Sandbox"]:
+        r = self.call("sandbox.fork", {"template": _tid(template), "count": count})
+        return [self._adopt(s["sandbox"], _tid(template), s["fork_us"]) for s in r["sandboxes"]]
+
+    def _adopt(self, sid: str, template: str, fork_us: int) -> "Sandbox":
+        sb = Sandbox(self, sid, template, fork_us)
+        with self._lock:
+            self._sandboxes[sid] = sb
+        return sb
+
+    def sandboxes(self) -> List[Dict[str, Any]]:
+        return self.call("sandbox.list")["sandboxes"]
+
+    def kill(self, signal: int = 9) -> None:
+        """Sends a signal to the worker process (tests use it to simulate a crash)."""
+        self._conn.proc.send_signal(signal)
+
+    def stop(self, grace: float = 5.0) -> Optional[int]:
+        """Kills this client's sandboxes, sends `shutdown` then `exit`, waits for the worker (SIGKILL
+        after `grace` seconds). Returns its exit status. Safe to call twice or after the worker died."""
+        if self.alive:
+            with self._lock:
+                sbs = list(self._sandboxes.values())
+            for sb in sbs:
+                try:
+                    sb.kill()
+                except Exception:
+                    pass
+            try:
+                self.call("shutdown")
+                self._conn.notify("exit")
+            except Exception:
+                pass
+            self._conn.close_stdin()
+        if not self._conn.exited.wait(grace):
+            self._conn.proc.kill()
+            self._conn.exited.wait()
+        return self._conn.proc.returncode
+
+    def __enter__(self) -> "Zeroboot":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class Sandbox:
+    """A sandbox forked from a template. A context manager: leaving it kills the sandbox."""
+
+    def __init__(self, worker: Zeroboot, sid: str, template: str, fork_us: int) -> None:
+        self.worker = worker
+        self.id = sid
+        self.template = template
+        self.fork_us = fork_us
+        self._killed = False
+
+    def __repr__(self) -> str:
+        return f"Sandbox({self.id!r}, template={self.template!r})"
+
+    def exec(self, argv: Sequence[str], *, stdin: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+             cwd: Optional[str] = None, timeout_ms: Optional[int] = None, output_cap: Optional[int] = None,
+             on_output: Optional[Callable[[OutputChunk], None]] = None,
+             cancel: Optional[CancelToken] = None) -> ExecResult:
+        """Runs argv and waits for it. `on_output` receives streamed chunks (called on the reader thread)."""
+        params = _exec_params(self.id, argv, stdin, env, cwd, timeout_ms, output_cap, on_output is not None)
+        if on_output:
+            self.worker._conn.set_output_handler(self.id, lambda p: on_output(OutputChunk(p["stream"], p["data"])))
+        try:
+            return ExecResult._from(self.worker.call("sandbox.exec", params, cancel=cancel))
+        finally:
+            if on_output:
+                self.worker._conn.set_output_handler(self.id, None)
+
+    def stream(self, argv: Sequence[str], **kw: Any) -> "ExecStream":
+        """Runs argv with streamed output: `s = sb.stream(argv); for chunk in s: ...; s.result`."""
+        return ExecStream(self, argv, kw)
+
+    def stats(self) -> Dict[str, Any]:
+        return self.worker.call("sandbox.stats", {"sandbox": self.id})
+
+    def kill(self) -> None:
+        """Kills the sandbox; a second kill, or a kill after the worker died, does nothing."""
+        if self._killed:
+            return
+        self._killed = True
+        with self.worker._lock:
+            self.worker._sandboxes.pop(self.id, None)
+        if self.worker.alive:
+            self.worker.call("sandbox.kill", {"sandbox": self.id})
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.kill()
+        except WorkerExitedError:
+            pass
+
+
+_END = object()
+
+
+class ExecStream:
+    """Iterator over the output chunks of one exec; `result` (after the iteration) is its ExecResult.
+    Iterating raises the exec's error, if it failed."""
+
+    def __init__(self, sb: Sandbox, argv: Sequence[str], kw: Dict[str, Any]) -> None:
+        self._q: "queue.Queue[Any]" = queue.Queue()
+        self._fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                self._fut.set_result(sb.exec(argv, on_output=self._q.put, **kw))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                self._fut.set_exception(e)
+            finally:
+                self._q.put(_END)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def __iter__(self) -> Iterator[OutputChunk]:
+        while True:
+            item = self._q.get()
+            if item is _END:
+                break
+            yield item
+        self._fut.result()
+
+    @property
+    def result(self) -> ExecResult:
+        return self._fut.result()
+
+
+# ------------------------------------------------------------------------------------------------
+# asyncio API
+
+
+class AsyncZeroboot:
+    """A running `zeroboot serve` worker (asyncio API). Cancelling the task of a call sends
+    `$/cancelRequest`; the call raises asyncio.CancelledError."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._sandboxes: Dict[str, "AsyncSandbox"] = {}
+
+    @classmethod
+    async def start(
+        cls,
+        binary: Optional[str] = None,
+        args: Sequence[str] = ("serve",),
+        env: Optional[Dict[str, str]] = None,
+        stderr_lines: int = 20,
+        on_stderr: Optional[Callable[[str], None]] = None,
+    ) -> "AsyncZeroboot":
+        conn = await asyncio.to_thread(Connection, binary, args, env, stderr_lines, on_stderr)
+        zb = cls(conn)
+        try:
+            await zb.info()
+        except BaseException:
+            conn.proc.kill()
+            raise
+        return zb
+
+    @property
+    def binary(self) -> str:
+        return self._conn.binary
+
+    @property
+    def pid(self) -> int:
+        return self._conn.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._conn.death is None
+
+    async def call(self, method: str, params: Optional[Dict[str, Any]] = None) -> Any:
+        rid, fut = self._conn.request(method, params or {})
+        afut = asyncio.wrap_future(fut)
+        try:
+            return await asyncio.shield(afut)
+        except asyncio.CancelledError:
+            self._conn.cancel(rid)
+            raise
+
+    async def info(self) -> Dict[str, Any]:
+        return await self.call("worker.info")
+
+    async def discover(self) -> Dict[str, Any]:
+        return await self.call("rpc.discover")
+
+    async def load_template(self, *, builtin: Optional[str] = None, path: Optional[str] = None) -> Template:
+        r = await self.call("template.load", _load_params(builtin, path))
+        return Template(r["template"], r["memory_bytes"])
+
+    async def templates(self) -> List[Dict[str, Any]]:
+        return (await self.call("template.list"))["templates"]
+
+    async def unload_template(self, template: TemplateLike, force: bool = False) -> Dict[str, Any]:
+        return await self.call("template.unload", {"template": _tid(template), "force": force})
+
+    async def save_template(self, template: TemplateLike, path: str) -> Dict[str, Any]:
+        return await self.call("template.save", {"template": _tid(template), "path": path})
+
+    async def fork(self, template: TemplateLike) -> "AsyncSandbox":
+        r = await self.call("sandbox.fork", {"template": _tid(template)})
+        return self._adopt(r["sandbox"], _tid(template), r["fork_us"])
+
+    async def fork_many(self, template: TemplateLike, count: int) -> List["AsyncSandbox"]:
+        r = await self.call("sandbox.fork", {"template": _tid(template), "count": count})
+        return [self._adopt(s["sandbox"], _tid(template), s["fork_us"]) for s in r["sandboxes"]]
+
+    def _adopt(self, sid: str, template: str, fork_us: int) -> "AsyncSandbox":
+        sb = AsyncSandbox(self, sid, template, fork_us)
+        self._sandboxes[sid] = sb
+        return sb
+
+    async def sandboxes(self) -> List[Dict[str, Any]]:
+        return (await self.call("sandbox.list"))["sandboxes"]
+
+    def kill(self, signal: int = 9) -> None:
+        self._conn.proc.send_signal(signal)
+
+    async def stop(self, grace: float = 5.0) -> Optional[int]:
+        if self.alive:
+            await asyncio.gather(*(sb.kill() for sb in list(self._sandboxes.values())), return_exceptions=True)
+            try:
+                await self.call("shutdown")
+                self._conn.notify("exit")
+            except Exception:
+                pass
+            self._conn.close_stdin()
+        if not await asyncio.to_thread(self._conn.exited.wait, grace):
+            self._conn.proc.kill()
+            await asyncio.to_thread(self._conn.exited.wait)
+        return self._conn.proc.returncode
+
+    async def __aenter__(self) -> "AsyncZeroboot":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+
+class AsyncSandbox:
+    def __init__(self, worker: AsyncZeroboot, sid: str, template: str, fork_us: int) -> None:
+        self.worker = worker
+        self.id = sid
+        self.template = template
+        self.fork_us = fork_us
+        self._killed = False
+
+    def __repr__(self) -> str:
+        return f"AsyncSandbox({self.id!r}, template={self.template!r})"
+
+    async def exec(self, argv: Sequence[str], *, stdin: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+                   cwd: Optional[str] = None, timeout_ms: Optional[int] = None, output_cap: Optional[int] = None,
+                   on_output: Optional[Callable[[OutputChunk], None]] = None) -> ExecResult:
+        """Runs argv and waits for it. `on_output` receives streamed chunks on the event loop."""
+        params = _exec_params(self.id, argv, stdin, env, cwd, timeout_ms, output_cap, on_output is not None)
+        if on_output:
+            loop = asyncio.get_running_loop()
+            self.worker._conn.set_output_handler(
+                self.id, lambda p: loop.call_soon_threadsafe(on_output, OutputChunk(p["stream"], p["data"])))
+        try:
+            r = await self.worker.call("sandbox.exec", params)
+            if on_output:
+                await asyncio.sleep(0)  # let chunks scheduled before the response run first
+            return ExecResult._from(r)
+        finally:
+            if on_output:
+                self.worker._conn.set_output_handler(self.id, None)
+
+    def stream(self, argv: Sequence[str], **kw: Any) -> "AsyncExecStream":
+        """`s = sb.stream(argv); async for chunk in s: ...; r = await s.result`."""
+        return AsyncExecStream(self, argv, kw)
+
+    async def stats(self) -> Dict[str, Any]:
+        return await self.worker.call("sandbox.stats", {"sandbox": self.id})
+
+    async def kill(self) -> None:
+        if self._killed:
+            return
+        self._killed = True
+        self.worker._sandboxes.pop(self.id, None)
+        if self.worker.alive:
+            await self.worker.call("sandbox.kill", {"sandbox": self.id})
+
+    async def __aenter__(self) -> "AsyncSandbox":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self.kill()
+        except WorkerExitedError:
+            pass
+
+
+class AsyncExecStream:
+    def __init__(self, sb: AsyncSandbox, argv: Sequence[str], kw: Dict[str, Any]) -> None:
+        self._q: "asyncio.Queue[Any]" = asyncio.Queue()
+        self.result: "asyncio.Task[ExecResult]" = asyncio.ensure_future(self._run(sb, argv, kw))
+
+    async def _run(self, sb: AsyncSandbox, argv: Sequence[str], kw: Dict[str, Any]) -> ExecResult:
+        try:
+            return await sb.exec(argv, on_output=self._q.put_nowait, **kw)
+        finally:
+            self._q.put_nowait(_END)
+
+    async def __aiter__(self) -> AsyncIterator[OutputChunk]:
+        while True:
+            item = await self._q.get()
+            if item is _END:
+                break
+            yield item
+        await self.result
+
+
+__all__ = [
+    "AsyncExecStream", "AsyncSandbox", "AsyncZeroboot", "CancelToken", "ExecResult", "ExecStream",
+    "OutputChunk", "RequestCancelledError", "Sandbox", "Template", "Zeroboot",
+]

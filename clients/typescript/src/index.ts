@@ -1,0 +1,436 @@
+/**
+ * TypeScript client for the zeroboot worker: spawns `zeroboot serve` and speaks JSON-RPC 2.0 to it over
+ * stdio with LSP (Content-Length) framing through vscode-jsonrpc.
+ *
+ * Wire types (params, results, notifications, error codes) live in generated.ts, generated from
+ * schema/openrpc.json by scripts/gen-types.mjs; a test fails if they drift from the schema.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join, resolve, delimiter } from "node:path";
+import { fileURLToPath } from "node:url";
+import rpc from "vscode-jsonrpc/node.js";
+import type { MessageConnection } from "vscode-jsonrpc/node.js";
+
+import { WorkerExitedError, WorkerSpawnError, ZerobootError, ZerobootRpcError } from "./errors.js";
+import { errorFromCode, type Methods, type Notifications } from "./generated.js";
+
+export * from "./errors.js";
+export * from "./generated.js";
+
+// Node 20 has no Symbol.asyncDispose; TypeScript's `await using` looks it up at run time.
+(Symbol as { asyncDispose?: symbol }).asyncDispose ??= Symbol("Symbol.asyncDispose");
+(Symbol as { dispose?: symbol }).dispose ??= Symbol("Symbol.dispose");
+
+export type MethodName = keyof Methods;
+export type ParamsOf<M extends MethodName> = Methods[M]["params"];
+export type ResultOf<M extends MethodName> = Methods[M]["result"];
+export type OutputNotification = Notifications["sandbox.output"];
+
+/** Options of {@link Zeroboot.start}. */
+export interface StartOptions {
+  /** Path of the zeroboot binary. Default: $ZEROBOOT_BIN, then `zeroboot` next to this package, then
+   * `../../target/release/zeroboot` relative to the package (a source checkout), then `zeroboot` on PATH. */
+  binary?: string;
+  /** Arguments after the binary. Default: `["serve"]`. */
+  args?: string[];
+  /** Environment of the worker. Default: this process's. */
+  env?: NodeJS.ProcessEnv;
+  /** How many of the worker's last stderr lines to keep for error messages. Default 20. */
+  stderrLines?: number;
+  /** Called with every line the worker writes to stderr (its logs). */
+  onStderr?: (line: string) => void;
+}
+
+/** Per-call options. */
+export interface CallOptions {
+  /** Aborting sends `$/cancelRequest`; the call then rejects with the worker's cancellation error. */
+  signal?: AbortSignal;
+}
+
+/** One chunk of streamed output. */
+export interface OutputChunk {
+  stream: OutputNotification["stream"];
+  data: OutputNotification["data"];
+}
+
+/** Options of {@link Sandbox.exec}. */
+export interface ExecOptions extends CallOptions {
+  stdin?: string;
+  env?: Record<string, string>;
+  cwd?: string;
+  timeoutMs?: number;
+  outputCap?: number;
+  /** Receives output chunks as the worker streams them (turns on `stream`). */
+  onOutput?: (chunk: OutputChunk) => void;
+}
+
+type RawExecResult = ResultOf<"sandbox.exec">;
+
+/** Result of {@link Sandbox.exec}, with camelCase names. `raw` is the worker's result as sent. */
+export interface ExecResult {
+  stdout: RawExecResult["stdout"];
+  stderr: RawExecResult["stderr"];
+  exitCode: RawExecResult["exit_code"];
+  signal: RawExecResult["signal"];
+  timedOut: boolean;
+  truncated: boolean;
+  durationUs: number;
+  raw: RawExecResult;
+}
+
+/** A streaming exec: iterate the output chunks; `result` settles when the exec ends. */
+export interface ExecStream extends AsyncIterable<OutputChunk> {
+  readonly result: Promise<ExecResult>;
+}
+
+/** A loaded template. */
+export interface Template {
+  readonly id: string;
+  readonly memoryBytes: number;
+}
+
+const packageDir = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+/** Resolves the worker binary as documented in {@link StartOptions.binary}. */
+export function findBinary(explicit?: string): string {
+  if (explicit) return explicit;
+  const env = process.env.ZEROBOOT_BIN;
+  if (env) return env;
+  for (const candidate of [join(packageDir, "zeroboot"), join(packageDir, "..", "..", "target", "release", "zeroboot")]) {
+    if (existsSync(candidate)) return candidate;
+  }
+  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
+    if (dir && existsSync(join(dir, "zeroboot"))) return join(dir, "zeroboot");
+  }
+  return "zeroboot";
+}
+
+/** A running `zeroboot serve` worker. */
+export class Zeroboot implements AsyncDisposable {
+  readonly binary: string;
+  readonly pid: number | undefined;
+  readonly #child: ChildProcess;
+  readonly #conn: MessageConnection;
+  readonly #stderrTail: string[] = [];
+  readonly #stderrLines: number;
+  readonly #pending = new Set<(e: Error) => void>();
+  readonly #outputHandlers = new Map<string, (chunk: OutputChunk) => void>();
+  readonly #sandboxes = new Set<Sandbox>();
+  #death: WorkerExitedError | undefined;
+  #spawnError: Error | undefined;
+  /** Settles when the worker process has exited (never rejects). */
+  readonly exited: Promise<{ exitCode: number | null; signal: NodeJS.Signals | null }>;
+
+  private constructor(opts: StartOptions) {
+    this.binary = findBinary(opts.binary);
+    this.#stderrLines = opts.stderrLines ?? 20;
+    this.#child = spawn(this.binary, opts.args ?? ["serve"], {
+      env: opts.env ?? process.env,
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    this.pid = this.#child.pid;
+    const child = this.#child;
+    child.stdin!.on("error", () => {}); // EPIPE after the worker died; reported through the exit path.
+    let partial = "";
+    child.stderr!.setEncoding("utf8");
+    child.stderr!.on("data", (s: string) => {
+      const lines = (partial + s).split("\n");
+      partial = lines.pop()!;
+      for (const line of lines) this.#stderrLine(line, opts.onStderr);
+    });
+    let exitInfo: { exitCode: number | null; signal: NodeJS.Signals | null } | undefined;
+    this.exited = new Promise((resolveExit) => {
+      const finish = () => {
+        if (!exitInfo) return;
+        if (partial) {
+          this.#stderrLine(partial, opts.onStderr);
+          partial = "";
+        }
+        this.#die(exitInfo.exitCode, exitInfo.signal);
+        resolveExit(exitInfo);
+      };
+      child.on("error", (err) => {
+        this.#spawnError = err;
+        if (child.pid === undefined) {
+          exitInfo = { exitCode: null, signal: null };
+          finish();
+        }
+      });
+      child.on("exit", (exitCode, signal) => {
+        exitInfo = { exitCode, signal };
+        // Give stderr a moment to drain (a grandchild may hold it open), then fail pending calls.
+        setTimeout(finish, 100).unref();
+      });
+      child.on("close", finish);
+    });
+
+    this.#conn = rpc.createMessageConnection(
+      new rpc.StreamMessageReader(child.stdout!),
+      new rpc.StreamMessageWriter(child.stdin!),
+    );
+    this.#conn.onNotification("sandbox.output", (params: OutputNotification) => {
+      this.#outputHandlers.get(params.sandbox)?.({ stream: params.stream, data: params.data });
+    });
+    this.#conn.onError(() => {}); // framing errors surface as worker death or call errors
+    this.#conn.listen();
+  }
+
+  /** Spawns the worker and checks it answers (`worker.info`). */
+  static async start(opts: StartOptions = {}): Promise<Zeroboot> {
+    const zb = new Zeroboot(opts);
+    try {
+      await zb.call("worker.info", {} as ParamsOf<"worker.info">);
+    } catch (e) {
+      if (zb.#spawnError) throw new WorkerSpawnError(`cannot start ${zb.binary}: ${zb.#spawnError.message}`, { cause: zb.#spawnError });
+      zb.#child.kill("SIGKILL");
+      throw e;
+    }
+    return zb;
+  }
+
+  #stderrLine(line: string, cb?: (line: string) => void) {
+    this.#stderrTail.push(line);
+    if (this.#stderrTail.length > this.#stderrLines) this.#stderrTail.shift();
+    cb?.(line);
+  }
+
+  #die(exitCode: number | null, signal: NodeJS.Signals | null) {
+    if (this.#death) return;
+    this.#death = new WorkerExitedError(exitCode, signal, [...this.#stderrTail]);
+    for (const reject of this.#pending) reject(this.#death);
+    this.#pending.clear();
+    this.#conn.dispose();
+  }
+
+  /** Whether the worker process is still running. */
+  get alive(): boolean {
+    return this.#death === undefined;
+  }
+
+  /** Calls any method of the schema. Rejects with a typed error on an error response. */
+  call<M extends MethodName>(method: M, params: ParamsOf<M>, opts: CallOptions = {}): Promise<ResultOf<M>> {
+    if (this.#death) return Promise.reject(new WorkerExitedError(this.#death.exitCode, this.#death.signal, this.#death.stderrTail, method));
+    const { signal } = opts;
+    if (signal?.aborted) return Promise.reject(errorFromCode(-32800, "request cancelled before it was sent", undefined, method));
+    return new Promise<ResultOf<M>>((resolveCall, rejectCall) => {
+      const onDeath = (e: Error) => {
+        const d = e as WorkerExitedError;
+        rejectCall(new WorkerExitedError(d.exitCode, d.signal, d.stderrTail, method));
+      };
+      this.#pending.add(onDeath);
+      let cts: rpc.CancellationTokenSource | undefined;
+      let onAbort: (() => void) | undefined;
+      if (signal) {
+        cts = new rpc.CancellationTokenSource();
+        onAbort = () => cts!.cancel();
+        signal.addEventListener("abort", onAbort, { once: true });
+      }
+      const done = () => {
+        this.#pending.delete(onDeath);
+        if (onAbort) signal!.removeEventListener("abort", onAbort);
+        cts?.dispose();
+      };
+      this.#conn.sendRequest<ResultOf<M>>(method, params, cts?.token).then(
+        (r) => {
+          done();
+          resolveCall(r);
+        },
+        (e: unknown) => {
+          done();
+          if (e instanceof rpc.ResponseError) rejectCall(errorFromCode(e.code, e.message, e.data, method));
+          else if (this.#death) onDeath(this.#death);
+          else rejectCall(e instanceof Error ? e : new ZerobootError(String(e)));
+        },
+      );
+    });
+  }
+
+  /** Loads a template: `{builtin: "bare"}` or `{path}`. */
+  async loadTemplate(spec: ParamsOf<"template.load">, opts?: CallOptions): Promise<Template> {
+    const r = await this.call("template.load", spec, opts);
+    return { id: r.template, memoryBytes: r.memory_bytes };
+  }
+
+  /** Lists the loaded templates. */
+  async templates(opts?: CallOptions): Promise<ResultOf<"template.list">["templates"]> {
+    return (await this.call("template.list", {} as ParamsOf<"template.list">, opts)).templates;
+  }
+
+  /** Unloads a template (`force` kills its sandboxes). */
+  async unloadTemplate(template: Template | string, force = false, opts?: CallOptions): Promise<ResultOf<"template.unload">> {
+    return this.call("template.unload", { template: templateId(template), force }, opts);
+  }
+
+  /** Saves a template to a file. */
+  async saveTemplate(template: Template | string, path: string, opts?: CallOptions): Promise<ResultOf<"template.save">> {
+    return this.call("template.save", { template: templateId(template), path }, opts);
+  }
+
+  /** Forks one sandbox from a template. */
+  async fork(template: Template | string, opts?: CallOptions): Promise<Sandbox> {
+    const r = (await this.call("sandbox.fork", { template: templateId(template) }, opts)) as { sandbox: string; fork_us: number };
+    return this.#adopt(r.sandbox, templateId(template), r.fork_us);
+  }
+
+  /** Forks `count` sandboxes in one call. */
+  async forkMany(template: Template | string, count: number, opts?: CallOptions): Promise<Sandbox[]> {
+    const r = (await this.call("sandbox.fork", { template: templateId(template), count }, opts)) as {
+      sandboxes: { sandbox: string; fork_us: number }[];
+    };
+    return r.sandboxes.map((s) => this.#adopt(s.sandbox, templateId(template), s.fork_us));
+  }
+
+  #adopt(id: string, template: string, forkUs: number): Sandbox {
+    const sb = new Sandbox(this, id, template, forkUs, (s) => this.#sandboxes.delete(s));
+    this.#sandboxes.add(sb);
+    return sb;
+  }
+
+  /** @internal routes `sandbox.output` notifications of one sandbox. */
+  _onOutput(sandbox: string, handler: ((chunk: OutputChunk) => void) | undefined) {
+    if (handler) this.#outputHandlers.set(sandbox, handler);
+    else this.#outputHandlers.delete(sandbox);
+  }
+
+  /** Lists the worker's live sandboxes. */
+  async sandboxes(opts?: CallOptions): Promise<ResultOf<"sandbox.list">> {
+    return this.call("sandbox.list", {} as ParamsOf<"sandbox.list">, opts);
+  }
+
+  /** The worker's version, engine and limits. */
+  async info(opts?: CallOptions): Promise<ResultOf<"worker.info">> {
+    return this.call("worker.info", {} as ParamsOf<"worker.info">, opts);
+  }
+
+  /** The OpenRPC document the worker serves. */
+  async discover(opts?: CallOptions): Promise<ResultOf<"rpc.discover">> {
+    return this.call("rpc.discover", {} as ParamsOf<"rpc.discover">, opts);
+  }
+
+  /** Kills every sandbox this client forked, sends `shutdown` then `exit`, and waits for the process to end
+   * (SIGKILL after `graceMs`). Safe to call more than once and after the worker died. */
+  async stop(graceMs = 5000): Promise<{ exitCode: number | null; signal: NodeJS.Signals | null }> {
+    if (this.alive) {
+      await Promise.allSettled([...this.#sandboxes].map((s) => s.kill()));
+      try {
+        await this.call("shutdown", {} as ParamsOf<"shutdown">);
+        await this.#conn.sendNotification("exit");
+      } catch {
+        /* already dying */
+      }
+      this.#child.stdin!.end();
+    }
+    const timer = setTimeout(() => this.#child.kill("SIGKILL"), graceMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Sends a signal to the worker process (tests use it to simulate a crash). */
+  kill(signal: NodeJS.Signals = "SIGKILL"): void {
+    this.#child.kill(signal);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}
+
+function templateId(t: Template | string): string {
+  return typeof t === "string" ? t : t.id;
+}
+
+/** A sandbox forked from a template. */
+export class Sandbox implements AsyncDisposable {
+  #killed = false;
+  constructor(
+    readonly worker: Zeroboot,
+    readonly id: string,
+    readonly template: string,
+    /** Fork latency the worker measured, in microseconds. */
+    readonly forkUs: number,
+    private readonly onGone: (s: Sandbox) => void,
+  ) {}
+
+  /** Runs `argv` in the sandbox and waits for it to end. */
+  async exec(argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    const params: ParamsOf<"sandbox.exec"> = { sandbox: this.id, argv };
+    if (opts.stdin !== undefined) params.stdin = opts.stdin;
+    if (opts.env !== undefined) params.env = opts.env;
+    if (opts.cwd !== undefined) params.cwd = opts.cwd;
+    if (opts.timeoutMs !== undefined) params.timeout_ms = opts.timeoutMs;
+    if (opts.outputCap !== undefined) params.output_cap = opts.outputCap;
+    if (opts.onOutput) {
+      params.stream = true;
+      this.worker._onOutput(this.id, opts.onOutput);
+    }
+    try {
+      const r = await this.worker.call("sandbox.exec", params, { signal: opts.signal });
+      return {
+        stdout: r.stdout,
+        stderr: r.stderr,
+        exitCode: r.exit_code,
+        signal: r.signal,
+        timedOut: r.timed_out,
+        truncated: r.truncated,
+        durationUs: r.duration_us,
+        raw: r,
+      };
+    } finally {
+      if (opts.onOutput) this.worker._onOutput(this.id, undefined);
+    }
+  }
+
+  /** Runs `argv` with streamed output: `for await (const chunk of sb.stream(argv)) ...; await s.result`. */
+  stream(argv: string[], opts: Omit<ExecOptions, "onOutput"> = {}): ExecStream {
+    const queue: OutputChunk[] = [];
+    let wake: (() => void) | undefined;
+    let ended = false;
+    const result = this.exec(argv, {
+      ...opts,
+      onOutput: (c) => {
+        queue.push(c);
+        wake?.();
+      },
+    }).finally(() => {
+      ended = true;
+      wake?.();
+    });
+    result.catch(() => {}); // the iterator or the caller of `result` sees the error
+    return {
+      result,
+      async *[Symbol.asyncIterator]() {
+        for (;;) {
+          while (queue.length) yield queue.shift()!;
+          if (ended) break;
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+        }
+        await result; // rethrow the exec's error at the end of the iteration
+      },
+    };
+  }
+
+  /** Resource usage of the sandbox. */
+  stats(opts?: CallOptions): Promise<ResultOf<"sandbox.stats">> {
+    return this.worker.call("sandbox.stats", { sandbox: this.id }, opts);
+  }
+
+  /** Kills the sandbox. Killing twice, or after the worker died, is a no-op. */
+  async kill(): Promise<void> {
+    if (this.#killed) return;
+    this.#killed = true;
+    this.onGone(this);
+    if (!this.worker.alive) return;
+    await this.worker.call("sandbox.kill", { sandbox: this.id });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.kill();
+  }
+}
+
+export { ZerobootRpcError };

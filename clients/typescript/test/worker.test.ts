@@ -1,0 +1,151 @@
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import {
+  Zeroboot, Sandbox, Template, WorkerExitedError, RequestCancelledError, ExecTimeoutError, SandboxNotFoundError,
+  TemplateNotFoundError, ZerobootRpcError, type OutputChunk,
+} from "../src/index.js";
+import { kvmSkip } from "./helpers.js";
+
+const skip = kvmSkip();
+
+describe("zeroboot worker", { skip }, () => {
+  let zb: Zeroboot;
+  let bare: Template;
+
+  before(async () => {
+    zb = await Zeroboot.start();
+    bare = await zb.loadTemplate({ builtin: "bare" });
+  });
+  after(async () => {
+    await zb?.stop();
+  });
+
+  it("happy path: fork, exec, exit codes, stderr, stdin, env, kill", async () => {
+    await using sb = await zb.fork(bare);
+    assert.match(sb.id, /.+/);
+    const r = await sb.exec(["echo", "hi"], { timeoutMs: 10_000 });
+    assert.equal(r.stdout, "hi\n");
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.timedOut, false);
+    assert.ok(r.durationUs > 0);
+    const e = await sb.exec(["exit", "3"]);
+    assert.equal(e.exitCode, 3);
+    const s = await sb.exec(["stderr", "oops"]);
+    assert.match(s.stderr, /oops/);
+    assert.equal(s.stdout, "");
+    const c = await sb.exec(["cat"], { stdin: "from stdin" });
+    assert.equal(c.stdout, "from stdin");
+    const env = await sb.exec(["env"], { env: { ZB_TEST: "42" } });
+    assert.match(env.stdout, /ZB_TEST=42/);
+    const list = await zb.sandboxes();
+    assert.ok(JSON.stringify(list).includes(sb.id));
+    const stats = await sb.stats();
+    assert.ok(stats);
+  });
+
+  it("typed errors for application error codes", async () => {
+    await assert.rejects(zb.fork("no-such-template"), (e: unknown) => e instanceof TemplateNotFoundError && e.code === TemplateNotFoundError.code);
+    const sb = await zb.fork(bare);
+    await sb.kill();
+    await assert.rejects(zb.call("sandbox.exec", { sandbox: sb.id, argv: ["echo"] }), SandboxNotFoundError);
+    await assert.rejects(zb.call("sandbox.kill", { sandbox: "nope" }), ZerobootRpcError);
+  });
+
+  it("streaming: callbacks and async iterator", async () => {
+    await using sb = await zb.fork(bare);
+    const chunks: OutputChunk[] = [];
+    const r = await sb.exec(["flood", "20000"], { onOutput: (c) => chunks.push(c) });
+    assert.equal(r.exitCode, 0);
+    assert.ok(chunks.length >= 1, "at least one sandbox.output notification");
+    assert.ok(chunks.every((c) => c.stream === "stdout" || c.stream === "stderr"));
+    const streamed = chunks.filter((c) => c.stream === "stdout").map((c) => c.data).join("");
+    assert.ok(streamed.length > 0);
+
+    const s = sb.stream(["echo", "streamed"]);
+    let text = "";
+    for await (const c of s) if (c.stream === "stdout") text += c.data;
+    assert.match(text, /streamed/);
+    assert.equal((await s.result).exitCode, 0);
+  });
+
+  it("cancel: AbortSignal sends $/cancelRequest and the call rejects", async () => {
+    const sb = await zb.fork(bare);
+    const ac = new AbortController();
+    const p = sb.exec(["spin"], { signal: ac.signal, timeoutMs: 120_000 });
+    setTimeout(() => ac.abort(), 300);
+    await assert.rejects(p, RequestCancelledError);
+    await sb.kill();
+    // an already-aborted signal never reaches the worker
+    await assert.rejects(zb.info({ signal: AbortSignal.abort() }), RequestCancelledError);
+    // the worker is still healthy
+    await using sb2 = await zb.fork(bare);
+    assert.equal((await sb2.exec(["echo", "ok"])).stdout, "ok\n");
+  });
+
+  it("timeout: a spinning guest is stopped and the worker stays healthy", async () => {
+    const sb = await zb.fork(bare);
+    await assert.rejects(sb.exec(["spin"], { timeoutMs: 200 }), (e: unknown) => {
+      assert.ok(e instanceof ExecTimeoutError, `expected ExecTimeoutError, got ${e}`);
+      return true;
+    });
+    await sb.kill();
+    await using sb2 = await zb.fork(bare);
+    assert.equal((await sb2.exec(["echo", "alive"])).stdout, "alive\n");
+  });
+
+  it("200 sandboxes in parallel", async () => {
+    const sbs = await Promise.all(Array.from({ length: 200 }, () => zb.fork(bare)));
+    assert.equal(new Set(sbs.map((s) => s.id)).size, 200);
+    const rs = await Promise.all(sbs.map((s, i) => s.exec(["echo", `n${i}`], { timeoutMs: 120_000 })));
+    rs.forEach((r, i) => assert.equal(r.stdout, `n${i}\n`));
+    await Promise.all(sbs.map((s: Sandbox) => s.kill()));
+  });
+});
+
+describe("worker lifecycle", { skip }, () => {
+  it("worker death rejects every pending call at once, naming the exit status and stderr", async () => {
+    const zb = await Zeroboot.start();
+    const t = await zb.loadTemplate({ builtin: "bare" });
+    const sbs = await Promise.all([zb.fork(t), zb.fork(t), zb.fork(t)]);
+    const pending: Promise<unknown>[] = sbs.map((s) => s.exec(["spin"], { timeoutMs: 600_000 }));
+    pending.push(zb.call("sandbox.exec", { sandbox: sbs[0].id, argv: ["echo"] }));
+    await new Promise((r) => setTimeout(r, 300));
+    zb.kill("SIGKILL");
+    const results = await Promise.allSettled(pending);
+    for (const r of results) {
+      assert.equal(r.status, "rejected");
+      const e = (r as PromiseRejectedResult).reason;
+      assert.ok(e instanceof WorkerExitedError, `expected WorkerExitedError, got ${e}`);
+      assert.equal(e.signal, "SIGKILL");
+      assert.match(e.message, /SIGKILL/);
+    }
+    assert.equal(zb.alive, false);
+    await assert.rejects(zb.info(), WorkerExitedError);
+    await zb.stop(); // no-op after death
+    // a new worker can be started
+    await using zb2 = await Zeroboot.start();
+    assert.ok(await zb2.info());
+  });
+
+  it("worker that fails at start reports its exit code and stderr", async () => {
+    await assert.rejects(Zeroboot.start({ args: ["no-such-subcommand"] }), (e: unknown) => {
+      assert.ok(e instanceof WorkerExitedError, `got ${e}`);
+      assert.notEqual(e.exitCode, 0);
+      assert.ok(e.stderrTail.length > 0, "stderr tail captured");
+      return true;
+    });
+  });
+
+  it("await using stops the worker and kills its sandboxes", async () => {
+    let zbRef: Zeroboot;
+    {
+      await using zb = await Zeroboot.start();
+      zbRef = zb;
+      const t = await zb.loadTemplate({ builtin: "bare" });
+      await zb.fork(t);
+    }
+    const st = await zbRef.exited;
+    assert.equal(zbRef.alive, false);
+    assert.equal(st.exitCode, 0);
+  });
+});
