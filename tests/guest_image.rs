@@ -1,0 +1,215 @@
+//! The guest image booted under QEMU TCG (`-M microvm -accel tcg -cpu max`)
+//! with the agent as PID 1 on a second serial port (ttyS1; the kernel console
+//! stays on ttyS0): Python execs, exit codes, entropy and clock per exec,
+//! files. Prints boot-to-ready and exec round-trip times.
+//!
+//! QEMU: `ZEROBOOT_QEMU` (a qemu-system-x86_64, possibly extracted from
+//! Debian packages: its `usr/lib` and firmware are found beside it), else the
+//! kvm-lane cache (`/var/cache/zeroboot-lane/qemu`), else `qemu-system-x86_64`
+//! on PATH. Without QEMU (or without apt to build the image) the test prints
+//! a skip message, or fails when `ZEROBOOT_REQUIRE_QEMU=1`.
+
+mod agent_support;
+
+use agent_support::{Client, ExecSpec, now_ns};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use zeroboot_proto::AgentKind;
+
+/// How long the whole conversation with the guest may take before the
+/// watchdog kills QEMU (boot takes ~2 s on an idle 2-core machine).
+const WATCHDOG: Duration = Duration::from_secs(240);
+
+fn skip(reason: &str) {
+    if std::env::var("ZEROBOOT_REQUIRE_QEMU").as_deref() == Ok("1") {
+        panic!("ZEROBOOT_REQUIRE_QEMU=1 but {reason}");
+    }
+    eprintln!("SKIPPED guest_image: {reason} (set ZEROBOOT_REQUIRE_QEMU=1 to make this a failure)");
+}
+
+/// A QEMU binary and, when it was unpacked from .debs, the prefix holding its
+/// libraries, modules and firmware.
+struct Qemu {
+    bin: PathBuf,
+    prefix: Option<PathBuf>,
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn find_qemu() -> Option<Qemu> {
+    let lane = PathBuf::from("/var/cache/zeroboot-lane/qemu/usr/bin/qemu-system-x86_64");
+    let bin = std::env::var_os("ZEROBOOT_QEMU")
+        .map(PathBuf::from)
+        .or_else(|| lane.is_file().then_some(lane))
+        .or_else(|| on_path("qemu-system-x86_64"))?;
+    // <prefix>/usr/bin/qemu-system-x86_64 of an unpacked package tree.
+    let prefix = bin
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .filter(|p| p.join("usr/lib/x86_64-linux-gnu/qemu").is_dir() && !p.as_os_str().is_empty() && *p != Path::new("/"))
+        .map(Path::to_owned);
+    Some(Qemu { bin, prefix })
+}
+
+/// The host's TSC rate in kHz: given to the guest kernel so it does not
+/// calibrate against the emulated PIT (that hangs now and then under TCG).
+fn tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+struct Guest {
+    child: Child,
+    console: PathBuf,
+    stop_watchdog: mpsc::Sender<()>,
+}
+
+impl Guest {
+    fn boot(qemu: &Qemu, kernel: &Path, initramfs: &Path, dir: &Path) -> (Guest, Client<ChildStdout, ChildStdin>) {
+        let console = dir.join("console.log");
+        let mut cmdline = format!("{} zeroboot.transport=serial:/dev/ttyS1", zeroboot::image::KERNEL_CMDLINE);
+        if let Some(khz) = tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        let mut cmd = Command::new(&qemu.bin);
+        if let Some(p) = &qemu.prefix {
+            let libs = format!("{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu", p.display());
+            cmd.env("LD_LIBRARY_PATH", libs)
+                .env("QEMU_MODULE_DIR", p.join("usr/lib/x86_64-linux-gnu/qemu"))
+                .arg("-L")
+                .arg(p.join("usr/share/seabios"))
+                .arg("-L")
+                .arg(p.join("usr/share/qemu"));
+        }
+        cmd.args(["-M", "microvm,isa-serial=on,rtc=on", "-accel", "tcg", "-cpu", "max", "-m", "512"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initramfs)
+            .arg("-append")
+            .arg(&cmdline)
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .args(["-chardev", "stdio,id=agent,signal=off"])
+            .args(["-device", "isa-serial,chardev=agent,iobase=0x2f8,irq=3"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning QEMU");
+        let client = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        let (stop_watchdog, stopped) = mpsc::channel::<()>();
+        let pid = child.id() as libc::pid_t;
+        std::thread::spawn(move || {
+            if stopped.recv_timeout(WATCHDOG).is_err() {
+                eprintln!("guest_image: watchdog: killing QEMU after {WATCHDOG:?}");
+                // SAFETY: kill takes integers; the pid is our unreaped child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        (Guest { child, console, stop_watchdog }, client)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _stopped = self.stop_watchdog.send(());
+        let _killed = self.child.kill().and_then(|()| self.child.wait());
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.console).unwrap_or_default();
+            let tail: String = log.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("--- guest console (tail) ---\n{tail}\n---");
+        }
+    }
+}
+
+fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+#[test]
+fn guest_image_runs_python_under_qemu() {
+    let Some(qemu) = find_qemu() else {
+        return skip("no QEMU found (set ZEROBOOT_QEMU, or run tests/kvm-lane/run once to fetch it)");
+    };
+    let paths = match zeroboot::image::build(&zeroboot::image::BuildOptions::default()) {
+        Ok(p) => p,
+        Err(zeroboot::image::ImageError::NoApt) => return skip("no apt-get to build the guest image"),
+        Err(e) => panic!("image build failed: {e}"),
+    };
+    let size = std::fs::metadata(&paths.initramfs).unwrap().len();
+    eprintln!("guest_image: initramfs {} ({:.1} MB)", paths.initramfs.display(), size as f64 / 1e6);
+
+    let dir = std::env::temp_dir().join(format!("zeroboot-guest-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = Instant::now();
+    let (_guest, mut c) = Guest::boot(&qemu, &paths.kernel, &paths.initramfs, &dir);
+    let ready = c.ready();
+    let boot = started.elapsed();
+    assert_eq!(ready.agent, AgentKind::Linux);
+    eprintln!("guest_image: boot to Ready {:.2} s", boot.as_secs_f64());
+
+    // Python in the warm zygote: output, exit codes, stderr.
+    let run = c.exec(&ExecSpec::python("import json, os, random, sys\nprint(json.dumps({'pid1': os.getppid() != 0, 'warm': 'json' in sys.modules}))"));
+    assert_eq!(run.stdout_str(), "{\"pid1\": true, \"warm\": true}\n", "stderr: {}", run.stderr_str());
+    let run = c.exec(&ExecSpec::python("import sys\nprint('bad', file=sys.stderr)\nsys.exit(3)"));
+    assert_eq!((run.status().code, run.stderr_str().as_str()), (3, "bad\n"));
+    let run = c.exec(&ExecSpec::argv(&["/usr/bin/python3", "-c", "import os; os.kill(os.getpid(), 9)"]));
+    assert_eq!(run.status().signal, 9);
+
+    // Entropy and clock are refreshed per exec from the host's values.
+    let probe = "import os, random, time\nprint(os.urandom(16).hex(), random.random(), time.time())";
+    let a = c.exec(&ExecSpec::python(probe)).stdout_str();
+    let b = c.exec(&ExecSpec::python(probe)).stdout_str();
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split_whitespace().collect(), b.split_whitespace().collect());
+    assert_eq!((a.len(), b.len()), (3, 3), "{a:?} {b:?}");
+    assert_ne!(a[0], b[0], "os.urandom(16) repeated");
+    assert_ne!(a[1], b[1], "random.random() repeated");
+    let guest_time: f64 = b[2].parse().unwrap();
+    let host_time = now_ns() as f64 / 1e9;
+    assert!((host_time - guest_time).abs() < 1.0, "guest clock {guest_time} vs host {host_time}");
+
+    // Files.
+    c.write_file("/root/data.txt", 0o640, b"payload").unwrap();
+    let run = c.exec(&ExecSpec::python("print(open('/root/data.txt').read())"));
+    assert_eq!(run.stdout_str(), "payload\n");
+    c.write_file("/tmp/out.bin", 0o600, &[]).unwrap();
+    c.exec(&ExecSpec::python("open('/tmp/out.bin', 'wb').write(bytes(range(256)) * 100)"));
+    assert_eq!(c.read_file("/tmp/out.bin", 1 << 16).unwrap(), (0..=255u8).cycle().take(25_600).collect::<Vec<_>>());
+
+    // Timeout kills a spinning program and the guest keeps serving.
+    let t = Instant::now();
+    let run = c.exec(&ExecSpec::python("while True: pass").timeout_ms(500));
+    assert_eq!(run.status().flags & zeroboot_proto::EXIT_TIMED_OUT, zeroboot_proto::EXIT_TIMED_OUT);
+    assert!(t.elapsed() < Duration::from_secs(10), "timeout took {:?}", t.elapsed());
+
+    // Round-trip times over the serial port (TCG, so indicative only).
+    let time = |c: &mut Client<_, _>, spec: &ExecSpec| {
+        (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                assert_eq!(c.exec(spec).status().code, 0);
+                t.elapsed()
+            })
+            .collect::<Vec<_>>()
+    };
+    let py = median_ms(time(&mut c, &ExecSpec::python("pass")));
+    let argv = median_ms(time(&mut c, &ExecSpec::argv(&["/usr/bin/python3.11", "-S", "-c", "pass"])));
+    let t = Instant::now();
+    let big = c.exec(&ExecSpec::python("import sys\nsys.stdout.write('x' * 1000000)"));
+    let big_s = t.elapsed().as_secs_f64();
+    assert_eq!(big.stdout.len(), 1_000_000);
+    eprintln!(
+        "guest_image: exec round trip (median of 10): python zygote {py:.1} ms, cold python3 -S {argv:.1} ms; \
+         1 MB of output in {big_s:.2} s ({} frames)",
+        big.output_frames
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
