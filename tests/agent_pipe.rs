@@ -28,7 +28,10 @@ struct Agent {
 impl Agent {
     fn start() -> Agent {
         let python = PathBuf::from("/usr/bin/python3");
-        assert!(python.is_file(), "these tests need the host's python3 (3.11)");
+        assert!(
+            python.is_file(),
+            "these tests need the host's python3 (3.11)"
+        );
         let mut child = Command::new(agent_binary())
             .args(["--transport", "stdio", "--python"])
             .arg(&python)
@@ -79,7 +82,12 @@ fn stdout_and_stderr_stay_separate() {
 #[test]
 fn env_cwd_and_stdin_reach_the_program() {
     let mut a = Agent::start();
-    let run = a.exec(&sh("echo \"$GREETING\"; pwd; cat").env("GREETING", "hi there").cwd("/tmp").stdin(b"from stdin"));
+    let run = a.exec(
+        &sh("echo \"$GREETING\"; pwd; cat")
+            .env("GREETING", "hi there")
+            .cwd("/tmp")
+            .stdin(b"from stdin"),
+    );
     assert_eq!(run.stdout_str(), "hi there\n/tmp\nfrom stdin");
     assert_eq!(run.status().code, 0);
 }
@@ -88,9 +96,17 @@ fn env_cwd_and_stdin_reach_the_program() {
 fn spawn_failures_and_bad_requests_are_errors_not_exits() {
     let mut a = Agent::start();
     let run = a.exec(&ExecSpec::argv(&["/nonexistent/program"]));
-    assert!(matches!(run.end, End::Error(AgentErrorCode::SpawnFailed, _)), "{:?}", run.end);
+    assert!(
+        matches!(run.end, End::Error(AgentErrorCode::SpawnFailed, _)),
+        "{:?}",
+        run.end
+    );
     let run = a.exec(&sh("true").cwd("/nonexistent-dir"));
-    assert!(matches!(run.end, End::Error(AgentErrorCode::SpawnFailed, _)), "{:?}", run.end);
+    assert!(
+        matches!(run.end, End::Error(AgentErrorCode::SpawnFailed, _)),
+        "{:?}",
+        run.end
+    );
     a.client.send(Kind::Exec, 0, |w| w.raw(b"garbage"));
     let (h, _) = a.client.recv();
     assert_eq!(h.kind, Kind::Error);
@@ -105,18 +121,27 @@ fn timeout_kills_the_whole_process_group() {
     let run = a.exec(&sh("sleep 30 & echo $!; sleep 30").timeout_ms(300));
     let elapsed = t.elapsed();
     let s = run.status();
-    assert_eq!((s.flags & EXIT_TIMED_OUT, s.signal), (EXIT_TIMED_OUT, libc::SIGKILL));
+    assert_eq!(
+        (s.flags & EXIT_TIMED_OUT, s.signal),
+        (EXIT_TIMED_OUT, libc::SIGKILL)
+    );
     assert!(elapsed < Duration::from_secs(3), "timeout took {elapsed:?}");
     let background: i32 = run.stdout_str().trim().parse().expect("background pid");
     // The background sleep was in the group: it must be dead (gone or a zombie).
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let state = std::fs::read_to_string(format!("/proc/{background}/stat")).unwrap_or_default();
-        let alive = state.split(") ").nth(1).is_some_and(|rest| !rest.starts_with('Z'));
+        let alive = state
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| !rest.starts_with('Z'));
         if !alive {
             break;
         }
-        assert!(Instant::now() < deadline, "background process {background} survived the timeout");
+        assert!(
+            Instant::now() < deadline,
+            "background process {background} survived the timeout"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -129,7 +154,11 @@ fn large_output_streams_in_many_frames() {
     assert_eq!(run.stdout.len(), 3_000_000);
     assert!(run.stdout.iter().all(|&b| b == b'x'));
     assert_eq!(run.stderr_str(), "done\n");
-    assert!(run.output_frames >= 3_000_000 / zeroboot_proto::MAX_PAYLOAD, "{} frames", run.output_frames);
+    assert!(
+        run.output_frames >= 3_000_000 / zeroboot_proto::MAX_PAYLOAD,
+        "{} frames",
+        run.output_frames
+    );
 }
 
 #[test]
@@ -143,14 +172,30 @@ fn stop_output_lets_the_program_finish() {
 #[test]
 fn python_runs_in_the_warm_zygote() {
     let mut a = Agent::start();
-    let run = a.exec(&ExecSpec::python("import sys\nprint('json' in sys.modules, sys.argv)\nsys.exit(4)"));
-    assert_eq!(run.stdout_str(), "True ['-c']\n", "stderr: {}", run.stderr_str());
+    let run = a.exec(&ExecSpec::python(
+        "import sys\nprint('json' in sys.modules, sys.argv)\nsys.exit(4)",
+    ));
+    assert_eq!(
+        run.stdout_str(),
+        "True ['-c']\n",
+        "stderr: {}",
+        run.stderr_str()
+    );
     assert_eq!(run.status().code, 4);
     let run = a.exec(&ExecSpec::python("raise ValueError('boom')"));
     assert_eq!(run.status().code, 1);
-    assert!(run.stderr_str().contains("ValueError: boom"), "{}", run.stderr_str());
+    assert!(
+        run.stderr_str().contains("ValueError: boom"),
+        "{}",
+        run.stderr_str()
+    );
     let code = "import os, sys\nprint(os.environ['K'], os.getcwd(), sys.stdin.read())";
-    let run = a.exec(&ExecSpec::python(code).env("K", "v").cwd("/tmp").stdin(b"in"));
+    let run = a.exec(
+        &ExecSpec::python(code)
+            .env("K", "v")
+            .cwd("/tmp")
+            .stdin(b"in"),
+    );
     assert_eq!(run.stdout_str(), "v /tmp in\n");
 }
 
@@ -171,7 +216,10 @@ fn every_exec_sees_fresh_randomness() {
     let first = a.exec(&ExecSpec::python(code)).stdout_str();
     let second = a.exec(&ExecSpec::python(code)).stdout_str();
     assert_eq!(first.split_whitespace().count(), 2, "{first}");
-    let (f, s): (Vec<_>, Vec<_>) = (first.split_whitespace().collect(), second.split_whitespace().collect());
+    let (f, s): (Vec<_>, Vec<_>) = (
+        first.split_whitespace().collect(),
+        second.split_whitespace().collect(),
+    );
     assert_ne!(f[0], s[0], "os.urandom repeated");
     assert_ne!(f[1], s[1], "random.random repeated");
 }

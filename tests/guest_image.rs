@@ -38,7 +38,9 @@ struct Qemu {
 
 fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn find_qemu() -> Option<Qemu> {
@@ -52,7 +54,11 @@ fn find_qemu() -> Option<Qemu> {
         .parent()
         .and_then(Path::parent)
         .and_then(Path::parent)
-        .filter(|p| p.join("usr/lib/x86_64-linux-gnu/qemu").is_dir() && !p.as_os_str().is_empty() && *p != Path::new("/"))
+        .filter(|p| {
+            p.join("usr/lib/x86_64-linux-gnu/qemu").is_dir()
+                && !p.as_os_str().is_empty()
+                && *p != Path::new("/")
+        })
         .map(Path::to_owned);
     Some(Qemu { bin, prefix })
 }
@@ -61,7 +67,14 @@ fn find_qemu() -> Option<Qemu> {
 /// calibrate against the emulated PIT (that hangs now and then under TCG).
 fn tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
     Some((mhz * 1000.0) as u64)
 }
 
@@ -72,15 +85,26 @@ struct Guest {
 }
 
 impl Guest {
-    fn boot(qemu: &Qemu, kernel: &Path, initramfs: &Path, dir: &Path) -> (Guest, Client<ChildStdout, ChildStdin>) {
+    fn boot(
+        qemu: &Qemu,
+        kernel: &Path,
+        initramfs: &Path,
+        dir: &Path,
+    ) -> (Guest, Client<ChildStdout, ChildStdin>) {
         let console = dir.join("console.log");
-        let mut cmdline = format!("{} zeroboot.transport=serial:/dev/ttyS1", zeroboot::image::KERNEL_CMDLINE);
+        let mut cmdline = format!(
+            "{} zeroboot.transport=serial:/dev/ttyS1",
+            zeroboot::image::KERNEL_CMDLINE
+        );
         if let Some(khz) = tsc_khz() {
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }
         let mut cmd = Command::new(&qemu.bin);
         if let Some(p) = &qemu.prefix {
-            let libs = format!("{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu", p.display());
+            let libs = format!(
+                "{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu",
+                p.display()
+            );
             cmd.env("LD_LIBRARY_PATH", libs)
                 .env("QEMU_MODULE_DIR", p.join("usr/lib/x86_64-linux-gnu/qemu"))
                 .arg("-L")
@@ -88,20 +112,35 @@ impl Guest {
                 .arg("-L")
                 .arg(p.join("usr/share/qemu"));
         }
-        cmd.args(["-M", "microvm,isa-serial=on,rtc=on", "-accel", "tcg", "-cpu", "max", "-m", "512"])
-            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initramfs)
-            .arg("-append")
-            .arg(&cmdline)
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .args(["-chardev", "stdio,id=agent,signal=off"])
-            .args(["-device", "isa-serial,chardev=agent,iobase=0x2f8,irq=3"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        cmd.args([
+            "-M",
+            "microvm,isa-serial=on,rtc=on",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "512",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(&cmdline)
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args(["-chardev", "stdio,id=agent,signal=off"])
+        .args(["-device", "isa-serial,chardev=agent,iobase=0x2f8,irq=3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning QEMU");
         let client = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
         let (stop_watchdog, stopped) = mpsc::channel::<()>();
@@ -113,7 +152,14 @@ impl Guest {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         });
-        (Guest { child, console, stop_watchdog }, client)
+        (
+            Guest {
+                child,
+                console,
+                stop_watchdog,
+            },
+            client,
+        )
     }
 }
 
@@ -123,7 +169,14 @@ impl Drop for Guest {
         let _killed = self.child.kill().and_then(|()| self.child.wait());
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.console).unwrap_or_default();
-            let tail: String = log.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(3000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             eprintln!("--- guest console (tail) ---\n{tail}\n---");
         }
     }
@@ -137,15 +190,23 @@ fn median_ms(mut v: Vec<Duration>) -> f64 {
 #[test]
 fn guest_image_runs_python_under_qemu() {
     let Some(qemu) = find_qemu() else {
-        return skip("no QEMU found (set ZEROBOOT_QEMU, or run tests/kvm-lane/run once to fetch it)");
+        return skip(
+            "no QEMU found (set ZEROBOOT_QEMU, or run tests/kvm-lane/run once to fetch it)",
+        );
     };
     let paths = match zeroboot::image::build(&zeroboot::image::BuildOptions::default()) {
         Ok(p) => p,
-        Err(zeroboot::image::ImageError::NoApt) => return skip("no apt-get to build the guest image"),
+        Err(zeroboot::image::ImageError::NoApt) => {
+            return skip("no apt-get to build the guest image");
+        }
         Err(e) => panic!("image build failed: {e}"),
     };
     let size = std::fs::metadata(&paths.initramfs).unwrap().len();
-    eprintln!("guest_image: initramfs {} ({:.1} MB)", paths.initramfs.display(), size as f64 / 1e6);
+    eprintln!(
+        "guest_image: initramfs {} ({:.1} MB)",
+        paths.initramfs.display(),
+        size as f64 / 1e6
+    );
 
     let dir = std::env::temp_dir().join(format!("zeroboot-guest-image-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -158,37 +219,67 @@ fn guest_image_runs_python_under_qemu() {
 
     // Python in the warm zygote: output, exit codes, stderr.
     let run = c.exec(&ExecSpec::python("import json, os, random, sys\nprint(json.dumps({'pid1': os.getppid() != 0, 'warm': 'json' in sys.modules}))"));
-    assert_eq!(run.stdout_str(), "{\"pid1\": true, \"warm\": true}\n", "stderr: {}", run.stderr_str());
-    let run = c.exec(&ExecSpec::python("import sys\nprint('bad', file=sys.stderr)\nsys.exit(3)"));
+    assert_eq!(
+        run.stdout_str(),
+        "{\"pid1\": true, \"warm\": true}\n",
+        "stderr: {}",
+        run.stderr_str()
+    );
+    let run = c.exec(&ExecSpec::python(
+        "import sys\nprint('bad', file=sys.stderr)\nsys.exit(3)",
+    ));
     assert_eq!((run.status().code, run.stderr_str().as_str()), (3, "bad\n"));
-    let run = c.exec(&ExecSpec::argv(&["/usr/bin/python3", "-c", "import os; os.kill(os.getpid(), 9)"]));
+    let run = c.exec(&ExecSpec::argv(&[
+        "/usr/bin/python3",
+        "-c",
+        "import os; os.kill(os.getpid(), 9)",
+    ]));
     assert_eq!(run.status().signal, 9);
 
     // Entropy and clock are refreshed per exec from the host's values.
-    let probe = "import os, random, time\nprint(os.urandom(16).hex(), random.random(), time.time())";
+    let probe =
+        "import os, random, time\nprint(os.urandom(16).hex(), random.random(), time.time())";
     let a = c.exec(&ExecSpec::python(probe)).stdout_str();
     let b = c.exec(&ExecSpec::python(probe)).stdout_str();
-    let (a, b): (Vec<&str>, Vec<&str>) = (a.split_whitespace().collect(), b.split_whitespace().collect());
+    let (a, b): (Vec<&str>, Vec<&str>) = (
+        a.split_whitespace().collect(),
+        b.split_whitespace().collect(),
+    );
     assert_eq!((a.len(), b.len()), (3, 3), "{a:?} {b:?}");
     assert_ne!(a[0], b[0], "os.urandom(16) repeated");
     assert_ne!(a[1], b[1], "random.random() repeated");
     let guest_time: f64 = b[2].parse().unwrap();
     let host_time = now_ns() as f64 / 1e9;
-    assert!((host_time - guest_time).abs() < 1.0, "guest clock {guest_time} vs host {host_time}");
+    assert!(
+        (host_time - guest_time).abs() < 1.0,
+        "guest clock {guest_time} vs host {host_time}"
+    );
 
     // Files.
     c.write_file("/root/data.txt", 0o640, b"payload").unwrap();
     let run = c.exec(&ExecSpec::python("print(open('/root/data.txt').read())"));
     assert_eq!(run.stdout_str(), "payload\n");
     c.write_file("/tmp/out.bin", 0o600, &[]).unwrap();
-    c.exec(&ExecSpec::python("open('/tmp/out.bin', 'wb').write(bytes(range(256)) * 100)"));
-    assert_eq!(c.read_file("/tmp/out.bin", 1 << 16).unwrap(), (0..=255u8).cycle().take(25_600).collect::<Vec<_>>());
+    c.exec(&ExecSpec::python(
+        "open('/tmp/out.bin', 'wb').write(bytes(range(256)) * 100)",
+    ));
+    assert_eq!(
+        c.read_file("/tmp/out.bin", 1 << 16).unwrap(),
+        (0..=255u8).cycle().take(25_600).collect::<Vec<_>>()
+    );
 
     // Timeout kills a spinning program and the guest keeps serving.
     let t = Instant::now();
     let run = c.exec(&ExecSpec::python("while True: pass").timeout_ms(500));
-    assert_eq!(run.status().flags & zeroboot_proto::EXIT_TIMED_OUT, zeroboot_proto::EXIT_TIMED_OUT);
-    assert!(t.elapsed() < Duration::from_secs(10), "timeout took {:?}", t.elapsed());
+    assert_eq!(
+        run.status().flags & zeroboot_proto::EXIT_TIMED_OUT,
+        zeroboot_proto::EXIT_TIMED_OUT
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "timeout took {:?}",
+        t.elapsed()
+    );
 
     // Round-trip times over the serial port (TCG, so indicative only).
     let time = |c: &mut Client<_, _>, spec: &ExecSpec| {
@@ -201,9 +292,14 @@ fn guest_image_runs_python_under_qemu() {
             .collect::<Vec<_>>()
     };
     let py = median_ms(time(&mut c, &ExecSpec::python("pass")));
-    let argv = median_ms(time(&mut c, &ExecSpec::argv(&["/usr/bin/python3.11", "-S", "-c", "pass"])));
+    let argv = median_ms(time(
+        &mut c,
+        &ExecSpec::argv(&["/usr/bin/python3.11", "-S", "-c", "pass"]),
+    ));
     let t = Instant::now();
-    let big = c.exec(&ExecSpec::python("import sys\nsys.stdout.write('x' * 1000000)"));
+    let big = c.exec(&ExecSpec::python(
+        "import sys\nsys.stdout.write('x' * 1000000)",
+    ));
     let big_s = t.elapsed().as_secs_f64();
     assert_eq!(big.stdout.len(), 1_000_000);
     eprintln!(

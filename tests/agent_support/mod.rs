@@ -7,8 +7,8 @@
 use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 use zeroboot_proto::{
-    AgentError, AgentErrorCode, Exec, ExecParts, ExitStatus, HEADER_LEN, Header, Kind, MAX_PAYLOAD, Output,
-    Program, RESUME_STOP_OUTPUT, ReadFile, Ready, Stream, WriteFile, encode_frame,
+    AgentError, AgentErrorCode, Exec, ExecParts, ExitStatus, HEADER_LEN, Header, Kind, MAX_PAYLOAD,
+    Output, Program, RESUME_STOP_OUTPUT, ReadFile, Ready, Stream, WriteFile, encode_frame,
 };
 
 /// What an exec asks for.
@@ -38,7 +38,10 @@ impl ExecSpec {
     }
 
     pub fn python(code: &str) -> Self {
-        ExecSpec { program: Program::Python, ..ExecSpec::argv(&[code]) }
+        ExecSpec {
+            program: Program::Python,
+            ..ExecSpec::argv(&[code])
+        }
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -96,7 +99,9 @@ impl Run {
     pub fn status(&self) -> ExitStatus {
         match &self.end {
             End::Exit(s) => *s,
-            End::Error(code, msg) => panic!("agent error {code:?}: {msg}; stderr: {}", self.stderr_str()),
+            End::Error(code, msg) => {
+                panic!("agent error {code:?}: {msg}; stderr: {}", self.stderr_str())
+            }
         }
     }
 }
@@ -108,7 +113,10 @@ pub struct Client<R, W> {
 }
 
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 fn seed() -> [u8; 32] {
@@ -122,7 +130,12 @@ impl<R: Read, W: Write> Client<R, W> {
         Client { r, w }
     }
 
-    pub fn send(&mut self, kind: Kind, flags: u32, body: impl FnOnce(&mut zeroboot_proto::Writer<'_>) -> Result<(), zeroboot_proto::WireError>) {
+    pub fn send(
+        &mut self,
+        kind: Kind,
+        flags: u32,
+        body: impl FnOnce(&mut zeroboot_proto::Writer<'_>) -> Result<(), zeroboot_proto::WireError>,
+    ) {
         let mut buf = vec![0u8; HEADER_LEN + MAX_PAYLOAD];
         let n = encode_frame(&mut buf, kind, flags, body).unwrap();
         self.w.write_all(&buf[..n]).unwrap();
@@ -132,7 +145,9 @@ impl<R: Read, W: Write> Client<R, W> {
     /// Reads one frame; it must come from the guest.
     pub fn recv(&mut self) -> (Header, Vec<u8>) {
         let mut head = [0u8; HEADER_LEN];
-        self.r.read_exact(&mut head).expect("agent closed the channel");
+        self.r
+            .read_exact(&mut head)
+            .expect("agent closed the channel");
         let h = Header::decode(&head).unwrap();
         assert!(h.kind.is_from_guest(), "agent sent host kind {:?}", h.kind);
         let mut payload = vec![0u8; h.len as usize];
@@ -168,7 +183,16 @@ impl<R: Read, W: Write> Client<R, W> {
                 },
             )
         });
-        let mut run = Run { stdout: Vec::new(), stderr: Vec::new(), end: End::Exit(ExitStatus { code: -1, signal: 0, flags: 0 }), output_frames: 0 };
+        let mut run = Run {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            end: End::Exit(ExitStatus {
+                code: -1,
+                signal: 0,
+                flags: 0,
+            }),
+            output_frames: 0,
+        };
         loop {
             let (h, p) = self.recv();
             match h.kind {
@@ -181,7 +205,11 @@ impl<R: Read, W: Write> Client<R, W> {
                     run.output_frames += 1;
                     let total = run.stdout.len() + run.stderr.len();
                     let stop = spec.stop_after.is_some_and(|n| total >= n);
-                    self.send(Kind::Resume, if stop { RESUME_STOP_OUTPUT } else { 0 }, |_| Ok(()));
+                    self.send(
+                        Kind::Resume,
+                        if stop { RESUME_STOP_OUTPUT } else { 0 },
+                        |_| Ok(()),
+                    );
                 }
                 Kind::Exit => {
                     run.end = End::Exit(ExitStatus::decode(&p).unwrap());
@@ -197,7 +225,14 @@ impl<R: Read, W: Write> Client<R, W> {
     }
 
     pub fn write_file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<(), End> {
-        self.send(Kind::WriteFile, 0, |w| WriteFile { path: path.as_bytes(), mode, data }.encode(w));
+        self.send(Kind::WriteFile, 0, |w| {
+            WriteFile {
+                path: path.as_bytes(),
+                mode,
+                data,
+            }
+            .encode(w)
+        });
         match self.recv() {
             (h, _) if h.kind == Kind::Done => Ok(()),
             (h, p) if h.kind == Kind::Error => Err(Self::error_of(&p)),
@@ -206,7 +241,13 @@ impl<R: Read, W: Write> Client<R, W> {
     }
 
     pub fn read_file(&mut self, path: &str, max_bytes: u32) -> Result<Vec<u8>, End> {
-        self.send(Kind::ReadFile, 0, |w| ReadFile { path: path.as_bytes(), max_bytes }.encode(w));
+        self.send(Kind::ReadFile, 0, |w| {
+            ReadFile {
+                path: path.as_bytes(),
+                max_bytes,
+            }
+            .encode(w)
+        });
         match self.recv() {
             (h, p) if h.kind == Kind::FileData => Ok(p),
             (h, p) if h.kind == Kind::Error => Err(Self::error_of(&p)),
