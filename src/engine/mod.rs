@@ -211,12 +211,9 @@ impl Engine {
 
     fn register(&self, source: String, snap: Snapshot) -> Result<TemplateInfo, EngineError> {
         let id = self.next_id("tpl");
-        let tpl = Arc::new(Template::new(
-            id.clone(),
-            source,
-            snap,
-            self.0.config.pool_size,
-        )?);
+        let mut tpl = Template::new(id.clone(), source, snap, self.0.config.pool_size)?;
+        tpl.learn_hot_pages(&self.0.hv)?;
+        let tpl = Arc::new(tpl);
         self.0
             .templates
             .write()

@@ -9,7 +9,7 @@ use kvm_bindings::CpuId;
 use super::EngineError;
 use super::pool::Pool;
 use crate::agent::{self, Mailbox};
-use crate::vmm::memory::{GuestRam, Memfd, Sharing};
+use crate::vmm::memory::{self, GuestRam, Memfd, Sharing};
 use crate::vmm::{Hypervisor, MachineState, VcpuThread, Vm, VmmError, layout};
 
 /// The bare guest image, built from guest/bare by build.rs.
@@ -26,6 +26,8 @@ pub struct Template {
     pub(crate) mailbox: Mailbox,
     pub(crate) cpuid: CpuId,
     pub(crate) pool: Pool,
+    /// Pages a first exec dirties, copied ahead of time in pooled VMs.
+    pub(crate) hot_pages: Vec<u64>,
 }
 
 /// What a template is made of, before it gets an id and a pool.
@@ -80,7 +82,26 @@ impl Template {
             mailbox: snap.mailbox,
             cpuid,
             pool: Pool::new(pool_size),
+            hot_pages: Vec::new(),
         })
+    }
+
+    /// Learns which pages a first exec dirties by running `echo` in a
+    /// throwaway VM, so pooled VMs can copy them before a request arrives.
+    pub(crate) fn learn_hot_pages(&mut self, hv: &Hypervisor) -> Result<(), EngineError> {
+        let ram = GuestRam::map(&self.memfd, Sharing::Private)?;
+        let mut vm = Vm::new(hv, ram, &self.cpuid)?;
+        vm.restore(&self.state)?;
+        let req = agent::ExecRequest {
+            argv: vec!["echo".into()],
+            ..Default::default()
+        };
+        let frame = agent::encode_exec(&req, 0, [0; 32]).map_err(EngineError::from_agent)?;
+        agent::exec(&mut vm, &self.mailbox, &frame, 0, &mut |_, _| {})
+            .map_err(EngineError::from_agent)?;
+        self.hot_pages = memory::private_page_addrs(vm.ram().host_addr(), vm.ram().size())
+            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?;
+        Ok(())
     }
 
     /// Guest memory size in bytes.
@@ -96,6 +117,7 @@ impl Template {
         let (tpl, hv) = (Arc::clone(self), Arc::clone(hv));
         VcpuThread::spawn(format!("vcpu-{}", self.id), move || {
             let ram = GuestRam::map(&tpl.memfd, Sharing::Private)?;
+            ram.precopy(&tpl.hot_pages)?;
             let mut vm = Vm::new(&hv, ram, &tpl.cpuid)?;
             vm.restore(&tpl.state)?;
             Ok(vm)

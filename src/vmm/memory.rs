@@ -174,6 +174,15 @@ fn private_page_map(host_addr: u64, size: usize) -> io::Result<Vec<bool>> {
         .collect())
 }
 
+/// Guest-physical addresses of the pages of a mapping held privately.
+pub fn private_page_addrs(host_addr: u64, size: usize) -> io::Result<Vec<u64>> {
+    Ok(private_page_map(host_addr, size)?
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.then_some((i * 4096) as u64))
+        .collect())
+}
+
 /// Counts the pages of a mapping of this process held privately.
 pub fn private_pages(host_addr: u64, size: usize) -> io::Result<u64> {
     Ok(private_page_map(host_addr, size)?
@@ -211,6 +220,18 @@ fn data_pages(memfd: &Memfd) -> io::Result<Vec<bool>> {
 }
 
 impl GuestRam {
+    /// Makes the private copies of `pages` now, leaving their contents as they
+    /// are: the host takes the copy-on-write faults here instead of the guest
+    /// taking them (and KVM's notifier round) on its first run.
+    pub fn precopy(&self, pages: &[u64]) -> Result<(), VmmError> {
+        for &gpa in pages {
+            let mut b = [0u8; 1];
+            self.read(gpa, &mut b)?;
+            self.write(gpa, &b)?;
+        }
+        Ok(())
+    }
+
     /// Copies this mapping's contents into `dst` (same size), reading only the
     /// pages that can differ from zero: data pages of `base` (the memfd this
     /// mapping is a private view of) and pages this mapping copied on write.
