@@ -1,0 +1,160 @@
+import asyncio
+import signal
+import threading
+import time
+
+import pytest
+
+import zeroboot
+from zeroboot import (
+    AsyncZeroboot, CancelToken, ExecTimeoutError, RequestCancelledError, SandboxNotFoundError, TemplateNotFoundError,
+    WorkerExitedError, Zeroboot,
+)
+
+pytestmark = pytest.mark.kvm
+
+
+@pytest.fixture(scope="module")
+def zb():
+    with Zeroboot.start() as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def bare(zb):
+    return zb.load_template(builtin="bare")
+
+
+def test_happy_path(zb, bare):
+    with zb.fork(bare) as sb:
+        r = sb.exec(["echo", "hi"], timeout_ms=10_000)
+        assert r.stdout == "hi\n" and r.exit_code == 0 and not r.timed_out and r.duration_us > 0
+        assert sb.exec(["exit", "3"]).exit_code == 3
+        s = sb.exec(["stderr", "oops"])
+        assert "oops" in s.stderr and s.stdout == ""
+        assert sb.exec(["cat"], stdin="from stdin").stdout == "from stdin"
+        assert "ZB_TEST=42" in sb.exec(["env"], env={"ZB_TEST": "42"}).stdout
+        assert any(x["sandbox"] == sb.id for x in zb.sandboxes())
+        assert sb.stats()
+    assert not any(x["sandbox"] == sb.id for x in zb.sandboxes())
+
+
+def test_typed_errors(zb, bare):
+    with pytest.raises(TemplateNotFoundError) as ei:
+        zb.fork("no-such-template")
+    assert ei.value.code == TemplateNotFoundError.code
+    sb = zb.fork(bare)
+    sb.kill()
+    with pytest.raises(SandboxNotFoundError):
+        zb.call("sandbox.exec", {"sandbox": sb.id, "argv": ["echo"]})
+
+
+def test_streaming(zb, bare):
+    with zb.fork(bare) as sb:
+        chunks = []
+        r = sb.exec(["flood", "20000"], on_output=chunks.append)
+        assert r.exit_code == 0
+        assert chunks and all(c.stream in ("stdout", "stderr") for c in chunks)
+        s = sb.stream(["echo", "streamed"])
+        text = "".join(c.data for c in s if c.stream == "stdout")
+        assert "streamed" in text and s.result.exit_code == 0
+
+
+def test_cancel(zb, bare):
+    sb = zb.fork(bare)
+    tok = CancelToken()
+    threading.Timer(0.3, tok.cancel).start()
+    with pytest.raises(RequestCancelledError):
+        sb.exec(["spin"], timeout_ms=120_000, cancel=tok)
+    sb.kill()
+    with zb.fork(bare) as sb2:
+        assert sb2.exec(["echo", "ok"]).stdout == "ok\n"
+
+
+def test_timeout(zb, bare):
+    sb = zb.fork(bare)
+    with pytest.raises(ExecTimeoutError):
+        sb.exec(["spin"], timeout_ms=200)
+    sb.kill()
+    with zb.fork(bare) as sb2:
+        assert sb2.exec(["echo", "alive"]).stdout == "alive\n"
+
+
+def test_200_in_parallel_threads(zb, bare):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        with zb.fork(bare) as sb:
+            return sb.exec(["echo", f"n{i}"], timeout_ms=120_000).stdout
+
+    with ThreadPoolExecutor(32) as ex:
+        outs = list(ex.map(one, range(200)))
+    assert outs == [f"n{i}\n" for i in range(200)]
+
+
+def test_worker_death_fails_pending_calls():
+    zb = Zeroboot.start()
+    t = zb.load_template(builtin="bare")
+    sbs = [zb.fork(t) for _ in range(3)]
+    errors = []
+
+    def run(sb):
+        try:
+            sb.exec(["spin"], timeout_ms=600_000)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(sb,)) for sb in sbs]
+    for th in threads:
+        th.start()
+    time.sleep(0.3)
+    zb.kill(signal.SIGKILL)
+    for th in threads:
+        th.join(60)
+    assert len(errors) == 3
+    for e in errors:
+        assert isinstance(e, WorkerExitedError), repr(e)
+        assert e.returncode == -signal.SIGKILL and "signal 9" in str(e)
+    assert not zb.alive
+    with pytest.raises(WorkerExitedError):
+        zb.info()
+    zb.stop()
+    with Zeroboot.start() as zb2:
+        assert zb2.info()
+
+
+def test_start_failure_reports_stderr():
+    with pytest.raises(WorkerExitedError) as ei:
+        Zeroboot.start(args=["no-such-subcommand"])
+    assert ei.value.returncode != 0 and ei.value.stderr_tail
+
+
+def test_asyncio_api():
+    async def main():
+        async with await AsyncZeroboot.start() as zb:
+            t = await zb.load_template(builtin="bare")
+            async with await zb.fork(t) as sb:
+                r = await sb.exec(["echo", "hi"])
+                assert r.stdout == "hi\n" and r.exit_code == 0
+                s = sb.stream(["echo", "streamed"])
+                text = "".join([c.data async for c in s if c.stream == "stdout"])
+                assert "streamed" in text and (await s.result).exit_code == 0
+            # cancellation: cancelling the task sends $/cancelRequest
+            sb = await zb.fork(t)
+            task = asyncio.ensure_future(sb.exec(["spin"], timeout_ms=120_000))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await sb.kill()
+            with pytest.raises(ExecTimeoutError):
+                sb2 = await zb.fork(t)
+                await sb2.exec(["spin"], timeout_ms=200)
+            # 200 in parallel
+            sbs = await asyncio.gather(*(zb.fork(t) for _ in range(200)))
+            rs = await asyncio.gather(*(s.exec(["echo", f"n{i}"], timeout_ms=120_000) for i, s in enumerate(sbs)))
+            assert [r.stdout for r in rs] == [f"n{i}\n" for i in range(200)]
+            await asyncio.gather(*(s.kill() for s in sbs))
+        assert not zb.alive
+
+    asyncio.run(main())
