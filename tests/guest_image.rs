@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use zeroboot::image::{BuildOptions, ImageError, ImagePaths, Profile};
 use zeroboot_proto::AgentKind;
 
 /// How long the whole conversation with the guest may take before the
@@ -187,28 +188,40 @@ fn median_ms(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1000.0
 }
 
-#[test]
-fn guest_image_runs_python_under_qemu() {
+/// QEMU and a built image of `profile`, or `None` after printing why the
+/// test is skipped.
+fn prepare(profile: Profile) -> Option<(Qemu, ImagePaths)> {
     let Some(qemu) = find_qemu() else {
-        return skip(
-            "no QEMU found (set ZEROBOOT_QEMU, or run tests/kvm-lane/run once to fetch it)",
-        );
+        skip("no QEMU found (set ZEROBOOT_QEMU, or run tests/kvm-lane/run once to fetch it)");
+        return None;
     };
-    let paths = match zeroboot::image::build(&zeroboot::image::BuildOptions::default()) {
+    let opts = BuildOptions {
+        profile,
+        ..BuildOptions::default()
+    };
+    let paths = match zeroboot::image::build(&opts) {
         Ok(p) => p,
-        Err(zeroboot::image::ImageError::NoApt) => {
-            return skip("no apt-get to build the guest image");
+        Err(ImageError::NoApt) => {
+            skip("no apt-get to build the guest image");
+            return None;
         }
         Err(e) => panic!("image build failed: {e}"),
     };
     let size = std::fs::metadata(&paths.initramfs).unwrap().len();
     eprintln!(
-        "guest_image: initramfs {} ({:.1} MB)",
+        "guest_image: {profile:?} initramfs {} ({:.1} MB)",
         paths.initramfs.display(),
         size as f64 / 1e6
     );
+    Some((qemu, paths))
+}
 
-    let dir = std::env::temp_dir().join(format!("zeroboot-guest-image-{}", std::process::id()));
+#[test]
+fn guest_image_runs_python_under_qemu() {
+    let Some((qemu, paths)) = prepare(Profile::Minimal) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("zeroboot-guest-image-{}-min", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let started = Instant::now();
     let (_guest, mut c) = Guest::boot(&qemu, &paths.kernel, &paths.initramfs, &dir);
@@ -306,6 +319,30 @@ fn guest_image_runs_python_under_qemu() {
         "guest_image: exec round trip (median of 10): python zygote {py:.1} ms, cold python3 -S {argv:.1} ms; \
          1 MB of output in {big_s:.2} s ({} frames)",
         big.output_frames
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn full_profile_carries_the_whole_standard_library() {
+    let Some((qemu, paths)) = prepare(Profile::Full) else {
+        return;
+    };
+    let dir =
+        std::env::temp_dir().join(format!("zeroboot-guest-image-{}-full", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_guest, mut c) = Guest::boot(&qemu, &paths.kernel, &paths.initramfs, &dir);
+    c.ready();
+    let code = "import sqlite3, ssl, decimal, ctypes, asyncio, lzma, bz2, zoneinfo, uuid, subprocess\n\
+                print(sqlite3.connect(':memory:').execute('select 41 + 1').fetchone()[0],\n\
+                      decimal.Decimal('1.1') + 1, ssl.OPENSSL_VERSION.split()[0],\n\
+                      subprocess.run(['python3', '-c', 'print(5)'], capture_output=True).stdout)";
+    let run = c.exec(&ExecSpec::python(code));
+    assert_eq!(
+        run.stdout_str(),
+        "42 2.1 OpenSSL b'5\\n'\n",
+        "stderr: {}",
+        run.stderr_str()
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

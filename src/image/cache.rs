@@ -1,7 +1,9 @@
 //! Where built images live and how a build recognises its own output.
 
 use super::ImageError;
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 /// `$ZEROBOOT_CACHE/image`, else `$XDG_CACHE_HOME/zeroboot/image`, else
 /// `~/.cache/zeroboot/image`.
@@ -18,6 +20,25 @@ pub fn default_dir() -> Result<PathBuf, ImageError> {
         .or_else(|| env("HOME").map(|h| h.join(".cache")))
         .ok_or(ImageError::NoCacheDir)?;
     Ok(base.join("zeroboot").join("image"))
+}
+
+/// An exclusive lock on a cache directory, held for a whole build so that
+/// concurrent builds (two CLI runs, parallel tests) never share downloads or
+/// staging directories half-made. Released when dropped.
+pub struct Lock {
+    _file: File,
+}
+
+/// Waits for and takes the lock of `dir` (created if missing).
+pub fn lock(dir: &Path) -> Result<Lock, ImageError> {
+    std::fs::create_dir_all(dir).map_err(ImageError::io("cannot create", dir))?;
+    let path = dir.join(".lock");
+    let file = File::create(&path).map_err(ImageError::io("cannot create", &path))?;
+    // SAFETY: flock on a descriptor we own for the call's duration.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(ImageError::io("cannot lock", path)(std::io::Error::last_os_error()));
+    }
+    Ok(Lock { _file: file })
 }
 
 /// FNV-1a: a stable 64-bit digest of a build's inputs (not a security

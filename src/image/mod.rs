@@ -146,6 +146,7 @@ pub fn build(opts: &BuildOptions) -> Result<ImagePaths, ImageError> {
         Some(dir) => dir.clone(),
         None => cache::default_dir()?,
     };
+    let _lock = cache::lock(&cache)?;
     let apt = apt::Apt::new(&cache.join("debs"))?;
     let kernel = match &opts.kernel {
         Some(k) => given("kernel", k)?,
