@@ -28,7 +28,7 @@ pub trait Running {
 
 /// The agent ends of a started program's standard streams.
 pub struct Stdio {
-    /// Write end of the program's stdin (`None` once closed).
+    /// Write end of the program's stdin.
     pub stdin: File,
     /// Read end of its stdout.
     pub stdout: File,
@@ -40,7 +40,8 @@ pub struct Stdio {
 pub struct Runner {
     /// The Python zygote, when this agent has one.
     pub zygote: Option<Zygote>,
-    /// Whether clock and entropy failures are fatal (true in a guest).
+    /// Acting as a guest's system: set the clock per exec, and treat a
+    /// refused entropy reseed as an error (a test process does neither).
     pub system: bool,
 }
 
