@@ -55,7 +55,7 @@ fn error(code: i32, message: impl Into<String>, data: Value) -> ErrorObjectOwned
 }
 
 /// The message of an error with its cause chain, printed once.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -139,7 +139,11 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             msg,
             json!({"kind": "template_file", "path": path, "detail": detail}),
         ),
-        EngineError::Vmm(_) => error(VMM_ERROR, msg.clone(), json!({"kind": "vmm", "detail": msg})),
+        EngineError::Vmm(_) => error(
+            VMM_ERROR,
+            msg.clone(),
+            json!({"kind": "vmm", "detail": msg}),
+        ),
     }
 }
 
@@ -312,10 +316,13 @@ mod tests {
 
     #[test]
     fn messages_carry_the_cause_once() {
-        let e = EngineError::KvmUnavailable(VmmError::OpenKvm(kvm_ioctls::Error::new(
-            libc::ENOENT,
-        )));
+        let e =
+            EngineError::KvmUnavailable(VmmError::OpenKvm(kvm_ioctls::Error::new(libc::ENOENT)));
         let obj = engine_error(&e);
-        assert!(obj.message().starts_with("KVM is unavailable: "), "{}", obj.message());
+        assert!(
+            obj.message().starts_with("KVM is unavailable: "),
+            "{}",
+            obj.message()
+        );
     }
 }

@@ -11,7 +11,7 @@
 //! length, a body cut off by end of input) are fatal: see
 //! [`FrameError::is_fatal`].
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 
 /// The two framings a peer may speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,7 +168,9 @@ impl<R: BufRead> FrameReader<R> {
             let name = name.trim();
             let value = value.trim();
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(FrameError::BadHeader(format!("bad header name in {text:?}")));
+                return Err(FrameError::BadHeader(format!(
+                    "bad header name in {text:?}"
+                )));
             }
             if name.eq_ignore_ascii_case("content-length") {
                 if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -190,7 +192,8 @@ impl<R: BufRead> FrameReader<R> {
         }
         let length = length.ok_or(FrameError::MissingLength)?;
         if length > self.limit as u64 {
-            let skipped = io::copy(&mut (&mut self.input).take(length), &mut io::sink())?;
+            let mut rest = Read::take(&mut self.input, length);
+            let skipped = io::copy(&mut rest, &mut io::sink())?;
             if skipped < length {
                 return Err(FrameError::Truncated(format!(
                     "body of {length} bytes ended after {skipped}"
@@ -375,7 +378,10 @@ mod tests {
 
     #[test]
     fn lsp_header_names_are_case_insensitive_and_lone_newlines_pass() {
-        let out = all(b"content-length:   3\n\n123\r\n\r\nCONTENT-LENGTH: 1\r\n\r\n4", 10);
+        let out = all(
+            b"content-length:   3\n\n123\r\n\r\nCONTENT-LENGTH: 1\r\n\r\n4",
+            10,
+        );
         assert_eq!(out, vec![Ok(b"123".to_vec()), Ok(b"4".to_vec())]);
     }
 
@@ -477,8 +483,14 @@ mod tests {
             (&b"Content-Length 2\r\n\r\n{}"[..], "no colon"),
             (b"Content-Length: two\r\n\r\n{}", "invalid Content-Length"),
             (b"Content-Length: -2\r\n\r\n{}", "invalid Content-Length"),
-            (b"Content-Length: 99999999999999999999999\r\n\r\n", "invalid Content-Length"),
-            (b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "two different"),
+            (
+                b"Content-Length: 99999999999999999999999\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+                "two different",
+            ),
             (b"Content-Type: x\r\n\r\n{}", "missing Content-Length"),
             (b"Content-Length: 10\r\n\r\n{}", "ended after 2"),
             (b"Content-Length: 10\r\n", "inside the headers"),

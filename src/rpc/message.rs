@@ -266,10 +266,24 @@ mod tests {
 
     #[test]
     fn ids_of_every_legal_type_are_kept_verbatim() {
-        for id in ["1", "-7", "0", "1.5", "1e3", r#""abc""#, r#""""#, "null", "18446744073709551616"] {
+        for id in [
+            "1",
+            "-7",
+            "0",
+            "1.5",
+            "1e3",
+            r#""abc""#,
+            r#""""#,
+            "null",
+            "18446744073709551616",
+        ] {
             let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"m"}}"#);
             match single(&body) {
-                Incoming::Request { id: got, method, params } => {
+                Incoming::Request {
+                    id: got,
+                    method,
+                    params,
+                } => {
                     assert_eq!(got.raw().get(), id);
                     assert_eq!(method, "m");
                     assert!(params.is_none());
@@ -285,7 +299,12 @@ mod tests {
         let b = Id::from_raw(RawValue::from_string(r#""a""#.into()).unwrap()).unwrap();
         assert_eq!(a.key(), b.key());
         let n = Id::from_raw(RawValue::from_string("1".into()).unwrap()).unwrap();
-        assert_ne!(n.key(), Id::from_raw(RawValue::from_string(r#""1""#.into()).unwrap()).unwrap().key());
+        assert_ne!(
+            n.key(),
+            Id::from_raw(RawValue::from_string(r#""1""#.into()).unwrap())
+                .unwrap()
+                .key()
+        );
     }
 
     #[test]
@@ -323,10 +342,16 @@ mod tests {
             -32600
         );
         assert_eq!(
-            invalid_code(&single(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":3}"#)).0,
+            invalid_code(&single(
+                r#"{"jsonrpc":"2.0","id":1,"method":"m","params":3}"#
+            ))
+            .0,
             -32600
         );
-        assert_eq!(invalid_code(&single(r#"{"jsonrpc":"2.0","id":1}"#)).0, -32600);
+        assert_eq!(
+            invalid_code(&single(r#"{"jsonrpc":"2.0","id":1}"#)).0,
+            -32600
+        );
         match parse(b"\xff\xfe") {
             Message::Single(i) => assert_eq!(invalid_code(&i).0, -32700),
             Message::Batch(_) => panic!(),
@@ -368,6 +393,9 @@ mod tests {
         assert_eq!(v["id"], serde_json::Value::Null);
         assert_eq!(v["error"]["code"], -32600);
         let n = notification("sandbox.output", serde_json::json!({"a": 1}));
-        assert_eq!(n.get(), r#"{"jsonrpc":"2.0","method":"sandbox.output","params":{"a":1}}"#);
+        assert_eq!(
+            n.get(),
+            r#"{"jsonrpc":"2.0","method":"sandbox.output","params":{"a":1}}"#
+        );
     }
 }

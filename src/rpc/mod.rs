@@ -1,6 +1,31 @@
-//! The stdio JSON-RPC worker (being written).
+//! The stdio JSON-RPC worker: `zeroboot serve`.
+//!
+//! Layers, outside in: [`framing`] finds message bodies in the byte stream
+//! (LSP base protocol or NDJSON), [`message`] classifies each body (request,
+//! notification, batch, invalid), `server` runs the session (reader thread,
+//! writer thread, one task per request, cancellation, shutdown), `methods`
+//! maps each method to one engine call, [`errors`] maps every failure to a
+//! JSON-RPC error in one place. Nothing here touches KVM; nothing below this
+//! module knows JSON-RPC exists. The contract — every method, param, result,
+//! notification and error — is schema/openrpc.json, returned by `rpc.discover`.
 
-use crate::engine::EngineConfig;
+pub mod errors;
+pub mod framing;
+pub mod message;
+mod methods;
+mod output;
+mod params;
+mod server;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use crate::engine::{Engine, EngineConfig};
+pub use methods::{EXEC_HOST_GRACE_MS, OPENRPC};
 
 /// Options of `zeroboot serve`.
 #[derive(Clone, Debug)]
@@ -12,7 +37,231 @@ pub struct ServeOptions {
 }
 
 /// Serves JSON-RPC on stdin/stdout until shutdown or EOF; returns the exit code.
-pub fn serve(_opts: ServeOptions) -> std::process::ExitCode {
-    eprintln!("zeroboot serve: not implemented yet");
-    std::process::ExitCode::FAILURE
+///
+/// The worker starts even when KVM is unusable: `worker.info` and
+/// `rpc.discover` answer, every engine method fails with the KVM-unavailable
+/// error.
+pub fn serve(opts: ServeOptions) -> ExitCode {
+    let output = match protocol_stdout() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot take over stdout");
+            return ExitCode::FAILURE;
+        }
+    };
+    let engine = Engine::new(opts.engine.clone()).map_err(|e| {
+        let detail = errors::chain(&e);
+        tracing::warn!(error = %detail, "engine unavailable; only worker.info and rpc.discover will work");
+        detail
+    });
+    if let Ok(engine) = &engine {
+        tracing::info!(flavor = engine.flavor().as_str(), "zeroboot worker ready");
+    }
+    let code = server::run(
+        Box::new(io::stdin()),
+        Box::new(output),
+        state(engine, &opts),
+        true,
+    );
+    ExitCode::from(code)
+}
+
+/// Runs one session over in-memory input with no engine (every engine method
+/// fails with the KVM-unavailable error) and returns what was written and the
+/// exit code. This is the fuzzing entry point for framing and dispatch.
+#[doc(hidden)]
+pub fn run_session(input: Vec<u8>, max_message_bytes: usize) -> (Vec<u8>, u8) {
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Shared::default();
+    let opts = ServeOptions {
+        engine: EngineConfig::default(),
+        max_message_bytes,
+    };
+    let code = server::run(
+        Box::new(io::Cursor::new(input)),
+        Box::new(out.clone()),
+        state(Err("no engine in this session".into()), &opts),
+        false,
+    );
+    let bytes = std::mem::take(&mut *out.0.lock().unwrap_or_else(|e| e.into_inner()));
+    (bytes, code)
+}
+
+fn state(engine: Result<Engine, String>, opts: &ServeOptions) -> methods::State {
+    methods::State {
+        engine,
+        max_message_bytes: opts.max_message_bytes,
+        shutting_down: AtomicBool::new(false),
+        started: Instant::now(),
+    }
+}
+
+/// Moves the protocol stream off fd 1: returns a private duplicate of stdout
+/// for frames and points fd 1 at stderr, so nothing else in the process (a
+/// stray print in a dependency) can corrupt the protocol.
+fn protocol_stdout() -> io::Result<File> {
+    // SAFETY: F_DUPFD_CLOEXEC on fd 1 only creates a new descriptor.
+    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: dup2 replaces fd 1, which Rust's stdout handle refers to by
+    // number only; writes through it now reach stderr.
+    if unsafe { libc::dup2(2, 1) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// Runs a session and returns its replies, decoded, with the exit code.
+    fn session(input: &[u8]) -> (Vec<Value>, u8) {
+        let (out, code) = run_session(input.to_vec(), 1 << 20);
+        let mut frames = framing::FrameReader::new(io::Cursor::new(out), usize::MAX);
+        let mut replies = Vec::new();
+        while let Some(body) = frames.read().expect("the worker writes well-formed frames") {
+            replies.push(serde_json::from_slice(&body).expect("every frame is JSON"));
+        }
+        (replies, code)
+    }
+
+    fn ndjson(lines: &[Value]) -> Vec<u8> {
+        lines
+            .iter()
+            .flat_map(|l| format!("{l}\n").into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn every_registered_method_is_documented_and_every_documented_method_exists() {
+        let doc: Value = serde_json::from_str(OPENRPC).unwrap();
+        let documented: std::collections::BTreeSet<String> = doc["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        let state = std::sync::Arc::new(super::state(
+            Err("none".into()),
+            &ServeOptions {
+                engine: EngineConfig::default(),
+                max_message_bytes: 1,
+            },
+        ));
+        let module = methods::module(state);
+        let mut registered: std::collections::BTreeSet<String> =
+            module.method_names().map(str::to_string).collect();
+        // Handled by the session loop itself.
+        registered.insert("exit".into());
+        registered.insert("$/cancelRequest".into());
+        assert_eq!(documented, registered);
+    }
+
+    #[test]
+    fn worker_info_answers_without_kvm_in_both_framings() {
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "worker.info"});
+        let (replies, code) = session(&ndjson(&[req.clone()]));
+        assert_eq!(code, 0);
+        assert_eq!(replies[0]["result"]["kvm"]["available"], false);
+        assert_eq!(replies[0]["result"]["capabilities"]["framing"], "ndjson");
+        let body = req.to_string();
+        let lsp = format!("Content-Length: {}\r\n\r\n{body}", body.len());
+        let (replies, _) = session(lsp.as_bytes());
+        assert_eq!(replies[0]["result"]["capabilities"]["framing"], "lsp");
+    }
+
+    #[test]
+    fn engine_methods_answer_kvm_unavailable() {
+        let (replies, _) = session(&ndjson(&[json!({
+            "jsonrpc": "2.0", "id": "a", "method": "template.load", "params": {"builtin": "bare"}
+        })]));
+        assert_eq!(replies[0]["id"], "a");
+        assert_eq!(replies[0]["error"]["code"], errors::KVM_UNAVAILABLE);
+    }
+
+    #[test]
+    fn bad_params_are_invalid_params_before_kvm_is_needed() {
+        let (replies, _) = session(&ndjson(&[
+            json!({"jsonrpc": "2.0", "id": 1, "method": "sandbox.exec", "params": {"sandbox": 5}}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "sandbox.kill", "params": ["sb-1"]}),
+            json!({"jsonrpc": "2.0", "id": 3, "method": "worker.info", "params": {"x": 1}}),
+        ]));
+        assert_eq!(replies.len(), 3);
+        for r in replies {
+            assert_eq!(r["error"]["code"], errors::INVALID_PARAMS, "{r}");
+        }
+    }
+
+    #[test]
+    fn batches_answer_requests_only_and_in_order() {
+        let (replies, _) = session(&ndjson(&[
+            json!([
+                {"jsonrpc": "2.0", "id": 1, "method": "worker.info"},
+                {"jsonrpc": "2.0", "method": "worker.info"},
+                {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+                5
+            ]),
+            json!([{"jsonrpc": "2.0", "method": "worker.info"}]),
+        ]));
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        let batch = replies[0].as_array().unwrap();
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch[0]["id"], 1);
+        assert_eq!(batch[1]["error"]["code"], errors::METHOD_NOT_FOUND);
+        assert_eq!(batch[2]["error"]["code"], errors::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn exit_codes_follow_lsp() {
+        let shutdown = json!({"jsonrpc": "2.0", "id": 1, "method": "shutdown"});
+        let exit = json!({"jsonrpc": "2.0", "method": "exit"});
+        let after = json!({"jsonrpc": "2.0", "id": 2, "method": "worker.info"});
+        let (replies, code) = session(&ndjson(&[shutdown.clone(), after, exit.clone()]));
+        assert_eq!(code, 0);
+        let by_id = |id: i64| replies.iter().find(|r| r["id"] == id).unwrap();
+        assert_eq!(by_id(1)["result"], Value::Null);
+        assert_eq!(by_id(2)["error"]["data"]["kind"], "shutting_down");
+        let (_, code) = session(&ndjson(&[exit]));
+        assert_eq!(code, 1);
+    }
+
+    #[test]
+    fn unrecoverable_framing_ends_the_session_with_a_final_error() {
+        let (replies, code) = session(b"Content-Length: 5\r\nBroken header\r\n\r\n{}");
+        assert_eq!(code, 1);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0]["error"]["data"]["kind"], "framing");
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_and_the_session_goes_on() {
+        let big = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(2 << 20));
+        let mut input = big.into_bytes();
+        input.extend(ndjson(&[
+            json!({"jsonrpc": "2.0", "id": 7, "method": "worker.info"}),
+        ]));
+        let (replies, code) = session(&input);
+        assert_eq!(code, 0);
+        assert_eq!(replies[0]["error"]["data"]["kind"], "message_too_large");
+        assert_eq!(replies[1]["id"], 7);
+    }
 }

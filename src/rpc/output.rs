@@ -17,7 +17,9 @@ pub fn encode(bytes: &[u8], encoding: Encoding) -> String {
 
 /// Decodes standard base64.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
-    STANDARD.decode(text).map_err(|e| format!("invalid base64: {e}"))
+    STANDARD
+        .decode(text)
+        .map_err(|e| format!("invalid base64: {e}"))
 }
 
 /// Encodes a stream of chunks; holds back an incomplete UTF-8 sequence at a

@@ -17,14 +17,6 @@ pub struct TemplateLoad {
     pub path: Option<String>,
 }
 
-/// Params naming one template.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateRef {
-    /// The template id.
-    pub template: String,
-}
-
 /// `template.unload`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
