@@ -146,11 +146,11 @@ class Gen:
             notifications.append(n["name"])
 
         errors: Dict[int, Dict[str, Any]] = {}
-        def add(e: Dict[str, Any]) -> None:
+        def add(e: Dict[str, Any], key: str = "") -> None:
             e = resolve_ref(doc, e["$ref"]) if "$ref" in e else e
-            errors.setdefault(e["code"], e)
-        for e in doc.get("components", {}).get("errors", {}).values():
-            add(e)
+            errors.setdefault(e["code"], {**e, "x-name": key} if key else e)
+        for k, e in doc.get("components", {}).get("errors", {}).items():
+            add(e, k)
         for m in doc.get("methods", []):
             for e in (resolve_ref(doc, m["$ref"]) if "$ref" in m else m).get("errors", []):
                 add(e)
@@ -181,7 +181,7 @@ class Gen:
         names = {}
         for code in sorted(errors):
             e = errors[code]
-            kind = (e.get("data") or {}).get("properties", {}).get("kind", {}).get("const") or e.get("x-kind") or e["message"]
+            kind = e.get("x-name") or e["message"]  # its name in components.errors
             cls = pascal(kind)
             cls = cls if cls.endswith("Error") else cls + "Error"
             names[code] = cls

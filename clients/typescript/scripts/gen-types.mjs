@@ -110,7 +110,8 @@ function objectType(schema, indent, ctx) {
 }
 
 function errorClassName(err) {
-  const kind = err.data?.properties?.kind?.const ?? err["x-kind"] ?? err.message;
+  // The name of the error in components.errors, else its message.
+  const kind = err["x-name"] ?? err.message;
   const n = pascal(kind);
   return n.endsWith("Error") ? n : `${n}Error`;
 }
@@ -176,11 +177,11 @@ import { ZerobootRpcError } from "./errors.js";
 
   // Errors: components.errors plus any error listed inline by a method, one class per code.
   const errors = new Map();
-  const addError = (e) => {
+  const addError = (e, key) => {
     const err = e.$ref ? resolveRef(openrpc, e.$ref) : e;
-    if (!errors.has(err.code)) errors.set(err.code, err);
+    if (!errors.has(err.code)) errors.set(err.code, key ? { ...err, "x-name": key } : err);
   };
-  for (const e of Object.values(openrpc.components?.errors ?? {})) addError(e);
+  for (const [k, e] of Object.entries(openrpc.components?.errors ?? {})) addError(e, k);
   for (const m0 of openrpc.methods ?? []) for (const e of (m0.$ref ? resolveRef(openrpc, m0.$ref) : m0).errors ?? []) addError(e);
   const sorted = [...errors.values()].sort((a, b) => a.code - b.code);
   out += `/** Error codes the worker documents. */\nexport const ErrorCode = {\n`;
