@@ -245,3 +245,43 @@ fn files_round_trip_with_mode_and_size_cap() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn python_output_streams_line_by_line() {
+    let mut a = Agent::start();
+    let code = "import sys, time\nprint('first')\nsys.stderr.write('err\\n')\ntime.sleep(0.3)\nprint('second')";
+    let run = a.exec(&ExecSpec::python(code));
+    assert_eq!(
+        (run.stdout_str().as_str(), run.stderr_str().as_str()),
+        ("first\nsecond\n", "err\n")
+    );
+    assert!(
+        run.output_frames >= 3,
+        "output was not streamed: {} frames",
+        run.output_frames
+    );
+}
+
+#[test]
+fn large_stdin_and_output_flow_together() {
+    let mut a = Agent::start();
+    let input: Vec<u8> = (0..60_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let run = a.exec(&ExecSpec::argv(&["/bin/cat"]).stdin(&input));
+    assert_eq!(run.status().code, 0);
+    assert_eq!(run.stdout, input);
+}
+
+#[test]
+fn a_killed_zygote_is_reported_and_restarted() {
+    let mut a = Agent::start();
+    let run = a.exec(&ExecSpec::python(
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(30)",
+    ));
+    assert!(
+        matches!(run.end, End::Error(AgentErrorCode::Io, _)),
+        "{:?}",
+        run.end
+    );
+    let run = a.exec(&ExecSpec::python("print('back')"));
+    assert_eq!(run.stdout_str(), "back\n", "stderr: {}", run.stderr_str());
+}

@@ -81,6 +81,9 @@ def _child(body, fds):
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main
     sys.argv = ["-c"] + [a.decode("utf-8", "surrogateescape") for a in argv[1:]]
+    # Stream output as it comes: the host shows it live, and the agent batches
+    # whatever accumulates in the pipe while a frame is in flight.
+    sys.stdout.reconfigure(line_buffering=True)
     code = 0
     try:
         exec(compile(argv[0], "<string>", "exec"), main.__dict__)
