@@ -209,6 +209,17 @@ pub enum Stream {
     Stderr = 2,
 }
 
+impl Stream {
+    /// Decodes a stream id.
+    pub fn from_u32(v: u32) -> Result<Stream, WireError> {
+        match v {
+            1 => Ok(Stream::Stdout),
+            2 => Ok(Stream::Stderr),
+            _ => Err(WireError::BadValue),
+        }
+    }
+}
+
 /// Payload of [`crate::Kind::Output`]: a stream id then the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Output<'a> {
@@ -231,11 +242,7 @@ impl<'a> Output<'a> {
     /// Parses the payload.
     pub fn decode(payload: &'a [u8]) -> Result<Output<'a>, WireError> {
         let mut r = Reader::new(payload);
-        let stream = match r.u32()? {
-            1 => Stream::Stdout,
-            2 => Stream::Stderr,
-            _ => return Err(WireError::BadValue),
-        };
+        let stream = Stream::from_u32(r.u32()?)?;
         Ok(Output {
             stream,
             data: r.rest(),
@@ -265,16 +272,33 @@ impl ExitStatus {
         w.u32(self.flags)
     }
 
-    /// Parses the payload.
-    pub fn decode(payload: &[u8]) -> Result<ExitStatus, WireError> {
+    /// Parses the payload, which may end with the program's last output chunk
+    /// (see [`ExitStatus::encode_with_output`]).
+    pub fn decode(payload: &[u8]) -> Result<(ExitStatus, Option<Output<'_>>), WireError> {
         let mut r = Reader::new(payload);
-        let out = ExitStatus {
+        let status = ExitStatus {
             code: r.i32()?,
             signal: r.i32()?,
             flags: r.u32()?,
         };
+        if r.position() == payload.len() {
+            return Ok((status, None));
+        }
+        let stream = Stream::from_u32(r.u32()?)?;
+        let data = r.bytes()?;
         r.finish()?;
-        Ok(out)
+        Ok((status, Some(Output { stream, data })))
+    }
+
+    /// Bytes an Exit payload spends before a trailing chunk's data.
+    pub const OUTPUT_TAIL_OFFSET: usize = 20;
+
+    /// Appends the payload followed by a last output chunk, which saves a
+    /// round trip (one VM exit) for programs whose output fits one frame.
+    pub fn encode_with_output(&self, w: &mut Writer<'_>, tail: &Output<'_>) -> Result<(), WireError> {
+        self.encode(w)?;
+        w.u32(tail.stream as u32)?;
+        w.bytes(tail.data)
     }
 }
 

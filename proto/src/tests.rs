@@ -120,11 +120,14 @@ fn small_payloads_round_trip() {
     let n = w.position();
     assert_eq!(
         ExitStatus::decode(&buf[..n]).unwrap(),
-        ExitStatus {
-            code: -3,
-            signal: 9,
-            flags: EXIT_TIMED_OUT
-        }
+        (
+            ExitStatus {
+                code: -3,
+                signal: 9,
+                flags: EXIT_TIMED_OUT
+            },
+            None
+        )
     );
     let mut w = Writer::new(&mut buf);
     Ready {
@@ -156,4 +159,26 @@ fn page_list_validates() {
     let mut bad = page;
     bad[0] = 0;
     assert_eq!(PageList::decode(&bad), Err(WireError::BadMagic));
+}
+
+#[test]
+fn exit_can_carry_the_last_output_chunk() {
+    let mut buf = [0u8; 128];
+    let mut w = Writer::new(&mut buf);
+    let status = ExitStatus {
+        code: 0,
+        signal: 0,
+        flags: 0,
+    };
+    let tail = Output {
+        stream: Stream::Stderr,
+        data: b"bye\n",
+    };
+    status.encode_with_output(&mut w, &tail).unwrap();
+    let n = w.position();
+    assert_eq!(n, ExitStatus::OUTPUT_TAIL_OFFSET + 4);
+    assert_eq!(ExitStatus::decode(&buf[..n]).unwrap(), (status, Some(tail)));
+    for cut in 13..n {
+        assert!(ExitStatus::decode(&buf[..cut]).is_err(), "cut at {cut}");
+    }
 }

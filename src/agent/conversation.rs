@@ -107,6 +107,21 @@ pub fn request(
     }
 }
 
+/// Passes what fits under the cap to `on_output`; true when something was cut.
+fn deliver(
+    out: Output<'_>,
+    cap: usize,
+    delivered: &mut usize,
+    on_output: &mut dyn FnMut(Stream, &[u8]),
+) -> bool {
+    let take = out.data.len().min(cap.saturating_sub(*delivered));
+    if take > 0 {
+        on_output(out.stream, &out.data[..take]);
+        *delivered += take;
+    }
+    take < out.data.len()
+}
+
 /// Sends an Exec frame and runs the guest to its Exit, passing output chunks
 /// to `on_output` until `output_cap` bytes in all have been passed.
 pub fn exec(
@@ -125,19 +140,16 @@ pub fn exec(
         match header.kind {
             Kind::Output => {
                 let out = Output::decode(&payload)?;
-                let room = output_cap.saturating_sub(delivered);
-                let take = out.data.len().min(room);
-                if take > 0 {
-                    on_output(out.stream, &out.data[..take]);
-                    delivered += take;
-                }
-                truncated |= take < out.data.len();
+                truncated |= deliver(out, output_cap, &mut delivered, on_output);
                 let flags = if truncated { RESUME_STOP_OUTPUT } else { 0 };
                 next.resize(zeroboot_proto::HEADER_LEN, 0);
                 encode_frame(&mut next, Kind::Resume, flags, |_| Ok(()))?;
             }
             Kind::Exit => {
-                let status = ExitStatus::decode(&payload)?;
+                let (status, tail) = ExitStatus::decode(&payload)?;
+                if let Some(out) = tail {
+                    truncated |= deliver(out, output_cap, &mut delivered, on_output);
+                }
                 return Ok(ExecEnd {
                     code: status.code,
                     signal: status.signal,

@@ -17,7 +17,7 @@ mod rng;
 mod rt;
 mod text;
 
-use zeroboot_proto::{AgentErrorCode, AgentKind, Exec, ExitStatus, Kind, Ready, VERSION};
+use zeroboot_proto::{AgentErrorCode, AgentKind, Exec, Kind, Ready, VERSION};
 
 use crate::channel::Channel;
 use crate::output::Output;
@@ -57,15 +57,7 @@ fn serve(chan: &Channel) {
             Ok(exec) => {
                 let mut out = Output::new(chan);
                 let code = commands::run(&exec, &mut out);
-                out.flush();
-                chan.send(Kind::Exit, |w| {
-                    ExitStatus {
-                        code,
-                        signal: 0,
-                        flags: 0,
-                    }
-                    .encode(w)
-                });
+                out.finish(code);
             }
             Err(_) => chan.send_error(AgentErrorCode::BadRequest, b"bad exec payload"),
         },

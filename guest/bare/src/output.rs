@@ -1,7 +1,7 @@
 //! Program output, built in place in the mailbox and sent as Output frames when
 //! a frame fills up, the stream changes, or the program ends.
 
-use zeroboot_proto::{HEADER_LEN, Kind, MAX_PAYLOAD, RESUME_STOP_OUTPUT, Stream};
+use zeroboot_proto::{ExitStatus, HEADER_LEN, Kind, MAX_PAYLOAD, RESUME_STOP_OUTPUT, Stream};
 
 use crate::channel::Channel;
 
@@ -53,6 +53,32 @@ impl<'c> Output<'c> {
                 self.flush();
             }
         }
+    }
+
+    /// Ends the exec: the exit status goes out in one frame with whatever is
+    /// still buffered when it fits (one exit instead of two), else after it.
+    pub fn finish(mut self, code: i32) {
+        let status = ExitStatus {
+            code,
+            signal: 0,
+            flags: 0,
+        };
+        let (len, at) = (self.len, ExitStatus::OUTPUT_TAIL_OFFSET);
+        if self.stopped || len == 0 || HEADER_LEN + at + len > zeroboot_proto::MAILBOX_SIZE {
+            self.flush();
+            self.chan.send(Kind::Exit, |w| status.encode(w));
+            return;
+        }
+        let stream = self.stream as u32;
+        let mailbox = self.chan.mailbox();
+        mailbox.copy_within(DATA_START..DATA_START + len, HEADER_LEN + at);
+        // The data already sits where the tail's bytes go; write what precedes it.
+        self.chan.send(Kind::Exit, |w| {
+            status.encode(w)?;
+            w.u32(stream)?;
+            w.u32(len as u32)?;
+            w.skip(len)
+        });
     }
 
     /// Sends what is buffered, if anything, and obeys the host's answer.
