@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
+import { PassThrough } from "node:stream";
 import { dirname, join, resolve, delimiter } from "node:path";
 import { fileURLToPath } from "node:url";
 import rpc from "vscode-jsonrpc/node.js";
@@ -111,6 +112,7 @@ export class Zeroboot implements AsyncDisposable {
   readonly binary: string;
   readonly pid: number | undefined;
   readonly #child: ChildProcess;
+  readonly #input: PassThrough;
   readonly #conn: MessageConnection;
   readonly #stderrTail: string[] = [];
   readonly #stderrLines: number;
@@ -131,7 +133,14 @@ export class Zeroboot implements AsyncDisposable {
     });
     this.pid = this.#child.pid;
     const child = this.#child;
-    child.stdin!.on("error", () => {}); // EPIPE after the worker died; reported through the exit path.
+    // vscode-jsonrpc writes into a PassThrough piped to the worker's stdin: an EPIPE once the worker died
+    // then never escapes as an unhandled rejection inside the writer; the exit path reports the death.
+    this.#input = new PassThrough();
+    this.#input.pipe(child.stdin!);
+    child.stdin!.on("error", () => {
+      this.#input.unpipe();
+      this.#input.resume(); // discard what is still written
+    });
     let partial = "";
     child.stderr!.setEncoding("utf8");
     child.stderr!.on("data", (s: string) => {
@@ -167,7 +176,7 @@ export class Zeroboot implements AsyncDisposable {
 
     this.#conn = rpc.createMessageConnection(
       new rpc.StreamMessageReader(child.stdout!),
-      new rpc.StreamMessageWriter(child.stdin!),
+      new rpc.StreamMessageWriter(this.#input),
     );
     this.#conn.onNotification("sandbox.output", (params: OutputNotification) => {
       this.#outputHandlers.get(params.sandbox)?.({ stream: params.stream, data: params.data });
@@ -231,16 +240,27 @@ export class Zeroboot implements AsyncDisposable {
         if (onAbort) signal!.removeEventListener("abort", onAbort);
         cts?.dispose();
       };
-      this.#conn.sendRequest<ResultOf<M>>(method, params, cts?.token).then(
+      // Only pass a token when there is one: vscode-jsonrpc counts a trailing `undefined` as a second param
+      // and would send the params as an array.
+      const sent = cts
+        ? this.#conn.sendRequest<ResultOf<M>>(method, params, cts.token)
+        : this.#conn.sendRequest<ResultOf<M>>(method, params);
+      sent.then(
         (r) => {
           done();
           resolveCall(r);
         },
         (e: unknown) => {
           done();
-          if (e instanceof rpc.ResponseError) rejectCall(errorFromCode(e.code, e.message, e.data, method));
-          else if (this.#death) onDeath(this.#death);
-          else rejectCall(e instanceof Error ? e : new ZerobootError(String(e)));
+          if (!(e instanceof rpc.ResponseError) || e.code === rpc.ErrorCodes.MessageWriteError) {
+            // stdin is closed: the worker is exiting. Its exit rejects the call with the exit status; in case
+            // it lingers, fail with the write error after a grace period.
+            if (this.#death) return onDeath(this.#death);
+            this.#pending.add(onDeath);
+            setTimeout(() => {
+              if (this.#pending.delete(onDeath)) rejectCall(new ZerobootError(`${method}: cannot write to the worker: ${(e as Error)?.message ?? e}`));
+            }, 5000).unref();
+          } else rejectCall(errorFromCode(e.code, e.message, e.data, method));
         },
       );
     });
@@ -319,7 +339,7 @@ export class Zeroboot implements AsyncDisposable {
       } catch {
         /* already dying */
       }
-      this.#child.stdin!.end();
+      this.#input.end();
     }
     const timer = setTimeout(() => this.#child.kill("SIGKILL"), graceMs);
     try {
