@@ -86,6 +86,9 @@ lane_capture() {
     lane_record "$name" "$rc" "$t0"
 }
 
+# Heartbeat on the second serial port: the host kills QEMU when it stops (L1 frozen).
+( while :; do echo "hb $(lane_now)" >/dev/ttyS1; sleep 5; done ) </dev/null >/dev/null 2>&1 &
+
 echo "ZB-LANE-PHASE init"
 echo "kvm-lane: L1 $(uname -r) up after $(lane_now) s, $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
 . /lane/config
