@@ -389,6 +389,8 @@ class AsyncZeroboot:
             return await asyncio.shield(afut)
         except asyncio.CancelledError:
             self._conn.cancel(rid)
+            # The worker still answers (-32800, or the call's own outcome if it won the race): consume it.
+            afut.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
 
     async def info(self) -> Dict[str, Any]:

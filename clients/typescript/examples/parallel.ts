@@ -11,7 +11,7 @@ function pct(xs: number[], p: number): number {
 }
 function row(name: string, xs: number[]) {
   const f = (v: number) => `${v.toFixed(2)} ms`.padStart(10);
-  console.log(`${name.padEnd(10)} p50 ${f(pct(xs, 50))}  p90 ${f(pct(xs, 90))}  p99 ${f(pct(xs, 99))}  max ${f(Math.max(...xs))}`);
+  console.log(`${name.padEnd(13)} p50 ${f(pct(xs, 50))}  p90 ${f(pct(xs, 90))}  p99 ${f(pct(xs, 99))}  max ${f(Math.max(...xs))}`);
 }
 
 await using zb = await Zeroboot.start();
