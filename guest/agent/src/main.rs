@@ -67,7 +67,14 @@ fn run_as_init() -> ! {
             ..Config::from_cmdline("").expect("empty cmdline parses")
         }
     });
+    let started = std::time::Instant::now();
     let mut runner = start_runner(&config);
+    if runner.zygote.is_some() {
+        eprintln!(
+            "zeroboot-agent: Python zygote warm in {} ms",
+            started.elapsed().as_millis()
+        );
+    }
     loop {
         match open_transport(&config.transport) {
             Ok(mut t) => {

@@ -14,13 +14,15 @@ use zeroboot_proto::{AgentErrorCode, Exec, HEADER_LEN, Header, Kind, ReadFile, W
 pub fn serve(t: &mut dyn Transport, runner: &mut Runner) -> TransportError {
     let mut len = frames::ready(t.buf());
     loop {
+        // Before going idle (and before the snapshot, taken at Ready): no
+        // zombie should wait in the guest for the next request.
+        if runner.system {
+            reaper::reap_orphans();
+        }
         let header = match t.exchange(len) {
             Ok(h) => h,
             Err(e) => return e,
         };
-        if runner.system {
-            reaper::reap_orphans();
-        }
         len = match handle(t, runner, header) {
             Ok(len) => len,
             Err(e) => return e,
