@@ -268,6 +268,21 @@ fn guest_image_runs_python_under_qemu() {
         "guest clock {guest_time} vs host {host_time}"
     );
 
+    // PID 1 reaps orphans: a background child outliving its exec leaves no zombie.
+    assert_eq!(
+        c.exec(&ExecSpec::argv(&[
+            "/usr/bin/python3",
+            "-c",
+            "import os\nif os.fork() == 0:\n    os.setsid()\n    import time; time.sleep(0.2)"
+        ]))
+        .status()
+        .code,
+        0
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let zombies = "import os\nprint(sum(open(f'/proc/{p}/stat').read().split(') ')[1][0] == 'Z' for p in os.listdir('/proc') if p.isdigit()))";
+    assert_eq!(c.exec(&ExecSpec::python(zombies)).stdout_str(), "0\n");
+
     // Files.
     c.write_file("/root/data.txt", 0o640, b"payload").unwrap();
     let run = c.exec(&ExecSpec::python("print(open('/root/data.txt').read())"));

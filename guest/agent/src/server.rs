@@ -14,8 +14,8 @@ use zeroboot_proto::{AgentErrorCode, Exec, HEADER_LEN, Header, Kind, ReadFile, W
 pub fn serve(t: &mut dyn Transport, runner: &mut Runner) -> TransportError {
     let mut len = frames::ready(t.buf());
     loop {
-        // Before going idle (and before the snapshot, taken at Ready): no
-        // zombie should wait in the guest for the next request.
+        // Reap before going idle (the snapshot is taken at Ready) and again
+        // when a request arrives, so zombies never outlive a request.
         if runner.system {
             reaper::reap_orphans();
         }
@@ -23,6 +23,9 @@ pub fn serve(t: &mut dyn Transport, runner: &mut Runner) -> TransportError {
             Ok(h) => h,
             Err(e) => return e,
         };
+        if runner.system {
+            reaper::reap_orphans(); // orphans that ended while the agent waited
+        }
         len = match handle(t, runner, header) {
             Ok(len) => len,
             Err(e) => return e,
