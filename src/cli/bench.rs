@@ -115,6 +115,8 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
     let fleet = fleet(&engine, &t, vms, config.pool_size)?;
     engine.shutdown();
     let cold = cold_forks(&config, (samples / 4).max(1))?;
+    let (rpc_fork, rpc_exec) = super::bench_rpc::measure(samples, config.pool_size)?;
+    let p50 = |v: &[Duration]| summarize(v).map_or(0.0, |s| s.p50);
 
     Ok(json!({
         "kvm": engine.flavor().as_str(),
@@ -127,6 +129,10 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         "exec_echo_us": summary(&exec_echo),
         "fork_exec_echo_us": summary(&fork_exec),
         "fork_cold_us": summary(&cold),
+        "rpc_fork_us": summary(&rpc_fork),
+        "rpc_exec_echo_us": summary(&rpc_exec),
+        "rpc_overhead_fork_p50_us": p50(&rpc_fork) - p50(&fork),
+        "rpc_overhead_exec_p50_us": p50(&rpc_exec) - p50(&exec_echo),
         "create_vms": vms,
         "create_1000_ms": fleet.create_ms,
         "kill_1000_ms": fleet.kill_ms,
@@ -264,6 +270,8 @@ fn print_table(v: &Value) {
         "private_dirty_kib_dirty10",
         "kernel_kib_per_vm",
         "template_mib",
+        "rpc_overhead_fork_p50_us",
+        "rpc_overhead_exec_p50_us",
     ] {
         println!("  {key:<26} {}", v[key]);
     }

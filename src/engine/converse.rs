@@ -113,6 +113,8 @@ impl Engine {
         };
         let err = match done {
             Some(Ok(v)) => return Ok(v),
+            // A cancel answers as a cancel even when a kill follows it at once.
+            Some(Err(AgentError::Interrupted)) if cancel.is_cancelled() => EngineError::Cancelled,
             Some(Err(AgentError::Interrupted)) if sb.killed.load(Ordering::SeqCst) => {
                 EngineError::SandboxNotFound(id.to_string())
             }
