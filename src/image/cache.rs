@@ -36,7 +36,9 @@ pub fn lock(dir: &Path) -> Result<Lock, ImageError> {
     let file = File::create(&path).map_err(ImageError::io("cannot create", &path))?;
     // SAFETY: flock on a descriptor we own for the call's duration.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(ImageError::io("cannot lock", path)(std::io::Error::last_os_error()));
+        return Err(ImageError::io("cannot lock", path)(
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(Lock { _file: file })
 }

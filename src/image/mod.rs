@@ -14,14 +14,18 @@
 //!   to compile what it imports would pay for it on every exec. The staged
 //!   interpreter compiles the tree with `unchecked-hash` pycs (see
 //!   `python.rs`), and the agent imports common modules before the snapshot.
-//! - **Small by default.** [`Profile::Minimal`] is the interpreter, the
-//!   minimal standard library and `json` (about 13 MB raw);
-//!   [`Profile::Full`] adds the whole standard library and its extension
-//!   modules' libraries.
-//! - **Cached.** Downloads, the unpacked kernel and each initramfs (named by
-//!   a digest of the agent, the package files and the profile) stay in the
-//!   cache directory ([`cache::default_dir`]); a rebuild with the same inputs
-//!   is a lookup. Delete the directory to pick up newer packages.
+//! - **Small by default.** [`Profile::Minimal`] is the interpreter, Debian's
+//!   minimal standard library and `json`, as `.pyc` only (17.6 MB raw,
+//!   measured: interpreter 6.8 MB, glibc/libm/libz/libexpat/loader 3.4 MB,
+//!   agent 1.5 MB, standard library 5.9 MB); [`Profile::Full`] adds the
+//!   whole standard library with sources, its extension modules and their
+//!   libraries (OpenSSL, SQLite, ...: 47.5 MB raw).
+//! - **Cached.** Downloads (`debs/`), the unpacked kernel (`kernel/`) and
+//!   each initramfs (`initramfs/<profile>-<digest>.cpio`, the digest covering
+//!   the agent, the package files and the profile) stay in the cache
+//!   directory ([`cache::default_dir`]); a rebuild with the same inputs is a
+//!   lookup. Builds hold a lock on the directory, so concurrent builds wait
+//!   for each other. Delete the directory to pick up newer packages.
 //! - **Uncompressed initramfs.** Boot time under emulation is dominated by
 //!   decompression otherwise, and with snapshots the image is read once.
 //!
