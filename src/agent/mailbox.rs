@@ -87,3 +87,99 @@ impl Mailbox {
         Ok(header)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use zeroboot_proto::{Kind, MAILBOX_MAX_PAGES, Output, Stream, encode_frame};
+
+    use super::*;
+    use crate::vmm::memory::{Memfd, Sharing};
+
+    const LIST: u64 = 0x1000;
+
+    fn ram() -> (Memfd, GuestRam) {
+        let memfd = Memfd::create("mailbox-test", 1 << 20).unwrap();
+        let ram = GuestRam::map(&memfd, Sharing::Private).unwrap();
+        (memfd, ram)
+    }
+
+    fn register(ram: &GuestRam, pages: &[u64]) -> Result<Mailbox, AgentError> {
+        let mut list = PageList {
+            count: pages.len(),
+            pages: [0; MAILBOX_MAX_PAGES],
+        };
+        list.pages[..pages.len()].copy_from_slice(pages);
+        let mut page = [0u8; PAGE_SIZE];
+        list.encode(&mut page).unwrap();
+        ram.write(LIST, &page).unwrap();
+        Mailbox::register(ram, (LIST / PAGE_SIZE as u64) as u32)
+    }
+
+    #[test]
+    fn pages_outside_guest_memory_are_refused() {
+        let (_m, ram) = ram();
+        assert!(matches!(
+            register(&ram, &[0x10_0000]),
+            Err(AgentError::Protocol(_))
+        ));
+        assert!(matches!(
+            Mailbox::register(&ram, 0xffff_ff),
+            Err(AgentError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn frames_cross_scattered_pages() {
+        let (_m, ram) = ram();
+        let mb = register(&ram, &[0x5000, 0x3000]).unwrap();
+        let data = vec![7u8; 6000];
+        let mut frame = vec![0u8; 8192];
+        let n = encode_frame(&mut frame, Kind::Output, 0, |w| {
+            Output {
+                stream: Stream::Stderr,
+                data: &data,
+            }
+            .encode(w)
+        })
+        .unwrap();
+        mb.write(&ram, &frame[..n]).unwrap();
+        let mut payload = Vec::new();
+        let header = mb.read(&ram, &mut payload).unwrap();
+        assert_eq!(header.kind, Kind::Output);
+        assert_eq!(Output::decode(&payload).unwrap().data, &data[..]);
+    }
+
+    #[test]
+    fn hostile_frames_are_rejected() {
+        let (_m, ram) = ram();
+        let mb = register(&ram, &[0x5000]).unwrap();
+        let mut payload = Vec::new();
+        // Longer than the one-page mailbox.
+        let mut frame = [0u8; 16];
+        encode_frame(&mut frame, Kind::Output, 0, |_| Ok(())).unwrap();
+        frame[8..12].copy_from_slice(&5000u32.to_le_bytes());
+        mb.write(&ram, &frame).unwrap();
+        assert!(matches!(
+            mb.read(&ram, &mut payload),
+            Err(AgentError::Protocol(_))
+        ));
+        // A kind only the host may send.
+        encode_frame(&mut frame, Kind::Resume, 0, |_| Ok(())).unwrap();
+        mb.write(&ram, &frame).unwrap();
+        assert!(matches!(
+            mb.read(&ram, &mut payload),
+            Err(AgentError::Protocol(_))
+        ));
+        // Garbage.
+        mb.write(&ram, b"NOT A FRAME AT A").unwrap();
+        assert!(matches!(
+            mb.read(&ram, &mut payload),
+            Err(AgentError::Protocol(_))
+        ));
+        // Too large to send.
+        assert!(matches!(
+            mb.write(&ram, &[0u8; 4097]),
+            Err(AgentError::RequestTooLarge(4097))
+        ));
+    }
+}
