@@ -255,8 +255,9 @@ fn python_output_streams_line_by_line() {
         (run.stdout_str().as_str(), run.stderr_str().as_str()),
         ("first\nsecond\n", "err\n")
     );
+    // "first" and "err" were sent before the sleep; "second" may ride in the Exit.
     assert!(
-        run.output_frames >= 3,
+        run.output_frames >= 2,
         "output was not streamed: {} frames",
         run.output_frames
     );

@@ -83,6 +83,7 @@ pub struct Run {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub end: End,
+    /// Output frames (the last chunk may instead ride in the Exit frame).
     pub output_frames: usize,
 }
 
@@ -212,7 +213,14 @@ impl<R: Read, W: Write> Client<R, W> {
                     );
                 }
                 Kind::Exit => {
-                    run.end = End::Exit(ExitStatus::decode(&p).unwrap());
+                    let (status, tail) = ExitStatus::decode(&p).unwrap();
+                    if let Some(o) = tail {
+                        match o.stream {
+                            Stream::Stdout => run.stdout.extend(o.data),
+                            Stream::Stderr => run.stderr.extend(o.data),
+                        }
+                    }
+                    run.end = End::Exit(status);
                     return run;
                 }
                 Kind::Error => {

@@ -8,8 +8,6 @@ use zeroboot_proto::{
 
 /// Where an output chunk's bytes start in the buffer: read straight there.
 pub const OUTPUT_DATA: usize = HEADER_LEN + Output::OVERHEAD;
-/// The largest output chunk one frame carries.
-pub const OUTPUT_MAX: usize = MAX_PAYLOAD - Output::OVERHEAD;
 
 fn encode(
     buf: &mut [u8],
@@ -71,6 +69,14 @@ pub fn exit(buf: &mut [u8], status: ExitStatus) -> usize {
     encode(buf, Kind::Exit, |w| status.encode(w))
 }
 
+/// [`Kind::Exit`] carrying the program's last output chunk (at most
+/// `MAX_PAYLOAD - ExitStatus::OUTPUT_TAIL_OFFSET` bytes).
+pub fn exit_with_output(buf: &mut [u8], status: ExitStatus, stream: Stream, data: &[u8]) -> usize {
+    encode(buf, Kind::Exit, |w| {
+        status.encode_with_output(w, &Output { stream, data })
+    })
+}
+
 /// [`Kind::Done`].
 pub fn done(buf: &mut [u8]) -> usize {
     encode(buf, Kind::Done, |_| Ok(()))
@@ -114,6 +120,29 @@ mod tests {
                 stream: Stream::Stderr,
                 data: b"hi"
             }
+        );
+    }
+
+    #[test]
+    fn exit_can_carry_a_full_last_chunk() {
+        let mut buf = vec![0u8; zeroboot_proto::MAILBOX_SIZE];
+        let status = ExitStatus {
+            code: 2,
+            signal: 0,
+            flags: 0,
+        };
+        let data = vec![7u8; MAX_PAYLOAD - ExitStatus::OUTPUT_TAIL_OFFSET];
+        let n = exit_with_output(&mut buf, status, Stream::Stdout, &data);
+        let (h, p) = decode_frame(&buf[..n]).unwrap();
+        assert_eq!(h.kind, Kind::Exit);
+        let (got, tail) = ExitStatus::decode(p).unwrap();
+        assert_eq!(got, status);
+        assert_eq!(
+            tail,
+            Some(Output {
+                stream: Stream::Stdout,
+                data: &data
+            })
         );
     }
 

@@ -4,10 +4,11 @@
 //!
 //! The exec ends when the program itself has exited: what it wrote before is
 //! drained from the pipes, but a background process it left holding the pipes
-//! does not keep the exec open.
+//! does not keep the exec open. The last chunk drained rides in the Exit frame
+//! (saving one round trip, i.e. one VM exit in zeroboot's VMM, per short exec).
 
 use super::{ExecRequest, Running, Stdio};
-use crate::frames::{self, OUTPUT_DATA, OUTPUT_MAX};
+use crate::frames::{self, OUTPUT_DATA};
 use crate::sys;
 use crate::transport::{Transport, TransportError};
 use std::fs::File;
@@ -16,12 +17,14 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Instant;
 use zeroboot_proto::{
-    AgentErrorCode, EXIT_TIMED_OUT, ExitStatus, Kind, RESUME_STOP_OUTPUT, Stream,
+    AgentErrorCode, EXIT_TIMED_OUT, ExitStatus, Kind, MAX_PAYLOAD, RESUME_STOP_OUTPUT, Stream,
 };
 
-/// Reads per stream once the program has exited: a pipe holds at most 1 MiB
-/// (16 reads of [`OUTPUT_MAX`]), so this drains everything it wrote.
-const DRAIN_READS: usize = 16;
+/// The largest chunk read at once: small enough to ride in an Exit frame.
+const CHUNK: usize = MAX_PAYLOAD - ExitStatus::OUTPUT_TAIL_OFFSET;
+/// Reads per stream once the program has exited: a pipe holds at most 1 MiB,
+/// so this drains everything it wrote.
+const DRAIN_READS: usize = (1 << 20) / CHUNK + 1;
 
 /// The pipes and where their bytes go.
 struct Pump<'t> {
@@ -30,52 +33,92 @@ struct Pump<'t> {
     stdin: Option<File>,
     input: Vec<u8>,
     written: usize,
+    /// Where reads land before they are framed.
+    chunk: Vec<u8>,
     /// The host asked for no more output (or broke the protocol).
     discard: bool,
     /// Set when the host answered an Output with something other than Resume.
     protocol_error: Option<String>,
 }
 
-enum Read1 {
-    Data,
-    End,
-    Empty,
-}
-
 impl Pump<'_> {
-    /// Reads one chunk of stream `i` and, unless discarding, sends it.
-    fn read_one(&mut self, i: usize, pgid: u32) -> Result<Read1, TransportError> {
-        let (stream, Some(file)) = &mut self.outs[i] else {
-            return Ok(Read1::End);
+    /// Reads what stream `i` has now into `self.chunk`; 0 when it has
+    /// nothing now or has ended (then it is closed).
+    fn read_chunk(&mut self, i: usize) -> usize {
+        let Some(file) = &mut self.outs[i].1 else {
+            return 0;
         };
-        let stream = *stream;
-        let buf = &mut self.t.buf()[OUTPUT_DATA..OUTPUT_DATA + OUTPUT_MAX];
-        let n = match file.read(buf) {
-            Ok(0) => 0,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read1::Empty),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Read1::Empty),
-            Err(_) => 0,
-        };
-        if n == 0 {
-            self.outs[i].1 = None;
-            return Ok(Read1::End);
-        }
-        if !self.discard {
-            let len = frames::output_in_place(self.t.buf(), stream, n);
-            let reply = self.t.exchange(len)?;
-            if reply.kind != Kind::Resume {
-                self.protocol_error = Some(format!(
-                    "expected Resume after Output, got {:?}",
-                    reply.kind
-                ));
-                self.discard = true;
-                report_kill(pgid);
-            } else if reply.flags & RESUME_STOP_OUTPUT != 0 {
-                self.discard = true;
+        match file.read(&mut self.chunk) {
+            Ok(n) if n > 0 => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            // End of file, or a broken pipe: either way nothing more comes.
+            _ => {
+                self.outs[i].1 = None;
+                0
             }
         }
-        Ok(Read1::Data)
+    }
+
+    /// Sends `data` as an Output frame (unless discarding) and handles the
+    /// host's answer.
+    fn send(&mut self, stream: Stream, data: &[u8], pgid: u32) -> Result<(), TransportError> {
+        if self.discard {
+            return Ok(());
+        }
+        let buf = self.t.buf();
+        buf[OUTPUT_DATA..OUTPUT_DATA + data.len()].copy_from_slice(data);
+        let len = frames::output_in_place(buf, stream, data.len());
+        let reply = self.t.exchange(len)?;
+        if reply.kind != Kind::Resume {
+            self.protocol_error = Some(format!(
+                "expected Resume after Output, got {:?}",
+                reply.kind
+            ));
+            self.discard = true;
+            report_kill(pgid);
+        } else if reply.flags & RESUME_STOP_OUTPUT != 0 {
+            self.discard = true;
+        }
+        Ok(())
+    }
+
+    /// Reads and sends one chunk of stream `i`, if it has one.
+    fn forward(&mut self, i: usize, pgid: u32) -> Result<(), TransportError> {
+        let n = self.read_chunk(i);
+        if n == 0 {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        let sent = self.send(self.outs[i].0, &chunk[..n], pgid);
+        self.chunk = chunk;
+        sent
+    }
+
+    /// After the exit: sends what is left in the pipes, keeping the very last
+    /// chunk back for the Exit frame (`None` if there is none or the host
+    /// wants no more output).
+    fn drain(&mut self, pgid: u32) -> Result<Option<(Stream, Vec<u8>)>, TransportError> {
+        let mut last: Option<(Stream, Vec<u8>)> = None;
+        for i in 0..2 {
+            for _ in 0..DRAIN_READS {
+                let n = self.read_chunk(i);
+                if n == 0 {
+                    break;
+                }
+                let fresh = (self.outs[i].0, self.chunk[..n].to_vec());
+                if let Some((stream, data)) = last.replace(fresh) {
+                    self.send(stream, &data, pgid)?;
+                }
+            }
+        }
+        Ok(last.filter(|_| !self.discard))
     }
 
     /// Writes as much pending stdin as the pipe takes; closes it when done.
@@ -140,6 +183,7 @@ pub fn pump(
         stdin: (!req.stdin.is_empty()).then_some(stdio.stdin),
         input: req.stdin.clone(),
         written: 0,
+        chunk: vec![0; CHUNK],
         discard: false,
         protocol_error: None,
     };
@@ -176,14 +220,8 @@ pub fn pump(
             revents: 0,
         });
         sys::poll(&mut fds, wait_ms).map_err(TransportError::Io)?;
-        for i in 0..2 {
-            if fds[1 + i].revents != 0 {
-                p.read_one(i, pgid)?;
-            }
-        }
-        if fds[3].revents != 0 {
-            p.feed();
-        }
+        // The exit first: output that is already there then goes to the
+        // drain, whose last chunk rides in the Exit frame.
         if fds[0].revents != 0 {
             match program.try_status() {
                 Ok(Some(s)) => break s,
@@ -195,18 +233,24 @@ pub fn pump(
                 }
             }
         }
-    };
-    for i in 0..2 {
-        for _ in 0..DRAIN_READS {
-            if !matches!(p.read_one(i, pgid)?, Read1::Data) {
-                break;
+        for i in 0..2 {
+            if fds[1 + i].revents != 0 {
+                p.forward(i, pgid)?;
             }
         }
-    }
+        if fds[3].revents != 0 {
+            p.feed();
+        }
+    };
+    let tail = p.drain(pgid)?;
     if let Some(msg) = p.protocol_error {
         return Ok(frames::error(p.t.buf(), AgentErrorCode::BadRequest, &msg));
     }
-    Ok(frames::exit(p.t.buf(), wire_status(status, timed_out)))
+    let status = wire_status(status, timed_out);
+    Ok(match tail {
+        Some((stream, data)) => frames::exit_with_output(p.t.buf(), status, stream, &data),
+        None => frames::exit(p.t.buf(), status),
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub struct Zygote {
     process: Child,
     /// SOCK_SEQPACKET control channel (the zygote's fd 0).
     ctl: File,
+    /// The control channel failed: the interpreter is dead or dying (its
+    /// exit may not be visible to `waitpid` yet).
+    broken: bool,
 }
 
 impl Zygote {
@@ -40,6 +43,7 @@ impl Zygote {
             python: python.to_owned(),
             process,
             ctl: File::from(ours),
+            broken: false,
         };
         match zygote.recv(Some(START_TIMEOUT))?.as_slice() {
             b"R" => Ok(zygote),
@@ -52,10 +56,20 @@ impl Zygote {
 
     /// Restarts the interpreter if it died (the next exec then runs cold).
     fn ensure_alive(&mut self) -> io::Result<()> {
-        if matches!(self.process.try_wait(), Ok(None)) {
+        if !self.broken && matches!(self.process.try_wait(), Ok(None)) {
             return Ok(());
         }
         eprintln!("zeroboot-agent: python zygote died; restarting it");
+        // Make sure the old interpreter is gone and reaped. Errors only say
+        // it already was (killed, or reaped by PID 1's reaper).
+        if self
+            .process
+            .kill()
+            .and_then(|()| self.process.wait())
+            .is_err()
+        {
+            eprintln!("zeroboot-agent: old python zygote was already reaped");
+        }
         *self = Zygote::start(&self.python.clone())?;
         Ok(())
     }
@@ -81,6 +95,30 @@ impl Zygote {
         Ok(msg)
     }
 
+    /// Sends one request and returns the forked child's pid. A failed channel
+    /// marks the zygote for a restart.
+    fn request(&mut self, body: &[u8], fds: [BorrowedFd<'_>; 3]) -> io::Result<u32> {
+        let reply = sys::send_with_fds(self.ctl.as_fd(), body, &fds).and_then(|()| self.recv(None));
+        match reply.as_deref().map(|r| r.split_first()) {
+            Ok(Some((b'P', pid))) if pid.len() == 4 => {
+                Ok(u32::from_le_bytes(pid.try_into().expect("4 bytes")))
+            }
+            Ok(Some((b'E', msg))) => {
+                Err(io::Error::other(String::from_utf8_lossy(msg).into_owned()))
+            }
+            Ok(_) => {
+                self.broken = true;
+                Err(io::Error::other("python zygote closed the channel"))
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(io::Error::other(format!(
+                    "python zygote channel failed: {e}"
+                )))
+            }
+        }
+    }
+
     /// Forks a child of the zygote running `req`'s source.
     pub fn spawn(&mut self, req: &ExecRequest) -> io::Result<(PythonProgram<'_>, Stdio)> {
         self.ensure_alive()?;
@@ -88,23 +126,10 @@ impl Zygote {
         let (stdout_r, stdout_w) = io::pipe()?;
         let (stderr_r, stderr_w) = io::pipe()?;
         let body = encode_request(req);
-        sys::send_with_fds(
-            self.ctl.as_fd(),
-            &body,
-            &[stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()],
-        )?;
+        let started = self.request(&body, [stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()]);
         // Our copies of the child's ends must go, or EOF would never come.
         drop((stdin_r, stdout_w, stderr_w));
-        let reply = self.recv(None)?;
-        let pid = match reply.split_first() {
-            Some((b'P', pid)) if pid.len() == 4 => {
-                u32::from_le_bytes(pid.try_into().expect("4 bytes"))
-            }
-            Some((b'E', msg)) => {
-                return Err(io::Error::other(String::from_utf8_lossy(msg).into_owned()));
-            }
-            _ => return Err(io::Error::other("python zygote closed the channel")),
-        };
+        let pid = started?;
         let stdio = Stdio {
             stdin: File::from(OwnedFd::from(stdin_w)),
             stdout: File::from(OwnedFd::from(stdout_r)),
@@ -152,14 +177,20 @@ impl Running for PythonProgram<'_> {
     }
 
     fn try_status(&mut self) -> io::Result<Option<ExitStatus>> {
-        let reply = self.zygote.recv(None)?;
-        match reply.split_first() {
-            Some((b'S', s)) if s.len() == 4 => Ok(Some(ExitStatus::from_raw(i32::from_le_bytes(
-                s.try_into().expect("4 bytes"),
-            )))),
+        let reply = self.zygote.recv(None);
+        match reply.as_deref().map(|r| r.split_first()) {
+            Ok(Some((b'S', s))) if s.len() == 4 => Ok(Some(ExitStatus::from_raw(
+                i32::from_le_bytes(s.try_into().expect("4 bytes")),
+            ))),
             _ => {
                 // The zygote died under its child; the child's group may live on.
-                let _gone = sys::kill_group(self.pid);
+                self.zygote.broken = true;
+                if let Err(e) = sys::kill_group(self.pid) {
+                    eprintln!(
+                        "zeroboot-agent: cannot kill process group {}: {e}",
+                        self.pid
+                    );
+                }
                 Err(io::Error::other(
                     "python zygote died while running the program",
                 ))
