@@ -24,8 +24,9 @@
 //!   each initramfs (`initramfs/<profile>-<digest>.cpio`, the digest covering
 //!   the agent, the package files and the profile) stay in the cache
 //!   directory ([`cache::default_dir`]); a rebuild with the same inputs is a
-//!   lookup. Builds hold a lock on the directory, so concurrent builds wait
-//!   for each other. Delete the directory to pick up newer packages.
+//!   lookup. A new initramfs replaces the older ones of its profile. Builds
+//!   hold a lock on the directory, so concurrent builds wait for each other.
+//!   Delete the directory to pick up newer packages.
 //! - **Uncompressed initramfs.** Boot time under emulation is dominated by
 //!   decompression otherwise, and with snapshots the image is read once.
 //!
@@ -135,7 +136,31 @@ fn build_initramfs(
     eprintln!("zeroboot image: packing {}", out.display());
     initramfs::write(&agent, &tree, &out)?;
     std::fs::remove_dir_all(&work).map_err(ImageError::io("cannot remove", &work))?;
+    prune(&dir, &out)?;
     Ok(out)
+}
+
+/// Removes the older initramfs files of `newest`'s profile (each agent
+/// change makes a new one), so the cache holds one per profile.
+fn prune(dir: &Path, newest: &Path) -> Result<(), ImageError> {
+    let name = newest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some((profile, _)) = name.split_once('-') else {
+        return Ok(());
+    };
+    for entry in std::fs::read_dir(dir).map_err(ImageError::io("cannot list", dir))? {
+        let path = entry.map_err(ImageError::io("cannot list", dir))?.path();
+        let other = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if path != newest && other.starts_with(&format!("{profile}-")) && other.ends_with(".cpio") {
+            std::fs::remove_file(&path).map_err(ImageError::io("cannot remove", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Builds (or finds in the cache) the guest kernel and initramfs.
@@ -161,4 +186,26 @@ pub fn build(opts: &BuildOptions) -> Result<ImagePaths, ImageError> {
         None => build_initramfs(&apt, &cache, opts)?,
     };
     Ok(ImagePaths { kernel, initramfs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_of_its_profile_and_other_profiles() {
+        let dir = std::env::temp_dir().join(format!("zeroboot-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["minimal-aa.cpio", "minimal-bb.cpio", "full-cc.cpio", "minimal-dd.partial"] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        prune(&dir, &dir.join("minimal-bb.cpio")).unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["full-cc.cpio", "minimal-bb.cpio", "minimal-dd.partial"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
