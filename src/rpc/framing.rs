@@ -331,8 +331,15 @@ pub fn write_frame(out: &mut impl Write, framing: Framing, body: &[u8]) -> io::R
             out.write_all(body)
         }
         Framing::Ndjson => {
-            debug_assert!(!body.contains(&b'\n'), "an NDJSON body spans one line");
-            out.write_all(body)?;
+            if body.contains(&b'\n') {
+                // Raw newlines can only be whitespace between JSON tokens
+                // (strings escape theirs): write the body compacted instead.
+                let value: serde_json::Value = serde_json::from_slice(body)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                serde_json::to_writer(&mut *out, &value)?;
+            } else {
+                out.write_all(body)?;
+            }
             out.write_all(b"\n")
         }
     }
@@ -543,6 +550,13 @@ mod tests {
             assert_eq!(r.read().unwrap().unwrap(), b"[]");
             assert!(r.read().unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn ndjson_bodies_with_newlines_are_compacted() {
+        let mut out = Vec::new();
+        write_frame(&mut out, Framing::Ndjson, b"{\n  \"a\": [1,\n 2]\n}").unwrap();
+        assert_eq!(out, b"{\"a\":[1,2]}\n");
     }
 
     #[test]

@@ -176,7 +176,8 @@ fn classify(raw: Box<RawValue>) -> Incoming {
     let Ok(method) = serde_json::from_str::<String>(method.get()) else {
         return invalid(id, "method must be a string");
     };
-    let params = members.remove("params");
+    // `"params": null` is read as no params: some clients send it for void.
+    let params = members.remove("params").filter(|p| p.get() != "null");
     if let Some(p) = &params
         && !(p.get().starts_with('{') || p.get().starts_with('['))
     {
@@ -312,6 +313,14 @@ mod tests {
         for id in ["true", "{}", "[1]"] {
             let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"m"}}"#);
             assert_eq!(invalid_code(&single(&body)), (-32600, "null".into()));
+        }
+    }
+
+    #[test]
+    fn null_params_are_no_params() {
+        match single(r#"{"jsonrpc":"2.0","method":"exit","params":null}"#) {
+            Incoming::Notification { params, .. } => assert!(params.is_none()),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -27,6 +27,16 @@ use crate::engine::{CancelToken, Engine, ExecOptions};
 /// The OpenRPC document returned by `rpc.discover`.
 pub const OPENRPC: &str = include_str!("../../schema/openrpc.json");
 
+/// The OpenRPC document, compacted once (a reply must fit on one NDJSON line).
+fn openrpc() -> &'static Box<RawValue> {
+    static DOC: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENRPC).expect("schema/openrpc.json is JSON");
+        serde_json::value::to_raw_value(&doc).expect("a JSON value serialises")
+    });
+    &DOC
+}
+
 /// Extra time the host allows past `timeout_ms` before it stops the vCPU: a
 /// guest agent that honours the in-guest deadline answers `timed_out: true`
 /// first and the sandbox stays usable.
@@ -247,7 +257,7 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
 
     m.register_method("rpc.discover", |params, _, _| {
         let _: Empty = parse(&params)?;
-        RawValue::from_string(OPENRPC.to_string()).map_err(|e| errors::internal(e.to_string()))
+        Ok::<_, ErrorObjectOwned>(openrpc().clone())
     })
     .expect("method names are unique");
 
