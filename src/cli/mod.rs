@@ -4,6 +4,7 @@
 mod bench;
 mod bench_rpc;
 mod doctor;
+mod image;
 mod run;
 mod stats;
 
@@ -31,6 +32,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Explain this host: KVM flavour, limits, what works here.
     Doctor,
+    /// Linux guest images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// Engine knobs shared by every command that starts an engine.
@@ -101,6 +105,7 @@ pub fn dispatch(args: Args) -> ExitCode {
         Command::Run(a) => run::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Doctor => doctor::main(),
+        Command::Image(c) => image::main(c),
     }
 }
 

@@ -1,0 +1,67 @@
+//! `zeroboot image build`: the Linux guest image (kernel + initramfs with the
+//! agent as /init). Progress goes to stderr; the paths go to stdout as JSON so
+//! scripts can pick them up.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Subcommand, ValueEnum};
+use zeroboot::image::{self, BuildOptions, Profile};
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build (or reuse from the cache) a kernel and an initramfs.
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// Cache directory (default: $ZEROBOOT_CACHE or ~/.cache/zeroboot/image).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// How much of Python's standard library to include.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Minimal)]
+    profile: ProfileArg,
+    /// A prebuilt static agent binary (default: built from this source tree).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Your own kernel (bzImage), used as is.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Your own initramfs, used as is.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProfileArg {
+    Minimal,
+    Full,
+}
+
+pub fn main(cmd: ImageCommand) -> ExitCode {
+    let ImageCommand::Build(a) = cmd;
+    let opts = BuildOptions {
+        cache_dir: a.cache_dir,
+        profile: match a.profile {
+            ProfileArg::Minimal => Profile::Minimal,
+            ProfileArg::Full => Profile::Full,
+        },
+        agent: a.agent,
+        kernel: a.kernel,
+        initramfs: a.initramfs,
+    };
+    match image::build(&opts) {
+        Ok(paths) => {
+            println!(
+                "{}",
+                serde_json::json!({"kernel": paths.kernel, "initramfs": paths.initramfs, "cmdline": image::KERNEL_CMDLINE})
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            super::report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
