@@ -149,7 +149,11 @@ impl Transport for Mailbox {
         let len = u32::try_from(len).expect("frames fit the mailbox");
         // SAFETY: register() obtained the port permission in zeroboot's VMM.
         unsafe { out32(DOORBELL_PORT, len) };
-        Header::decode(self.buf()).map_err(TransportError::Wire)
+        let reply = Header::decode(self.buf()).map_err(TransportError::Wire)?;
+        if reply.kind.is_from_guest() {
+            return Err(TransportError::NoHost);
+        }
+        Ok(reply)
     }
 }
 

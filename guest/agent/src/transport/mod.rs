@@ -38,6 +38,9 @@ pub enum TransportError {
     Io(io::Error),
     /// The host sent an invalid frame header.
     Wire(WireError),
+    /// Nothing answered the doorbell: the mailbox still holds the agent's
+    /// own frame (not running in zeroboot's VMM?).
+    NoHost,
 }
 
 impl fmt::Display for TransportError {
@@ -46,6 +49,11 @@ impl fmt::Display for TransportError {
             TransportError::Closed => write!(f, "the host closed the channel"),
             TransportError::Io(e) => write!(f, "channel i/o failed: {e}"),
             TransportError::Wire(e) => write!(f, "host sent a bad frame: {e}"),
+            TransportError::NoHost => write!(
+                f,
+                "nothing answered the mailbox doorbell; outside zeroboot's VMM, boot with \
+                 zeroboot.transport=serial:/dev/ttyS1"
+            ),
         }
     }
 }
