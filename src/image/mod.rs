@@ -196,7 +196,12 @@ mod tests {
     fn prune_keeps_the_newest_of_its_profile_and_other_profiles() {
         let dir = std::env::temp_dir().join(format!("zeroboot-prune-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["minimal-aa.cpio", "minimal-bb.cpio", "full-cc.cpio", "minimal-dd.partial"] {
+        for name in [
+            "minimal-aa.cpio",
+            "minimal-bb.cpio",
+            "full-cc.cpio",
+            "minimal-dd.partial",
+        ] {
             std::fs::write(dir.join(name), b"").unwrap();
         }
         prune(&dir, &dir.join("minimal-bb.cpio")).unwrap();
@@ -205,7 +210,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["full-cc.cpio", "minimal-bb.cpio", "minimal-dd.partial"]);
+        assert_eq!(
+            left,
+            ["full-cc.cpio", "minimal-bb.cpio", "minimal-dd.partial"]
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
