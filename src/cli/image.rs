@@ -16,7 +16,7 @@ pub enum ImageCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct BuildArgs {
-    /// Cache directory (default: $ZEROBOOT_CACHE or ~/.cache/zeroboot/image).
+    /// Image cache directory (default: $ZEROBOOT_CACHE/image, else ~/.cache/zeroboot/image).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
     /// How much of Python's standard library to include.
