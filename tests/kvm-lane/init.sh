@@ -2,7 +2,8 @@
 # /init of the kvm-lane L1 initramfs (assembled by tests/kvm-lane/run).
 # Runs under busybox ash inside the L1 guest that QEMU TCG boots with
 # emulated AMD SVM. It brings up /dev/kvm (kvm-amd, nested=1), then runs the
-# plan the host wrote to /lane/plan.sh and reports every result as a marker
+# plan the host wrote to /lane/plan-<group>.sh (group from zb_lane_group= on the
+# kernel command line) and reports every result as a marker
 # line on the serial console, which the host parses:
 #   ZB-LANE-PHASE <name>                      a phase starts (used for "hung in phase X")
 #   ZB-LANE-RESULT name=<n> status=<s> secs=<t>
@@ -105,5 +106,7 @@ echo "kvm-lane: /dev/kvm ready: kvm_amd nested=$(cat /sys/module/kvm_amd/paramet
 
 cd "$LANE_CWD" 2>/dev/null || cd /
 echo "ZB-LANE-PHASE plan"
-. /lane/plan.sh
+LANE_GROUP=$(sed -n 's/.*zb_lane_group=\([0-9]*\).*/\1/p' /proc/cmdline)
+echo "kvm-lane: plan group ${LANE_GROUP:-1}"
+. "/lane/plan-${LANE_GROUP:-1}.sh"
 lane_done
