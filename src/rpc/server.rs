@@ -67,7 +67,6 @@ enum Event {
     TooLarge(Framing, u64, usize),
     Fatal(Option<Framing>, FrameError),
     Eof,
-    WriterGone(io::Error),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,18 +123,18 @@ pub fn run(
     let state = Arc::new(state);
     let (event_tx, event_rx) = tmpsc::channel(16);
     let (out_tx, out_rx) = mpsc::channel();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // Resolved (or dropped) when the writer stops: Ok(None) after a clean
+    // close, Ok(Some(e)) when the output failed.
+    let (writer_tx, writer_rx) = tokio::sync::oneshot::channel();
 
-    let reader_events = event_tx.clone();
     let spawned = std::thread::Builder::new()
         .name("rpc-reader".into())
-        .spawn(move || read_loop(input, limit, reader_events))
+        .spawn(move || read_loop(input, limit, event_tx))
         .and_then(|_| {
             std::thread::Builder::new()
                 .name("rpc-writer".into())
                 .spawn(move || {
-                    write_loop(output, out_rx, event_tx);
-                    let _ = done_tx.send(());
+                    let _ = writer_tx.send(write_loop(output, out_rx));
                 })
         });
     if let Err(e) = spawned {
@@ -148,7 +147,7 @@ pub fn run(
         inflight: Mutex::new(HashMap::new()),
         out: Outbox(out_tx),
     });
-    let code = runtime.block_on(session(shared, event_rx, done_rx, handle_signals));
+    let code = runtime.block_on(session(shared, event_rx, writer_rx, handle_signals));
     // Blocking engine calls still unwinding must not hold the exit up.
     runtime.shutdown_background();
     code
@@ -172,43 +171,39 @@ fn read_loop(input: Box<dyn Read + Send>, limit: usize, events: tmpsc::Sender<Ev
     }
 }
 
-fn write_loop(
-    output: Box<dyn Write + Send>,
-    queue: mpsc::Receiver<Out>,
-    events: tmpsc::Sender<Event>,
-) {
+/// Writes queued messages until told to close; returns the error that
+/// stopped it early, if any.
+fn write_loop(output: Box<dyn Write + Send>, queue: mpsc::Receiver<Out>) -> Option<io::Error> {
     let mut out = BufWriter::with_capacity(64 << 10, output);
-    let fail = |e: io::Error| {
-        let _ = events.blocking_send(Event::WriterGone(e));
-    };
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Out::Frame(framing, body) => {
                     if let Err(e) = write_frame(&mut out, framing, body.get().as_bytes()) {
-                        return fail(e);
+                        return Some(e);
                     }
                 }
                 Out::Close => {
                     if let Err(e) = out.flush() {
                         tracing::debug!(error = %e, "final flush failed");
                     }
-                    return;
+                    return None;
                 }
             }
             next = queue.try_recv().ok();
         }
         if let Err(e) = out.flush() {
-            return fail(e);
+            return Some(e);
         }
     }
+    None
 }
 
 async fn session(
     shared: Arc<Shared>,
     mut events: tmpsc::Receiver<Event>,
-    writer_done: tokio::sync::oneshot::Receiver<()>,
+    mut writer_done: tokio::sync::oneshot::Receiver<Option<io::Error>>,
     handle_signals: bool,
 ) -> u8 {
     use tokio::signal::unix::{SignalKind, signal};
@@ -238,16 +233,25 @@ async fn session(
                 break Stop::Signal;
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            stopped = &mut writer_done => {
+                match stopped {
+                    Ok(Some(e)) => tracing::warn!(error = %e, "output closed"),
+                    _ => tracing::error!("the writer stopped unexpectedly"),
+                }
+                break Stop::WriterGone;
+            }
         }
     };
     tracing::info!(?stop, "session ending");
     finish(&shared, stop, &mut tasks).await;
-    shared.out.0.send(Out::Close).ok();
-    if tokio::time::timeout(WRITER_GRACE, writer_done)
-        .await
-        .is_err()
-    {
-        tracing::warn!("output not drained in time; exiting anyway");
+    if stop != Stop::WriterGone {
+        shared.out.0.send(Out::Close).ok();
+        if tokio::time::timeout(WRITER_GRACE, writer_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!("output not drained in time; exiting anyway");
+        }
     }
     stop.code()
 }
@@ -310,10 +314,6 @@ fn on_event(shared: &Arc<Shared>, event: Event, tasks: &mut JoinSet<()>) -> Opti
             Some(Stop::Fatal)
         }
         Event::Eof => Some(Stop::Eof),
-        Event::WriterGone(e) => {
-            tracing::warn!(error = %e, "output closed");
-            Some(Stop::WriterGone)
-        }
     }
 }
 
