@@ -398,3 +398,32 @@ fn shutdown_kills_running_execs() {
     assert_eq!(w.wait_exit().code(), Some(0));
     w.assert_clean();
 }
+
+#[test]
+fn a_peer_that_closes_stdout_ends_the_session_with_code_0() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zeroboot"))
+        .arg("serve")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().unwrap();
+    let deadline = std::time::Instant::now() + rpc_client::WAIT;
+    // Replies now fail to write (EPIPE): the worker must notice and exit.
+    let status = loop {
+        let line = json!({"jsonrpc": "2.0", "id": 1, "method": "worker.info"});
+        // The worker may already be gone; a failed write is expected then.
+        let _ = writeln!(stdin, "{line}");
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -170,3 +170,39 @@ fn rpc_discover_returns_the_document_in_both_framings() {
         w.shutdown();
     }
 }
+
+#[test]
+fn the_readme_tables_match_the_document() {
+    let doc = document();
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/README.md")).unwrap();
+    let cell = |line: &str| line.split('|').nth(1).map(|c| c.trim().to_string());
+    let table_codes: BTreeSet<i64> = readme
+        .lines()
+        .filter_map(cell)
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let codes: BTreeSet<i64> = doc["components"]["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| e["code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(table_codes, codes, "schema/README.md error table");
+    let table_methods: BTreeSet<String> = readme
+        .lines()
+        .filter_map(cell)
+        .filter_map(|c| c.split('`').nth(1).map(str::to_string))
+        .filter(|m| {
+            m.contains('.') || m.contains('/') || ["shutdown", "exit"].contains(&m.as_str())
+        })
+        .collect();
+    let methods: BTreeSet<String> = doc["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(table_methods, methods, "schema/README.md method table");
+}

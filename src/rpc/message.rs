@@ -125,13 +125,13 @@ pub fn parse(body: &[u8]) -> Message {
                 error: errors::invalid_request("an empty batch is not a request"),
             });
         }
-        return Message::Batch(items.into_iter().map(classify).collect());
+        return Message::Batch(items.iter().map(|i| classify(i)).collect());
     }
-    Message::Single(classify(raw))
+    Message::Single(classify(&raw))
 }
 
 /// Classifies one JSON value of a message.
-fn classify(raw: Box<RawValue>) -> Incoming {
+fn classify(raw: &RawValue) -> Incoming {
     if !raw.get().starts_with('{') {
         return Incoming::Invalid {
             id: Id::null(),

@@ -28,7 +28,7 @@ use crate::engine::{CancelToken, Engine, ExecOptions};
 pub const OPENRPC: &str = include_str!("../../schema/openrpc.json");
 
 /// The OpenRPC document, compacted once (a reply must fit on one NDJSON line).
-fn openrpc() -> &'static Box<RawValue> {
+fn openrpc() -> &'static RawValue {
     static DOC: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
         let doc: serde_json::Value =
             serde_json::from_str(OPENRPC).expect("schema/openrpc.json is JSON");
@@ -65,9 +65,8 @@ pub struct State {
 impl State {
     fn engine(&self) -> Result<Engine, ErrorObjectOwned> {
         self.engine
-            .as_ref()
-            .map(Engine::clone)
-            .map_err(|detail| errors::kvm_unavailable(detail))
+            .clone()
+            .map_err(|detail| errors::kvm_unavailable(&detail))
     }
 }
 
@@ -257,7 +256,7 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
 
     m.register_method("rpc.discover", |params, _, _| {
         let _: Empty = parse(&params)?;
-        Ok::<_, ErrorObjectOwned>(openrpc().clone())
+        Ok::<_, ErrorObjectOwned>(openrpc().to_owned())
     })
     .expect("method names are unique");
 

@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn worker_info_answers_without_kvm_in_both_framings() {
         let req = json!({"jsonrpc": "2.0", "id": 1, "method": "worker.info"});
-        let (replies, code) = session(&ndjson(&[req.clone()]));
+        let (replies, code) = session(&ndjson(std::slice::from_ref(&req)));
         assert_eq!(code, 0);
         assert_eq!(replies[0]["result"]["kvm"]["available"], false);
         assert_eq!(replies[0]["result"]["capabilities"]["framing"], "ndjson");
