@@ -28,13 +28,26 @@ pub struct BenchArgs {
     /// Sandboxes created at once for the create/kill/memory figures (default 1000).
     #[arg(long)]
     vms: Option<usize>,
+    /// Measure a Linux guest instead (hardware KVM only): template build, and
+    /// fork + Python exec (default 200 samples, or 20 with --quick).
+    #[arg(long, num_args = 2, value_names = ["KERNEL", "INITRAMFS"])]
+    linux: Option<Vec<std::path::PathBuf>>,
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
-    match run(&args) {
+    let result = match args.linux.as_deref() {
+        Some([kernel, initramfs]) => {
+            let samples = args.samples.unwrap_or(if args.quick { 20 } else { 200 });
+            super::bench_linux::run(&args.engine.config(), kernel, initramfs, samples)
+        }
+        _ => run(&args),
+    };
+    match result {
         Ok(report_json) => {
             if args.json {
                 println!("{report_json}");
+            } else if args.linux.is_some() {
+                super::bench_linux::print_table(&report_json);
             } else {
                 print_table(&report_json);
             }

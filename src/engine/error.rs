@@ -77,6 +77,20 @@ pub enum EngineError {
         /// What went wrong.
         detail: String,
     },
+    /// Linux guests need hardware virtualisation, and this host's KVM is kvm-pvm.
+    #[error(
+        "a Linux guest needs hardware KVM (Intel VT-x or AMD-V): this /dev/kvm is kvm-pvm, \
+         which emulates guest kernel code and cannot boot a stock kernel"
+    )]
+    LinuxNeedsHardwareKvm,
+    /// A Linux guest did not boot to the agent's Ready.
+    #[error("Linux guest failed to boot: {reason}")]
+    LinuxBoot {
+        /// What went wrong.
+        reason: String,
+        /// The end of the guest's serial console.
+        console: String,
+    },
     /// The KVM layer failed.
     #[error(transparent)]
     Vmm(#[from] VmmError),

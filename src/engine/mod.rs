@@ -13,6 +13,7 @@ mod error;
 mod exec;
 mod file;
 mod files;
+mod linux;
 mod pool;
 mod recycle;
 mod sandbox;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 pub use cancel::CancelToken;
 pub use error::EngineError;
 pub use exec::{ExecOptions, ExecResult};
+pub use linux::DEFAULT_LINUX_MEMORY_MIB;
 pub use template::{BARE_GUEST, Template};
 
 use crate::vmm::{Flavor, Hypervisor, memory};

@@ -86,19 +86,26 @@ impl Template {
         })
     }
 
-    /// Learns which pages a first exec dirties by running `echo` in a
+    /// Learns which pages a first exec dirties by running a probe in a
     /// throwaway VM, so pooled VMs can copy them before a request arrives.
+    /// The probe is Python `pass`: a Linux guest's hot path (its zygote), and
+    /// on the bare guest, which has no Python, an unknown command answered on
+    /// the same request/response path as any other. An agent that refuses it
+    /// (no Python in the image) has still answered through that path.
     pub(crate) fn learn_hot_pages(&mut self, hv: &Hypervisor) -> Result<(), EngineError> {
         let ram = GuestRam::map(&self.memfd, Sharing::Private)?;
         let mut vm = Vm::new(hv, ram, &self.cpuid)?;
         vm.restore(&self.state)?;
         let req = agent::ExecRequest {
-            argv: vec!["echo".into()],
+            argv: vec!["pass".into()],
+            program: Some(agent::Program::Python),
             ..Default::default()
         };
         let frame = agent::encode_exec(&req, 0, [0; 32]).map_err(EngineError::from_agent)?;
-        agent::exec(&mut vm, &self.mailbox, &frame, 0, &mut |_, _| {})
-            .map_err(EngineError::from_agent)?;
+        match agent::exec(&mut vm, &self.mailbox, &frame, 0, &mut |_, _| {}) {
+            Ok(_) | Err(agent::AgentError::Agent { .. }) => {}
+            Err(e) => return Err(EngineError::from_agent(e)),
+        }
         self.hot_pages = memory::private_page_addrs(vm.ram().host_addr(), vm.ram().size())
             .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?;
         Ok(())

@@ -49,6 +49,10 @@ pub const RESOURCE_LIMIT: i32 = 1011;
 pub const TEMPLATE_FILE: i32 = 1012;
 /// The KVM layer failed.
 pub const VMM_ERROR: i32 = 1013;
+/// A Linux guest was asked of a host whose KVM (kvm-pvm) cannot run one.
+pub const LINUX_NEEDS_HARDWARE_KVM: i32 = 1014;
+/// A Linux guest did not boot to the agent's Ready.
+pub const LINUX_BOOT_FAILED: i32 = 1015;
 
 fn error(code: i32, message: impl Into<String>, data: Value) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(code, message.into(), Some(data))
@@ -143,6 +147,16 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             VMM_ERROR,
             msg.clone(),
             json!({"kind": "vmm", "detail": msg}),
+        ),
+        EngineError::LinuxNeedsHardwareKvm => error(
+            LINUX_NEEDS_HARDWARE_KVM,
+            msg,
+            json!({"kind": "linux_needs_hardware_kvm"}),
+        ),
+        EngineError::LinuxBoot { reason, console } => error(
+            LINUX_BOOT_FAILED,
+            msg,
+            json!({"kind": "linux_boot_failed", "reason": reason, "console": console}),
         ),
     }
 }
@@ -272,6 +286,11 @@ mod tests {
                 detail: "bad magic".into(),
             },
             EngineError::Vmm(VmmError::OpenKvm(kvm_ioctls::Error::new(libc::EIO))),
+            EngineError::LinuxNeedsHardwareKvm,
+            EngineError::LinuxBoot {
+                reason: "triple fault".into(),
+                console: "Kernel panic".into(),
+            },
         ];
         for e in &all {
             // Adding a variant breaks this match: add it above and to the schema.
@@ -290,7 +309,9 @@ mod tests {
                 | EngineError::ResourceLimit(_)
                 | EngineError::InvalidRequest(_)
                 | EngineError::TemplateFile { .. }
-                | EngineError::Vmm(_) => {}
+                | EngineError::Vmm(_)
+                | EngineError::LinuxNeedsHardwareKvm
+                | EngineError::LinuxBoot { .. } => {}
             }
         }
         all

@@ -92,6 +92,14 @@ pub enum VmmError {
         /// Index of the first MSR not processed.
         first_missing: u32,
     },
+    /// A device's saved state cannot be restored.
+    #[error("invalid {device} state: {detail}")]
+    DeviceState {
+        /// Which device.
+        device: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
     /// KVM_RUN failed with an unexpected error.
     #[error("KVM_RUN failed")]
     Run(#[source] KvmError),

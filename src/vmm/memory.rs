@@ -151,6 +151,11 @@ impl GuestRam {
         self.size
     }
 
+    /// The mapping as vm-memory sees it (for loaders that take a `GuestMemoryBackend`).
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
     /// Copies bytes into guest memory.
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), VmmError> {
         self.mem

@@ -10,7 +10,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
-use super::VmmError;
+use super::{DeviceState, VmmError};
 
 /// State of the one vCPU.
 #[derive(Serialize, Deserialize)]
@@ -53,6 +53,9 @@ pub struct MachineState {
     pub vcpu: VcpuState,
     /// The VM.
     pub vm: VmState,
+    /// Emulated devices (none for the bare guest; absent in older files).
+    #[serde(default)]
+    pub devices: DeviceState,
 }
 
 fn get<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmmError> {

@@ -4,21 +4,27 @@
 //! is created: none of our guests needs one, and it costs ~15 ms and a kernel
 //! thread per VM.
 
-use kvm_bindings::{CpuId, kvm_userspace_memory_region};
+use std::sync::Arc;
+
+use kvm_bindings::{CpuId, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
 use kvm_ioctls::{VcpuFd, VmFd};
 
+use super::linux::COM1_IRQ;
 use super::memory::GuestRam;
+use super::serial::{ConsoleLog, IrqLine, SerialConsole};
 use super::{Bus, Flavor, Hypervisor, MachineState, VcpuState, VmState, VmmError};
 
 /// Address of the three pages Intel VMX needs for real-mode emulation.
 const TSS_ADDR: usize = 0xfffb_d000;
 
-/// A VM, its vCPU and its memory.
+/// A VM, its vCPU and its memory. Fields drop in order: the bus (whose
+/// devices hold the VM fd for interrupts) before the VM and vCPU fds, and
+/// those before the memory they map.
 pub struct Vm {
-    vm: VmFd,
+    bus: Bus,
+    vm: Arc<VmFd>,
     vcpu: VcpuFd,
     ram: GuestRam,
-    bus: Bus,
     exits: u64,
 }
 
@@ -47,10 +53,10 @@ impl Vm {
                 source,
             })?;
         Ok(Vm {
-            vm,
+            bus: Bus::default(),
+            vm: Arc::new(vm),
             vcpu,
             ram,
-            bus: Bus::default(),
             exits: 0,
         })
     }
@@ -60,6 +66,7 @@ impl Vm {
         Ok(MachineState {
             vcpu: VcpuState::capture(&self.vcpu, cpuid, hv.msrs())?,
             vm: VmState::capture(&self.vm)?,
+            devices: self.bus.devices(),
         })
     }
 
@@ -67,7 +74,10 @@ impl Vm {
     pub fn restore(&mut self, state: &MachineState) -> Result<(), VmmError> {
         state.vm.restore(&self.vm)?;
         state.vcpu.restore(&self.vcpu)?;
-        self.bus.reset();
+        let vm = &self.vm;
+        self.bus.restore(&state.devices, || {
+            IrqLine::new(Arc::clone(vm), COM1_IRQ.into())
+        })?;
         self.exits = 0;
         Ok(())
     }
@@ -130,6 +140,38 @@ impl Vm {
                 what: "REGS",
                 source,
             })
+    }
+
+    /// Sets MSRs (boot values), checking that KVM took every one.
+    pub fn set_msrs(&self, entries: &[kvm_msr_entry]) -> Result<(), VmmError> {
+        let msrs = Msrs::from_entries(entries).map_err(|_| VmmError::MsrCount {
+            op: "wrote",
+            done: 0,
+            wanted: entries.len(),
+            first_missing: entries.first().map_or(0, |e| e.index),
+        })?;
+        let wrote = self
+            .vcpu
+            .set_msrs(&msrs)
+            .map_err(|source| VmmError::SetState {
+                what: "MSRS",
+                source,
+            })?;
+        if wrote != entries.len() {
+            return Err(VmmError::MsrCount {
+                op: "wrote",
+                done: wrote,
+                wanted: entries.len(),
+                first_missing: entries[wrote].index,
+            });
+        }
+        Ok(())
+    }
+
+    /// Plugs in COM1, whose output goes to `out`.
+    pub fn attach_serial(&mut self, out: ConsoleLog) {
+        let irq = IrqLine::new(Arc::clone(&self.vm), COM1_IRQ.into());
+        self.bus.attach_serial(SerialConsole::new(irq, out));
     }
 
     /// The vCPU's special registers (to start a boot layout from its reset state).

@@ -1,0 +1,82 @@
+//! The CPUID a Linux guest sees: what KVM supports, plus the few facts a VMM
+//! must state itself. Each one is here because a kernel decision depends on it:
+//!
+//! - *hypervisor* bit (leaf 1 ECX[31]): the kernel looks for hypervisor leaves
+//!   at 0x4000_0000, finds KVM's signature and uses **kvmclock**, which also
+//!   tells it the TSC frequency — no calibration against a PIT we don't have.
+//! - *TSC-deadline timer* (leaf 1 ECX[24]): KVM emulates it with its in-kernel
+//!   LAPIC but leaves the bit to userspace. With it (and ARAT, leaf 6 EAX[2],
+//!   which KVM reports) the kernel's `apic_needs_pit()` is false.
+//! - one vCPU: APIC id 0 and one logical processor in leaf 1 EBX, x2APIC id 0
+//!   in the topology leaves 0xB/0x1F, one core per package in leaf 4, instead
+//!   of the host's counts.
+
+use kvm_bindings::kvm_cpuid_entry2;
+
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF6_EAX_ARAT: u32 = 1 << 2;
+/// Leaf 1 EBX: bits 31..24 initial APIC id, 23..16 logical processor count.
+const LEAF1_EBX_TOPOLOGY: u32 = 0xffff_0000;
+/// Leaf 4 EAX: bits 31..26 cores per package - 1, 25..14 threads sharing the cache - 1.
+const LEAF4_EAX_SHARING: u32 = 0xffff_c000;
+
+/// Adjusts KVM's supported CPUID (entries as returned by
+/// KVM_GET_SUPPORTED_CPUID) for a one-vCPU Linux guest.
+pub fn adjust(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries {
+        match e.function {
+            0x1 => {
+                e.ecx |= LEAF1_ECX_HYPERVISOR | LEAF1_ECX_TSC_DEADLINE;
+                e.ebx = (e.ebx & !LEAF1_EBX_TOPOLOGY) | (1 << 16);
+            }
+            0x4 => e.eax &= !LEAF4_EAX_SHARING,
+            0x6 => e.eax |= LEAF6_EAX_ARAT,
+            0xb | 0x1f => e.edx = 0,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: 0xffff_ffff,
+            ebx: 0x0a08_0800,
+            ecx: 0,
+            edx: 0x0000_0007,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn linux_sees_a_hypervisor_with_a_deadline_timer_and_one_cpu() {
+        let mut entries = vec![
+            leaf(0x1, 0),
+            leaf(0x4, 1),
+            leaf(0x6, 0),
+            leaf(0xb, 0),
+            leaf(0xb, 1),
+            leaf(0x1f, 0),
+            leaf(0x4000_0001, 0),
+        ];
+        let untouched = entries[6];
+        adjust(&mut entries);
+        let l1 = entries[0];
+        assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        assert_eq!(l1.ebx >> 24, 0, "APIC id 0");
+        assert_eq!((l1.ebx >> 16) & 0xff, 1, "one logical processor");
+        assert_eq!(l1.ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+        assert_eq!(entries[1].eax & LEAF4_EAX_SHARING, 0);
+        assert_eq!(entries[1].eax & 0x3fff, 0x3fff, "cache type and level kept");
+        assert_ne!(entries[2].eax & LEAF6_EAX_ARAT, 0);
+        assert!(entries[3..6].iter().all(|e| e.edx == 0), "x2APIC id 0");
+        assert_eq!(entries[6], untouched, "KVM's own leaves are KVM's business");
+    }
+}
