@@ -209,12 +209,27 @@ fn check_session(input: Vec<u8>, limit: usize, schema: &RpcSchema) -> Result<(),
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 160,
+/// A fixed seed and a bounded number of cases, so every run is the same;
+/// PROPTEST_RNG_SEED and PROPTEST_CASES override them for a longer hunt.
+fn config() -> ProptestConfig {
+    use proptest::test_runner::RngSeed;
+    let env = ProptestConfig::default();
+    ProptestConfig {
+        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+            env.cases
+        } else {
+            160
+        },
+        rng_seed: match env.rng_seed {
+            RngSeed::Random => RngSeed::Fixed(0x2e60_b007),
+            fixed => fixed,
+        },
         failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+        ..env
+    }
+}
+
+proptest! {    #![proptest_config(config())]
 
     #[test]
     fn framing_and_dispatch_survive_arbitrary_input(
