@@ -557,3 +557,30 @@ fn without_kvm_the_worker_still_answers() {
     w.ok("rpc.discover", json!({}));
     w.shutdown();
 }
+
+#[test]
+fn template_build_needs_hardware_kvm_and_real_files() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut w = Worker::spawn(Framing::Ndjson, &[]);
+    let info = w.ok("worker.info", json!({}));
+    let e = w.err(
+        "template.build",
+        json!({"kernel": "/nonexistent/bzImage", "initramfs": "/nonexistent/initramfs"}),
+    );
+    if info["kvm"]["flavor"] == "pvm" {
+        // kvm-pvm cannot boot a stock kernel: refused at once.
+        assert_eq!(e["code"], 1014, "{e}");
+        assert_eq!(e["data"], json!({"kind": "linux_needs_hardware_kvm"}));
+    } else {
+        assert_eq!(e["code"], -32602, "{e}");
+        assert_eq!(e["data"]["kind"], "invalid_request");
+    }
+    let e = w.err_unchecked(
+        "template.build",
+        json!({"kernel": "k", "initramfs": "i", "memory_mib": 1}),
+    );
+    assert_eq!(e["code"], -32602);
+    w.shutdown();
+}

@@ -249,7 +249,7 @@ pub fn internal(detail: impl Into<String>) -> ErrorObjectOwned {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::vmm::VmmError;
 

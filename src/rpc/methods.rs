@@ -22,7 +22,7 @@ use super::output::{self, ChunkEncoder};
 use super::params::*;
 use super::server::Outbox;
 use crate::agent::{ExecRequest, Program, Stream};
-use crate::engine::{CancelToken, Engine, ExecOptions};
+use crate::engine::{CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, ExecOptions};
 
 /// The OpenRPC document returned by `rpc.discover`.
 pub const OPENRPC: &str = include_str!("../../schema/openrpc.json");
@@ -47,6 +47,10 @@ pub const MAX_OUTPUT_CAP: usize = 64 << 20;
 pub const MAX_FORK_COUNT: usize = 4096;
 /// Largest `max_bytes` of one `sandbox.read_file`.
 pub const MAX_READ_BYTES: usize = 1 << 20;
+/// Smallest `memory_mib` of `template.build`.
+pub const MIN_LINUX_MEMORY_MIB: usize = 64;
+/// Largest `memory_mib` of `template.build`.
+pub const MAX_LINUX_MEMORY_MIB: usize = 65536;
 /// Built-in templates `template.load` knows.
 pub const BUILTIN_TEMPLATES: &[&str] = &["bare"];
 
@@ -147,6 +151,22 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
             )),
         },
     );
+    engine_method(&mut m, "template.build", |engine, p: TemplateBuild, _| {
+        let mib = p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB);
+        if !(MIN_LINUX_MEMORY_MIB..=MAX_LINUX_MEMORY_MIB).contains(&mib) {
+            return Err(errors::invalid_params(format!(
+                "memory_mib must be between {MIN_LINUX_MEMORY_MIB} and {MAX_LINUX_MEMORY_MIB}"
+            )));
+        }
+        engine
+            .build_template(
+                Path::new(&p.kernel),
+                Path::new(&p.initramfs),
+                mib,
+                p.cmdline.as_deref(),
+            )
+            .map_err(engine_err)
+    });
     engine_method(&mut m, "template.list", |engine, _: Empty, _| {
         Ok(TemplateList {
             templates: engine.list_templates(),

@@ -265,3 +265,58 @@ mod tests {
         assert_eq!(replies[1]["id"], 7);
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// The `kind`s the schema allows for each error code.
+    fn kinds_by_code() -> std::collections::HashMap<i64, Vec<String>> {
+        let doc: Value = serde_json::from_str(OPENRPC).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let mut out = std::collections::HashMap::new();
+        for shape in schemas["ErrorObject"]["anyOf"].as_array().unwrap() {
+            let code = shape["properties"]["code"]["const"].as_i64().unwrap();
+            let name = shape["properties"]["data"]["$ref"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("#/components/schemas/");
+            let data = &schemas[name];
+            let alternatives = match data["anyOf"].as_array() {
+                Some(a) => a.clone(),
+                None => vec![data.clone()],
+            };
+            let mut kinds = Vec::new();
+            for alt in alternatives {
+                let kind = &alt["properties"]["kind"];
+                if let Some(k) = kind["const"].as_str() {
+                    kinds.push(k.to_string());
+                }
+                for k in kind["enum"].as_array().into_iter().flatten() {
+                    kinds.push(k.as_str().unwrap().to_string());
+                }
+            }
+            out.insert(code, kinds);
+        }
+        out
+    }
+
+    #[test]
+    fn every_engine_error_is_in_the_schema_with_its_kind() {
+        let kinds = kinds_by_code();
+        for e in errors::tests::every_engine_error() {
+            let obj = errors::engine_error(&e);
+            let data: Value = serde_json::from_str(obj.data().unwrap().get()).unwrap();
+            let kind = data["kind"].as_str().unwrap();
+            let allowed = kinds
+                .get(&i64::from(obj.code()))
+                .unwrap_or_else(|| panic!("code {} of {e:?} is not in the schema", obj.code()));
+            assert!(
+                allowed.iter().any(|k| k == kind),
+                "{kind} under {}",
+                obj.code()
+            );
+        }
+    }
+}

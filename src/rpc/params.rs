@@ -17,6 +17,20 @@ pub struct TemplateLoad {
     pub path: Option<String>,
 }
 
+/// `template.build`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateBuild {
+    /// A Linux kernel (bzImage) on the worker's host.
+    pub kernel: String,
+    /// An initramfs whose `/init` is the zeroboot agent.
+    pub initramfs: String,
+    /// Guest memory in MiB.
+    pub memory_mib: Option<usize>,
+    /// Kernel command line (default: the image's).
+    pub cmdline: Option<String>,
+}
+
 /// `template.unload`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
