@@ -13,7 +13,7 @@ else:  # pragma: no cover
 
 from ._errors import RpcError
 
-METHOD_NAMES = ('template.load', 'template.list', 'template.unload', 'template.save', 'sandbox.fork', 'sandbox.exec', 'sandbox.kill', 'sandbox.list', 'sandbox.stats', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown')
+METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.fork', 'sandbox.exec', 'sandbox.kill', 'sandbox.list', 'sandbox.stats', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown')
 NOTIFICATION_NAMES = ('exit', '$/cancelRequest', 'sandbox.output')
 
 TemplateId = str
@@ -26,7 +26,7 @@ Encoding = Literal['utf8', 'base64']
 
 TemplateInfo = TypedDict("TemplateInfo", {
     'template': "TemplateId",
-    'source': str,  # Where it came from: "builtin:bare", a file path, or "sandbox:ID (from TEMPLATE)".
+    'source': str,  # Where it came from: "builtin:bare", a file path, "linux:KERNEL" or "sandbox:ID (from TEMPLATE)".
     'memory_bytes': int,  # Guest memory size.
     'sandboxes': int,  # Live sandboxes forked from it.
     'pooled': int,  # Idle VMs ready for forks.
@@ -239,6 +239,17 @@ VmmErrorData = TypedDict("VmmErrorData", {
     'detail': str,
 })
 
+# `template.build` on kvm-pvm, which cannot boot a stock kernel (see `worker.info` `kvm.flavor`).
+LinuxNeedsHardwareKvmData = TypedDict("LinuxNeedsHardwareKvmData", {
+    'kind': Literal['linux_needs_hardware_kvm'],
+})
+
+LinuxBootFailedData = TypedDict("LinuxBootFailedData", {
+    'kind': Literal['linux_boot_failed'],
+    'reason': str,
+    'console': str,  # The end of the guest's serial console.
+})
+
 ErrorObject1 = TypedDict("ErrorObject1", {
     'code': Literal[-32700],
     'message': str,
@@ -353,7 +364,19 @@ ErrorObject19 = TypedDict("ErrorObject19", {
     'data': "VmmErrorData",
 })
 
-ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19"]
+ErrorObject20 = TypedDict("ErrorObject20", {
+    'code': Literal[1014],
+    'message': str,
+    'data': "LinuxNeedsHardwareKvmData",
+})
+
+ErrorObject21 = TypedDict("ErrorObject21", {
+    'code': Literal[1015],
+    'message': str,
+    'data': "LinuxBootFailedData",
+})
+
+ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19", "ErrorObject20", "ErrorObject21"]
 
 # Params of template.load
 TemplateLoadParams = TypedDict("TemplateLoadParams", {
@@ -362,6 +385,16 @@ TemplateLoadParams = TypedDict("TemplateLoadParams", {
 })
 
 TemplateLoadResult = "TemplateInfo"
+
+# Params of template.build
+TemplateBuildParams = TypedDict("TemplateBuildParams", {
+    'kernel': str,  # Path of a bzImage on the worker's host.
+    'initramfs': str,  # Path of the initramfs on the worker's host.
+    'memory_mib': NotRequired[int],  # Guest memory in MiB (default 512).
+    'cmdline': NotRequired[str],  # Kernel command line (default: zeroboot's, with the serial console on ttyS0).
+})
+
+TemplateBuildResult = "TemplateInfo"
 
 # Params of template.list
 TemplateListParams = TypedDict("TemplateListParams", {
@@ -629,6 +662,18 @@ class VmmError(RpcError):
     code = 1013
 
 
+class LinuxNeedsHardwareKvmError(RpcError):
+    """1014: A Linux guest needs hardware KVM; this host's /dev/kvm is kvm-pvm. data: LinuxNeedsHardwareKvmData."""
+
+    code = 1014
+
+
+class LinuxBootFailedError(RpcError):
+    """1015: The Linux guest did not boot to the agent's Ready. data: LinuxBootFailedData."""
+
+    code = 1015
+
+
 ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     -32800: RequestCancelledError,
     -32700: ParseError,
@@ -649,6 +694,8 @@ ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     1011: ResourceLimitError,
     1012: TemplateFileError,
     1013: VmmError,
+    1014: LinuxNeedsHardwareKvmError,
+    1015: LinuxBootFailedError,
 }
 
 

@@ -18,7 +18,7 @@ export type Encoding = "utf8" | "base64";
 /** TemplateInfo */
 export type TemplateInfo = {
   template: TemplateId;
-  /** Where it came from: "builtin:bare", a file path, or "sandbox:ID (from TEMPLATE)". */
+  /** Where it came from: "builtin:bare", a file path, "linux:KERNEL" or "sandbox:ID (from TEMPLATE)". */
   source: string;
   /** Guest memory size. */
   memory_bytes: number;
@@ -256,6 +256,18 @@ export type VmmErrorData = {
   detail: string;
 };
 
+/** `template.build` on kvm-pvm, which cannot boot a stock kernel (see `worker.info` `kvm.flavor`). */
+export type LinuxNeedsHardwareKvmData = {
+  kind: "linux_needs_hardware_kvm";
+};
+
+export type LinuxBootFailedData = {
+  kind: "linux_boot_failed";
+  reason: string;
+  /** The end of the guest's serial console. */
+  console: string;
+};
+
 /** Every error this worker sends: `code` selects the shape of `data`. */
 export type ErrorObject = {
   code: -32700;
@@ -333,6 +345,14 @@ export type ErrorObject = {
   code: 1013;
   message: string;
   data: VmmErrorData;
+} | {
+  code: 1014;
+  message: string;
+  data: LinuxNeedsHardwareKvmData;
+} | {
+  code: 1015;
+  message: string;
+  data: LinuxBootFailedData;
 };
 
 /** Params of `template.load`: Load a template. */
@@ -345,6 +365,21 @@ export type TemplateLoadParams = {
 
 /** Result of `template.load` */
 export type TemplateLoadResult = TemplateInfo;
+
+/** Params of `template.build`: Boot a Linux guest into a template. */
+export type TemplateBuildParams = {
+  /** Path of a bzImage on the worker's host. */
+  kernel: string;
+  /** Path of the initramfs on the worker's host. */
+  initramfs: string;
+  /** Guest memory in MiB (default 512). */
+  memory_mib?: number;
+  /** Kernel command line (default: zeroboot's, with the serial console on ttyS0). */
+  cmdline?: string;
+};
+
+/** Result of `template.build` */
+export type TemplateBuildResult = TemplateInfo;
 
 /** Params of `template.list`: List templates. */
 export type TemplateListParams = Record<string, never>;
@@ -549,6 +584,7 @@ export type SandboxOutputParams = {
 /** Every request method: params and result. */
 export interface Methods {
   "template.load": { params: TemplateLoadParams; result: TemplateLoadResult };
+  "template.build": { params: TemplateBuildParams; result: TemplateBuildResult };
   "template.list": { params: TemplateListParams; result: TemplateListResult };
   "template.unload": { params: TemplateUnloadParams; result: TemplateUnloadResult };
   "template.save": { params: TemplateSaveParams; result: TemplateSaveResult };
@@ -572,7 +608,7 @@ export interface Notifications {
   "sandbox.output": SandboxOutputParams;
 }
 
-export const METHOD_NAMES = ["template.load","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown"] as const;
+export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown"] as const;
 export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output"] as const;
 
 /** Error codes the worker documents. */
@@ -596,6 +632,8 @@ export const ErrorCode = {
   ResourceLimit: 1011,
   TemplateFile: 1012,
   Vmm: 1013,
+  LinuxNeedsHardwareKvm: 1014,
+  LinuxBootFailed: 1015,
 } as const;
 
 /** -32800: Request cancelled by $/cancelRequest. data: CancelledData. */
@@ -693,6 +731,16 @@ export class VmmError extends ZerobootRpcError {
   static readonly code = 1013;
 }
 
+/** 1014: A Linux guest needs hardware KVM; this host's /dev/kvm is kvm-pvm. data: LinuxNeedsHardwareKvmData. */
+export class LinuxNeedsHardwareKvmError extends ZerobootRpcError {
+  static readonly code = 1014;
+}
+
+/** 1015: The Linux guest did not boot to the agent's Ready. data: LinuxBootFailedData. */
+export class LinuxBootFailedError extends ZerobootRpcError {
+  static readonly code = 1015;
+}
+
 const ERROR_CLASSES: Record<number, typeof ZerobootRpcError> = {
   [-32800]: RequestCancelledError,
   [-32700]: ParseError,
@@ -713,6 +761,8 @@ const ERROR_CLASSES: Record<number, typeof ZerobootRpcError> = {
   [1011]: ResourceLimitError,
   [1012]: TemplateFileError,
   [1013]: VmmError,
+  [1014]: LinuxNeedsHardwareKvmError,
+  [1015]: LinuxBootFailedError,
 };
 
 /** The typed error for a JSON-RPC error object (ZerobootRpcError for codes the schema does not list). */
