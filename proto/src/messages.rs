@@ -295,7 +295,11 @@ impl ExitStatus {
 
     /// Appends the payload followed by a last output chunk, which saves a
     /// round trip (one VM exit) for programs whose output fits one frame.
-    pub fn encode_with_output(&self, w: &mut Writer<'_>, tail: &Output<'_>) -> Result<(), WireError> {
+    pub fn encode_with_output(
+        &self,
+        w: &mut Writer<'_>,
+        tail: &Output<'_>,
+    ) -> Result<(), WireError> {
         self.encode(w)?;
         w.u32(tail.stream as u32)?;
         w.bytes(tail.data)
