@@ -125,10 +125,12 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         engine.kill(&f.sandbox)?;
     }
 
+    // Measured next to the in-process figures, before the fleet's teardown
+    // (kernel work that outlives the kill) can skew either.
+    let (rpc_fork, rpc_exec) = super::bench_rpc::measure(samples, config.pool_size)?;
     let fleet = fleet(&engine, &t, vms, config.pool_size)?;
     engine.shutdown();
     let cold = cold_forks(&config, (samples / 4).max(1))?;
-    let (rpc_fork, rpc_exec) = super::bench_rpc::measure(samples, config.pool_size)?;
     let p50 = |v: &[Duration]| summarize(v).map_or(0.0, |s| s.p50);
 
     Ok(json!({
