@@ -235,6 +235,11 @@ fn linux_template_forks_run_python() {
     let Some((kernel, initramfs)) = image(TEST) else {
         return;
     };
+    // RUST_LOG=zeroboot::guest=info streams the guest's console while it boots.
+    let _already = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let t = Instant::now();
     let tpl = engine
         .build_template(&kernel, &initramfs, DEFAULT_LINUX_MEMORY_MIB, None)

@@ -5,7 +5,7 @@
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry};
 use kvm_ioctls::{Cap, Kvm};
 
-use super::VmmError;
+use super::{Quirks, VmmError};
 
 /// Which KVM implementation backs /dev/kvm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +42,7 @@ pub struct Hypervisor {
     cpuid: CpuId,
     msrs: Vec<u32>,
     flavor: Flavor,
+    quirks: Quirks,
 }
 
 impl Hypervisor {
@@ -68,11 +69,16 @@ impl Hypervisor {
             .map_err(VmmError::SupportedCpuid)?;
         let index = kvm.get_msr_index_list().map_err(VmmError::MsrIndexList)?;
         let msrs = readable_msrs(&kvm, index.as_slice())?;
+        let quirks = Quirks::detect();
+        if quirks != Quirks::default() {
+            tracing::info!(?quirks, "host hypervisor quirks in effect");
+        }
         Ok(Hypervisor {
             kvm,
             cpuid,
             msrs,
             flavor: Flavor::detect(),
+            quirks,
         })
     }
 
@@ -94,6 +100,11 @@ impl Hypervisor {
     /// Which KVM this is.
     pub fn flavor(&self) -> Flavor {
         self.flavor
+    }
+
+    /// Workarounds this host needs.
+    pub fn quirks(&self) -> Quirks {
+        self.quirks
     }
 }
 

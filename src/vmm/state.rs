@@ -10,7 +10,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceState, VmmError};
+use super::{DeviceState, Quirks, VmmError};
 
 /// State of the one vCPU.
 #[derive(Serialize, Deserialize)]
@@ -127,8 +127,10 @@ impl VcpuState {
     /// - LAPIC before MSRS: the TSC-deadline MSR only sticks once the LAPIC is in
     ///   TSC-deadline mode.
     /// - MP_STATE last, so the vCPU is runnable only once everything is in place.
-    pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), VmmError> {
-        set("SREGS", vcpu.set_sregs(&self.sregs))?;
+    ///
+    /// `quirks` adjust what the host needs adjusted (see [`Quirks`]).
+    pub fn restore(&self, vcpu: &VcpuFd, quirks: Quirks) -> Result<(), VmmError> {
+        set("SREGS", vcpu.set_sregs(&quirks.sregs(self.sregs)))?;
         set("XCRS", vcpu.set_xcrs(&self.xcrs))?;
         // SAFETY: KVM_SET_XSAVE reads size_of::<kvm_xsave>() bytes, and
         // Hypervisor::open refused hosts whose XSAVE area is larger.

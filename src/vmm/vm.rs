@@ -12,7 +12,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use super::linux::COM1_IRQ;
 use super::memory::GuestRam;
 use super::serial::{ConsoleLog, IrqLine, SerialConsole};
-use super::{Bus, Flavor, Hypervisor, MachineState, VcpuState, VmState, VmmError};
+use super::{Bus, Flavor, Hypervisor, MachineState, Quirks, VcpuState, VmState, VmmError};
 
 /// Address of the three pages Intel VMX needs for real-mode emulation.
 const TSS_ADDR: usize = 0xfffb_d000;
@@ -25,6 +25,7 @@ pub struct Vm {
     vm: Arc<VmFd>,
     vcpu: VcpuFd,
     ram: GuestRam,
+    quirks: Quirks,
     exits: u64,
 }
 
@@ -57,6 +58,7 @@ impl Vm {
             vm: Arc::new(vm),
             vcpu,
             ram,
+            quirks: hv.quirks(),
             exits: 0,
         })
     }
@@ -73,7 +75,7 @@ impl Vm {
     /// Puts the machine into `state` (memory is the caller's business).
     pub fn restore(&mut self, state: &MachineState) -> Result<(), VmmError> {
         state.vm.restore(&self.vm)?;
-        state.vcpu.restore(&self.vcpu)?;
+        state.vcpu.restore(&self.vcpu, self.quirks)?;
         let vm = &self.vm;
         self.bus.restore(&state.devices, || {
             IrqLine::new(Arc::clone(vm), COM1_IRQ.into())
