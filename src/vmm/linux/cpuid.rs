@@ -10,9 +10,12 @@
 //! - no 5-level paging (leaf 7 ECX[16], LA57): a sandbox of at most 3 GiB gains
 //!   nothing from a fifth level, while every guest process would own one more
 //!   page-table page (copied on write in each fork) and every TLB miss would
-//!   walk one more level, twice over with nested paging. (Under the emulated
-//!   SVM of the test lane, guests with LA57 also crashed now and then in their
-//!   page-fault handler.)
+//!   walk one more level, twice over with nested paging.
+//! - no guest-side halt polling (KVM leaf 0x4000_0001 EAX[12], POLL_CONTROL):
+//!   without it the kernel does not load cpuidle-haltpoll, so an idle sandbox
+//!   halts at once instead of spinning on a host CPU first. Whether a halted
+//!   vCPU is polled is then the host's policy (KVM's halt_poll_ns), not each
+//!   of hundreds of guests'.
 //! - one vCPU: APIC id 0 and one logical processor in leaf 1 EBX, x2APIC id 0
 //!   in the topology leaves 0xB/0x1F, one core per package in leaf 4, instead
 //!   of the host's counts.
@@ -23,6 +26,8 @@ const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF6_EAX_ARAT: u32 = 1 << 2;
 const LEAF7_ECX_LA57: u32 = 1 << 16;
+const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
+const KVM_FEATURE_POLL_CONTROL: u32 = 1 << 12;
 /// Leaf 1 EBX: bits 31..24 initial APIC id, 23..16 logical processor count.
 const LEAF1_EBX_TOPOLOGY: u32 = 0xffff_0000;
 /// Leaf 4 EAX: bits 31..26 cores per package - 1, 25..14 threads sharing the cache - 1.
@@ -41,6 +46,7 @@ pub fn adjust(entries: &mut [kvm_cpuid_entry2]) {
             0x6 => e.eax |= LEAF6_EAX_ARAT,
             0x7 if e.index == 0 => e.ecx &= !LEAF7_ECX_LA57,
             0xb | 0x1f => e.edx = 0,
+            KVM_FEATURES_LEAF => e.eax &= !KVM_FEATURE_POLL_CONTROL,
             _ => {}
         }
     }
@@ -75,7 +81,7 @@ mod tests {
             leaf(0x7, 0),
         ];
         entries[7].ecx = LEAF7_ECX_LA57 | 1;
-        let untouched = entries[6];
+        let kvm_features = entries[6].eax;
         adjust(&mut entries);
         let l1 = entries[0];
         assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
@@ -87,7 +93,11 @@ mod tests {
         assert_eq!(entries[1].eax & 0x3fff, 0x3fff, "cache type and level kept");
         assert_ne!(entries[2].eax & LEAF6_EAX_ARAT, 0);
         assert!(entries[3..6].iter().all(|e| e.edx == 0), "x2APIC id 0");
-        assert_eq!(entries[6], untouched, "KVM's own leaves are KVM's business");
+        assert_eq!(
+            entries[6].eax,
+            kvm_features & !KVM_FEATURE_POLL_CONTROL,
+            "only halt polling is taken from KVM's features"
+        );
         assert_eq!(entries[7].ecx, 1, "no LA57, the rest kept");
     }
 }

@@ -72,7 +72,7 @@ pub struct E820Entry {
 
 /// Checks a guest memory size against what this layout supports.
 pub fn check_ram(size: u64) -> Result<(), LinuxError> {
-    if !(MIN_RAM..=MAX_RAM).contains(&size) || size % (2 << 20) != 0 {
+    if !(MIN_RAM..=MAX_RAM).contains(&size) || !size.is_multiple_of(2 << 20) {
         return Err(LinuxError::MemorySize {
             mib: size >> 20,
             min_mib: MIN_RAM >> 20,
