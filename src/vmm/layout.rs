@@ -12,6 +12,7 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
 use super::VmmError;
 use super::memory::GuestRam;
+use super::x86::{CR0_LONG_MODE, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_RESERVED, flat_segment};
 
 /// Guest RAM of the bare template.
 pub const BARE_MEMORY: usize = 32 << 20;
@@ -40,18 +41,8 @@ const CODE_SELECTOR: u16 = 3 << 3 | 3;
 const DATA_SELECTOR: u16 = 4 << 3 | 3;
 const TSS_SELECTOR: u16 = 5 << 3;
 
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
 const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const RFLAGS_RESERVED: u64 = 1 << 1;
 const RFLAGS_IOPL3: u64 = 3 << 12;
 
 /// Writes page tables, GDT and the image into fresh guest memory.
@@ -99,23 +90,8 @@ pub fn bare_entry_regs() -> kvm_regs {
 
 /// Special registers for 64-bit user mode, starting from the vCPU's reset state.
 pub fn bare_entry_sregs(mut s: kvm_sregs) -> kvm_sregs {
-    let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: (selector & 3) as u8,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    s.cs = seg(CODE_SELECTOR, 0xb, 1, 0);
-    let data = seg(DATA_SELECTOR, 0x3, 0, 1);
+    s.cs = flat_segment(CODE_SELECTOR, 0xb, 1, 0);
+    let data = flat_segment(DATA_SELECTOR, 0x3, 0, 1);
     (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
     s.tr = kvm_segment {
         base: TSS,
@@ -135,7 +111,7 @@ pub fn bare_entry_sregs(mut s: kvm_sregs) -> kvm_sregs {
     s.gdt.limit = (7 * 8 - 1) as u16;
     s.idt.base = 0;
     s.idt.limit = 0;
-    s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    s.cr0 = CR0_LONG_MODE;
     s.cr3 = PML4;
     s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     s.efer = EFER_LME | EFER_LMA;

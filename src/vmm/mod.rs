@@ -19,6 +19,7 @@ mod state;
 mod thread;
 mod vcpu;
 mod vm;
+mod x86;
 
 pub use bus::{Bus, BusStats, DeviceState};
 pub use error::VmmError;

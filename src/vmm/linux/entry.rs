@@ -4,23 +4,14 @@
 //! `__BOOT_DS` (0x18) are flat, those selectors loaded, interrupts off, and
 //! RSI holding the zero page's address. Plus the MSRs a BIOS would leave set.
 
-use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs};
+
+use crate::vmm::x86::{CR0_LONG_MODE, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_RESERVED, flat_segment};
 
 use super::layout::{BOOT_CS, BOOT_DS, BOOT_STACK, GDT_ADDR, PML4_ADDR, ZERO_PAGE};
 
 /// Offset of the 64-bit entry point (`startup_64`) from the load address.
 const ENTRY_64_OFFSET: u64 = 0x200;
-
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const RFLAGS_RESERVED: u64 = 1 << 1;
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
@@ -44,30 +35,15 @@ pub fn regs(load_addr: u64) -> kvm_regs {
 /// Special registers for 64-bit kernel mode, starting from the vCPU's reset
 /// state (which keeps a valid TR and LDT for VM entry checks).
 pub fn sregs(mut s: kvm_sregs) -> kvm_sregs {
-    let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    s.cs = seg(BOOT_CS, 0xb, 1, 0);
-    let data = seg(BOOT_DS, 0x3, 0, 1);
+    s.cs = flat_segment(BOOT_CS, 0xb, 1, 0);
+    let data = flat_segment(BOOT_DS, 0x3, 0, 1);
     (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
     s.gdt.base = GDT_ADDR;
     s.gdt.limit = (4 * 8 - 1) as u16;
     s.idt.base = 0;
     s.idt.limit = 0;
     // Caches on (no CD/NW from the reset value), paging and protection on.
-    s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    s.cr0 = CR0_LONG_MODE;
     s.cr3 = PML4_ADDR;
     s.cr4 = CR4_PAE;
     s.efer = EFER_LME | EFER_LMA;
@@ -92,6 +68,7 @@ pub fn msrs() -> Vec<kvm_msr_entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::x86::{CR0_PE, CR0_PG};
 
     #[test]
     fn entry_follows_the_64_bit_boot_protocol() {
