@@ -10,3 +10,15 @@ pub mod engine;
 pub mod image;
 pub mod rpc;
 pub mod vmm;
+
+/// An error and its causes as one line ("a: b: c"), printed once at the edge.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}

@@ -112,11 +112,5 @@ pub fn dispatch(args: Args) -> ExitCode {
 
 /// Prints an error with its cause chain, once, at the edge.
 pub fn report(e: &dyn std::error::Error) {
-    let mut msg = format!("zeroboot: {e}");
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        msg.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("zeroboot: {}", zeroboot::error_chain(e));
 }

@@ -34,18 +34,6 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 /// How long a kicked vCPU may take to stop.
 const KICK_GRACE: Duration = Duration::from_secs(5);
 
-/// The error chain as one line (the cause is a caller's bad input).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cause = c.source();
-    }
-    msg
-}
-
 /// What a Linux boot needs.
 struct LinuxSpec<'a> {
     kernel: &'a Path,
@@ -97,7 +85,7 @@ fn boot_linux(hv: &Arc<Hypervisor>, spec: &LinuxSpec<'_>) -> Result<Snapshot, En
     let memfd = Memfd::create("zeroboot-linux", bytes)?;
     let ram = GuestRam::map(&memfd, Sharing::Shared)?;
     let boot = linux::load(&ram, spec.kernel, spec.initramfs, spec.cmdline)
-        .map_err(|e| EngineError::InvalidRequest(describe(&e)))?;
+        .map_err(|e| EngineError::InvalidRequest(crate::error_chain(&e)))?;
     let mut cpuid = hv.cpuid().clone();
     linux::adjust_cpuid(cpuid.as_mut_slice());
     let tail = ConsoleTail::default();

@@ -58,21 +58,9 @@ fn error(code: i32, message: impl Into<String>, data: Value) -> ErrorObjectOwned
     ErrorObjectOwned::owned(code, message.into(), Some(data))
 }
 
-/// The message of an error with its cause chain, printed once.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cause = c.source();
-    }
-    msg
-}
-
 /// The one mapping from engine errors to JSON-RPC errors.
 pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
-    let msg = chain(e);
+    let msg = crate::error_chain(e);
     match e {
         EngineError::KvmUnavailable(_) => error(
             KVM_UNAVAILABLE,

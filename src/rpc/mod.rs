@@ -50,7 +50,7 @@ pub fn serve(opts: ServeOptions) -> ExitCode {
         }
     };
     let engine = Engine::new(opts.engine.clone()).map_err(|e| {
-        let detail = errors::chain(&e);
+        let detail = crate::error_chain(&e);
         tracing::warn!(error = %detail, "engine unavailable; only worker.info and rpc.discover will work");
         detail
     });
