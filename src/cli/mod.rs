@@ -12,7 +12,7 @@ mod stats;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use zeroboot::engine::EngineConfig;
+use zeroboot::engine::{EngineConfig, EngineError};
 
 /// zeroboot: KVM sandboxes forked copy-on-write from a snapshot in well under a
 /// millisecond, driven as a stdio JSON-RPC worker.
@@ -110,7 +110,11 @@ pub fn dispatch(args: Args) -> ExitCode {
     }
 }
 
-/// Prints an error with its cause chain, once, at the edge.
-pub fn report(e: &dyn std::error::Error) {
+/// Prints an error with its cause chain, once, at the edge; a failed Linux
+/// boot also gets the end of the guest's console, where the reason usually is.
+pub fn report(e: &(dyn std::error::Error + 'static)) {
     eprintln!("zeroboot: {}", zeroboot::error_chain(e));
+    if let Some(EngineError::LinuxBoot { console, .. }) = e.downcast_ref() {
+        eprintln!("--- end of the guest console ---\n{console}\n---");
+    }
 }

@@ -101,25 +101,35 @@ fn boot_linux(hv: &Arc<Hypervisor>, spec: &LinuxSpec<'_>) -> Result<Snapshot, En
             Ok(vm)
         })?
     };
-    let (tx, rx) = mpsc::channel::<Result<(Mailbox, MachineState), AgentError>>();
+    // A failed boot also says where the vCPU stopped: the one clue left
+    // when a kernel spins with nothing on its console.
+    type Captured = Result<(Mailbox, MachineState), (AgentError, Option<u64>)>;
+    let (tx, rx) = mpsc::channel::<Captured>();
     let hv = Arc::clone(hv);
     let queued = thread.submit(move |vm| {
-        let captured = agent::boot(vm).and_then(|(mailbox, _ready)| {
-            vm.complete_pending_io()?;
-            Ok((mailbox, vm.capture(&hv, &cpuid)?))
-        });
+        let captured = agent::boot(vm)
+            .and_then(|(mailbox, _ready)| {
+                vm.complete_pending_io()?;
+                Ok((mailbox, vm.capture(&hv, &cpuid)?))
+            })
+            .map_err(|e| (e, vm.regs().ok().map(|r| r.rip)));
         // The receiver waits for this (or gave up after the kick grace).
         drop(tx.send(captured));
     });
+    let at = |rip: Option<u64>| rip.map_or(String::new(), |r| format!(" (vCPU at rip {r:#x})"));
     let outcome = if queued {
-        rx.recv_timeout(BOOT_DEADLINE).map_err(|_| {
+        rx.recv_timeout(BOOT_DEADLINE).or_else(|_| {
             thread.kicker().kick();
             // The kicked boot reports Interrupted; the deadline is the news.
-            drop(rx.recv_timeout(KICK_GRACE));
-            format!(
-                "the agent did not report Ready within {} s",
-                BOOT_DEADLINE.as_secs()
-            )
+            let rip = match rx.recv_timeout(KICK_GRACE) {
+                Ok(Err((_, rip))) => rip,
+                _ => None,
+            };
+            Err(format!(
+                "the agent did not report Ready within {} s{}",
+                BOOT_DEADLINE.as_secs(),
+                at(rip)
+            ))
         })
     } else {
         Err("the vCPU thread is gone".to_string())
@@ -132,8 +142,8 @@ fn boot_linux(hv: &Arc<Hypervisor>, spec: &LinuxSpec<'_>) -> Result<Snapshot, En
     };
     let (mailbox, state) = match outcome {
         Err(reason) => return Err(failed(reason)),
-        Ok(Err(AgentError::Vmm(e))) => return Err(EngineError::Vmm(e)),
-        Ok(Err(e)) => return Err(failed(e.to_string())),
+        Ok(Err((AgentError::Vmm(e), _))) => return Err(EngineError::Vmm(e)),
+        Ok(Err((e, rip))) => return Err(failed(format!("{e}{}", at(rip)))),
         Ok(Ok(captured)) => captured,
     };
     memfd.seal()?;

@@ -176,6 +176,14 @@ impl Vm {
         self.bus.attach_serial(SerialConsole::new(irq, out));
     }
 
+    /// The vCPU's general registers (where a stuck guest is, for diagnostics).
+    pub fn regs(&self) -> Result<kvm_bindings::kvm_regs, VmmError> {
+        self.vcpu.get_regs().map_err(|source| VmmError::GetState {
+            what: "REGS",
+            source,
+        })
+    }
+
     /// The vCPU's special registers (to start a boot layout from its reset state).
     pub fn sregs(&self) -> Result<kvm_bindings::kvm_sregs, VmmError> {
         self.vcpu.get_sregs().map_err(|source| VmmError::GetState {
