@@ -118,18 +118,18 @@ fn boot_linux(hv: &Arc<Hypervisor>, spec: &LinuxSpec<'_>) -> Result<Snapshot, En
     });
     let at = |rip: Option<u64>| rip.map_or(String::new(), |r| format!(" (vCPU at rip {r:#x})"));
     let outcome = if queued {
-        rx.recv_timeout(BOOT_DEADLINE).or_else(|_| {
+        rx.recv_timeout(BOOT_DEADLINE).map_err(|_| {
             thread.kicker().kick();
             // The kicked boot reports Interrupted; the deadline is the news.
             let rip = match rx.recv_timeout(KICK_GRACE) {
                 Ok(Err((_, rip))) => rip,
                 _ => None,
             };
-            Err(format!(
+            format!(
                 "the agent did not report Ready within {} s{}",
                 BOOT_DEADLINE.as_secs(),
                 at(rip)
-            ))
+            )
         })
     } else {
         Err("the vCPU thread is gone".to_string())
