@@ -27,22 +27,28 @@ fn rank(sorted: &[f64], p: f64) -> f64 {
 
 /// Summarises samples (in microseconds); `None` when there are none.
 pub fn summarize(samples: &[Duration]) -> Option<Summary> {
-    if samples.is_empty() {
+    summarize_values(
+        samples
+            .iter()
+            .map(|d| d.as_nanos() as f64 / 1000.0)
+            .collect(),
+    )
+}
+
+/// Summarises plain values (counts, KiB) in their own unit.
+pub fn summarize_values(mut values: Vec<f64>) -> Option<Summary> {
+    if values.is_empty() {
         return None;
     }
-    let mut us: Vec<f64> = samples
-        .iter()
-        .map(|d| d.as_nanos() as f64 / 1000.0)
-        .collect();
-    us.sort_by(f64::total_cmp);
+    values.sort_by(f64::total_cmp);
     let round = |v: f64| (v * 10.0).round() / 10.0;
     Some(Summary {
-        n: us.len(),
-        p50: round(rank(&us, 50.0)),
-        p90: round(rank(&us, 90.0)),
-        p99: round(rank(&us, 99.0)),
-        max: round(*us.last().expect("non-empty")),
-        mean: round(us.iter().sum::<f64>() / us.len() as f64),
+        n: values.len(),
+        p50: round(rank(&values, 50.0)),
+        p90: round(rank(&values, 90.0)),
+        p99: round(rank(&values, 99.0)),
+        max: round(*values.last().expect("non-empty")),
+        mean: round(values.iter().sum::<f64>() / values.len() as f64),
     })
 }
 
