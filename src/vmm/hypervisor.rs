@@ -43,6 +43,7 @@ pub struct Hypervisor {
     msrs: Vec<u32>,
     flavor: Flavor,
     quirks: Quirks,
+    tsc_offset: bool,
 }
 
 impl Hypervisor {
@@ -68,7 +69,11 @@ impl Hypervisor {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmmError::SupportedCpuid)?;
         let index = kvm.get_msr_index_list().map_err(VmmError::MsrIndexList)?;
-        let msrs = readable_msrs(&kvm, index.as_slice())?;
+        let flavor = Flavor::detect();
+        let (msrs, tsc_offset) = probe_vcpu(&kvm, index.as_slice())?;
+        // kvm-pvm accepts the attribute, but its guests read the host's TSC
+        // directly: there is no offset to set.
+        let tsc_offset = tsc_offset && flavor == Flavor::Hardware;
         let quirks = Quirks::detect();
         if quirks != Quirks::default() {
             tracing::info!(?quirks, "host hypervisor quirks in effect");
@@ -77,8 +82,9 @@ impl Hypervisor {
             kvm,
             cpuid,
             msrs,
-            flavor: Flavor::detect(),
+            flavor,
             quirks,
+            tsc_offset,
         })
     }
 
@@ -106,11 +112,17 @@ impl Hypervisor {
     pub fn quirks(&self) -> Quirks {
         self.quirks
     }
+
+    /// Whether restores can set the TSC exactly (see `tsc.rs`).
+    pub fn tsc_offset(&self) -> bool {
+        self.tsc_offset
+    }
 }
 
 /// Keeps the MSRs a scratch vCPU can actually read: KVM_GET_MSRS stops at the
-/// first failing index, so each one is probed alone, once per process.
-fn readable_msrs(kvm: &Kvm, index: &[u32]) -> Result<Vec<u32>, VmmError> {
+/// first failing index, so each one is probed alone, once per process. Also
+/// says whether the vCPU's TSC offset can be set directly.
+fn probe_vcpu(kvm: &Kvm, index: &[u32]) -> Result<(Vec<u32>, bool), VmmError> {
     let vm = kvm.create_vm().map_err(VmmError::CreateVm)?;
     let vcpu = vm.create_vcpu(0).map_err(VmmError::CreateVcpu)?;
     let mut ok = Vec::with_capacity(index.len());
@@ -124,5 +136,5 @@ fn readable_msrs(kvm: &Kvm, index: &[u32]) -> Result<Vec<u32>, VmmError> {
             ok.push(msr);
         }
     }
-    Ok(ok)
+    Ok((ok, super::tsc::offset_supported(&vcpu)))
 }

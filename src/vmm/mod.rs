@@ -17,6 +17,7 @@ mod quirks;
 mod serial;
 mod state;
 mod thread;
+mod tsc;
 mod vcpu;
 mod vm;
 mod x86;

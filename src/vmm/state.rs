@@ -10,7 +10,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceState, Quirks, VmmError};
+use super::{DeviceState, Quirks, VmmError, tsc};
 
 /// State of the one vCPU.
 #[derive(Serialize, Deserialize)]
@@ -64,6 +64,17 @@ fn get<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmmE
 
 fn set<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmmError> {
     r.map_err(|source| VmmError::SetState { what, source })
+}
+
+fn write_msrs(vcpu: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), VmmError> {
+    let msrs = Msrs::from_entries(entries).map_err(|_| VmmError::MsrCount {
+        op: "wrote",
+        done: 0,
+        wanted: entries.len(),
+        first_missing: 0,
+    })?;
+    let wrote = set("MSRS", vcpu.set_msrs(&msrs))?;
+    check_msrs("wrote", wrote, entries)
 }
 
 fn check_msrs(op: &'static str, done: usize, entries: &[kvm_msr_entry]) -> Result<(), VmmError> {
@@ -126,10 +137,13 @@ impl VcpuState {
     ///   which the events then put back.
     /// - LAPIC before MSRS: the TSC-deadline MSR only sticks once the LAPIC is in
     ///   TSC-deadline mode.
+    /// - The TSC before the other MSRs: KVM arms the TSC-deadline timer against
+    ///   the guest's TSC when that MSR is written. With `tsc_offset` the TSC is
+    ///   set through its offset, exactly (see `tsc.rs`), and not written again.
     /// - MP_STATE last, so the vCPU is runnable only once everything is in place.
     ///
     /// `quirks` adjust what the host needs adjusted (see [`Quirks`]).
-    pub fn restore(&self, vcpu: &VcpuFd, quirks: Quirks) -> Result<(), VmmError> {
+    pub fn restore(&self, vcpu: &VcpuFd, quirks: Quirks, tsc_offset: bool) -> Result<(), VmmError> {
         set("SREGS", vcpu.set_sregs(&quirks.sregs(self.sregs)))?;
         set("XCRS", vcpu.set_xcrs(&self.xcrs))?;
         // SAFETY: KVM_SET_XSAVE reads size_of::<kvm_xsave>() bytes, and
@@ -137,14 +151,20 @@ impl VcpuState {
         set("XSAVE", unsafe { vcpu.set_xsave(&self.xsave) })?;
         set("REGS", vcpu.set_regs(&self.regs))?;
         set("LAPIC", vcpu.set_lapic(&self.lapic))?;
-        let msrs = Msrs::from_entries(&self.msrs).map_err(|_| VmmError::MsrCount {
-            op: "wrote",
-            done: 0,
-            wanted: self.msrs.len(),
-            first_missing: 0,
-        })?;
-        let wrote = set("MSRS", vcpu.set_msrs(&msrs))?;
-        check_msrs("wrote", wrote, &self.msrs)?;
+        let tsc = self.msrs.iter().find(|m| m.index == tsc::MSR_IA32_TSC);
+        match tsc {
+            Some(tsc) if tsc_offset => {
+                tsc::set_guest_tsc(vcpu, tsc.data)?;
+                let rest: Vec<_> = self
+                    .msrs
+                    .iter()
+                    .filter(|m| m.index != tsc.index)
+                    .copied()
+                    .collect();
+                write_msrs(vcpu, &rest)?;
+            }
+            _ => write_msrs(vcpu, &self.msrs)?,
+        }
         set("DEBUGREGS", vcpu.set_debug_regs(&self.debugregs))?;
         set("VCPU_EVENTS", vcpu.set_vcpu_events(&self.events))?;
         set("MP_STATE", vcpu.set_mp_state(self.mp_state))

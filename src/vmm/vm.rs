@@ -26,6 +26,8 @@ pub struct Vm {
     vcpu: VcpuFd,
     ram: GuestRam,
     quirks: Quirks,
+    /// Restores set the TSC offset directly (see `tsc.rs`).
+    tsc_offset: bool,
     exits: u64,
 }
 
@@ -59,6 +61,7 @@ impl Vm {
             vcpu,
             ram,
             quirks: hv.quirks(),
+            tsc_offset: hv.tsc_offset(),
             exits: 0,
         })
     }
@@ -75,7 +78,9 @@ impl Vm {
     /// Puts the machine into `state` (memory is the caller's business).
     pub fn restore(&mut self, state: &MachineState) -> Result<(), VmmError> {
         state.vm.restore(&self.vm)?;
-        state.vcpu.restore(&self.vcpu, self.quirks)?;
+        state
+            .vcpu
+            .restore(&self.vcpu, self.quirks, self.tsc_offset)?;
         let vm = &self.vm;
         self.bus.restore(&state.devices, || {
             IrqLine::new(Arc::clone(vm), COM1_IRQ.into())
