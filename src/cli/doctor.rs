@@ -38,6 +38,18 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    match zeroboot::image::cached(None) {
+        Ok(found) if found.is_empty() => println!(
+            "Linux guest image: none built yet (`zeroboot image build` fetches the kernel and builds the initramfs)"
+        ),
+        Ok(found) => {
+            println!("Linux guest image files in the cache:");
+            for path in found {
+                println!("  {}", path.display());
+            }
+        }
+        Err(e) => super::report(&e),
+    }
     engine.shutdown();
     ExitCode::SUCCESS
 }

@@ -188,9 +188,59 @@ pub fn build(opts: &BuildOptions) -> Result<ImagePaths, ImageError> {
     Ok(ImagePaths { kernel, initramfs })
 }
 
+/// What the cache already holds, without downloading or building anything
+/// (for `zeroboot doctor`): kernels and initramfs files, sorted by path.
+pub fn cached(cache_dir: Option<&Path>) -> Result<Vec<PathBuf>, ImageError> {
+    let cache = match cache_dir {
+        Some(dir) => dir.to_owned(),
+        None => cache::default_dir()?,
+    };
+    let mut found = Vec::new();
+    let kernels = cache.join("kernel");
+    for dir in [&kernels, &cache.join("initramfs")] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue; // nothing built yet
+        };
+        for entry in entries {
+            let path = entry.map_err(ImageError::io("cannot list", dir))?.path();
+            let path = if dir == &kernels {
+                path.join("vmlinuz")
+            } else {
+                path
+            };
+            if path.is_file() && (dir == &kernels || path.extension().is_some_and(|e| e == "cpio"))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_lists_kernels_and_initramfs_files_only() {
+        let dir = std::env::temp_dir().join(format!("zeroboot-cached-{}", std::process::id()));
+        let kernel = dir.join("kernel/linux-image-x");
+        std::fs::create_dir_all(&kernel).unwrap();
+        std::fs::create_dir_all(dir.join("initramfs")).unwrap();
+        std::fs::write(kernel.join("vmlinuz"), b"k").unwrap();
+        std::fs::write(dir.join("initramfs/minimal-aa.cpio"), b"i").unwrap();
+        std::fs::write(dir.join("initramfs/minimal-bb.partial"), b"p").unwrap();
+        assert_eq!(
+            cached(Some(&dir)).unwrap(),
+            [
+                kernel.join("vmlinuz"),
+                dir.join("initramfs/minimal-aa.cpio")
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(cached(Some(&dir)).unwrap().is_empty());
+    }
 
     #[test]
     fn prune_keeps_the_newest_of_its_profile_and_other_profiles() {
