@@ -234,8 +234,8 @@ mod tests {
         assert_eq!(
             cached(Some(&dir)).unwrap(),
             [
-                kernel.join("vmlinuz"),
-                dir.join("initramfs/minimal-aa.cpio")
+                dir.join("initramfs/minimal-aa.cpio"),
+                kernel.join("vmlinuz")
             ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
