@@ -2,7 +2,7 @@
 //! over with one port write; when that write returns, the host's answer is there.
 
 use zeroboot_proto::{
-    AgentError, AgentErrorCode, HEADER_LEN, Kind, MAILBOX_MAX_PAGES, MAILBOX_PORT, MAILBOX_SIZE,
+    AgentError, AgentErrorCode, HEADER_LEN, Header, Kind, MAILBOX_MAX_PAGES, MAILBOX_PORT, MAILBOX_SIZE,
     PAGE_SIZE, PageList, WireError, Writer, decode_frame, encode_frame,
 };
 
@@ -76,7 +76,7 @@ impl Channel {
     }
 
     /// Copies the host's frame out of the mailbox and decodes it.
-    pub fn take_request(&self) -> Result<(Kind, &'static [u8]), WireError> {
+    pub fn take_request(&self) -> Result<(Header, &'static [u8]), WireError> {
         let mailbox = self.mailbox();
         let (header, _) = decode_frame(mailbox)?;
         let len = HEADER_LEN + header.len as usize;
@@ -84,8 +84,7 @@ impl Channel {
         // lives until the next call, made after the request was fully served.
         let copy = unsafe { REQUEST.get() };
         copy[..len].copy_from_slice(&mailbox[..len]);
-        let (header, payload) = decode_frame(&copy[..len])?;
-        Ok((header.kind, payload))
+        decode_frame(&copy[..len])
     }
 
     /// Reads the header flags of the host's answer to an output frame.
