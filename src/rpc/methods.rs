@@ -254,17 +254,24 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     m
 }
 
+/// Bytes given as UTF-8 text in `name` or as base64 in `name_base64` (at most one; neither: empty).
+fn bytes_param(
+    text: Option<String>,
+    base64: Option<String>,
+    name: &str,
+) -> Result<Vec<u8>, ErrorObjectOwned> {
+    match (text, base64) {
+        (Some(text), None) => Ok(text.into_bytes()),
+        (None, Some(b64)) => output::decode_base64(&b64).map_err(errors::invalid_params),
+        (None, None) => Ok(Vec::new()),
+        (Some(_), Some(_)) => Err(errors::invalid_params(format!(
+            "give at most one of `{name}` or `{name}_base64`"
+        ))),
+    }
+}
+
 fn exec(engine: &Engine, p: SandboxExec, call: &Call) -> Result<ExecResult, ErrorObjectOwned> {
-    let stdin = match (p.stdin, p.stdin_base64) {
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(b64)) => output::decode_base64(&b64).map_err(errors::invalid_params)?,
-        (None, None) => Vec::new(),
-        (Some(_), Some(_)) => {
-            return Err(errors::invalid_params(
-                "give at most one of `stdin` or `stdin_base64`",
-            ));
-        }
-    };
+    let stdin = bytes_param(p.stdin, p.stdin_base64, "stdin")?;
     let config = engine.config();
     let timeout_ms = p.timeout_ms.unwrap_or(config.default_timeout_ms);
     if timeout_ms == 0 || timeout_ms > u64::from(u32::MAX) {
@@ -343,16 +350,7 @@ fn write_file(
     p: SandboxWriteFile,
     call: &Call,
 ) -> Result<serde_json::Value, ErrorObjectOwned> {
-    let data = match (p.data, p.data_base64) {
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(b64)) => output::decode_base64(&b64).map_err(errors::invalid_params)?,
-        (None, None) => Vec::new(),
-        (Some(_), Some(_)) => {
-            return Err(errors::invalid_params(
-                "give at most one of `data` or `data_base64`",
-            ));
-        }
-    };
+    let data = bytes_param(p.data, p.data_base64, "data")?;
     if p.mode > 0o7777 {
         return Err(errors::invalid_params("mode must be at most 0o7777 (4095)"));
     }

@@ -63,11 +63,9 @@ fn handle(
         },
         Kind::ReadFile => match ReadFile::decode(payload) {
             Ok(req) => {
-                // The request is read before the reply overwrites it in place.
-                let req = ReadFile {
-                    path: &req.path.to_vec(),
-                    ..req
-                };
+                // The reply is built in place over the request: keep its path.
+                let path = req.path.to_vec();
+                let req = ReadFile { path: &path, ..req };
                 files
                     .read(&req, header.flags, &mut t.buf()[HEADER_LEN..])
                     .map(Some)
