@@ -209,3 +209,26 @@ fn one_deadline_and_one_cancel_cover_the_whole_transfer() {
         .unwrap_err();
     assert!(matches!(err, EngineError::Cancelled), "{err:?}");
 }
+
+#[test]
+fn a_recycled_vm_keeps_no_file_of_its_previous_tenant() {
+    if !kvm_or_skip("a_recycled_vm_keeps_no_file_of_its_previous_tenant") {
+        return;
+    }
+    // One pooled VM, so each fork after a kill reuses the killed tenant's VM.
+    let (e, t) = engine_with(EngineConfig {
+        pool_size: 1,
+        ..Default::default()
+    });
+    // Small tenants are reset in place, large ones by mapping the template again.
+    for (round, len) in [10, 5 << 20, 10, 5 << 20].into_iter().enumerate() {
+        let sb = e.fork(&t).unwrap().sandbox;
+        let err = read(&e, &sb, PATH, 16 << 20).unwrap_err();
+        assert!(
+            matches!(err, EngineError::AgentFailed { .. }),
+            "round {round}: {err:?}"
+        );
+        write(&e, &sb, PATH, pattern(len, round as u8)).unwrap();
+        e.kill(&sb).unwrap();
+    }
+}

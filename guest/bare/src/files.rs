@@ -232,8 +232,12 @@ pub fn read(req: &ReadFile<'_>) -> Result<(u32, &'static [u8]), Failure> {
     Ok((flags, &data[start..start + n]))
 }
 
-/// Abandons a write in transfer: any request but its next chunk does.
+/// Abandons a write in transfer: any request but its next chunk does. Only
+/// stores when there is one, so an exec never copies the store's page.
 pub fn abandon() {
     // SAFETY: single thread; the only borrow of STORE.
-    unsafe { STORE.get() }.pending = None;
+    let store = unsafe { STORE.get() };
+    if store.pending.is_some() {
+        store.pending = None;
+    }
 }
