@@ -2,8 +2,8 @@
 //! over with one port write; when that write returns, the host's answer is there.
 
 use zeroboot_proto::{
-    AgentError, AgentErrorCode, HEADER_LEN, Header, Kind, MAILBOX_MAX_PAGES, MAILBOX_PORT, MAILBOX_SIZE,
-    PAGE_SIZE, PageList, WireError, Writer, decode_frame, encode_frame,
+    AgentError, AgentErrorCode, HEADER_LEN, Header, Kind, MAILBOX_MAX_PAGES, MAILBOX_PORT,
+    MAILBOX_SIZE, PAGE_SIZE, PageList, WireError, Writer, decode_frame, encode_frame,
 };
 
 use crate::cell::Global;
@@ -35,7 +35,10 @@ impl Channel {
         if list.encode(page).is_err() {
             crate::rt::crash();
         }
-        outl(MAILBOX_PORT, (PAGE_LIST.ptr() as u64 / PAGE_SIZE as u64) as u32);
+        outl(
+            MAILBOX_PORT,
+            (PAGE_LIST.ptr() as u64 / PAGE_SIZE as u64) as u32,
+        );
         Channel(())
     }
 

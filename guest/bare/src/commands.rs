@@ -156,7 +156,10 @@ fn random(out: &mut Output<'_>, n: u64) -> i32 {
     while left > 0 && !out.stopped() {
         let word = rng::next().to_le_bytes();
         for b in word.iter().take(left.min(8) as usize) {
-            out.write(Stream::Stdout, &[text::hex_digit(b >> 4), text::hex_digit(*b)]);
+            out.write(
+                Stream::Stdout,
+                &[text::hex_digit(b >> 4), text::hex_digit(*b)],
+            );
         }
         left = left.saturating_sub(8);
     }
@@ -193,7 +196,10 @@ fn garbage(out: &mut Output<'_>) -> i32 {
     let chan = out.channel();
     chan.mailbox()[..16].copy_from_slice(b"NOT A FRAME AT A");
     chan.ring();
-    out.write(Stream::Stderr, b"garbage: host accepted a malformed frame\n");
+    out.write(
+        Stream::Stderr,
+        b"garbage: host accepted a malformed frame\n",
+    );
     1
 }
 

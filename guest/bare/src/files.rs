@@ -114,7 +114,9 @@ struct Store {
 
 impl Store {
     fn find(&self, path: &[u8]) -> Option<usize> {
-        self.files[..self.count].iter().position(|e| e.name.is(path))
+        self.files[..self.count]
+            .iter()
+            .position(|e| e.name.is(path))
     }
 
     /// Removes file `i`, moving later files and `pending` bytes after them down.
@@ -194,8 +196,14 @@ impl Store {
         let offset = usize::try_from(req.offset)
             .ok()
             .filter(|&o| o <= file.len)
-            .ok_or((AgentErrorCode::BadRequest, b"offset is past the end" as &[u8]))?;
-        let room = req.length.map_or(MAX_PAYLOAD, |l| l as usize).min(MAX_PAYLOAD);
+            .ok_or((
+                AgentErrorCode::BadRequest,
+                b"offset is past the end" as &[u8],
+            ))?;
+        let room = req
+            .length
+            .map_or(MAX_PAYLOAD, |l| l as usize)
+            .min(MAX_PAYLOAD);
         let n = room.min(file.len - offset);
         let more = offset + n < file.len;
         if more && req.length.is_none() {

@@ -9,9 +9,9 @@
 #![no_std]
 #![no_main]
 
+mod cell;
 mod channel;
 mod commands;
-mod cell;
 mod files;
 mod output;
 mod rng;
