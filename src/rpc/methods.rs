@@ -366,13 +366,8 @@ fn read_file(
     p: SandboxReadFile,
     call: &Call,
 ) -> Result<FileContent, ErrorObjectOwned> {
-    let limit = engine.config().max_file_bytes;
-    let max = p.max_bytes.unwrap_or(limit);
-    if max > limit {
-        return Err(errors::invalid_params(format!(
-            "max_bytes must be at most {limit}"
-        )));
-    }
+    // The engine refuses a `max_bytes` over its limit.
+    let max = p.max_bytes.unwrap_or(engine.config().max_file_bytes);
     let data = engine
         .read_file(&p.sandbox, &p.path, max, None, &call.cancel)
         .map_err(engine_err)?;
