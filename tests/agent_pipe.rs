@@ -5,11 +5,15 @@
 mod agent_support;
 
 use agent_support::{Client, End, ExecSpec};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use zeroboot_proto::{AgentErrorCode, AgentKind, EXIT_TIMED_OUT, Kind, VERSION};
+use zeroboot_proto::{
+    AgentErrorCode, AgentKind, EXIT_TIMED_OUT, FILE_CONTINUE, FILE_MORE, Kind, MAX_PAYLOAD,
+    VERSION, WriteFile,
+};
 
 fn agent_binary() -> &'static PathBuf {
     static AGENT: OnceLock<PathBuf> = OnceLock::new();
@@ -54,6 +58,14 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _reaped = self.child.kill().and_then(|()| self.child.wait());
     }
+}
+
+/// A directory of this test's own (tests in one binary run in parallel).
+fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("zeroboot-agent-pipe-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn sh(script: &str) -> ExecSpec {
@@ -227,7 +239,7 @@ fn every_exec_sees_fresh_randomness() {
 #[test]
 fn files_round_trip_with_mode_and_size_cap() {
     let mut a = Agent::start();
-    let dir = std::env::temp_dir().join(format!("zeroboot-agent-pipe-{}", std::process::id()));
+    let dir = temp_dir("small");
     let path = dir.join("nested/data.bin");
     let path = path.to_str().unwrap();
     let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
@@ -243,6 +255,97 @@ fn files_round_trip_with_mode_and_size_cap() {
         Err(End::Error(code, _)) => assert_eq!(code, AgentErrorCode::Io),
         other => panic!("expected Io, got {other:?}"),
     }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn multi_mib_files_round_trip_in_chunks() {
+    let mut a = Agent::start();
+    let dir = temp_dir("large");
+    let path = dir.join("big.bin");
+    let path = path.to_str().unwrap();
+    for len in [0, 1, MAX_PAYLOAD, MAX_PAYLOAD + 1, 5 << 20] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+        a.client.write_file(path, 0o751, &data).unwrap();
+        assert_eq!(std::fs::read(path).unwrap().len(), len);
+        assert!(
+            a.client.read_file(path, 16 << 20).unwrap() == data,
+            "{len} bytes"
+        );
+    }
+    let run = a.exec(&ExecSpec::argv(&["/usr/bin/stat", "-c", "%a %s", path]));
+    assert_eq!(run.stdout_str(), format!("751 {}\n", 5 << 20));
+    // Only what a read allows: the exact size passes, one byte less fails.
+    assert_eq!(a.client.read_file(path, 5 << 20).unwrap().len(), 5 << 20);
+    match a.client.read_file(path, (5 << 20) - 1) {
+        Err(End::Error(code, _)) => assert_eq!(code, AgentErrorCode::TooLarge),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // A file whose size stat does not know (/proc) is counted as it is read.
+    let status = a.client.read_file("/proc/self/status", 1 << 20).unwrap();
+    assert!(String::from_utf8_lossy(&status).contains("Pid:"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Sends one WriteFile chunk by hand; true when the agent answered Done.
+fn send_chunk(a: &mut Agent, path: &str, data: &[u8], offset: u64, flags: u32) -> bool {
+    a.client.send(Kind::WriteFile, flags, |w| {
+        WriteFile {
+            path: path.as_bytes(),
+            mode: 0o644,
+            data,
+            offset,
+        }
+        .encode(w)
+    });
+    a.client.recv().0.kind == Kind::Done
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn chunked_writes_replace_the_file_atomically_or_not_at_all() {
+    let mut a = Agent::start();
+    let dir = temp_dir("atomic");
+    let target = dir.join("config.txt");
+    let path = target.to_str().unwrap();
+    a.client.write_file(path, 0o600, b"old contents").unwrap();
+    // Mid-transfer the target still holds the old file; the new bytes wait
+    // in a temporary beside it.
+    assert!(send_chunk(&mut a, path, b"new ", 0, FILE_MORE));
+    assert!(send_chunk(
+        &mut a,
+        path,
+        b"contents",
+        4,
+        FILE_CONTINUE | FILE_MORE
+    ));
+    assert_eq!(std::fs::read(&target).unwrap(), b"old contents");
+    assert_eq!(names_in(&dir).len(), 2, "{:?}", names_in(&dir));
+    // Any other request abandons the transfer: the temporary goes, the old file stays.
+    assert_eq!(a.exec(&ExecSpec::argv(&["/bin/true"])).status().code, 0);
+    assert_eq!(names_in(&dir), ["config.txt"]);
+    assert_eq!(std::fs::read(&target).unwrap(), b"old contents");
+    // A continuation of the abandoned transfer is refused.
+    assert!(!send_chunk(&mut a, path, b"!", 12, FILE_CONTINUE));
+    // A chunk out of order fails the transfer and cleans up too.
+    assert!(send_chunk(&mut a, path, b"new ", 0, FILE_MORE));
+    assert!(!send_chunk(&mut a, path, b"contents", 5, FILE_CONTINUE));
+    assert_eq!(names_in(&dir), ["config.txt"]);
+    // Completed, the new file replaces the old one in one rename, with its mode.
+    assert!(send_chunk(&mut a, path, b"new ", 0, FILE_MORE));
+    assert!(send_chunk(&mut a, path, b"contents", 4, FILE_CONTINUE));
+    assert_eq!(std::fs::read(&target).unwrap(), b"new contents");
+    assert_eq!(names_in(&dir), ["config.txt"]);
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o644);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

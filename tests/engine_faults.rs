@@ -178,25 +178,3 @@ fn unknown_ids_and_limits_are_typed_errors() {
     assert_eq!(e.unload_template(&t, true).unwrap(), 1);
     assert!(e.list_sandboxes().is_empty() && e.list_templates().is_empty());
 }
-
-#[test]
-fn file_requests_to_the_bare_guest_are_refused_by_the_agent() {
-    if !kvm_or_skip("file_requests_to_the_bare_guest_are_refused_by_the_agent") {
-        return;
-    }
-    let (e, t) = engine();
-    let sb = e.fork(&t).unwrap().sandbox;
-    let err = e
-        .write_file(&sb, "/tmp/x", b"data", 0o644, None)
-        .unwrap_err();
-    assert!(
-        matches!(&err, EngineError::AgentFailed { message } if message.contains("only runs exec")),
-        "{err:?}"
-    );
-    assert!(matches!(
-        e.read_file(&sb, "/tmp/x", 100, None),
-        Err(EngineError::AgentFailed { .. })
-    ));
-    // An agent refusal leaves the sandbox usable.
-    assert_eq!(stdout(&e, &sb, &["echo", "still", "fine"]), "still fine\n");
-}

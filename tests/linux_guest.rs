@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use support::kvm_or_skip;
 use zeroboot::agent::{ExecRequest, Program};
 use zeroboot::engine::{
-    DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecOptions, ExecResult,
+    CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecOptions,
+    ExecResult,
 };
 use zeroboot::vmm::Flavor;
 
@@ -339,6 +340,23 @@ fn linux_template_forks_run_python() {
         &python("import os\nprint(os.path.exists('/tmp/mark'))"),
     );
     assert_eq!(text(&r.stdout), "False\n");
+
+    // A file of many mailbox frames arrives whole, with its mode, and comes back.
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (timeout, cancel) = (Some(Duration::from_secs(60)), CancelToken::new());
+    engine
+        .write_file(&a, "/tmp/big.bin", data.clone(), 0o640, timeout, &cancel)
+        .unwrap();
+    let r = exec(
+        &engine,
+        &a,
+        &python(
+            "import os\nst = os.stat('/tmp/big.bin')\nprint(st.st_size, oct(st.st_mode & 0o777))",
+        ),
+    );
+    assert_eq!(text(&r.stdout), format!("{} 0o640\n", 3 << 20));
+    let back = engine.read_file(&a, "/tmp/big.bin", 3 << 20, timeout, &cancel);
+    assert!(back.unwrap() == data, "3 MiB came back different");
 
     engine.kill(&a).unwrap();
     engine.kill(&b).unwrap();

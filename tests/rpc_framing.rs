@@ -190,7 +190,7 @@ fn a_100_mb_message_is_refused_without_being_read_into_memory() {
         assert_eq!(r["id"], Value::Null);
         assert_eq!(r["error"]["code"], -32600);
         assert_eq!(r["error"]["data"]["kind"], "message_too_large");
-        assert_eq!(r["error"]["data"]["limit"], 16 << 20);
+        assert_eq!(r["error"]["data"]["limit"], 32 << 20);
         assert!(r["error"]["data"]["length"].as_u64().unwrap() >= SIZE as u64);
         let peak = peak_rss_kib(w.pid());
         assert!(

@@ -301,23 +301,95 @@ fn guest_faults_map_to_their_codes() {
         let stats = w.ok("sandbox.stats", json!({"sandbox": sb}));
         assert!(stats["stray_pio"].as_u64().unwrap() > 0);
 
-        // File operations: the bare guest only runs exec.
-        let e = w.err(
-            "sandbox.write_file",
-            json!({"sandbox": sb, "path": "/tmp/x", "data": "hi"}),
-        );
-        assert_eq!(code(&e), 1010, "{e}");
-        let e = w.err(
-            "sandbox.read_file",
-            json!({"sandbox": sb, "path": "/tmp/x"}),
-        );
-        assert_eq!(code(&e), 1010, "{e}");
-
         // After all that the worker still forks and runs.
         let sb = w.fork(&tpl);
         assert_eq!(exec(&mut w, &sb, &["echo", "fine"])["stdout"], "fine\n");
         w.shutdown();
     }
+}
+
+#[test]
+fn files_move_in_chunks_over_json_rpc() {
+    use base64::Engine as _;
+    if !kvm_or_skip() {
+        return;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut w = Worker::spawn(Framing::Ndjson, &[]);
+    let info = w.ok("worker.info", json!({}));
+    assert_eq!(info["limits"]["max_write_bytes"], 16 << 20);
+    assert_eq!(info["limits"]["max_read_bytes"], 16 << 20);
+    let tpl = w.load_bare();
+    let a = w.fork(&tpl);
+    let b = w.fork(&tpl);
+
+    // An empty file, text, and 5 MiB of binary as base64.
+    let r = w.ok("sandbox.write_file", json!({"sandbox": a, "path": "/e"}));
+    assert_eq!(r, json!({"bytes": 0}));
+    let r = w.ok("sandbox.read_file", json!({"sandbox": a, "path": "/e"}));
+    assert_eq!(r, json!({"data": "", "encoding": "utf8", "bytes": 0}));
+    let r = w.ok(
+        "sandbox.write_file",
+        json!({"sandbox": a, "path": "/t", "data": "h\u{e9}llo\n", "mode": 0o600}),
+    );
+    assert_eq!(r, json!({"bytes": 7}));
+    let r = w.ok("sandbox.read_file", json!({"sandbox": a, "path": "/t"}));
+    assert_eq!(r["data"], "h\u{e9}llo\n");
+    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+    let r = w.ok(
+        "sandbox.write_file",
+        json!({"sandbox": a, "path": "/big", "data_base64": b64.encode(&big)}),
+    );
+    assert_eq!(r, json!({"bytes": 5 << 20}));
+    let r = w.ok(
+        "sandbox.read_file",
+        json!({"sandbox": a, "path": "/big", "encoding": "base64"}),
+    );
+    assert_eq!(r["bytes"], 5 << 20);
+    let back = b64.decode(r["data"].as_str().unwrap()).unwrap();
+    assert!(back == big, "5 MiB came back different");
+
+    // Forks do not share files; a missing file is the agent's refusal.
+    let e = w.err("sandbox.read_file", json!({"sandbox": b, "path": "/t"}));
+    assert_eq!(code(&e), 1010, "{e}");
+
+    // Over a limit: the guest's (the bare store holds 6 MiB), the call's, the worker's.
+    let e = w.err(
+        "sandbox.write_file",
+        json!({"sandbox": b, "path": "/x", "data_base64": b64.encode(vec![0u8; 7 << 20])}),
+    );
+    assert_eq!(code(&e), 1016, "{e}");
+    assert_eq!(e["data"]["kind"], "file_too_large");
+    let e = w.err(
+        "sandbox.read_file",
+        json!({"sandbox": a, "path": "/big", "max_bytes": 100}),
+    );
+    assert_eq!(code(&e), 1016, "{e}");
+    let e = w.err(
+        "sandbox.read_file",
+        json!({"sandbox": a, "path": "/big", "max_bytes": (16 << 20) + 1}),
+    );
+    assert_eq!(code(&e), -32602, "{e}");
+    // Refusals leave both sandboxes usable.
+    assert_eq!(exec(&mut w, &a, &["echo", "a"])["stdout"], "a\n");
+    assert_eq!(exec(&mut w, &b, &["echo", "b"])["stdout"], "b\n");
+    w.shutdown();
+
+    let mut w = Worker::spawn(Framing::Lsp, &["--max-file-bytes", "1000"]);
+    let info = w.ok("worker.info", json!({}));
+    assert_eq!(info["limits"]["max_write_bytes"], 1000);
+    let tpl = w.load_bare();
+    let sb = w.fork(&tpl);
+    let e = w.err(
+        "sandbox.write_file",
+        json!({"sandbox": sb, "path": "/x", "data": "y".repeat(1001)}),
+    );
+    assert_eq!(code(&e), 1016, "{e}");
+    w.ok(
+        "sandbox.write_file",
+        json!({"sandbox": sb, "path": "/x", "data": "y".repeat(1000)}),
+    );
+    w.shutdown();
 }
 
 #[test]

@@ -18,6 +18,8 @@
 //! answers with zero or more [`Kind::Output`] frames — each acknowledged by a
 //! [`Kind::Resume`] from the host — and exactly one final frame
 //! ([`Kind::Exit`], [`Kind::FileData`], [`Kind::Done`] or [`Kind::Error`]).
+//! A file larger than one frame moves as a run of such exchanges, one chunk
+//! each (see [`WriteFile`] and [`ReadFile`]), inside one host conversation.
 //!
 //! The crate has no `std` and no allocator: the bare guest links it too. Payloads
 //! are built with [`Writer`] and parsed with [`Reader`], which never panic on
@@ -57,9 +59,10 @@ pub enum Kind {
     Exec = 0x01,
     /// Host: continue after an [`Kind::Output`] frame; `flags` may carry [`RESUME_STOP_OUTPUT`].
     Resume = 0x02,
-    /// Host: write a file (path, mode, data).
+    /// Host: write one chunk of a file ([`WriteFile`] payload; flags
+    /// [`FILE_CONTINUE`], [`FILE_MORE`]).
     WriteFile = 0x03,
-    /// Host: read a file (path, max bytes).
+    /// Host: read one chunk of a file ([`ReadFile`] payload; flag [`FILE_CONTINUE`]).
     ReadFile = 0x04,
     /// Guest: booted and waiting for work ([`Ready`] payload).
     Ready = 0x81,
@@ -69,7 +72,7 @@ pub enum Kind {
     Exit = 0x83,
     /// Guest: the request failed inside the agent (code, message).
     Error = 0x84,
-    /// Guest: contents of a file read.
+    /// Guest: one chunk of a file read (raw bytes; flag [`FILE_MORE`]).
     FileData = 0x85,
     /// Guest: a request without output succeeded.
     Done = 0x86,
@@ -101,6 +104,14 @@ impl Kind {
 
 /// `Resume` flag: the host has enough output; stop sending more and finish.
 pub const RESUME_STOP_OUTPUT: u32 = 1;
+
+/// `WriteFile`/`ReadFile` flag: this chunk continues the transfer the
+/// previous request started (same path); without it a new transfer starts and
+/// any unfinished one is abandoned (an unfinished write leaves no file).
+pub const FILE_CONTINUE: u32 = 1;
+/// `WriteFile` flag: more chunks follow, so do not make the file visible yet.
+/// `FileData` flag: the chunk was full and the file may go on; ask for more.
+pub const FILE_MORE: u32 = 2;
 
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -356,62 +356,108 @@ impl<'a> AgentError<'a> {
     }
 }
 
-/// Payload of [`crate::Kind::WriteFile`].
+/// Payload of [`crate::Kind::WriteFile`]: one chunk of a file.
+///
+/// A file larger than one frame travels as several WriteFile frames in one
+/// conversation: the first without [`crate::FILE_CONTINUE`] (a new file, at
+/// offset 0), the others with it, each at the offset where the previous one
+/// ended; every frame but the last carries [`crate::FILE_MORE`]. The agent
+/// makes the file visible under `path`, with `mode`, only when the last chunk
+/// arrives, so an interrupted transfer never leaves a partial file there.
+/// A version-1 frame (no flags, no offset) is the one-chunk case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteFile<'a> {
     /// Absolute path in the guest.
     pub path: &'a [u8],
     /// Permission bits.
     pub mode: u32,
-    /// File contents.
+    /// This chunk's bytes.
     pub data: &'a [u8],
+    /// Where `data` starts in the file.
+    pub offset: u64,
 }
 
 impl<'a> WriteFile<'a> {
+    /// Payload bytes a chunk spends besides its path and data.
+    pub const OVERHEAD: usize = 4 + 4 + 4 + 8;
+
     /// Appends the payload.
     pub fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         w.bytes(self.path)?;
         w.u32(self.mode)?;
-        w.bytes(self.data)
+        w.bytes(self.data)?;
+        w.u64(self.offset)
     }
 
-    /// Parses the payload.
+    /// Parses the payload (a version-1 payload has no offset: 0).
     pub fn decode(payload: &'a [u8]) -> Result<WriteFile<'a>, WireError> {
         let mut r = Reader::new(payload);
-        let out = WriteFile {
-            path: r.bytes()?,
-            mode: r.u32()?,
-            data: r.bytes()?,
+        let (path, mode, data) = (r.bytes()?, r.u32()?, r.bytes()?);
+        let offset = if r.position() == payload.len() {
+            0
+        } else {
+            r.u64()?
         };
         r.finish()?;
-        Ok(out)
+        Ok(WriteFile {
+            path,
+            mode,
+            data,
+            offset,
+        })
     }
 }
 
-/// Payload of [`crate::Kind::ReadFile`].
+/// Payload of [`crate::Kind::ReadFile`]: a request for one chunk of a file.
+///
+/// The agent answers [`crate::Kind::FileData`] holding at most `length` bytes
+/// from `offset`, with [`crate::FILE_MORE`] in the header flags when the file
+/// may go on (a full chunk); the host asks for the next chunk with
+/// [`crate::FILE_CONTINUE`], which reads the file the agent already has open.
+/// A version-1 payload (no offset and length) asks for the whole file in one
+/// reply, and a file that does not fit is a [`AgentErrorCode::TooLarge`] error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadFile<'a> {
     /// Absolute path in the guest.
     pub path: &'a [u8],
-    /// Largest size accepted; a bigger file is an error, not a cut.
+    /// Largest file accepted; a bigger file is an error, not a cut.
     pub max_bytes: u32,
+    /// Where the chunk starts.
+    pub offset: u64,
+    /// Most bytes the reply may hold; `None` (version 1): the whole file.
+    pub length: Option<u32>,
 }
 
 impl<'a> ReadFile<'a> {
-    /// Appends the payload.
+    /// Appends the payload; without `length` only version-1 fields are written.
     pub fn encode(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         w.bytes(self.path)?;
-        w.u32(self.max_bytes)
+        w.u32(self.max_bytes)?;
+        match self.length {
+            Some(length) => {
+                w.u64(self.offset)?;
+                w.u32(length)
+            }
+            None if self.offset == 0 => Ok(()),
+            None => Err(WireError::BadValue),
+        }
     }
 
     /// Parses the payload.
     pub fn decode(payload: &'a [u8]) -> Result<ReadFile<'a>, WireError> {
         let mut r = Reader::new(payload);
-        let out = ReadFile {
-            path: r.bytes()?,
-            max_bytes: r.u32()?,
+        let (path, max_bytes) = (r.bytes()?, r.u32()?);
+        let (offset, length) = if r.position() == payload.len() {
+            (0, None)
+        } else {
+            (r.u64()?, Some(r.u32()?))
         };
         r.finish()?;
-        Ok(out)
+        Ok(ReadFile {
+            path,
+            max_bytes,
+            offset,
+            length,
+        })
     }
 }

@@ -182,3 +182,62 @@ fn exit_can_carry_the_last_output_chunk() {
         assert!(ExitStatus::decode(&buf[..cut]).is_err(), "cut at {cut}");
     }
 }
+
+#[test]
+fn file_chunks_round_trip_and_reject_truncation() {
+    let mut buf = [0u8; 128];
+    let chunk = WriteFile {
+        path: b"/tmp/f",
+        mode: 0o640,
+        data: b"abc",
+        offset: 1 << 40,
+    };
+    let mut w = Writer::new(&mut buf);
+    chunk.encode(&mut w).unwrap();
+    let n = w.position();
+    assert_eq!(n, WriteFile::OVERHEAD + 6 + 3);
+    assert_eq!(WriteFile::decode(&buf[..n]).unwrap(), chunk);
+    // Cutting the offset in half is an error, not a version-1 payload.
+    for cut in (n - 7)..n {
+        assert!(WriteFile::decode(&buf[..cut]).is_err(), "cut at {cut}");
+    }
+    let read = ReadFile {
+        path: b"/tmp/f",
+        max_bytes: 99,
+        offset: 7,
+        length: Some(5),
+    };
+    let mut w = Writer::new(&mut buf);
+    read.encode(&mut w).unwrap();
+    let n = w.position();
+    assert_eq!(ReadFile::decode(&buf[..n]).unwrap(), read);
+    for cut in (n - 11)..n {
+        assert!(ReadFile::decode(&buf[..cut]).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn version_1_file_payloads_still_decode() {
+    let mut buf = [0u8; 64];
+    let mut w = Writer::new(&mut buf);
+    w.bytes(b"/f").unwrap();
+    w.u32(0o600).unwrap();
+    w.bytes(b"hi").unwrap();
+    let n = w.position();
+    let old = WriteFile::decode(&buf[..n]).unwrap();
+    assert_eq!((old.data, old.offset), (&b"hi"[..], 0));
+
+    let whole = ReadFile {
+        path: b"/f",
+        max_bytes: 10,
+        offset: 0,
+        length: None,
+    };
+    let mut w = Writer::new(&mut buf);
+    whole.encode(&mut w).unwrap();
+    assert_eq!(w.position(), 4 + 2 + 4, "only version-1 fields");
+    assert_eq!(ReadFile::decode(&buf[..10]).unwrap(), whole);
+    let mut w = Writer::new(&mut buf);
+    let bad = ReadFile { offset: 1, ..whole };
+    assert_eq!(bad.encode(&mut w), Err(WireError::BadValue));
+}

@@ -65,7 +65,7 @@ fn unexpected_stop(stop: Stop, waiting_for: &str) -> AgentError {
 }
 
 /// Writes `request`, runs to the doorbell and reads the guest's frame.
-fn round_trip(
+pub(super) fn round_trip(
     vm: &mut Vm,
     mailbox: &Mailbox,
     request: &[u8],
@@ -78,32 +78,13 @@ fn round_trip(
     }
 }
 
-fn agent_error(payload: &[u8]) -> AgentError {
+pub(super) fn agent_error(payload: &[u8]) -> AgentError {
     match WireAgentError::decode(payload) {
         Ok(e) => AgentError::Agent {
             code: e.code,
             message: String::from_utf8_lossy(e.message).into_owned(),
         },
         Err(w) => w.into(),
-    }
-}
-
-/// Sends a request answered by one frame of kind `expect` (file operations);
-/// returns that frame's payload.
-pub fn request(
-    vm: &mut Vm,
-    mailbox: &Mailbox,
-    frame: &[u8],
-    expect: Kind,
-) -> Result<Vec<u8>, AgentError> {
-    let mut payload = Vec::new();
-    let header = round_trip(vm, mailbox, frame, &mut payload)?;
-    match header.kind {
-        k if k == expect => Ok(payload),
-        Kind::Error => Err(agent_error(&payload)),
-        other => Err(AgentError::Protocol(format!(
-            "expected {expect:?}, got {other:?}"
-        ))),
     }
 }
 

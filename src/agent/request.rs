@@ -1,9 +1,7 @@
-//! Encoding an exec request. Every request carries the host's wall clock and
+//! Encoding requests. Every exec carries the host's wall clock and
 //! fresh randomness, so the first exec after a fork already reseeds the guest.
 
-use zeroboot_proto::{
-    Exec, ExecParts, Kind, MAILBOX_SIZE, Program, ReadFile, WriteFile, encode_frame,
-};
+use zeroboot_proto::{Exec, ExecParts, Kind, MAILBOX_SIZE, Program, encode_frame};
 
 use super::AgentError;
 
@@ -31,7 +29,7 @@ pub fn encode_exec(
     seed: [u8; 32],
 ) -> Result<Vec<u8>, AgentError> {
     let size_hint = req.stdin.len() + req.argv.iter().map(String::len).sum::<usize>();
-    encode(Kind::Exec, size_hint, |w| {
+    encode(Kind::Exec, 0, size_hint, |w| {
         Exec::encode(
             w,
             ExecParts {
@@ -48,36 +46,16 @@ pub fn encode_exec(
     })
 }
 
-/// Builds a WriteFile frame.
-pub fn encode_write_file(path: &str, mode: u32, data: &[u8]) -> Result<Vec<u8>, AgentError> {
-    encode(Kind::WriteFile, path.len() + data.len(), |w| {
-        WriteFile {
-            path: path.as_bytes(),
-            mode,
-            data,
-        }
-        .encode(w)
-    })
-}
-
-/// Builds a ReadFile frame.
-pub fn encode_read_file(path: &str, max_bytes: u32) -> Result<Vec<u8>, AgentError> {
-    encode(Kind::ReadFile, path.len(), |w| {
-        ReadFile {
-            path: path.as_bytes(),
-            max_bytes,
-        }
-        .encode(w)
-    })
-}
-
-fn encode(
+/// Encodes one frame into a fresh buffer; a body that does not fit a mailbox
+/// is [`AgentError::RequestTooLarge`] (`size_hint` is the size reported).
+pub(super) fn encode(
     kind: Kind,
+    flags: u32,
     size_hint: usize,
     body: impl FnOnce(&mut zeroboot_proto::Writer<'_>) -> Result<(), zeroboot_proto::WireError>,
 ) -> Result<Vec<u8>, AgentError> {
     let mut buf = vec![0u8; MAILBOX_SIZE];
-    let n = encode_frame(&mut buf, kind, 0, body)
+    let n = encode_frame(&mut buf, kind, flags, body)
         .map_err(|_| AgentError::RequestTooLarge(size_hint))?;
     buf.truncate(n);
     Ok(buf)

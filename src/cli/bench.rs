@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use zeroboot::agent::ExecRequest;
-use zeroboot::engine::{Engine, EngineConfig, EngineError, ExecOptions};
+use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecOptions};
 
 use super::stats::summarize;
 use super::{EngineArgs, report};
@@ -112,6 +112,7 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
     for _ in 0..samples {
         exec_echo.push(timed(|| exec(&engine, &one.sandbox, &req))?.1);
     }
+    let (write_mib, read_mib) = file_round_trips(&engine, &one.sandbox, (samples / 10).max(1))?;
     engine.kill(&one.sandbox)?;
 
     let mut fork_exec = Vec::with_capacity(samples);
@@ -143,6 +144,8 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         "kill_us": summary(&kill),
         "exec_echo_us": summary(&exec_echo),
         "fork_exec_echo_us": summary(&fork_exec),
+        "write_file_1mib_us": summary(&write_mib),
+        "read_file_1mib_us": summary(&read_mib),
         "fork_cold_us": summary(&cold),
         "rpc_fork_us": summary(&rpc_fork),
         "rpc_exec_echo_us": summary(&rpc_exec),
@@ -155,6 +158,30 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         "private_dirty_kib_dirty10": fleet.dirty10_kib,
         "kernel_kib_per_vm": fleet.kernel_kib_per_vm,
     }))
+}
+
+/// Writes then reads back a 1 MiB file `n` times (16 chunks each way).
+fn file_round_trips(
+    engine: &Engine,
+    sandbox: &str,
+    n: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>), EngineError> {
+    const MIB: usize = 1 << 20;
+    let cancel = CancelToken::new();
+    let content: Vec<u8> = (0..MIB).map(|i| i as u8).collect();
+    let (mut writes, mut reads) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let data = content.clone();
+        writes.push(timed(|| engine.write_file(sandbox, "/bench", data, 0o644, None, &cancel))?.1);
+        let (back, d) = timed(|| engine.read_file(sandbox, "/bench", MIB, None, &cancel))?;
+        if back != content {
+            return Err(EngineError::InvalidRequest(
+                "bench file came back different".into(),
+            ));
+        }
+        reads.push(d);
+    }
+    Ok((writes, reads))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -270,6 +297,8 @@ fn print_table(v: &Value) {
         "kill_us",
         "exec_echo_us",
         "fork_exec_echo_us",
+        "write_file_1mib_us",
+        "read_file_1mib_us",
     ] {
         let s = &v[key];
         println!(

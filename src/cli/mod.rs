@@ -53,6 +53,9 @@ pub struct EngineArgs {
     /// Output bytes kept per exec when a call names no cap.
     #[arg(long, default_value_t = EngineConfig::default().default_output_cap)]
     output_cap: usize,
+    /// Largest file sandbox.write_file/read_file move, in bytes.
+    #[arg(long, default_value_t = EngineConfig::default().max_file_bytes)]
+    max_file_bytes: usize,
 }
 
 impl EngineArgs {
@@ -62,11 +65,14 @@ impl EngineArgs {
             max_sandboxes: self.max_sandboxes,
             default_timeout_ms: self.default_timeout_ms,
             default_output_cap: self.output_cap,
+            max_file_bytes: self.max_file_bytes,
         }
     }
 }
 
-const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
+/// Room for a request carrying a file of the default `max_file_bytes` (16 MiB)
+/// as base64 (4/3 of its size) with plenty to spare.
+const DEFAULT_MAX_MESSAGE: usize = 32 << 20;
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {

@@ -1,7 +1,7 @@
 //! The engine's errors: what a caller (the RPC layer, the CLI, a test) can act
 //! on. The RPC layer maps each variant to a JSON-RPC code in one place.
 
-use crate::agent::AgentError;
+use crate::agent::{AgentError, AgentErrorCode};
 use crate::vmm::VmmError;
 
 /// Errors from engine operations.
@@ -63,6 +63,13 @@ pub enum EngineError {
         /// The agent's message.
         message: String,
     },
+    /// A file exceeds a size limit: the host's `max_file_bytes`, the read's
+    /// `max_bytes`, or the guest's own (the bare guest's file store is small).
+    #[error("file too large: {detail}")]
+    FileTooLarge {
+        /// Which limit, and by how much.
+        detail: String,
+    },
     /// A configured limit was reached.
     #[error("resource limit: {0}")]
     ResourceLimit(String),
@@ -103,6 +110,10 @@ impl EngineError {
             AgentError::Protocol(detail) => EngineError::GuestProtocol { detail },
             AgentError::Crashed(reason) => EngineError::GuestCrashed { reason },
             AgentError::Interrupted => EngineError::Cancelled,
+            AgentError::Agent {
+                code: AgentErrorCode::TooLarge,
+                message,
+            } => EngineError::FileTooLarge { detail: message },
             AgentError::Agent { message, .. } => EngineError::AgentFailed { message },
             AgentError::RequestTooLarge(n) => EngineError::InvalidRequest(format!(
                 "request of {n} bytes exceeds the guest mailbox"

@@ -1,49 +1,77 @@
-//! Writing and reading files inside a sandbox (agents that support it; the
-//! bare guest answers "unsupported"). A file travels in one frame, so its size
-//! is capped by the guest's mailbox.
+//! Writing and reading files inside a sandbox. A file moves in chunks of one
+//! mailbox frame each, all inside one conversation: one deadline and one
+//! cancel token for the whole file, and the guest sees a chunked write only
+//! once its last chunk arrived (see `zeroboot_proto::WriteFile`).
 
 use std::time::Duration;
 
 use super::{CancelToken, Engine, EngineError};
-use crate::agent::{self, Kind};
+use crate::agent::{self, VmLink};
 
 impl Engine {
     /// Writes `data` to `path` in the sandbox with permission bits `mode`.
+    /// Files over `max_file_bytes` are refused before the guest sees them.
     pub fn write_file(
         &self,
         id: &str,
         path: &str,
-        data: &[u8],
+        data: Vec<u8>,
         mode: u32,
         timeout: Option<Duration>,
+        cancel: &CancelToken,
     ) -> Result<(), EngineError> {
-        let frame = agent::encode_write_file(path, mode, data).map_err(EngineError::from_agent)?;
+        let limit = self.0.config.max_file_bytes;
+        if data.len() > limit {
+            return Err(EngineError::FileTooLarge {
+                detail: format!("{} bytes exceed the {limit}-byte file limit", data.len()),
+            });
+        }
+        let path = path.to_string();
         self.converse(
             id,
             self.timeout_or_default(timeout),
-            &CancelToken::new(),
+            cancel,
             &mut |_, _| {},
             Box::new(move |vm, tpl, _| {
-                agent::request(vm, &tpl.mailbox, &frame, Kind::Done).map(drop)
+                let mut link = VmLink {
+                    vm,
+                    mailbox: &tpl.mailbox,
+                };
+                agent::write_file(&mut link, &path, mode, &data)
             }),
         )
     }
 
-    /// Reads `path` from the sandbox; a file larger than `max_bytes` is an error.
+    /// Reads `path` from the sandbox; a file larger than `max_bytes` (at most
+    /// `max_file_bytes`) is [`EngineError::FileTooLarge`].
     pub fn read_file(
         &self,
         id: &str,
         path: &str,
-        max_bytes: u32,
+        max_bytes: usize,
         timeout: Option<Duration>,
+        cancel: &CancelToken,
     ) -> Result<Vec<u8>, EngineError> {
-        let frame = agent::encode_read_file(path, max_bytes).map_err(EngineError::from_agent)?;
+        let limit = self.0.config.max_file_bytes;
+        let max = u32::try_from(max_bytes)
+            .ok()
+            .filter(|_| max_bytes <= limit)
+            .ok_or_else(|| {
+                EngineError::InvalidRequest(format!("max_bytes must be at most {limit}"))
+            })?;
+        let path = path.to_string();
         self.converse(
             id,
             self.timeout_or_default(timeout),
-            &CancelToken::new(),
+            cancel,
             &mut |_, _| {},
-            Box::new(move |vm, tpl, _| agent::request(vm, &tpl.mailbox, &frame, Kind::FileData)),
+            Box::new(move |vm, tpl, _| {
+                let mut link = VmLink {
+                    vm,
+                    mailbox: &tpl.mailbox,
+                };
+                agent::read_file(&mut link, &path, max)
+            }),
         )
     }
 }

@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub default_timeout_ms: u64,
     /// Output bytes (stdout + stderr) kept per exec by default.
     pub default_output_cap: usize,
+    /// Largest file `write_file` sends and `read_file` accepts (the guest
+    /// may set a lower limit of its own).
+    pub max_file_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +58,7 @@ impl Default for EngineConfig {
             max_sandboxes: 4096,
             default_timeout_ms: 30_000,
             default_output_cap: 1 << 20,
+            max_file_bytes: 16 << 20,
         }
     }
 }

@@ -53,6 +53,8 @@ pub const VMM_ERROR: i32 = 1013;
 pub const LINUX_NEEDS_HARDWARE_KVM: i32 = 1014;
 /// A Linux guest did not boot to the agent's Ready.
 pub const LINUX_BOOT_FAILED: i32 = 1015;
+/// A file exceeds the host's, the call's or the guest's size limit.
+pub const FILE_TOO_LARGE: i32 = 1016;
 
 fn error(code: i32, message: impl Into<String>, data: Value) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(code, message.into(), Some(data))
@@ -115,6 +117,11 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             AGENT_FAILED,
             msg,
             json!({"kind": "agent_failed", "message": message}),
+        ),
+        EngineError::FileTooLarge { detail } => error(
+            FILE_TOO_LARGE,
+            msg,
+            json!({"kind": "file_too_large", "detail": detail}),
         ),
         EngineError::ResourceLimit(detail) => error(
             RESOURCE_LIMIT,
@@ -267,6 +274,9 @@ pub(crate) mod tests {
             EngineError::AgentFailed {
                 message: "unsupported".into(),
             },
+            EngineError::FileTooLarge {
+                detail: "over the limit".into(),
+            },
             EngineError::ResourceLimit("too many".into()),
             EngineError::InvalidRequest("empty argv".into()),
             EngineError::TemplateFile {
@@ -294,6 +304,7 @@ pub(crate) mod tests {
                 | EngineError::GuestCrashed { .. }
                 | EngineError::GuestProtocol { .. }
                 | EngineError::AgentFailed { .. }
+                | EngineError::FileTooLarge { .. }
                 | EngineError::ResourceLimit(_)
                 | EngineError::InvalidRequest(_)
                 | EngineError::TemplateFile { .. }

@@ -45,8 +45,6 @@ pub const EXEC_HOST_GRACE_MS: u64 = 500;
 pub const MAX_OUTPUT_CAP: usize = 64 << 20;
 /// Largest `count` of one `sandbox.fork`.
 pub const MAX_FORK_COUNT: usize = 4096;
-/// Largest `max_bytes` of one `sandbox.read_file`.
-pub const MAX_READ_BYTES: usize = 1 << 20;
 /// Smallest `memory_mib` of `template.build`.
 pub const MIN_LINUX_MEMORY_MIB: usize = 64;
 /// Largest `memory_mib` of `template.build`.
@@ -60,6 +58,8 @@ pub struct State {
     pub engine: Result<Engine, String>,
     /// Largest accepted message body.
     pub max_message_bytes: usize,
+    /// Largest file `sandbox.write_file` and `sandbox.read_file` move.
+    pub max_file_bytes: usize,
     /// Set once a `shutdown` request arrives.
     pub shutting_down: AtomicBool,
     /// When the worker started.
@@ -223,49 +223,8 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(&mut m, "sandbox.snapshot", |engine, p: SandboxRef, _| {
         engine.snapshot_sandbox(&p.sandbox).map_err(engine_err)
     });
-    engine_method(
-        &mut m,
-        "sandbox.write_file",
-        |engine, p: SandboxWriteFile, _| {
-            let data = match (p.data, p.data_base64) {
-                (Some(text), None) => text.into_bytes(),
-                (None, Some(b64)) => output::decode_base64(&b64).map_err(errors::invalid_params)?,
-                (None, None) => Vec::new(),
-                (Some(_), Some(_)) => {
-                    return Err(errors::invalid_params(
-                        "give at most one of `data` or `data_base64`",
-                    ));
-                }
-            };
-            if p.mode > 0o7777 {
-                return Err(errors::invalid_params("mode must be at most 0o7777 (4095)"));
-            }
-            engine
-                .write_file(&p.sandbox, &p.path, &data, p.mode, None)
-                .map_err(engine_err)?;
-            Ok(serde_json::json!({ "bytes": data.len() }))
-        },
-    );
-    engine_method(
-        &mut m,
-        "sandbox.read_file",
-        |engine, p: SandboxReadFile, _| {
-            let max = p.max_bytes.unwrap_or(MAX_READ_BYTES);
-            if max > MAX_READ_BYTES {
-                return Err(errors::invalid_params(format!(
-                    "max_bytes must be at most {MAX_READ_BYTES}"
-                )));
-            }
-            let data = engine
-                .read_file(&p.sandbox, &p.path, max as u32, None)
-                .map_err(engine_err)?;
-            Ok(FileContent {
-                data: output::encode(&data, p.encoding),
-                encoding: p.encoding,
-                bytes: data.len(),
-            })
-        },
-    );
+    engine_method(&mut m, "sandbox.write_file", write_file);
+    engine_method(&mut m, "sandbox.read_file", read_file);
 
     m.register_async_method("worker.info", |params, state, ext| async move {
         let _: Empty = parse(&params)?;
@@ -295,17 +254,24 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     m
 }
 
+/// Bytes given as UTF-8 text in `name` or as base64 in `name_base64` (at most one; neither: empty).
+fn bytes_param(
+    text: Option<String>,
+    base64: Option<String>,
+    name: &str,
+) -> Result<Vec<u8>, ErrorObjectOwned> {
+    match (text, base64) {
+        (Some(text), None) => Ok(text.into_bytes()),
+        (None, Some(b64)) => output::decode_base64(&b64).map_err(errors::invalid_params),
+        (None, None) => Ok(Vec::new()),
+        (Some(_), Some(_)) => Err(errors::invalid_params(format!(
+            "give at most one of `{name}` or `{name}_base64`"
+        ))),
+    }
+}
+
 fn exec(engine: &Engine, p: SandboxExec, call: &Call) -> Result<ExecResult, ErrorObjectOwned> {
-    let stdin = match (p.stdin, p.stdin_base64) {
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(b64)) => output::decode_base64(&b64).map_err(errors::invalid_params)?,
-        (None, None) => Vec::new(),
-        (Some(_), Some(_)) => {
-            return Err(errors::invalid_params(
-                "give at most one of `stdin` or `stdin_base64`",
-            ));
-        }
-    };
+    let stdin = bytes_param(p.stdin, p.stdin_base64, "stdin")?;
     let config = engine.config();
     let timeout_ms = p.timeout_ms.unwrap_or(config.default_timeout_ms);
     if timeout_ms == 0 || timeout_ms > u64::from(u32::MAX) {
@@ -379,6 +345,39 @@ fn exec(engine: &Engine, p: SandboxExec, call: &Call) -> Result<ExecResult, Erro
     })
 }
 
+fn write_file(
+    engine: &Engine,
+    p: SandboxWriteFile,
+    call: &Call,
+) -> Result<serde_json::Value, ErrorObjectOwned> {
+    let data = bytes_param(p.data, p.data_base64, "data")?;
+    if p.mode > 0o7777 {
+        return Err(errors::invalid_params("mode must be at most 0o7777 (4095)"));
+    }
+    let bytes = data.len();
+    engine
+        .write_file(&p.sandbox, &p.path, data, p.mode, None, &call.cancel)
+        .map_err(engine_err)?;
+    Ok(serde_json::json!({ "bytes": bytes }))
+}
+
+fn read_file(
+    engine: &Engine,
+    p: SandboxReadFile,
+    call: &Call,
+) -> Result<FileContent, ErrorObjectOwned> {
+    // The engine refuses a `max_bytes` over its limit.
+    let max = p.max_bytes.unwrap_or(engine.config().max_file_bytes);
+    let data = engine
+        .read_file(&p.sandbox, &p.path, max, None, &call.cancel)
+        .map_err(engine_err)?;
+    Ok(FileContent {
+        data: output::encode(&data, p.encoding),
+        encoding: p.encoding,
+        bytes: data.len(),
+    })
+}
+
 fn stream_index(s: Stream) -> usize {
     match s {
         Stream::Stdout => 0,
@@ -423,6 +422,7 @@ struct Limits {
     exec_host_grace_ms: u64,
     max_fork_count: usize,
     max_read_bytes: usize,
+    max_write_bytes: usize,
     max_message_bytes: usize,
 }
 
@@ -457,7 +457,8 @@ fn worker_info(state: &State, framing: Option<&'static str>) -> WorkerInfo {
             max_output_cap: MAX_OUTPUT_CAP.max(config.map_or(0, |c| c.default_output_cap)),
             exec_host_grace_ms: EXEC_HOST_GRACE_MS,
             max_fork_count: MAX_FORK_COUNT,
-            max_read_bytes: MAX_READ_BYTES,
+            max_read_bytes: state.max_file_bytes,
+            max_write_bytes: state.max_file_bytes,
             max_message_bytes: state.max_message_bytes,
         },
         capabilities: Capabilities {

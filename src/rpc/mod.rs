@@ -104,6 +104,7 @@ fn state(engine: Result<Engine, String>, opts: &ServeOptions) -> methods::State 
     methods::State {
         engine,
         max_message_bytes: opts.max_message_bytes,
+        max_file_bytes: opts.engine.max_file_bytes,
         shutting_down: AtomicBool::new(false),
         started: Instant::now(),
     }

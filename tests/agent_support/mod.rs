@@ -7,8 +7,8 @@
 use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 use zeroboot_proto::{
-    AgentError, AgentErrorCode, Exec, ExecParts, ExitStatus, HEADER_LEN, Header, Kind, MAX_PAYLOAD,
-    Output, Program, RESUME_STOP_OUTPUT, ReadFile, Ready, Stream, WriteFile, encode_frame,
+    AgentError, AgentErrorCode, Exec, ExecParts, ExitStatus, HEADER_LEN, Header, Kind,
+    MAILBOX_SIZE, MAX_PAYLOAD, Output, Program, RESUME_STOP_OUTPUT, Ready, Stream, encode_frame,
 };
 
 /// What an exec asks for.
@@ -232,34 +232,39 @@ impl<R: Read, W: Write> Client<R, W> {
         }
     }
 
+    /// Writes a file through the host's own chunked transfer code.
     pub fn write_file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<(), End> {
-        self.send(Kind::WriteFile, 0, |w| {
-            WriteFile {
-                path: path.as_bytes(),
-                mode,
-                data,
-            }
-            .encode(w)
-        });
-        match self.recv() {
-            (h, _) if h.kind == Kind::Done => Ok(()),
-            (h, p) if h.kind == Kind::Error => Err(Self::error_of(&p)),
-            (h, _) => panic!("unexpected {:?} after write_file", h.kind),
-        }
+        zeroboot::agent::write_file(self, path, mode, data).map_err(agent_end)
     }
 
+    /// Reads a file through the host's own chunked transfer code.
     pub fn read_file(&mut self, path: &str, max_bytes: u32) -> Result<Vec<u8>, End> {
-        self.send(Kind::ReadFile, 0, |w| {
-            ReadFile {
-                path: path.as_bytes(),
-                max_bytes,
-            }
-            .encode(w)
-        });
-        match self.recv() {
-            (h, p) if h.kind == Kind::FileData => Ok(p),
-            (h, p) if h.kind == Kind::Error => Err(Self::error_of(&p)),
-            (h, _) => panic!("unexpected {:?} after read_file", h.kind),
-        }
+        zeroboot::agent::read_file(self, path, max_bytes).map_err(agent_end)
+    }
+}
+
+/// An agent's refusal as an [`End`]; anything else is a broken conversation.
+fn agent_end(e: zeroboot::agent::AgentError) -> End {
+    match e {
+        zeroboot::agent::AgentError::Agent { code, message } => End::Error(code, message),
+        other => panic!("file transfer failed: {other}"),
+    }
+}
+
+impl<R: Read, W: Write> zeroboot::agent::FrameLink for Client<R, W> {
+    fn capacity(&self) -> usize {
+        MAILBOX_SIZE
+    }
+
+    fn round_trip(
+        &mut self,
+        frame: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<Header, zeroboot::agent::AgentError> {
+        self.w.write_all(frame).unwrap();
+        self.w.flush().unwrap();
+        let (header, payload) = self.recv();
+        *reply = payload;
+        Ok(header)
     }
 }

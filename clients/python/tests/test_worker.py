@@ -7,8 +7,8 @@ import pytest
 
 import zeroboot
 from zeroboot import (
-    AsyncZeroboot, CancelToken, ExecTimeoutError, RequestCancelledError, SandboxNotFoundError, TemplateNotFoundError,
-    WorkerExitedError, Zeroboot,
+    AgentFailedError, AsyncZeroboot, CancelToken, ExecTimeoutError, FileTooLargeError, RequestCancelledError,
+    SandboxNotFoundError, TemplateNotFoundError, WorkerExitedError, Zeroboot,
 )
 
 pytestmark = pytest.mark.kvm
@@ -37,6 +37,31 @@ def test_happy_path(zb, bare):
         assert any(x["sandbox"] == sb.id for x in zb.sandboxes())
         assert sb.stats()
     assert not any(x["sandbox"] == sb.id for x in zb.sandboxes())
+
+
+def test_files(zb, bare):
+    with zb.fork(bare) as sb:
+        assert sb.write_file("/etc/motd", "h\u00e9llo\n", mode=0o600) == 7
+        assert sb.read_file("/etc/motd").decode() == "h\u00e9llo\n"
+        assert sb.write_file("/empty", b"") == 0 and sb.read_file("/empty") == b""
+        big = bytes((i * 31) % 251 for i in range(3 * 1024 * 1024 + 1))
+        assert sb.write_file("/data/big.bin", big) == len(big)
+        assert sb.read_file("/data/big.bin") == big
+        with pytest.raises(FileTooLargeError):
+            sb.read_file("/data/big.bin", max_bytes=1000)
+        with pytest.raises(FileTooLargeError):
+            sb.write_file("/huge", bytes(7 * 1024 * 1024))
+        with pytest.raises(AgentFailedError):
+            sb.read_file("/missing")
+        # A snapshot carries the files; its forks and the original diverge afterwards.
+        branch = sb.snapshot()
+        with zb.fork(branch) as child:
+            assert child.read_file("/etc/motd") == "h\u00e9llo\n".encode()
+            child.write_file("/etc/motd", "child")
+            assert sb.read_file("/etc/motd") == "h\u00e9llo\n".encode()
+        with zb.fork(bare) as other, pytest.raises(AgentFailedError):
+            other.read_file("/etc/motd")
+        zb.unload_template(branch)
 
 
 def test_typed_errors(zb, bare):
@@ -139,6 +164,12 @@ def test_asyncio_api():
                 s = sb.stream(["echo", "streamed"])
                 text = "".join([c.data async for c in s if c.stream == "stdout"])
                 assert "streamed" in text and (await s.result).exit_code == 0
+                assert await sb.write_file("/f", b"\x00\xff" * 40_000) == 80_000
+                assert await sb.read_file("/f") == b"\x00\xff" * 40_000
+                branch = await sb.snapshot()
+                async with await zb.fork(branch) as child:
+                    assert await child.read_file("/f", max_bytes=80_000) == b"\x00\xff" * 40_000
+                await zb.unload_template(branch)
             # cancellation: cancelling the task sends $/cancelRequest
             sb = await zb.fork(t)
             task = asyncio.ensure_future(sb.exec(["spin"], timeout_ms=120_000))

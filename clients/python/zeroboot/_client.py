@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import queue
 import threading
@@ -115,6 +116,28 @@ def _exec_params(sandbox: str, argv: Sequence[str], stdin, env, cwd, timeout_ms,
     return p
 
 
+def _write_params(sandbox: str, path: str, data: Union[str, bytes], mode: Optional[int]) -> Dict[str, Any]:
+    p: Dict[str, Any] = {"sandbox": sandbox, "path": path}
+    if isinstance(data, str):
+        p["data"] = data
+    else:
+        p["data_base64"] = base64.b64encode(data).decode("ascii")
+    if mode is not None:
+        p["mode"] = mode
+    return p
+
+
+def _read_params(sandbox: str, path: str, max_bytes: Optional[int]) -> Dict[str, Any]:
+    p: Dict[str, Any] = {"sandbox": sandbox, "path": path, "encoding": "base64"}
+    if max_bytes is not None:
+        p["max_bytes"] = max_bytes
+    return p
+
+
+def _template(r: Dict[str, Any]) -> Template:
+    return Template(r["template"], r["memory_bytes"])
+
+
 def _load_params(builtin: Optional[str], path: Optional[str]) -> Dict[str, Any]:
     if (builtin is None) == (path is None):
         raise ValueError("give exactly one of builtin= or path=")
@@ -190,8 +213,7 @@ class Zeroboot:
         return self.call("rpc.discover")
 
     def load_template(self, *, builtin: Optional[str] = None, path: Optional[str] = None) -> Template:
-        r = self.call("template.load", _load_params(builtin, path))
-        return Template(r["template"], r["memory_bytes"])
+        return _template(self.call("template.load", _load_params(builtin, path)))
 
     def templates(self) -> List[Dict[str, Any]]:
         return self.call("template.list")["templates"]
@@ -282,6 +304,21 @@ class Sandbox:
     def stream(self, argv: Sequence[str], **kw: Any) -> "ExecStream":
         """Runs argv with streamed output: `s = sb.stream(argv); for chunk in s: ...; s.result`."""
         return ExecStream(self, argv, kw)
+
+    def write_file(self, path: str, data: Union[str, bytes], *, mode: Optional[int] = None,
+                   cancel: Optional[CancelToken] = None) -> int:
+        """Writes data (str as UTF-8) to path, replacing any file there, and returns the byte count. The
+        worker moves it in chunks and makes it visible only once complete; over the limits: FileTooLargeError."""
+        return self.worker.call("sandbox.write_file", _write_params(self.id, path, data, mode), cancel=cancel)["bytes"]
+
+    def read_file(self, path: str, *, max_bytes: Optional[int] = None, cancel: Optional[CancelToken] = None) -> bytes:
+        """Reads path as bytes; a file larger than max_bytes (default: the worker's limit) is FileTooLargeError."""
+        r = self.worker.call("sandbox.read_file", _read_params(self.id, path, max_bytes), cancel=cancel)
+        return base64.b64decode(r["data"])
+
+    def snapshot(self) -> Template:
+        """Captures this sandbox's current state as a new template (a branch point); the sandbox carries on."""
+        return _template(self.worker.call("sandbox.snapshot", {"sandbox": self.id}))
 
     def stats(self) -> Dict[str, Any]:
         return self.worker.call("sandbox.stats", {"sandbox": self.id})
@@ -400,8 +437,7 @@ class AsyncZeroboot:
         return await self.call("rpc.discover")
 
     async def load_template(self, *, builtin: Optional[str] = None, path: Optional[str] = None) -> Template:
-        r = await self.call("template.load", _load_params(builtin, path))
-        return Template(r["template"], r["memory_bytes"])
+        return _template(await self.call("template.load", _load_params(builtin, path)))
 
     async def templates(self) -> List[Dict[str, Any]]:
         return (await self.call("template.list"))["templates"]
@@ -484,6 +520,19 @@ class AsyncSandbox:
     def stream(self, argv: Sequence[str], **kw: Any) -> "AsyncExecStream":
         """`s = sb.stream(argv); async for chunk in s: ...; r = await s.result`."""
         return AsyncExecStream(self, argv, kw)
+
+    async def write_file(self, path: str, data: Union[str, bytes], *, mode: Optional[int] = None) -> int:
+        """See Sandbox.write_file."""
+        return (await self.worker.call("sandbox.write_file", _write_params(self.id, path, data, mode)))["bytes"]
+
+    async def read_file(self, path: str, *, max_bytes: Optional[int] = None) -> bytes:
+        """See Sandbox.read_file."""
+        r = await self.worker.call("sandbox.read_file", _read_params(self.id, path, max_bytes))
+        return base64.b64decode(r["data"])
+
+    async def snapshot(self) -> Template:
+        """See Sandbox.snapshot."""
+        return _template(await self.worker.call("sandbox.snapshot", {"sandbox": self.id}))
 
     async def stats(self) -> Dict[str, Any]:
         return await self.worker.call("sandbox.stats", {"sandbox": self.id})

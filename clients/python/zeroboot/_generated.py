@@ -88,7 +88,8 @@ WorkerInfoLimits = TypedDict("WorkerInfoLimits", {
     'max_output_cap': int,  # Largest `output_cap` accepted.
     'exec_host_grace_ms': int,  # How long past `timeout_ms` the host waits before it stops the vCPU itself.
     'max_fork_count': int,  # Largest `count` of one `sandbox.fork`.
-    'max_read_bytes': int,  # Largest `max_bytes` of one `sandbox.read_file`.
+    'max_read_bytes': int,  # Largest `max_bytes` of one `sandbox.read_file` (the worker's `--max-file-bytes`, 16 MiB by default).
+    'max_write_bytes': int,  # Largest content of one `sandbox.write_file` (`--max-file-bytes`); larger is error 1016. A request must also fit `max_message_bytes` (base64 is 4/3 of the bytes).
     'max_message_bytes': int,  # Largest request body accepted (`--max-message-bytes`); larger ones are skipped unread and answered with -32600 `message_too_large`.
 })
 
@@ -250,6 +251,12 @@ LinuxBootFailedData = TypedDict("LinuxBootFailedData", {
     'console': str,  # The end of the guest's serial console.
 })
 
+# A file over a size limit: the worker's `max_file_bytes` (`--max-file-bytes`, `limits.max_write_bytes`), the read's `max_bytes`, or the guest's own (the bare guest's file store holds 6 MiB in all). The sandbox stays usable and an existing file under that path is unchanged.
+FileTooLargeData = TypedDict("FileTooLargeData", {
+    'kind': Literal['file_too_large'],
+    'detail': str,
+})
+
 ErrorObject1 = TypedDict("ErrorObject1", {
     'code': Literal[-32700],
     'message': str,
@@ -376,7 +383,13 @@ ErrorObject21 = TypedDict("ErrorObject21", {
     'data': "LinuxBootFailedData",
 })
 
-ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19", "ErrorObject20", "ErrorObject21"]
+ErrorObject22 = TypedDict("ErrorObject22", {
+    'code': Literal[1016],
+    'message': str,
+    'data': "FileTooLargeData",
+})
+
+ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19", "ErrorObject20", "ErrorObject21", "ErrorObject22"]
 
 # Params of template.load
 TemplateLoadParams = TypedDict("TemplateLoadParams", {
@@ -485,7 +498,7 @@ SandboxSnapshotResult = "TemplateInfo"
 # Params of sandbox.write_file
 SandboxWriteFileParams = TypedDict("SandboxWriteFileParams", {
     'sandbox': "SandboxId",  # The sandbox.
-    'path': str,  # Absolute path in the guest.
+    'path': str,  # Absolute path in the guest; missing parent directories are created.
     'data': NotRequired[str],  # Content as UTF-8 text.
     'data_base64': NotRequired[str],  # Content as base64 (exclusive with `data`).
     'mode': NotRequired[int],  # Permission bits (default 0o644 = 420).
@@ -499,7 +512,7 @@ SandboxWriteFileResult = TypedDict("SandboxWriteFileResult", {
 SandboxReadFileParams = TypedDict("SandboxReadFileParams", {
     'sandbox': "SandboxId",  # The sandbox.
     'path': str,  # Absolute path in the guest.
-    'max_bytes': NotRequired[int],  # Largest content accepted (default and maximum: `limits.max_read_bytes`).
+    'max_bytes': NotRequired[int],  # Largest content accepted (default and maximum: `limits.max_read_bytes`, 16 MiB unless the worker was started with another `--max-file-bytes`).
     'encoding': NotRequired["Encoding"],  # Encoding of `data` (default utf8).
 })
 
@@ -639,7 +652,7 @@ class GuestProtocolError(RpcError):
 
 
 class AgentFailedError(RpcError):
-    """1010: The agent in the guest refused or failed the request (e.g. file operations on the bare guest: unsupported). data: AgentFailedData."""
+    """1010: The agent in the guest refused or failed the request (e.g. reading a file that does not exist). data: AgentFailedData."""
 
     code = 1010
 
@@ -674,6 +687,12 @@ class LinuxBootFailedError(RpcError):
     code = 1015
 
 
+class FileTooLargeError(RpcError):
+    """1016: A file exceeds a size limit (the worker's, the call's `max_bytes`, or the guest's). data: FileTooLargeData."""
+
+    code = 1016
+
+
 ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     -32800: RequestCancelledError,
     -32700: ParseError,
@@ -696,6 +715,7 @@ ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     1013: VmmError,
     1014: LinuxNeedsHardwareKvmError,
     1015: LinuxBootFailedError,
+    1016: FileTooLargeError,
 }
 
 

@@ -123,8 +123,10 @@ export type WorkerInfo = {
     exec_host_grace_ms: number;
     /** Largest `count` of one `sandbox.fork`. */
     max_fork_count: number;
-    /** Largest `max_bytes` of one `sandbox.read_file`. */
+    /** Largest `max_bytes` of one `sandbox.read_file` (the worker's `--max-file-bytes`, 16 MiB by default). */
     max_read_bytes: number;
+    /** Largest content of one `sandbox.write_file` (`--max-file-bytes`); larger is error 1016. A request must also fit `max_message_bytes` (base64 is 4/3 of the bytes). */
+    max_write_bytes: number;
     /** Largest request body accepted (`--max-message-bytes`); larger ones are skipped unread and answered with -32600 `message_too_large`. */
     max_message_bytes: number;
   };
@@ -268,6 +270,12 @@ export type LinuxBootFailedData = {
   console: string;
 };
 
+/** A file over a size limit: the worker's `max_file_bytes` (`--max-file-bytes`, `limits.max_write_bytes`), the read's `max_bytes`, or the guest's own (the bare guest's file store holds 6 MiB in all). The sandbox stays usable and an existing file under that path is unchanged. */
+export type FileTooLargeData = {
+  kind: "file_too_large";
+  detail: string;
+};
+
 /** Every error this worker sends: `code` selects the shape of `data`. */
 export type ErrorObject = {
   code: -32700;
@@ -353,6 +361,10 @@ export type ErrorObject = {
   code: 1015;
   message: string;
   data: LinuxBootFailedData;
+} | {
+  code: 1016;
+  message: string;
+  data: FileTooLargeData;
 };
 
 /** Params of `template.load`: Load a template. */
@@ -504,7 +516,7 @@ export type SandboxSnapshotResult = TemplateInfo;
 export type SandboxWriteFileParams = {
   /** The sandbox. */
   sandbox: SandboxId;
-  /** Absolute path in the guest. */
+  /** Absolute path in the guest; missing parent directories are created. */
   path: string;
   /** Content as UTF-8 text. */
   data?: string;
@@ -526,7 +538,7 @@ export type SandboxReadFileParams = {
   sandbox: SandboxId;
   /** Absolute path in the guest. */
   path: string;
-  /** Largest content accepted (default and maximum: `limits.max_read_bytes`). */
+  /** Largest content accepted (default and maximum: `limits.max_read_bytes`, 16 MiB unless the worker was started with another `--max-file-bytes`). */
   max_bytes?: number;
   /** Encoding of `data` (default utf8). */
   encoding?: Encoding;
@@ -634,6 +646,7 @@ export const ErrorCode = {
   Vmm: 1013,
   LinuxNeedsHardwareKvm: 1014,
   LinuxBootFailed: 1015,
+  FileTooLarge: 1016,
 } as const;
 
 /** -32800: Request cancelled by $/cancelRequest. data: CancelledData. */
@@ -711,7 +724,7 @@ export class GuestProtocolError extends ZerobootRpcError {
   static readonly code = 1009;
 }
 
-/** 1010: The agent in the guest refused or failed the request (e.g. file operations on the bare guest: unsupported). data: AgentFailedData. */
+/** 1010: The agent in the guest refused or failed the request (e.g. reading a file that does not exist). data: AgentFailedData. */
 export class AgentFailedError extends ZerobootRpcError {
   static readonly code = 1010;
 }
@@ -741,6 +754,11 @@ export class LinuxBootFailedError extends ZerobootRpcError {
   static readonly code = 1015;
 }
 
+/** 1016: A file exceeds a size limit (the worker's, the call's `max_bytes`, or the guest's). data: FileTooLargeData. */
+export class FileTooLargeError extends ZerobootRpcError {
+  static readonly code = 1016;
+}
+
 const ERROR_CLASSES: Record<number, typeof ZerobootRpcError> = {
   [-32800]: RequestCancelledError,
   [-32700]: ParseError,
@@ -763,6 +781,7 @@ const ERROR_CLASSES: Record<number, typeof ZerobootRpcError> = {
   [1013]: VmmError,
   [1014]: LinuxNeedsHardwareKvmError,
   [1015]: LinuxBootFailedError,
+  [1016]: FileTooLargeError,
 };
 
 /** The typed error for a JSON-RPC error object (ZerobootRpcError for codes the schema does not list). */

@@ -66,6 +66,18 @@ export interface ExecOptions extends CallOptions {
   onOutput?: (chunk: OutputChunk) => void;
 }
 
+/** Options of {@link Sandbox.writeFile}. */
+export interface WriteFileOptions extends CallOptions {
+  /** Permission bits (default 0o644). */
+  mode?: number;
+}
+
+/** Options of {@link Sandbox.readFile}. */
+export interface ReadFileOptions extends CallOptions {
+  /** Largest file accepted (default and maximum: the worker's `limits.max_read_bytes`); larger is `FileTooLargeError`. */
+  maxBytes?: number;
+}
+
 type RawExecResult = ResultOf<"sandbox.exec">;
 
 /** Result of {@link Sandbox.exec}, with camelCase names. `raw` is the worker's result as sent. */
@@ -432,6 +444,30 @@ export class Sandbox implements AsyncDisposable {
         await result; // rethrow the exec's error at the end of the iteration
       },
     };
+  }
+
+  /** Writes `data` (a string is written as UTF-8) to `path`, replacing any file there, and returns the byte count.
+   * The worker moves it in chunks and makes it visible only once complete. */
+  async writeFile(path: string, data: string | Uint8Array, opts: WriteFileOptions = {}): Promise<number> {
+    const params: ParamsOf<"sandbox.write_file"> = { sandbox: this.id, path };
+    if (typeof data === "string") params.data = data;
+    else params.data_base64 = Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString("base64");
+    if (opts.mode !== undefined) params.mode = opts.mode;
+    return (await this.worker.call("sandbox.write_file", params, { signal: opts.signal })).bytes;
+  }
+
+  /** Reads `path` as bytes (decode text with `new TextDecoder().decode(...)`). */
+  async readFile(path: string, opts: ReadFileOptions = {}): Promise<Uint8Array> {
+    const params: ParamsOf<"sandbox.read_file"> = { sandbox: this.id, path, encoding: "base64" };
+    if (opts.maxBytes !== undefined) params.max_bytes = opts.maxBytes;
+    const r = await this.worker.call("sandbox.read_file", params, { signal: opts.signal });
+    return new Uint8Array(Buffer.from(r.data, "base64"));
+  }
+
+  /** Captures this sandbox's current memory and state as a new template (a branch point); the sandbox carries on. */
+  async snapshot(opts?: CallOptions): Promise<Template> {
+    const r = await this.worker.call("sandbox.snapshot", { sandbox: this.id }, opts);
+    return { id: r.template, memoryBytes: r.memory_bytes };
   }
 
   /** Resource usage of the sandbox. */

@@ -2,7 +2,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
   Zeroboot, Sandbox, Template, WorkerExitedError, RequestCancelledError, ExecTimeoutError, SandboxNotFoundError,
-  TemplateNotFoundError, ZerobootRpcError, type OutputChunk,
+  TemplateNotFoundError, ZerobootRpcError, FileTooLargeError, AgentFailedError, type OutputChunk,
 } from "../src/index.js";
 import { kvmSkip } from "./helpers.js";
 
@@ -49,6 +49,30 @@ describe("zeroboot worker", { skip }, () => {
     await sb.kill();
     await assert.rejects(zb.call("sandbox.exec", { sandbox: sb.id, argv: ["echo"] }), SandboxNotFoundError);
     await assert.rejects(zb.call("sandbox.kill", { sandbox: "nope" }), ZerobootRpcError);
+  });
+
+  it("files: text, empty, multi-MiB bytes, limits, and snapshots that carry them", async () => {
+    await using sb = await zb.fork(bare);
+    assert.equal(await sb.writeFile("/etc/motd", "h\u00e9llo\n", { mode: 0o600 }), 7);
+    assert.equal(new TextDecoder().decode(await sb.readFile("/etc/motd")), "h\u00e9llo\n");
+    assert.equal(await sb.writeFile("/empty", new Uint8Array()), 0);
+    assert.equal((await sb.readFile("/empty")).length, 0);
+    const big = new Uint8Array(3 * 1024 * 1024 + 17).map((_, i) => (i * 31) % 251);
+    assert.equal(await sb.writeFile("/data/big.bin", big.subarray(17)), 3 * 1024 * 1024);
+    assert.deepEqual(await sb.readFile("/data/big.bin"), big.subarray(17));
+    await assert.rejects(sb.readFile("/data/big.bin", { maxBytes: 1000 }), FileTooLargeError);
+    await assert.rejects(sb.writeFile("/huge", new Uint8Array(7 * 1024 * 1024)), FileTooLargeError);
+    await assert.rejects(sb.readFile("/missing"), AgentFailedError);
+    // A snapshot carries the files; its forks and the original diverge afterwards.
+    const branch = await sb.snapshot();
+    await using child = await zb.fork(branch);
+    assert.equal(new TextDecoder().decode(await child.readFile("/etc/motd")), "h\u00e9llo\n");
+    await child.writeFile("/etc/motd", "child");
+    assert.equal(new TextDecoder().decode(await sb.readFile("/etc/motd")), "h\u00e9llo\n");
+    await using other = await zb.fork(bare);
+    await assert.rejects(other.readFile("/etc/motd"), AgentFailedError);
+    await child.kill();
+    await zb.unloadTemplate(branch);
   });
 
   it("streaming: callbacks and async iterator", async () => {

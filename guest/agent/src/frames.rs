@@ -83,13 +83,13 @@ pub fn done(buf: &mut [u8]) -> usize {
 }
 
 /// A frame of `kind` whose `len` payload bytes are already at `HEADER_LEN`.
-pub fn in_place(buf: &mut [u8], kind: Kind, len: usize) -> usize {
+pub fn in_place(buf: &mut [u8], kind: Kind, flags: u32, len: usize) -> usize {
     assert!(len <= MAX_PAYLOAD, "payload fits one frame");
     buf[..HEADER_LEN].copy_from_slice(
         &Header {
             kind,
             len: len as u32,
-            flags: 0,
+            flags,
         }
         .encode(),
     );
@@ -99,7 +99,7 @@ pub fn in_place(buf: &mut [u8], kind: Kind, len: usize) -> usize {
 /// [`Kind::Output`] whose `n` data bytes are already at [`OUTPUT_DATA`].
 pub fn output_in_place(buf: &mut [u8], stream: Stream, n: usize) -> usize {
     buf[HEADER_LEN..OUTPUT_DATA].copy_from_slice(&(stream as u32).to_le_bytes());
-    in_place(buf, Kind::Output, Output::OVERHEAD + n)
+    in_place(buf, Kind::Output, 0, Output::OVERHEAD + n)
 }
 
 #[cfg(test)]

@@ -2,17 +2,18 @@
 //! final frame (after any Output frames the exec streamed).
 
 use crate::exec::{ExecRequest, Runner};
+use crate::files::Files;
 use crate::frames::{self, Failure};
+use crate::reaper;
 use crate::transport::{Transport, TransportError};
-use crate::{files, reaper};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
-use zeroboot_proto::{AgentErrorCode, Exec, HEADER_LEN, Header, Kind, ReadFile, WriteFile};
+use zeroboot_proto::{
+    AgentErrorCode, Exec, FILE_MORE, HEADER_LEN, Header, Kind, ReadFile, WriteFile,
+};
 
 /// Serves requests until the transport fails.
 pub fn serve(t: &mut dyn Transport, runner: &mut Runner) -> TransportError {
     let mut len = frames::ready(t.buf());
+    let mut files = Files::default();
     loop {
         // Reap before going idle (the snapshot is taken at Ready) and again
         // when a request arrives, so zombies never outlive a request.
@@ -26,7 +27,7 @@ pub fn serve(t: &mut dyn Transport, runner: &mut Runner) -> TransportError {
         if runner.system {
             reaper::reap_orphans(); // orphans that ended while the agent waited
         }
-        len = match handle(t, runner, header) {
+        len = match handle(t, runner, &mut files, header) {
             Ok(len) => len,
             Err(e) => return e,
         };
@@ -41,8 +42,12 @@ fn bad_request(what: &str, e: impl std::fmt::Display) -> Failure {
 fn handle(
     t: &mut dyn Transport,
     runner: &mut Runner,
+    files: &mut Files,
     header: Header,
 ) -> Result<usize, TransportError> {
+    if !matches!(header.kind, Kind::WriteFile | Kind::ReadFile) {
+        files.abandon();
+    }
     let payload = &t.buf()[HEADER_LEN..HEADER_LEN + header.len as usize];
     let outcome = match header.kind {
         Kind::Exec => match Exec::decode(payload) {
@@ -53,15 +58,17 @@ fn handle(
             Err(e) => Err(bad_request("exec", e)),
         },
         Kind::WriteFile => match WriteFile::decode(payload) {
-            Ok(w) => files::write(&PathBuf::from(OsStr::from_bytes(w.path)), w.mode, w.data)
-                .map(|()| None),
+            Ok(chunk) => files.write(&chunk, header.flags).map(|()| None),
             Err(e) => Err(bad_request("write_file", e)),
         },
         Kind::ReadFile => match ReadFile::decode(payload) {
-            Ok(r) => {
-                let path = PathBuf::from(OsStr::from_bytes(r.path));
-                let max = r.max_bytes;
-                files::read(&path, max, &mut t.buf()[HEADER_LEN..]).map(Some)
+            Ok(req) => {
+                // The reply is built in place over the request: keep its path.
+                let path = req.path.to_vec();
+                let req = ReadFile { path: &path, ..req };
+                files
+                    .read(&req, header.flags, &mut t.buf()[HEADER_LEN..])
+                    .map(Some)
             }
             Err(e) => Err(bad_request("read_file", e)),
         },
@@ -73,7 +80,10 @@ fn handle(
     let buf = t.buf();
     Ok(match outcome {
         Ok(None) => frames::done(buf),
-        Ok(Some(n)) => frames::in_place(buf, Kind::FileData, n),
+        Ok(Some((n, more))) => {
+            let flags = if more { FILE_MORE } else { 0 };
+            frames::in_place(buf, Kind::FileData, flags, n)
+        }
         Err(f) => f.encode(buf),
     })
 }

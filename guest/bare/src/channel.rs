@@ -2,8 +2,8 @@
 //! over with one port write; when that write returns, the host's answer is there.
 
 use zeroboot_proto::{
-    AgentError, AgentErrorCode, HEADER_LEN, Kind, MAILBOX_MAX_PAGES, MAILBOX_PORT, MAILBOX_SIZE,
-    PAGE_SIZE, PageList, WireError, Writer, decode_frame, encode_frame,
+    AgentError, AgentErrorCode, HEADER_LEN, Header, Kind, MAILBOX_MAX_PAGES, MAILBOX_PORT,
+    MAILBOX_SIZE, PAGE_SIZE, PageList, WireError, Writer, decode_frame, encode_frame,
 };
 
 use crate::cell::Global;
@@ -35,7 +35,10 @@ impl Channel {
         if list.encode(page).is_err() {
             crate::rt::crash();
         }
-        outl(MAILBOX_PORT, (PAGE_LIST.ptr() as u64 / PAGE_SIZE as u64) as u32);
+        outl(
+            MAILBOX_PORT,
+            (PAGE_LIST.ptr() as u64 / PAGE_SIZE as u64) as u32,
+        );
         Channel(())
     }
 
@@ -76,7 +79,7 @@ impl Channel {
     }
 
     /// Copies the host's frame out of the mailbox and decodes it.
-    pub fn take_request(&self) -> Result<(Kind, &'static [u8]), WireError> {
+    pub fn take_request(&self) -> Result<(Header, &'static [u8]), WireError> {
         let mailbox = self.mailbox();
         let (header, _) = decode_frame(mailbox)?;
         let len = HEADER_LEN + header.len as usize;
@@ -84,8 +87,7 @@ impl Channel {
         // lives until the next call, made after the request was fully served.
         let copy = unsafe { REQUEST.get() };
         copy[..len].copy_from_slice(&mailbox[..len]);
-        let (header, payload) = decode_frame(&copy[..len])?;
-        Ok((header.kind, payload))
+        decode_frame(&copy[..len])
     }
 
     /// Reads the header flags of the host's answer to an output frame.

@@ -1,10 +1,12 @@
 //! The commands the bare guest understands (argv form). Each one exercises a
 //! host-side path: output, exit codes, entropy, clock, copy-on-write, isolation,
-//! and hostile behaviour (spinning, crashing, flooding, malformed frames, stray I/O).
+//! and hostile behaviour (spinning, crashing, flooding, malformed frames, stray
+//! I/O, file reads answered out of protocol).
 
 use zeroboot_proto::{Exec, Stream};
 
 use crate::cell::Global;
+use crate::files::{self, BadRead};
 use crate::output::Output;
 use crate::rt::{crash, inb, outb};
 use crate::{rng, text};
@@ -90,6 +92,17 @@ pub fn run(exec: &Exec<'_>, out: &mut Output<'_>) -> i32 {
             None => usage(out, b"flood N"),
         },
         b"garbage" => garbage(out),
+        b"badread" => match first {
+            Some(b"long") => {
+                files::arm(BadRead::Long);
+                0
+            }
+            Some(b"stall") => {
+                files::arm(BadRead::Stall);
+                0
+            }
+            _ => usage(out, b"badread long|stall"),
+        },
         b"badio" => badio(out),
         b"cat" => {
             out.write(Stream::Stdout, exec.stdin);
@@ -143,7 +156,10 @@ fn random(out: &mut Output<'_>, n: u64) -> i32 {
     while left > 0 && !out.stopped() {
         let word = rng::next().to_le_bytes();
         for b in word.iter().take(left.min(8) as usize) {
-            out.write(Stream::Stdout, &[text::hex_digit(b >> 4), text::hex_digit(*b)]);
+            out.write(
+                Stream::Stdout,
+                &[text::hex_digit(b >> 4), text::hex_digit(*b)],
+            );
         }
         left = left.saturating_sub(8);
     }
@@ -180,7 +196,10 @@ fn garbage(out: &mut Output<'_>) -> i32 {
     let chan = out.channel();
     chan.mailbox()[..16].copy_from_slice(b"NOT A FRAME AT A");
     chan.ring();
-    out.write(Stream::Stderr, b"garbage: host accepted a malformed frame\n");
+    out.write(
+        Stream::Stderr,
+        b"garbage: host accepted a malformed frame\n",
+    );
     1
 }
 

@@ -9,15 +9,16 @@
 #![no_std]
 #![no_main]
 
+mod cell;
 mod channel;
 mod commands;
-mod cell;
+mod files;
 mod output;
 mod rng;
 mod rt;
 mod text;
 
-use zeroboot_proto::{AgentErrorCode, AgentKind, Exec, Kind, Ready, VERSION};
+use zeroboot_proto::{AgentErrorCode, AgentKind, Exec, Kind, ReadFile, Ready, VERSION, WriteFile};
 
 use crate::channel::Channel;
 use crate::output::Output;
@@ -52,16 +53,40 @@ extern "C" fn guest_main() -> ! {
 /// Handles the request now in the mailbox; ends by sending exactly one final frame.
 fn serve(chan: &Channel) {
     let request = chan.take_request();
-    match request {
-        Ok((Kind::Exec, payload)) => match Exec::decode(payload) {
+    if !matches!(request, Ok((h, _)) if h.kind == Kind::WriteFile) {
+        files::abandon();
+    }
+    let (header, payload) = match request {
+        Ok(r) => r,
+        Err(_) => return chan.send_error(AgentErrorCode::BadRequest, b"bad frame"),
+    };
+    let bad = |what: &[u8]| chan.send_error(AgentErrorCode::BadRequest, what);
+    match header.kind {
+        Kind::Exec => match Exec::decode(payload) {
             Ok(exec) => {
                 let mut out = Output::new(chan);
                 let code = commands::run(&exec, &mut out);
                 out.finish(code);
             }
-            Err(_) => chan.send_error(AgentErrorCode::BadRequest, b"bad exec payload"),
+            Err(_) => bad(b"bad exec payload"),
         },
-        Ok(_) => chan.send_error(AgentErrorCode::Unsupported, b"the bare guest only runs exec"),
-        Err(_) => chan.send_error(AgentErrorCode::BadRequest, b"bad frame"),
+        Kind::WriteFile => match WriteFile::decode(payload) {
+            Ok(chunk) => match files::write(&chunk, header.flags) {
+                Ok(()) => chan.send(Kind::Done, |_| Ok(())),
+                Err((code, message)) => {
+                    files::abandon();
+                    chan.send_error(code, message)
+                }
+            },
+            Err(_) => bad(b"bad write_file payload"),
+        },
+        Kind::ReadFile => match ReadFile::decode(payload) {
+            Ok(req) => match files::read(&req) {
+                Ok((flags, data)) => chan.send_flags(Kind::FileData, flags, |w| w.raw(data)),
+                Err((code, message)) => chan.send_error(code, message),
+            },
+            Err(_) => bad(b"bad read_file payload"),
+        },
+        _ => chan.send_error(AgentErrorCode::Unsupported, b"not a request"),
     }
 }
