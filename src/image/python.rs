@@ -24,7 +24,8 @@
 //!   instead of 13.8 ms from plain files; `python3 -c pass` 12.7 ms instead
 //!   of 12.0 ms (the zip's directory is read once per interpreter). The
 //!   zygote pays this once, before the snapshot; forks find the preloaded
-//!   modules already imported.
+//!   modules already imported, and pay only for the others they import
+//!   (`typing`, 121 KB of `.pyc`, inflates in 0.8 ms there).
 //!
 //! After packing, the build imports the same modules again in the staged
 //! tree (`stdlib.py check`), and fails if one is missing: a module trimmed
@@ -47,7 +48,9 @@ const PACKAGES: [&str; 3] = [
 /// What the minimal profile carries besides the interpreter's startup
 /// modules and the zygote's preload list ([`zeroboot_proto::PYTHON_PRELOAD`]):
 /// the light, commonly used part of the standard library. Whatever these
-/// import comes along; nothing else does. Left out, for the full profile:
+/// import when imported comes along; nothing else does, so a module that one
+/// of them imports only later, inside a function, must be listed itself
+/// (`_strptime`). Left out, for the full profile:
 /// email, http, unittest, sqlite3, ssl, xml, logging.handlers, zipfile and
 /// tarfile, the CJK and most single-byte codecs, `help()` (pydoc).
 const MINIMAL_KEEP: &[&str] = &[
@@ -297,4 +300,21 @@ pub fn stage(debs: &[PathBuf], profile: Profile, work: &Path) -> Result<PathBuf,
     let libs = libs::closure(&elf_files(&root)?)?;
     libs::install(&libs, &root)?;
     Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_modules_hold_the_issue_promise_once_each() {
+        let modules = minimal_modules();
+        for promised in ["json", "os", "random"] {
+            assert!(modules.contains(&promised), "{promised} missing");
+        }
+        let mut unique = modules.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), modules.len(), "a module is listed twice");
+    }
 }
