@@ -1,5 +1,6 @@
 # The minimal profile's standard library, chosen and checked by the staged
-# interpreter itself (python.rs runs it as `python3.11 -I -B -c SCRIPT ...`).
+# interpreter itself (python.rs runs it as `python3.11 -I -B stdlib.py ...`:
+# isolated from the environment, writing no __pycache__ into the tree).
 #
 #   pack OUT NAME...  imports every NAME, then writes each pure-Python module
 #                     of the standard library that is now loaded (the
