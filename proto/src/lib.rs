@@ -51,6 +51,12 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"ZBF1");
 /// Protocol version announced in [`Ready`].
 pub const VERSION: u32 = 1;
 
+/// Modules the Linux agent's Python zygote imports before the snapshot
+/// (comma-separated, the zygote's argument). Here because the guest image's
+/// minimal standard library is built around them: the image builder keeps
+/// every module they import, so the list cannot drift from the image.
+pub const PYTHON_PRELOAD: &str = "os,sys,json,random,re,math,collections,itertools,functools,datetime,time,string,base64,hashlib,struct,io,traceback,types";
+
 /// Frame kinds. Host-to-guest kinds are below 0x80, guest-to-host at or above.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]

@@ -1,13 +1,17 @@
 //! The agent binary that becomes `/init`. It must be static (the initramfs
 //! has no loader for it at that path and the agent must run even if the
 //! Python libraries are absent), so it is either given prebuilt or built
-//! here with glibc's static libc:
+//! here with glibc's static libc and the size-tuned `guest-agent` profile
+//! (see the workspace's Cargo.toml):
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo build -p zeroboot-agent
-//! --release --target x86_64-unknown-linux-gnu`.
+//! --profile guest-agent --target x86_64-unknown-linux-gnu`.
 
 use super::{ImageError, command};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The cargo profile the agent is built with (size over speed).
+const PROFILE: &str = "guest-agent";
 
 /// `PT_INTERP`: the program header naming a dynamic loader.
 const PT_INTERP: u32 = 3;
@@ -57,20 +61,21 @@ pub fn build(source: &Path) -> Result<PathBuf, ImageError> {
             "build",
             "-p",
             "zeroboot-agent",
-            "--release",
+            "--profile",
+            PROFILE,
             "--target",
             "x86_64-unknown-linux-gnu",
         ])
         .arg("--target-dir")
         .arg(&target_dir)
-        // Static glibc; no debug info or symbols (/init is not debugged in place).
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols",
-        )
+        // Static glibc (the profile strips symbols and debug info).
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     command::run(&mut cmd)?;
-    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/zeroboot-agent"))
+    Ok(target_dir
+        .join("x86_64-unknown-linux-gnu")
+        .join(PROFILE)
+        .join("zeroboot-agent"))
 }
 
 /// The agent to pack: `explicit` if given, else built from the source tree.

@@ -14,8 +14,6 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 const SCRIPT: &str = include_str!("zygote.py");
-/// Modules imported before the snapshot (those missing from the image are skipped).
-const PRELOAD: &str = "os,sys,json,random,re,math,collections,itertools,functools,datetime,time,string,base64,hashlib,struct,io,traceback,types";
 /// How long the interpreter may take to start and preload (TCG is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -35,7 +33,8 @@ impl Zygote {
     pub fn start(python: &Path) -> io::Result<Zygote> {
         let (ours, theirs) = sys::seqpacket_pair()?;
         let process = Command::new(python)
-            .args(["-I", "-c", SCRIPT, PRELOAD])
+            // Modules missing from the image are skipped (and logged).
+            .args(["-I", "-c", SCRIPT, zeroboot_proto::PYTHON_PRELOAD])
             .stdin(theirs)
             .stdout(std::process::Stdio::null())
             .spawn()?;
