@@ -138,6 +138,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         let hv = Hypervisor::open().map_err(EngineError::KvmUnavailable)?;
         crate::vmm::raise_nofile();
+        crate::vmm::one_malloc_arena();
         Ok(Engine(Arc::new(Inner {
             hv: Arc::new(hv),
             config,

@@ -26,7 +26,7 @@ pub use bus::{Bus, BusStats, DeviceState};
 pub use error::VmmError;
 pub use hypervisor::{Flavor, Hypervisor};
 pub use kick::Kicker;
-pub use limits::raise_nofile;
+pub use limits::{one_malloc_arena, raise_nofile};
 pub use pthread::RawThread;
 pub use quirks::Quirks;
 pub use serial::{ConsoleLog, ConsoleTail, SerialRegs};
