@@ -123,7 +123,7 @@ mod tests {
             Err(AgentError::Protocol(_))
         ));
         assert!(matches!(
-            Mailbox::register(&ram, 0xffff_ff),
+            Mailbox::register(&ram, 0x00ff_ffff),
             Err(AgentError::Protocol(_))
         ));
     }

@@ -102,7 +102,7 @@ pub(crate) fn read(path: &Path) -> Result<Snapshot, EngineError> {
     input.read_exact(&mut header).map_err(io)?;
     let header: Header = serde_json::from_slice(&header).map_err(|e| err(path, e))?;
     if header.memory_bytes == 0
-        || header.memory_bytes % PAGE != 0
+        || !header.memory_bytes.is_multiple_of(PAGE)
         || header.memory_bytes > MAX_MEMORY
     {
         return Err(err(
