@@ -31,7 +31,9 @@ pub fn raise_nofile() -> u64 {
 /// `mprotect` calls, ~20% of the CPU time of creating them (measured: 1.30 s
 /// vs 1.07 s of CPU for 1000 forks + execs). The main arena grows with `brk`
 /// in 128 KiB steps, which calls no notifier. The cost is one lock for
-/// allocations on every thread, which glibc's per-thread cache mostly avoids.
+/// allocations on every thread, which glibc's per-thread cache mostly avoids
+/// (a fork through `zeroboot serve` may take ~40 µs longer at p50 while the
+/// pool refills; docs/create-scaling.md).
 /// Arenas made before the call stay in use, so the engine calls it when it
 /// starts, before any VM or worker thread exists.
 pub fn one_malloc_arena() {
