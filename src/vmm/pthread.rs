@@ -4,10 +4,11 @@
 //! the kernel calls every one of them whenever a page-table range that already
 //! exists changes: `mprotect` included, even on a range with no pages in it.
 //! `std::thread` makes two such calls per thread (glibc's stack guard page and
-//! std's signal-stack guard page), and each adds a mapping (VMA) that every
-//! later `KVM_CREATE_VM` walks while registering its notifier. With 1000 VMs
-//! alive a new thread took ~0.55 ms instead of ~0.05 ms, and creating a VM
-//! ~0.56 ms instead of ~0.12 ms (docs/create-scaling.md).
+//! std's signal-stack guard page), and leaves four mappings (VMAs: stack,
+//! signal stack, a guard page for each), which every later `KVM_CREATE_VM`
+//! walks while registering its notifier. With 1000 VMs alive a new thread took
+//! ~0.55 ms instead of ~0.05 ms, and four of each VM's six mappings were its
+//! thread's (docs/create-scaling.md).
 //!
 //! So VM threads are plain pthreads: glibc maps their stack readable and
 //! writable in one go (guard size 0), and the thread itself turns the lowest
