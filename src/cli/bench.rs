@@ -153,6 +153,9 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         "rpc_overhead_exec_p50_us": p50(&rpc_exec) - p50(&exec_echo),
         "create_vms": vms,
         "create_1000_ms": fleet.create_ms,
+        "create_1000_cpu_ms": fleet.create_cpu_ms,
+        "create_step_vms": FLEET_STEP,
+        "create_step_ms": fleet.step_ms,
         "kill_1000_ms": fleet.kill_ms,
         "private_dirty_kib_idle": fleet.idle_kib,
         "private_dirty_kib_dirty10": fleet.dirty10_kib,
@@ -190,21 +193,36 @@ fn ms(d: Duration) -> f64 {
 
 struct Fleet {
     create_ms: f64,
+    create_cpu_ms: f64,
+    step_ms: Vec<f64>,
     kill_ms: f64,
     idle_kib: f64,
     dirty10_kib: f64,
     kernel_kib_per_vm: f64,
 }
 
+/// Sandboxes per step of the fleet's creation: each step's time shows whether
+/// creating a VM costs more when more are alive.
+const FLEET_STEP: usize = 100;
+
 /// Creates `n` live sandboxes (each runs one echo), measures memory, kills them all.
 fn fleet(engine: &Engine, t: &str, n: usize, pool: usize) -> Result<Fleet, EngineError> {
     let before = mem_available_kib();
-    let start = Instant::now();
-    let forked = engine.fork_many(t, n)?;
-    let ids: Vec<String> = forked.into_iter().map(|f| f.sandbox).collect();
     let req = echo();
-    parallel(&ids, |id| exec(engine, id, &req))?;
+    let mut ids: Vec<String> = Vec::with_capacity(n);
+    let mut step_ms = Vec::with_capacity(n.div_ceil(FLEET_STEP));
+    let cpu = process_cpu();
+    let start = Instant::now();
+    while ids.len() < n {
+        let step = Instant::now();
+        let forked = engine.fork_many(t, FLEET_STEP.min(n - ids.len()))?;
+        let new: Vec<String> = forked.into_iter().map(|f| f.sandbox).collect();
+        parallel(&new, |id| exec(engine, id, &req))?;
+        ids.extend(new);
+        step_ms.push(ms(step.elapsed()));
+    }
     let create = start.elapsed();
+    let create_cpu = process_cpu().saturating_sub(cpu);
     let after = mem_available_kib();
     let mean_kib = |ids: &[String]| -> Result<f64, EngineError> {
         let mut total = 0u64;
@@ -231,6 +249,8 @@ fn fleet(engine: &Engine, t: &str, n: usize, pool: usize) -> Result<Fleet, Engin
     let kill = start.elapsed();
     Ok(Fleet {
         create_ms: ms(create),
+        create_cpu_ms: ms(create_cpu),
+        step_ms,
         kill_ms: ms(kill),
         idle_kib,
         dirty10_kib,
@@ -273,6 +293,24 @@ fn cold_forks(config: &EngineConfig, n: usize) -> Result<Vec<Duration>, EngineEr
     Ok(out)
 }
 
+/// CPU time (user + system, all threads) this process has used so far, from
+/// /proc/self/stat in USER_HZ ticks (100 per second on Linux x86).
+fn process_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which may contain spaces: state is
+            // field 3, utime 14 and stime 15.
+            let rest = s.rsplit_once(')')?.1;
+            let mut f = rest.split_whitespace().skip(11);
+            let utime: u64 = f.next()?.parse().ok()?;
+            let stime: u64 = f.next()?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 fn mem_available_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -309,6 +347,8 @@ fn print_table(v: &Value) {
     for key in [
         "template_build_ms",
         "create_1000_ms",
+        "create_1000_cpu_ms",
+        "create_step_ms",
         "kill_1000_ms",
         "private_dirty_kib_idle",
         "private_dirty_kib_dirty10",

@@ -135,7 +135,7 @@ fn boot_linux(hv: &Arc<Hypervisor>, spec: &LinuxSpec<'_>) -> Result<Snapshot, En
         Err("the vCPU thread is gone".to_string())
     };
     // Tearing the VM down removes the last shared mapping, so sealing can succeed.
-    drop(thread.stop().join());
+    thread.stop().join();
     let failed = |reason: String| EngineError::LinuxBoot {
         reason,
         console: tail.text(),

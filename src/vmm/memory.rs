@@ -211,6 +211,19 @@ pub fn private_pages(host_addr: u64, size: usize) -> io::Result<u64> {
         .count() as u64)
 }
 
+/// Sorted page addresses grouped into (first address, page count) runs of
+/// adjacent pages, so each run takes one system call.
+fn page_runs(pages: &[u64]) -> Vec<(u64, usize)> {
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for &gpa in pages {
+        match runs.last_mut() {
+            Some((start, count)) if *start + *count as u64 * 4096 == gpa => *count += 1,
+            _ => runs.push((gpa, 1)),
+        }
+    }
+    runs
+}
+
 /// Pages of `memfd` that hold data (not holes), by SEEK_DATA/SEEK_HOLE.
 fn data_pages(memfd: &Memfd) -> io::Result<Vec<bool>> {
     let mut pages = vec![false; memfd.size() / 4096];
@@ -243,11 +256,41 @@ impl GuestRam {
     /// Makes the private copies of `pages` now, leaving their contents as they
     /// are: the host takes the copy-on-write faults here instead of the guest
     /// taking them (and KVM's notifier round) on its first run.
+    ///
+    /// The pages are populated *writable* (MADV_POPULATE_WRITE), never read
+    /// first. A write fault on a page not yet mapped copies it straight into a
+    /// private page; reading first would map the memfd's page read-only, and
+    /// the write after it must then replace a present PTE, which runs every
+    /// MMU notifier registered on this process: one per live VM. Measured
+    /// here, that made each precopied page cost ~0.27 us per live VM (1.1 ms
+    /// for 4 pages with 1000 VMs alive). On a kernel without
+    /// MADV_POPULATE_WRITE (before 5.14) nothing is copied ahead: the guest
+    /// takes those faults itself.
     pub fn precopy(&self, pages: &[u64]) -> Result<(), VmmError> {
-        for &gpa in pages {
-            let mut b = [0u8; 1];
-            self.read(gpa, &mut b)?;
-            self.write(gpa, &b)?;
+        for (start, count) in page_runs(pages) {
+            let len = count * 4096;
+            if start
+                .checked_add(len as u64)
+                .is_none_or(|end| end > self.size as u64)
+            {
+                return Err(VmmError::GuestAddress { addr: start, len });
+            }
+            // SAFETY: the range lies inside this mapping (checked above), which
+            // stays mapped while `self` lives; populating changes no contents.
+            let r = unsafe {
+                libc::madvise(
+                    self.addr.as_ptr().add(start as usize).cast(),
+                    len,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    return Ok(());
+                }
+                return Err(VmmError::MapMemory(e));
+            }
         }
         Ok(())
     }
@@ -320,4 +363,36 @@ fn map_at(
         return Err(VmmError::MapMemory(io::Error::last_os_error()));
     }
     Ok(NonNull::new(p.cast()).expect("mmap never returns NULL on success"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_pages_form_one_run() {
+        assert_eq!(
+            page_runs(&[0, 4096, 8192, 5 * 4096, 9 * 4096, 10 * 4096]),
+            vec![(0, 3), (5 * 4096, 1), (9 * 4096, 2)]
+        );
+        assert!(page_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn precopy_makes_private_copies_with_the_memfd_contents() {
+        let memfd = Memfd::create("precopy-test", 16 * 4096).unwrap();
+        let shared = GuestRam::map(&memfd, Sharing::Shared).unwrap();
+        shared.write(2 * 4096 + 7, b"template").unwrap();
+        drop(shared);
+        let ram = GuestRam::map(&memfd, Sharing::Private).unwrap();
+        ram.precopy(&[2 * 4096, 3 * 4096, 9 * 4096]).unwrap();
+        assert_eq!(
+            private_page_addrs(ram.host_addr(), ram.size()).unwrap(),
+            vec![2 * 4096, 3 * 4096, 9 * 4096]
+        );
+        let mut buf = [0u8; 8];
+        ram.read(2 * 4096 + 7, &mut buf).unwrap();
+        assert_eq!(&buf, b"template");
+        assert!(ram.precopy(&[16 * 4096]).is_err());
+    }
 }

@@ -2,12 +2,14 @@
 //! that last ran it makes KVM wait for an RCU grace period (the vCPU's pid
 //! changes), so each VM lives on one thread for its whole life and work is sent
 //! to it as closures. Dropping the VM (15-23 ms of SRCU waits here) also
-//! happens on that thread, off every request path.
+//! happens on that thread, off every request path. The thread is a
+//! [`RawThread`]: starting a `std::thread` costs time proportional to the
+//! number of VMs alive (see [`super::pthread`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 
+use super::pthread::RawThread;
 use super::{Kicker, Vm, VmmError};
 
 type Job = Box<dyn FnOnce(&mut Vm) + Send>;
@@ -27,7 +29,7 @@ const STACK_SIZE: usize = 256 * 1024;
 pub struct VcpuThread {
     jobs: mpsc::Sender<Job>,
     kicker: Kicker,
-    handle: JoinHandle<()>,
+    handle: RawThread,
     ram: (u64, usize),
 }
 
@@ -42,42 +44,39 @@ impl VcpuThread {
         type Ready = Result<(Kicker, (u64, usize)), VmmError>;
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Ready>(1);
         LIVE.fetch_add(1, Ordering::SeqCst);
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .stack_size(STACK_SIZE)
-            .spawn(move || {
-                struct Live;
-                impl Drop for Live {
-                    fn drop(&mut self) {
-                        LIVE.fetch_sub(1, Ordering::SeqCst);
-                    }
+        let handle = RawThread::spawn(&name, STACK_SIZE, move || {
+            struct Live;
+            impl Drop for Live {
+                fn drop(&mut self) {
+                    LIVE.fetch_sub(1, Ordering::SeqCst);
                 }
-                let _live = Live;
-                let built = make()
-                    .and_then(|mut vm| Kicker::for_current_thread(vm.vcpu_mut()).map(|k| (vm, k)));
-                let (mut vm, kicker) = match built {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // The spawner waits on the other end; it cannot be gone.
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let ram = (vm.ram().host_addr(), vm.ram().size());
-                if ready_tx.send(Ok((kicker.clone(), ram))).is_err() {
-                    kicker.disarm();
+            }
+            let _live = Live;
+            let built = make()
+                .and_then(|mut vm| Kicker::for_current_thread(vm.vcpu_mut()).map(|k| (vm, k)));
+            let (mut vm, kicker) = match built {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // The spawner waits on the other end; it cannot be gone.
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
-                while let Ok(job) = inbox.recv() {
-                    job(&mut vm);
-                }
+            };
+            let ram = (vm.ram().host_addr(), vm.ram().size());
+            if ready_tx.send(Ok((kicker.clone(), ram))).is_err() {
                 kicker.disarm();
-                drop(vm);
-            })
-            .map_err(|e| {
-                LIVE.fetch_sub(1, Ordering::SeqCst);
-                VmmError::SpawnThread(e)
-            })?;
+                return;
+            }
+            while let Ok(job) = inbox.recv() {
+                job(&mut vm);
+            }
+            kicker.disarm();
+            drop(vm);
+        })
+        .map_err(|e| {
+            LIVE.fetch_sub(1, Ordering::SeqCst);
+            VmmError::SpawnThread(e)
+        })?;
         match ready_rx.recv() {
             Ok(Ok((kicker, ram))) => Ok(VcpuThread {
                 jobs,
@@ -86,11 +85,11 @@ impl VcpuThread {
                 ram,
             }),
             Ok(Err(e)) => {
-                let _ = handle.join();
+                handle.join();
                 Err(e)
             }
             Err(_) => {
-                let _ = handle.join();
+                handle.join();
                 Err(VmmError::SpawnThread(std::io::Error::other(
                     "vCPU thread died while starting",
                 )))
@@ -113,8 +112,9 @@ impl VcpuThread {
         &self.kicker
     }
 
-    /// Ends the thread (the VM is dropped there); the handle lets a caller wait.
-    pub fn stop(self) -> JoinHandle<()> {
+    /// Ends the thread (the VM is dropped there); the handle lets a caller
+    /// wait, and dropping it lets the thread finish on its own.
+    pub fn stop(self) -> RawThread {
         self.kicker.kick();
         drop(self.jobs);
         self.handle
