@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{CancelToken, Engine, EngineError};
-use crate::agent::{self, VmLink};
+use crate::agent::{self, AgentError, VmLink};
 
 impl Engine {
     /// Writes `data` to `path` in the sandbox with permission bits `mode`.
@@ -27,19 +27,9 @@ impl Engine {
             });
         }
         let path = path.to_string();
-        self.converse(
-            id,
-            self.timeout_or_default(timeout),
-            cancel,
-            &mut |_, _| {},
-            Box::new(move |vm, tpl, _| {
-                let mut link = VmLink {
-                    vm,
-                    mailbox: &tpl.mailbox,
-                };
-                agent::write_file(&mut link, &path, mode, &data)
-            }),
-        )
+        self.file_call(id, timeout, cancel, move |link| {
+            agent::write_file(link, &path, mode, &data)
+        })
     }
 
     /// Reads `path` from the sandbox; a file larger than `max_bytes` (at most
@@ -60,17 +50,30 @@ impl Engine {
                 EngineError::InvalidRequest(format!("max_bytes must be at most {limit}"))
             })?;
         let path = path.to_string();
+        self.file_call(id, timeout, cancel, move |link| {
+            agent::read_file(link, &path, max)
+        })
+    }
+
+    /// Runs one whole file transfer as a single conversation, on the VM's
+    /// thread, over a link to its agent (no output stream).
+    fn file_call<T: Send + 'static>(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+        cancel: &CancelToken,
+        transfer: impl FnOnce(&mut VmLink<'_>) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, EngineError> {
         self.converse(
             id,
             self.timeout_or_default(timeout),
             cancel,
             &mut |_, _| {},
             Box::new(move |vm, tpl, _| {
-                let mut link = VmLink {
+                transfer(&mut VmLink {
                     vm,
                     mailbox: &tpl.mailbox,
-                };
-                agent::read_file(&mut link, &path, max)
+                })
             }),
         )
     }
