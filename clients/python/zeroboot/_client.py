@@ -144,16 +144,35 @@ def _load_params(builtin: Optional[str], path: Optional[str]) -> Dict[str, Any]:
     return {"builtin": builtin} if builtin is not None else {"path": path}
 
 
+class _Worker:
+    """What the synchronous and asyncio workers share: the spawned process behind the connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @property
+    def binary(self) -> str:
+        return self._conn.binary
+
+    @property
+    def pid(self) -> int:
+        return self._conn.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._conn.death is None
+
+
 # ------------------------------------------------------------------------------------------------
 # synchronous API
 
 
-class Zeroboot:
+class Zeroboot(_Worker):
     """A running `zeroboot serve` worker (synchronous API; thread-safe: calls from many threads run
     concurrently in the worker)."""
 
     def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+        super().__init__(conn)
         self._sandboxes: Dict[str, "Sandbox"] = {}
         self._lock = threading.Lock()
 
@@ -174,18 +193,6 @@ class Zeroboot:
             zb._conn.proc.kill()
             raise
         return zb
-
-    @property
-    def binary(self) -> str:
-        return self._conn.binary
-
-    @property
-    def pid(self) -> int:
-        return self._conn.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self._conn.death is None
 
     def call(self, method: str, params: Optional[Dict[str, Any]] = None, *, cancel: Optional[CancelToken] = None,
              timeout: Optional[float] = None) -> Any:
@@ -381,12 +388,12 @@ class ExecStream:
 # asyncio API
 
 
-class AsyncZeroboot:
+class AsyncZeroboot(_Worker):
     """A running `zeroboot serve` worker (asyncio API). Cancelling the task of a call sends
     `$/cancelRequest`; the call raises asyncio.CancelledError."""
 
     def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+        super().__init__(conn)
         self._sandboxes: Dict[str, "AsyncSandbox"] = {}
 
     @classmethod
@@ -406,18 +413,6 @@ class AsyncZeroboot:
             conn.proc.kill()
             raise
         return zb
-
-    @property
-    def binary(self) -> str:
-        return self._conn.binary
-
-    @property
-    def pid(self) -> int:
-        return self._conn.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self._conn.death is None
 
     async def call(self, method: str, params: Optional[Dict[str, Any]] = None) -> Any:
         rid, fut = self._conn.request(method, params or {})
