@@ -12,7 +12,10 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
 use super::VmmError;
 use super::memory::GuestRam;
-use super::x86::{CR0_LONG_MODE, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_RESERVED, flat_segment};
+use super::x86::{
+    CR0_LONG_MODE, CR4_PAE, EFER_LMA, EFER_LME, PTE_ACCESSED, PTE_DIRTY, PTE_HUGE, PTE_PRESENT,
+    PTE_USER, PTE_WRITE, RFLAGS_RESERVED, flat_segment,
+};
 
 /// Guest RAM of the bare template.
 pub const BARE_MEMORY: usize = 32 << 20;
@@ -29,13 +32,6 @@ const TSS: u64 = 0x5000;
 /// every port is allowed: 8 KiB of zero bits plus the closing 0xff byte.
 const IOMAP_OFFSET: u64 = 0x68;
 const TSS_LIMIT: u64 = IOMAP_OFFSET + 8192;
-
-const PTE_PRESENT: u64 = 1;
-const PTE_WRITE: u64 = 1 << 1;
-const PTE_USER: u64 = 1 << 2;
-const PTE_ACCESSED: u64 = 1 << 5;
-const PTE_DIRTY: u64 = 1 << 6;
-const PTE_HUGE: u64 = 1 << 7;
 
 const CODE_SELECTOR: u16 = 3 << 3 | 3;
 const DATA_SELECTOR: u16 = 4 << 3 | 3;

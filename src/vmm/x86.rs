@@ -1,5 +1,6 @@
 //! Architectural x86-64 bits both boot layouts (bare guest and Linux) set:
-//! control-register and EFER flags, and the flat 64-bit segment they load.
+//! control-register and EFER flags, page-table entry bits, and the flat
+//! 64-bit segment they load.
 
 use kvm_bindings::kvm_segment;
 
@@ -15,6 +16,14 @@ pub(crate) const CR4_PAE: u64 = 1 << 5;
 pub(crate) const EFER_LME: u64 = 1 << 8;
 pub(crate) const EFER_LMA: u64 = 1 << 10;
 pub(crate) const RFLAGS_RESERVED: u64 = 1 << 1;
+
+pub(crate) const PTE_PRESENT: u64 = 1;
+pub(crate) const PTE_WRITE: u64 = 1 << 1;
+pub(crate) const PTE_USER: u64 = 1 << 2;
+pub(crate) const PTE_ACCESSED: u64 = 1 << 5;
+pub(crate) const PTE_DIRTY: u64 = 1 << 6;
+/// A 2 MiB page (in a page-directory entry).
+pub(crate) const PTE_HUGE: u64 = 1 << 7;
 
 /// A flat (base 0, 4 GiB, page-granular) present segment; its privilege level
 /// is the selector's RPL. `l` marks 64-bit code, `db` 32-bit default size.

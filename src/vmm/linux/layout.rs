@@ -15,6 +15,7 @@
 //! ```
 
 use super::LinuxError;
+use crate::vmm::x86::{PTE_ACCESSED, PTE_DIRTY, PTE_HUGE, PTE_PRESENT, PTE_WRITE};
 
 /// GDT with the two descriptors the 64-bit boot protocol names.
 pub const GDT_ADDR: u64 = 0x1000;
@@ -46,13 +47,6 @@ pub const MIN_RAM: u64 = 64 << 20;
 /// Largest guest memory accepted: RAM stays below the 32-bit device hole
 /// (IOAPIC at 0xfec0_0000, LAPIC at 0xfee0_0000), so one RAM range suffices.
 pub const MAX_RAM: u64 = 3 << 30;
-
-/// Page-table entry bits.
-const PRESENT: u64 = 1;
-const WRITE: u64 = 1 << 1;
-const ACCESSED: u64 = 1 << 5;
-const DIRTY: u64 = 1 << 6;
-const HUGE: u64 = 1 << 7;
 
 /// Kinds of [`E820Entry`], as the kernel numbers them.
 pub const E820_RAM: u32 = 1;
@@ -116,7 +110,7 @@ pub fn page_tables() -> Vec<(u64, Vec<u8>)> {
     let table = |entries: &mut dyn Iterator<Item = u64>| -> Vec<u8> {
         entries.flat_map(u64::to_le_bytes).collect()
     };
-    let dir = PRESENT | WRITE | ACCESSED;
+    let dir = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED;
     let mut out = vec![
         (PML4_ADDR, (PDPT_ADDR | dir).to_le_bytes().to_vec()),
         (
@@ -125,7 +119,7 @@ pub fn page_tables() -> Vec<(u64, Vec<u8>)> {
         ),
     ];
     for g in 0..MAPPED_GIB {
-        let huge = dir | DIRTY | HUGE;
+        let huge = dir | PTE_DIRTY | PTE_HUGE;
         let first = g * 512;
         out.push((
             PD_ADDR + g * 0x1000,
@@ -212,7 +206,10 @@ mod tests {
         let pd = entry(PDPT_ADDR, 3) & !0xfff;
         let e = entry(pd, 3);
         assert_eq!(e & !0x1fffff, (3 << 30) + (6 << 20));
-        assert_eq!(e & (HUGE | DIRTY | ACCESSED), HUGE | DIRTY | ACCESSED);
+        assert_eq!(
+            e & (PTE_HUGE | PTE_DIRTY | PTE_ACCESSED),
+            PTE_HUGE | PTE_DIRTY | PTE_ACCESSED
+        );
         // Nothing overlaps the zero page, the stack or the command line.
         for (addr, bytes) in &tables {
             let end = addr + bytes.len() as u64;
