@@ -2,7 +2,7 @@
 //! with what every VM needs and never changes: supported CPUID, the MSRs that
 //! can be saved, and which kind of KVM this is.
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm};
 
 use super::{Quirks, VmmError};
@@ -125,16 +125,10 @@ impl Hypervisor {
 fn probe_vcpu(kvm: &Kvm, index: &[u32]) -> Result<(Vec<u32>, bool), VmmError> {
     let vm = kvm.create_vm().map_err(VmmError::CreateVm)?;
     let vcpu = vm.create_vcpu(0).map_err(VmmError::CreateVcpu)?;
-    let mut ok = Vec::with_capacity(index.len());
-    for &msr in index {
-        let mut one = Msrs::from_entries(&[kvm_msr_entry {
-            index: msr,
-            ..Default::default()
-        }])
-        .expect("one entry is below the FAM limit");
-        if matches!(vcpu.get_msrs(&mut one), Ok(1)) {
-            ok.push(msr);
-        }
-    }
+    let ok = index
+        .iter()
+        .copied()
+        .filter(|&msr| matches!(super::state::read_msr(&vcpu, msr), Ok(Some(_))))
+        .collect();
     Ok((ok, super::tsc::offset_supported(&vcpu)))
 }

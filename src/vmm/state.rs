@@ -66,6 +66,18 @@ fn set<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmmE
     r.map_err(|source| VmmError::SetState { what, source })
 }
 
+/// Reads one MSR: `None` when KVM cannot read it (KVM_GET_MSRS reports a
+/// count, not an error, for an index it refuses).
+pub(super) fn read_msr(vcpu: &VcpuFd, index: u32) -> Result<Option<u64>, kvm_ioctls::Error> {
+    let mut one = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .expect("one entry is below the FAM limit");
+    let read = vcpu.get_msrs(&mut one)?;
+    Ok((read == 1).then(|| one.as_slice()[0].data))
+}
+
 fn write_msrs(vcpu: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), VmmError> {
     let msrs = Msrs::from_entries(entries).map_err(|_| VmmError::MsrCount {
         op: "wrote",

@@ -14,10 +14,11 @@
 
 use std::os::fd::AsRawFd;
 
-use kvm_bindings::{KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET, Msrs, kvm_device_attr, kvm_msr_entry};
+use kvm_bindings::{KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET, kvm_device_attr};
 use kvm_ioctls::VcpuFd;
 
 use super::VmmError;
+use super::state::read_msr;
 
 /// The time-stamp counter MSR.
 pub const MSR_IA32_TSC: u32 = 0x10;
@@ -60,26 +61,17 @@ pub fn offset_supported(vcpu: &VcpuFd) -> bool {
 
 /// Makes the guest's TSC read `value` now, whatever KVM made of earlier writes.
 pub fn set_guest_tsc(vcpu: &VcpuFd, value: u64) -> Result<(), VmmError> {
-    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-        index: MSR_IA32_TSC,
-        ..Default::default()
-    }])
-    .map_err(|_| VmmError::MissingCapability("a one-entry MSR list"))?;
-    let read = vcpu
-        .get_msrs(&mut msrs)
+    let now = read_msr(vcpu, MSR_IA32_TSC)
         .map_err(|source| VmmError::GetState {
             what: "MSRS (TSC)",
             source,
-        })?;
-    if read != 1 {
-        return Err(VmmError::MsrCount {
+        })?
+        .ok_or(VmmError::MsrCount {
             op: "read",
-            done: read,
+            done: 0,
             wanted: 1,
             first_missing: MSR_IA32_TSC,
-        });
-    }
-    let now = msrs.as_slice()[0].data;
+        })?;
     let mut offset = 0;
     offset_ioctl(vcpu, KVM_GET_DEVICE_ATTR, &mut offset).map_err(|source| VmmError::GetState {
         what: "DEVICE_ATTR (TSC offset)",
