@@ -17,7 +17,8 @@
 //! once; the host then sends a request ([`Kind::Exec`], files) and the guest
 //! answers with zero or more [`Kind::Output`] frames — each acknowledged by a
 //! [`Kind::Resume`] from the host — and exactly one final frame
-//! ([`Kind::Exit`], [`Kind::FileData`], [`Kind::Done`] or [`Kind::Error`]).
+//! ([`Kind::Exit`], [`Kind::CodeEnd`], [`Kind::FileData`], [`Kind::Contexts`],
+//! [`Kind::Done`] or [`Kind::Error`]).
 //! A file larger than one frame moves as a run of such exchanges, one chunk
 //! each (see [`WriteFile`] and [`ReadFile`]), inside one host conversation.
 //!
@@ -26,9 +27,11 @@
 //! hostile input.
 #![no_std]
 
+mod code;
 mod codec;
 mod messages;
 
+pub use code::*;
 pub use codec::{Reader, WireError, Writer};
 pub use messages::*;
 
@@ -70,6 +73,11 @@ pub enum Kind {
     WriteFile = 0x03,
     /// Host: read one chunk of a file ([`ReadFile`] payload; flag [`FILE_CONTINUE`]).
     ReadFile = 0x04,
+    /// Host: run code with notebook semantics ([`RunCode`] payload); answered
+    /// like an exec, but the final frame is [`Kind::CodeEnd`].
+    RunCode = 0x05,
+    /// Host: list the persistent contexts (no payload); answered by [`Kind::Contexts`].
+    ListContexts = 0x06,
     /// Guest: booted and waiting for work ([`Ready`] payload).
     Ready = 0x81,
     /// Guest: a chunk of output (stream id, then bytes).
@@ -82,6 +90,10 @@ pub enum Kind {
     FileData = 0x85,
     /// Guest: a request without output succeeded.
     Done = 0x86,
+    /// Guest: a [`Kind::RunCode`] ended ([`CodeEnd`] payload).
+    CodeEnd = 0x87,
+    /// Guest: the persistent contexts ([`ContextList`] payload).
+    Contexts = 0x88,
 }
 
 impl Kind {
@@ -92,12 +104,16 @@ impl Kind {
             0x02 => Kind::Resume,
             0x03 => Kind::WriteFile,
             0x04 => Kind::ReadFile,
+            0x05 => Kind::RunCode,
+            0x06 => Kind::ListContexts,
             0x81 => Kind::Ready,
             0x82 => Kind::Output,
             0x83 => Kind::Exit,
             0x84 => Kind::Error,
             0x85 => Kind::FileData,
             0x86 => Kind::Done,
+            0x87 => Kind::CodeEnd,
+            0x88 => Kind::Contexts,
             other => return Err(WireError::UnknownKind(other)),
         })
     }

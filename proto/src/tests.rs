@@ -241,3 +241,168 @@ fn version_1_file_payloads_still_decode() {
     let bad = ReadFile { offset: 1, ..whole };
     assert_eq!(bad.encode(&mut w), Err(WireError::BadValue));
 }
+
+fn run_code_frame(buf: &mut [u8]) -> usize {
+    let env: [(&[u8], &[u8]); 1] = [(b"K", b"V")];
+    encode_frame(buf, Kind::RunCode, 0, |w| {
+        RunCode::encode(
+            w,
+            RunCodeParts {
+                clock_ns: 7,
+                seed: [9; 32],
+                timeout_ms: 100,
+                language: Language::JavaScript,
+                vm_id: 0xfeed,
+                context: b"nb",
+                code: b"1+1",
+                env: env.iter().copied(),
+                cwd: b"/tmp",
+            },
+        )
+    })
+    .unwrap()
+}
+
+#[test]
+fn run_code_round_trips_and_every_truncation_is_rejected() {
+    let mut buf = [0u8; 512];
+    let n = run_code_frame(&mut buf);
+    let (h, payload) = decode_frame(&buf[..n]).unwrap();
+    assert_eq!(h.kind, Kind::RunCode);
+    let r = RunCode::decode(payload).unwrap();
+    assert_eq!(
+        (r.clock_ns, r.seed, r.timeout_ms, r.language, r.vm_id),
+        (7, [9; 32], 100, Language::JavaScript, 0xfeed)
+    );
+    assert_eq!(
+        (r.context, r.code, r.cwd),
+        (&b"nb"[..], &b"1+1"[..], &b"/tmp"[..])
+    );
+    let pairs: [(&[u8], &[u8]); 1] = [(b"K", b"V")];
+    assert!(r.env_pairs().eq(pairs.iter().copied()));
+    for cut in HEADER_LEN..n {
+        assert!(
+            RunCode::decode(&buf[HEADER_LEN..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn run_code_rejects_unknown_languages_and_long_context_names() {
+    let mut buf = [0u8; 512];
+    let n = run_code_frame(&mut buf);
+    let mut bad = buf[HEADER_LEN..n].to_vec();
+    bad[44..48].copy_from_slice(&3u32.to_le_bytes()); // language
+    assert_eq!(RunCode::decode(&bad).err(), Some(WireError::BadValue));
+    let name = [b'x'; MAX_CONTEXT_NAME + 1];
+    let n = encode_frame(&mut buf, Kind::RunCode, 0, |w| {
+        RunCode::encode(
+            w,
+            RunCodeParts {
+                clock_ns: 0,
+                seed: [0; 32],
+                timeout_ms: 0,
+                language: Language::Python,
+                vm_id: 0,
+                context: &name,
+                code: b"",
+                env: core::iter::empty(),
+                cwd: b"",
+            },
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        RunCode::decode(&buf[HEADER_LEN..n]).err(),
+        Some(WireError::BadValue)
+    );
+}
+
+#[test]
+fn code_end_round_trips_with_and_without_parts_and_tail() {
+    let status = ExitStatus {
+        code: 1,
+        signal: 0,
+        flags: EXIT_TIMED_OUT,
+    };
+    let error = CodeError {
+        name: b"ValueError",
+        value: b"boom",
+        traceback: b"Traceback...",
+    };
+    let ends = [
+        CodeEnd {
+            status,
+            result: None,
+            error: None,
+        },
+        CodeEnd {
+            status,
+            result: Some(b"2"),
+            error: None,
+        },
+        CodeEnd {
+            status,
+            result: Some(b""),
+            error: Some(error),
+        },
+    ];
+    let tail = Output {
+        stream: Stream::Stderr,
+        data: b"late",
+    };
+    for end in ends {
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf);
+        end.encode(&mut w).unwrap();
+        let n = w.position();
+        assert_eq!(n, end.encoded_len());
+        assert_eq!(CodeEnd::decode(&buf[..n]).unwrap(), (end, None));
+        let mut w = Writer::new(&mut buf);
+        end.encode_with_output(&mut w, &tail).unwrap();
+        let n = w.position();
+        assert_eq!(CodeEnd::decode(&buf[..n]).unwrap(), (end, Some(tail)));
+        for cut in 0..n {
+            // A cut right after the end's own fields is a valid end without a tail.
+            if cut != end.encoded_len() {
+                assert!(CodeEnd::decode(&buf[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+    }
+}
+
+#[test]
+fn code_end_rejects_unknown_parts() {
+    let mut buf = [0u8; 16];
+    buf[12..16].copy_from_slice(&4u32.to_le_bytes());
+    assert_eq!(CodeEnd::decode(&buf).err(), Some(WireError::BadValue));
+}
+
+#[test]
+fn context_lists_round_trip_and_reject_bad_entries() {
+    let entries = [
+        ContextEntry {
+            name: b"a",
+            language: Language::Python,
+        },
+        ContextEntry {
+            name: b"notebook",
+            language: Language::Bash,
+        },
+    ];
+    let mut buf = [0u8; 128];
+    let mut w = Writer::new(&mut buf);
+    ContextList::encode(&mut w, entries.iter().copied()).unwrap();
+    let n = w.position();
+    let list = ContextList::decode(&buf[..n]).unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().eq(entries.iter().copied()));
+    for cut in 0..n {
+        assert!(ContextList::decode(&buf[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut bad = buf;
+    bad[n - 4..n].copy_from_slice(&9u32.to_le_bytes());
+    assert!(ContextList::decode(&bad[..n]).is_err());
+    assert!(ContextList::decode(&[0, 0, 0, 0]).unwrap().is_empty());
+}
