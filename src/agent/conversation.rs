@@ -3,13 +3,13 @@
 //! final frame arrives.
 
 use zeroboot_proto::{
-    AgentError as WireAgentError, EXIT_TIMED_OUT, ExitStatus, Kind, Output, RESUME_STOP_OUTPUT,
-    Ready, Stream, VERSION, encode_frame,
+    AgentError as WireAgentError, CodeEnd, ContextList, EXIT_TIMED_OUT, ExitStatus, Kind, Language,
+    Output, RESUME_STOP_OUTPUT, Ready, Stream, VERSION, encode_frame,
 };
 
 use zeroboot_proto::Header;
 
-use super::{AgentError, Mailbox};
+use super::{AgentError, FrameLink, Mailbox};
 use crate::vmm::{Stop, Vm};
 
 /// How an exec ended inside the guest.
@@ -23,6 +23,49 @@ pub struct ExecEnd {
     pub timed_out: bool,
     /// Output beyond the cap was dropped.
     pub truncated: bool,
+}
+
+impl ExecEnd {
+    fn of(status: ExitStatus, truncated: bool) -> ExecEnd {
+        ExecEnd {
+            code: status.code,
+            signal: status.signal,
+            timed_out: status.flags & EXIT_TIMED_OUT != 0,
+            truncated,
+        }
+    }
+}
+
+/// An uncaught exception in run code (texts as the guest sent them, made
+/// valid UTF-8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeFailure {
+    /// The exception's type.
+    pub name: String,
+    /// Its message.
+    pub value: String,
+    /// The formatted traceback.
+    pub traceback: String,
+}
+
+/// How a code run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunEnd {
+    /// Status and output flags, as for an exec.
+    pub end: ExecEnd,
+    /// The last expression's value as text.
+    pub result: Option<String>,
+    /// The uncaught exception.
+    pub error: Option<CodeFailure>,
+}
+
+/// A persistent context alive in the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextInfo {
+    /// Its name.
+    pub name: String,
+    /// Its language.
+    pub language: Language,
 }
 
 /// Runs a freshly booted guest until it has registered its mailbox and said
@@ -103,47 +146,124 @@ fn deliver(
     take < out.data.len()
 }
 
+/// Output passed on so far, against the cap.
+struct Delivery<'a> {
+    cap: usize,
+    delivered: usize,
+    truncated: bool,
+    on_output: &'a mut dyn FnMut(Stream, &[u8]),
+}
+
+impl Delivery<'_> {
+    fn take(&mut self, out: Output<'_>) {
+        self.truncated |= deliver(out, self.cap, &mut self.delivered, self.on_output);
+    }
+}
+
+/// Sends a request answered like an exec (Output frames, each resumed, then
+/// one final frame of kind `last`) and returns the final frame's payload.
+/// Output chunks go to `delivery` until its cap.
+fn stream_until(
+    link: &mut dyn FrameLink,
+    request: &[u8],
+    last: Kind,
+    delivery: &mut Delivery<'_>,
+) -> Result<Vec<u8>, AgentError> {
+    let mut payload = Vec::new();
+    let mut next = request.to_vec();
+    loop {
+        let header = link.round_trip(&next, &mut payload)?;
+        match header.kind {
+            Kind::Output => {
+                delivery.take(Output::decode(&payload)?);
+                let flags = if delivery.truncated {
+                    RESUME_STOP_OUTPUT
+                } else {
+                    0
+                };
+                next.resize(zeroboot_proto::HEADER_LEN, 0);
+                encode_frame(&mut next, Kind::Resume, flags, |_| Ok(()))?;
+            }
+            k if k == last => return Ok(payload),
+            Kind::Error => return Err(agent_error(&payload)),
+            other => {
+                return Err(AgentError::Protocol(format!(
+                    "unexpected {other:?} frame while waiting for {last:?}"
+                )));
+            }
+        }
+    }
+}
+
 /// Sends an Exec frame and runs the guest to its Exit, passing output chunks
 /// to `on_output` until `output_cap` bytes in all have been passed.
 pub fn exec(
-    vm: &mut Vm,
-    mailbox: &Mailbox,
+    link: &mut dyn FrameLink,
     request: &[u8],
     output_cap: usize,
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<ExecEnd, AgentError> {
+    let mut delivery = Delivery {
+        cap: output_cap,
+        delivered: 0,
+        truncated: false,
+        on_output,
+    };
+    let payload = stream_until(link, request, Kind::Exit, &mut delivery)?;
+    let (status, tail) = ExitStatus::decode(&payload)?;
+    if let Some(out) = tail {
+        delivery.take(out);
+    }
+    Ok(ExecEnd::of(status, delivery.truncated))
+}
+
+/// Sends a RunCode frame and runs the guest to its CodeEnd; output as for
+/// [`exec`].
+pub fn run_code(
+    link: &mut dyn FrameLink,
+    request: &[u8],
+    output_cap: usize,
+    on_output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<RunEnd, AgentError> {
+    let mut delivery = Delivery {
+        cap: output_cap,
+        delivered: 0,
+        truncated: false,
+        on_output,
+    };
+    let payload = stream_until(link, request, Kind::CodeEnd, &mut delivery)?;
+    let (end, tail) = CodeEnd::decode(&payload)?;
+    if let Some(out) = tail {
+        delivery.take(out);
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ok(RunEnd {
+        end: ExecEnd::of(end.status, delivery.truncated),
+        result: end.result.map(text),
+        error: end.error.map(|e| CodeFailure {
+            name: text(e.name),
+            value: text(e.value),
+            traceback: text(e.traceback),
+        }),
+    })
+}
+
+/// Asks the guest for its persistent contexts.
+pub fn list_contexts(link: &mut dyn FrameLink) -> Result<Vec<ContextInfo>, AgentError> {
+    let request = super::request::encode(Kind::ListContexts, 0, 0, |_| Ok(()))?;
     let mut payload = Vec::new();
-    let mut delivered = 0usize;
-    let mut truncated = false;
-    let mut next = request.to_vec();
-    loop {
-        let header = round_trip(vm, mailbox, &next, &mut payload)?;
-        match header.kind {
-            Kind::Output => {
-                let out = Output::decode(&payload)?;
-                truncated |= deliver(out, output_cap, &mut delivered, on_output);
-                let flags = if truncated { RESUME_STOP_OUTPUT } else { 0 };
-                next.resize(zeroboot_proto::HEADER_LEN, 0);
-                encode_frame(&mut next, Kind::Resume, flags, |_| Ok(()))?;
-            }
-            Kind::Exit => {
-                let (status, tail) = ExitStatus::decode(&payload)?;
-                if let Some(out) = tail {
-                    truncated |= deliver(out, output_cap, &mut delivered, on_output);
-                }
-                return Ok(ExecEnd {
-                    code: status.code,
-                    signal: status.signal,
-                    timed_out: status.flags & EXIT_TIMED_OUT != 0,
-                    truncated,
-                });
-            }
-            Kind::Error => return Err(agent_error(&payload)),
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "unexpected {other:?} frame during exec"
-                )));
-            }
-        }
+    let header = link.round_trip(&request, &mut payload)?;
+    match header.kind {
+        Kind::Contexts => Ok(ContextList::decode(&payload)?
+            .iter()
+            .map(|c| ContextInfo {
+                name: String::from_utf8_lossy(c.name).into_owned(),
+                language: c.language,
+            })
+            .collect()),
+        Kind::Error => Err(agent_error(&payload)),
+        other => Err(AgentError::Protocol(format!(
+            "expected Contexts, got {other:?}"
+        ))),
     }
 }

@@ -1,7 +1,9 @@
 //! Encoding requests. Every exec carries the host's wall clock and
 //! fresh randomness, so the first exec after a fork already reseeds the guest.
 
-use zeroboot_proto::{Exec, ExecParts, Kind, MAILBOX_SIZE, Program, encode_frame};
+use zeroboot_proto::{
+    Exec, ExecParts, Kind, Language, MAILBOX_SIZE, Program, RunCode, RunCodeParts, encode_frame,
+};
 
 use super::AgentError;
 
@@ -41,6 +43,49 @@ pub fn encode_exec(
                 env: req.env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
                 cwd: req.cwd.as_bytes(),
                 stdin: &req.stdin,
+            },
+        )
+    })
+}
+
+/// Code to run with notebook semantics.
+#[derive(Clone, Debug)]
+pub struct CodeRequest {
+    /// What `code` is written in.
+    pub language: Language,
+    /// The source.
+    pub code: String,
+    /// The persistent context ("" for a fresh interpreter).
+    pub context: String,
+    /// Environment variables set before the code runs.
+    pub env: Vec<(String, String)>,
+    /// Working directory ("" to leave it).
+    pub cwd: String,
+    /// In-guest deadline in milliseconds (0: none).
+    pub timeout_ms: u32,
+}
+
+/// Builds the RunCode frame for `req` run in the VM named `vm_id`, with the
+/// given clock and seed.
+pub fn encode_run_code(
+    req: &CodeRequest,
+    vm_id: u64,
+    clock_ns: u64,
+    seed: [u8; 32],
+) -> Result<Vec<u8>, AgentError> {
+    encode(Kind::RunCode, 0, req.code.len(), |w| {
+        RunCode::encode(
+            w,
+            RunCodeParts {
+                clock_ns,
+                seed,
+                timeout_ms: req.timeout_ms,
+                language: req.language,
+                vm_id,
+                context: req.context.as_bytes(),
+                code: req.code.as_bytes(),
+                env: req.env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+                cwd: req.cwd.as_bytes(),
             },
         )
     })

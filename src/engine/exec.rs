@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{CancelToken, Engine, EngineError};
-use crate::agent::{self, ExecRequest, Stream};
+use crate::agent::{self, ExecRequest, Stream, VmLink};
 
 /// Per-call knobs.
 #[derive(Clone, Default)]
@@ -68,7 +68,13 @@ impl Engine {
                     Stream::Stderr => result.stderr.extend_from_slice(data),
                 }
             },
-            Box::new(move |vm, tpl, out| agent::exec(vm, &tpl.mailbox, &frame, cap, out)),
+            Box::new(move |vm, tpl, out| {
+                let mut link = VmLink {
+                    vm,
+                    mailbox: &tpl.mailbox,
+                };
+                agent::exec(&mut link, &frame, cap, out)
+            }),
         )?;
         result.exit_code = (end.signal == 0).then_some(end.code);
         result.signal = (end.signal != 0).then_some(end.signal);

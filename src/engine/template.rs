@@ -102,7 +102,11 @@ impl Template {
             ..Default::default()
         };
         let frame = agent::encode_exec(&req, 0, [0; 32]).map_err(EngineError::from_agent)?;
-        match agent::exec(&mut vm, &self.mailbox, &frame, 0, &mut |_, _| {}) {
+        let mut link = agent::VmLink {
+            vm: &mut vm,
+            mailbox: &self.mailbox,
+        };
+        match agent::exec(&mut link, &frame, 0, &mut |_, _| {}) {
             Ok(_) | Err(agent::AgentError::Agent { .. }) => {}
             Err(e) => return Err(EngineError::from_agent(e)),
         }

@@ -5,11 +5,80 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 use zeroboot_proto::{
     AgentError, AgentErrorCode, Exec, ExecParts, ExitStatus, HEADER_LEN, Header, Kind,
     MAILBOX_SIZE, MAX_PAYLOAD, Output, Program, RESUME_STOP_OUTPUT, Ready, Stream, encode_frame,
 };
+
+/// The static agent the guest image packs, built once per test binary.
+pub fn agent_binary() -> &'static PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let source = zeroboot::image::source_tree().expect("tests run from the source tree");
+        zeroboot::image::build_agent(&source).expect("building the static agent")
+    })
+}
+
+/// The Linux agent running as a host process over pipes, with the host's
+/// real python3; killed on drop.
+pub struct Agent {
+    child: Child,
+    pub client: Client<ChildStdout, ChildStdin>,
+}
+
+impl Agent {
+    /// Starts the agent with the host's python3 (and Node.js, if on PATH).
+    pub fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    /// Starts the agent with extra arguments (`--node none`, ...).
+    pub fn start_with(args: &[&str]) -> Agent {
+        let python = PathBuf::from("/usr/bin/python3");
+        assert!(
+            python.is_file(),
+            "these tests need the host's python3 (3.11)"
+        );
+        let mut child = Command::new(agent_binary())
+            .args(["--transport", "stdio", "--python"])
+            .arg(&python)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning the agent");
+        let mut client = Client::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        let ready = client.ready();
+        assert_eq!(
+            (ready.version, ready.agent),
+            (zeroboot_proto::VERSION, zeroboot_proto::AgentKind::Linux)
+        );
+        Agent { child, client }
+    }
+
+    pub fn exec(&mut self, spec: &ExecSpec) -> Run {
+        self.client.exec(spec)
+    }
+
+    pub fn run_code(&mut self, spec: &CodeSpec) -> CodeRun {
+        self.client.run_code(spec)
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _reaped = self.child.kill().and_then(|()| self.child.wait());
+    }
+}
 
 /// What an exec asks for.
 #[derive(Clone, Debug)]
@@ -104,6 +173,126 @@ impl Run {
                 panic!("agent error {code:?}: {msg}; stderr: {}", self.stderr_str())
             }
         }
+    }
+}
+
+/// What a run of code asks for.
+#[derive(Clone, Debug)]
+pub struct CodeSpec {
+    pub request: zeroboot::agent::CodeRequest,
+    /// The VM identity the host claims (a new one makes a context reseed).
+    pub vm_id: u64,
+}
+
+impl CodeSpec {
+    fn new(language: zeroboot::agent::Language, code: &str) -> Self {
+        CodeSpec {
+            request: zeroboot::agent::CodeRequest {
+                language,
+                code: code.into(),
+                context: String::new(),
+                env: Vec::new(),
+                cwd: String::new(),
+                timeout_ms: 0,
+            },
+            vm_id: 1,
+        }
+    }
+
+    pub fn python(code: &str) -> Self {
+        Self::new(zeroboot::agent::Language::Python, code)
+    }
+
+    pub fn javascript(code: &str) -> Self {
+        Self::new(zeroboot::agent::Language::JavaScript, code)
+    }
+
+    pub fn bash(code: &str) -> Self {
+        Self::new(zeroboot::agent::Language::Bash, code)
+    }
+
+    pub fn context(mut self, name: &str) -> Self {
+        self.request.context = name.into();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.request.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn cwd(mut self, cwd: &str) -> Self {
+        self.request.cwd = cwd.into();
+        self
+    }
+
+    pub fn timeout_ms(mut self, ms: u32) -> Self {
+        self.request.timeout_ms = ms;
+        self
+    }
+
+    pub fn vm(mut self, vm_id: u64) -> Self {
+        self.vm_id = vm_id;
+        self
+    }
+}
+
+/// Everything a run of code sent back.
+#[derive(Debug)]
+pub struct CodeRun {
+    /// Output chunks in the order they arrived.
+    pub chunks: Vec<(Stream, Vec<u8>)>,
+    pub end: Result<zeroboot::agent::RunEnd, End>,
+}
+
+impl CodeRun {
+    fn text(&self, stream: Stream) -> String {
+        let bytes: Vec<u8> = self
+            .chunks
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .flat_map(|(_, d)| d.iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.text(Stream::Stdout)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.text(Stream::Stderr)
+    }
+
+    /// How it ended; panics (showing stderr) if the agent failed the request.
+    pub fn ended(&self) -> &zeroboot::agent::RunEnd {
+        match &self.end {
+            Ok(end) => end,
+            Err(e) => panic!("agent error {e:?}; stderr: {}", self.stderr()),
+        }
+    }
+
+    /// The exit code (panics on a signal or an agent error).
+    pub fn code(&self) -> i32 {
+        let end = &self.ended().end;
+        assert_eq!(
+            end.signal,
+            0,
+            "killed by a signal; stderr: {}",
+            self.stderr()
+        );
+        end.code
+    }
+
+    pub fn result(&self) -> Option<&str> {
+        self.ended().result.as_deref()
+    }
+
+    pub fn error(&self) -> &zeroboot::agent::CodeFailure {
+        self.ended()
+            .error
+            .as_ref()
+            .unwrap_or_else(|| panic!("no error; stderr: {}", self.stderr()))
     }
 }
 
@@ -232,6 +421,25 @@ impl<R: Read, W: Write> Client<R, W> {
         }
     }
 
+    /// Runs code through the host's own conversation code.
+    pub fn run_code(&mut self, spec: &CodeSpec) -> CodeRun {
+        let frame =
+            zeroboot::agent::encode_run_code(&spec.request, spec.vm_id, now_ns(), seed()).unwrap();
+        let mut chunks: Vec<(Stream, Vec<u8>)> = Vec::new();
+        let end = zeroboot::agent::run_code(self, &frame, usize::MAX, &mut |s, d| {
+            chunks.push((s, d.to_vec()))
+        });
+        CodeRun {
+            chunks,
+            end: end.map_err(agent_end),
+        }
+    }
+
+    /// The guest's contexts, through the host's own conversation code.
+    pub fn contexts(&mut self) -> Vec<zeroboot::agent::ContextInfo> {
+        zeroboot::agent::list_contexts(self).unwrap()
+    }
+
     /// Writes a file through the host's own chunked transfer code.
     pub fn write_file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<(), End> {
         zeroboot::agent::write_file(self, path, mode, data).map_err(agent_end)
@@ -247,7 +455,7 @@ impl<R: Read, W: Write> Client<R, W> {
 fn agent_end(e: zeroboot::agent::AgentError) -> End {
     match e {
         zeroboot::agent::AgentError::Agent { code, message } => End::Error(code, message),
-        other => panic!("file transfer failed: {other}"),
+        other => panic!("the conversation failed: {other}"),
     }
 }
 

@@ -21,15 +21,22 @@ pub struct Config {
     pub transport: TransportChoice,
     /// Interpreter for the Python zygote (`None`: no Python execs).
     pub python: Option<PathBuf>,
+    /// Node.js for JavaScript (`None`: none).
+    pub node: Option<PathBuf>,
+    /// The native module that reseeds Node's OpenSSL (`None`: none).
+    pub node_addon: Option<PathBuf>,
     /// Act as a guest's system: set the clock, require the entropy reseed, reap orphans.
     pub system: bool,
 }
 
 /// The usage line printed on bad arguments.
-pub const USAGE: &str = "usage: zeroboot-agent [--transport stdio|mailbox|serial[:PATH]] [--python PATH|none] [--system]";
+pub const USAGE: &str = "usage: zeroboot-agent [--transport stdio|mailbox|serial[:PATH]] \
+     [--python PATH|none] [--node PATH|none] [--node-addon PATH] [--system]";
 
 /// Interpreter used in a guest when none is named.
 const GUEST_PYTHON: &str = "/usr/bin/python3";
+/// Where the guest image puts the reseed addon for Node.js.
+pub const GUEST_NODE_ADDON: &str = "/usr/lib/zeroboot/reseed.node";
 
 fn parse_transport(s: &str) -> Result<TransportChoice, String> {
     match s {
@@ -43,21 +50,23 @@ fn parse_transport(s: &str) -> Result<TransportChoice, String> {
     }
 }
 
-fn parse_python(s: &str) -> Option<PathBuf> {
+/// A path, or `none`.
+fn parse_path(s: &str) -> Option<PathBuf> {
     (s != "none").then(|| PathBuf::from(s))
 }
 
-/// Finds `python3` on `PATH`.
-fn python_on_path() -> Option<PathBuf> {
+/// Finds `name` on `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|d| d.join("python3"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
 
 impl Config {
     /// Settings for the guest's init, from the kernel command line:
-    /// `zeroboot.transport=` (default mailbox) and `zeroboot.python=`.
+    /// `zeroboot.transport=` (default mailbox), `zeroboot.python=` and
+    /// `zeroboot.node=` (default: `node` on `PATH`, if the image has it).
     /// Dotted keys are kernel module parameters, so the kernel neither
     /// complains about them nor hands them to init as arguments.
     pub fn from_cmdline(cmdline: &str) -> Result<Config, String> {
@@ -66,13 +75,19 @@ impl Config {
             python: Path::new(GUEST_PYTHON)
                 .is_file()
                 .then(|| GUEST_PYTHON.into()),
+            node: on_path("node"),
+            node_addon: Path::new(GUEST_NODE_ADDON)
+                .is_file()
+                .then(|| GUEST_NODE_ADDON.into()),
             system: true,
         };
         for word in cmdline.split_whitespace() {
             if let Some(v) = word.strip_prefix("zeroboot.transport=") {
                 config.transport = parse_transport(v)?;
             } else if let Some(v) = word.strip_prefix("zeroboot.python=") {
-                config.python = parse_python(v);
+                config.python = parse_path(v);
+            } else if let Some(v) = word.strip_prefix("zeroboot.node=") {
+                config.node = parse_path(v);
             }
         }
         Ok(config)
@@ -82,7 +97,9 @@ impl Config {
     pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         let mut config = Config {
             transport: TransportChoice::Stdio,
-            python: python_on_path(),
+            python: on_path("python3"),
+            node: on_path("node"),
+            node_addon: None,
             system: false,
         };
         let mut args = args.into_iter();
@@ -90,7 +107,9 @@ impl Config {
             let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
             match arg.as_str() {
                 "--transport" => config.transport = parse_transport(&value()?)?,
-                "--python" => config.python = parse_python(&value()?),
+                "--python" => config.python = parse_path(&value()?),
+                "--node" => config.node = parse_path(&value()?),
+                "--node-addon" => config.node_addon = parse_path(&value()?),
                 "--system" => config.system = true,
                 _ => return Err(format!("unknown argument {arg:?}")),
             }
@@ -106,11 +125,13 @@ mod tests {
     #[test]
     fn cmdline_picks_transport_and_python() {
         let c = Config::from_cmdline(
-            "console=ttyS0 quiet zeroboot.transport=serial:/dev/ttyS1 zeroboot.python=none",
+            "console=ttyS0 quiet zeroboot.transport=serial:/dev/ttyS1 zeroboot.python=none \
+             zeroboot.node=/opt/node",
         )
         .unwrap();
         assert_eq!(c.transport, TransportChoice::Serial("/dev/ttyS1".into()));
         assert_eq!(c.python, None);
+        assert_eq!(c.node, Some("/opt/node".into()));
         assert!(c.system);
         assert_eq!(
             Config::from_cmdline("quiet").unwrap().transport,
@@ -121,10 +142,22 @@ mod tests {
 
     #[test]
     fn args_parse_and_reject_unknowns() {
-        let args = ["--transport", "serial", "--python", "/opt/py", "--system"].map(String::from);
+        let args = [
+            "--transport",
+            "serial",
+            "--python",
+            "/opt/py",
+            "--node",
+            "none",
+            "--node-addon",
+            "/a.node",
+            "--system",
+        ]
+        .map(String::from);
         let c = Config::from_args(args).unwrap();
         assert_eq!(c.transport, TransportChoice::Serial("/dev/ttyS0".into()));
         assert_eq!(c.python, Some("/opt/py".into()));
+        assert_eq!((c.node, c.node_addon), (None, Some("/a.node".into())));
         assert!(c.system);
         assert!(Config::from_args(["--bogus".to_string()]).is_err());
         assert!(Config::from_args(["--python".to_string()]).is_err());

@@ -2,7 +2,8 @@
 //! CRNG state and the same wall clock as the template, so before user code
 //! runs the agent mixes the host's seed into the kernel pool, forces the CRNG
 //! to reseed from it, and sets the wall clock to the host's send time.
-//! (Python's `random` is reseeded from the fresh CRNG in the zygote child.)
+//! (Userspace generators are reseeded from the fresh CRNG by the workers:
+//! see `exec/zygote.py` and `exec/worker.js`.)
 
 use std::fs::File;
 use std::io;
@@ -57,17 +58,18 @@ fn set_clock(ns: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Refreshes entropy and, in a guest (`system`), the clock. Outside a guest
-/// the agent is a test process: it never touches the host's clock, and a
-/// refused reseed (not root) is not an error there.
-pub fn refresh(req: &super::exec::ExecRequest, system: bool) -> io::Result<()> {
-    match reseed_kernel(&req.seed) {
+/// Mixes `seed` into the kernel's pools and, in a guest (`system`), sets
+/// the clock to `clock_ns`. Outside a guest the agent is a test process: it
+/// never touches the host's clock, and a refused reseed (not root) is not an
+/// error there.
+pub fn refresh(seed: &[u8; 32], clock_ns: u64, system: bool) -> io::Result<()> {
+    match reseed_kernel(seed) {
         Ok(()) => {}
         Err(e) if system => return Err(e),
         Err(_) => {}
     }
-    if system && req.clock_ns != 0 {
-        set_clock(req.clock_ns)?;
+    if system && clock_ns != 0 {
+        set_clock(clock_ns)?;
     }
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! Encoding the agent's frames into the transport buffer. Each function
 //! returns the frame's total length, ready for `Transport::exchange`.
 
+use crate::exec::Done;
 use zeroboot_proto::{
-    AgentError, AgentErrorCode, AgentKind, ExitStatus, HEADER_LEN, Header, Kind, MAX_PAYLOAD,
-    Output, Ready, Stream, VERSION, encode_frame,
+    AgentError, AgentErrorCode, AgentKind, CodeEnd, CodeError, ContextEntry, ContextList,
+    ExitStatus, HEADER_LEN, Header, Kind, MAX_PAYLOAD, Output, Ready, Stream, VERSION,
+    encode_frame,
 };
 
 /// Where an output chunk's bytes start in the buffer: read straight there.
@@ -77,6 +79,69 @@ pub fn exit_with_output(buf: &mut [u8], status: ExitStatus, stream: Stream, data
     })
 }
 
+/// Longest result text a CodeEnd carries.
+const MAX_RESULT: usize = 16 << 10;
+/// Longest error name, value and traceback a CodeEnd carries.
+const MAX_ERROR: [usize; 3] = [256, 4 << 10, 16 << 10];
+
+/// The first `limit` bytes of `b`, cut back to a UTF-8 character boundary
+/// when `b` is UTF-8 (the worker already cuts its texts; this bounds a
+/// worker that does not).
+fn cut(b: &[u8], limit: usize) -> &[u8] {
+    if b.len() <= limit {
+        return b;
+    }
+    let head = &b[..limit];
+    match std::str::from_utf8(head) {
+        Err(e) if e.error_len().is_none() => &head[..e.valid_up_to()],
+        _ => head,
+    }
+}
+
+/// What a [`Kind::CodeEnd`] says: the status and what the worker reported.
+pub struct CodeOutcome<'a>(CodeEnd<'a>);
+
+impl<'a> CodeOutcome<'a> {
+    /// The end of a run with `status`, and the worker's report if it made one.
+    pub fn new(status: ExitStatus, done: Option<&'a Done>) -> CodeOutcome<'a> {
+        CodeOutcome(CodeEnd {
+            status,
+            result: done
+                .and_then(|d| d.result.as_deref())
+                .map(|r| cut(r, MAX_RESULT)),
+            error: done
+                .and_then(|d| d.error.as_ref())
+                .map(|[n, v, tb]| CodeError {
+                    name: cut(n, MAX_ERROR[0]),
+                    value: cut(v, MAX_ERROR[1]),
+                    traceback: cut(tb, MAX_ERROR[2]),
+                }),
+        })
+    }
+
+    /// True when a last output chunk of `len` bytes fits beside it.
+    pub fn fits_with_tail(&self, len: usize) -> bool {
+        self.0.encoded_len() + 8 + len <= MAX_PAYLOAD
+    }
+
+    /// Encodes the frame, with the last output chunk when one is given
+    /// (checked with [`CodeOutcome::fits_with_tail`]).
+    pub fn encode(&self, buf: &mut [u8], tail: Option<(Stream, &[u8])>) -> usize {
+        encode(buf, Kind::CodeEnd, |w| match tail {
+            Some((stream, data)) => self.0.encode_with_output(w, &Output { stream, data }),
+            None => self.0.encode(w),
+        })
+    }
+}
+
+/// [`Kind::Contexts`]; the list is short ([`crate::exec::MAX_CONTEXTS`]).
+pub fn contexts<'a>(
+    buf: &mut [u8],
+    entries: impl ExactSizeIterator<Item = ContextEntry<'a>>,
+) -> usize {
+    encode(buf, Kind::Contexts, |w| ContextList::encode(w, entries))
+}
+
 /// [`Kind::Done`].
 pub fn done(buf: &mut [u8]) -> usize {
     encode(buf, Kind::Done, |_| Ok(()))
@@ -143,6 +208,35 @@ mod tests {
                 stream: Stream::Stdout,
                 data: &data
             })
+        );
+    }
+
+    #[test]
+    fn code_ends_cut_what_a_worker_oversends_and_keep_utf8_whole() {
+        let done = Done {
+            code: 1,
+            result: Some("é".repeat(MAX_RESULT).into_bytes()),
+            error: Some([vec![b'n'; 1000], vec![b'v'; 100_000], vec![b't'; 100_000]]),
+        };
+        let status = ExitStatus {
+            code: 1,
+            signal: 0,
+            flags: 0,
+        };
+        let outcome = CodeOutcome::new(status, Some(&done));
+        assert!(!outcome.fits_with_tail(MAX_PAYLOAD));
+        let mut buf = vec![0u8; zeroboot_proto::MAILBOX_SIZE];
+        let n = outcome.encode(&mut buf, None);
+        let (h, p) = decode_frame(&buf[..n]).unwrap();
+        assert_eq!(h.kind, Kind::CodeEnd);
+        let (end, tail) = CodeEnd::decode(p).unwrap();
+        assert!(tail.is_none());
+        let result = std::str::from_utf8(end.result.unwrap()).unwrap();
+        assert_eq!(result.len(), MAX_RESULT);
+        let error = end.error.unwrap();
+        assert_eq!(
+            [error.name.len(), error.value.len(), error.traceback.len()],
+            MAX_ERROR
         );
     }
 

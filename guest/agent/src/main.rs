@@ -1,8 +1,10 @@
 //! zeroboot's Linux guest agent.
 //!
 //! In a guest image it is `/init`: it mounts the kernel filesystems, starts
-//! and warms a Python zygote, announces Ready to the host and then runs the
-//! host's requests (argv and Python execs, file reads and writes) for ever.
+//! and warms a Python zygote and a spare worker per language (Python, and
+//! JavaScript when the image has Node.js), announces Ready to the host and
+//! then runs the host's requests (argv and Python execs, code runs and
+//! contexts, file reads and writes) for ever.
 //! As a plain process (`--transport stdio`) it serves the same protocol on
 //! stdin/stdout, which is how its logic is tested without a VM.
 
@@ -18,7 +20,7 @@ mod system;
 mod transport;
 
 use config::{Config, TransportChoice};
-use exec::{Runner, Zygote};
+use exec::{Node, Runner};
 use std::time::Duration;
 use transport::{Mailbox, Stream, Transport, TransportError};
 
@@ -37,23 +39,20 @@ fn open_transport(choice: &TransportChoice) -> std::io::Result<Box<dyn Transport
 }
 
 fn start_runner(config: &Config) -> Runner {
-    let zygote = config
-        .python
-        .as_deref()
-        .and_then(|python| match Zygote::start(python) {
-            Ok(z) => Some(z),
-            Err(e) => {
-                eprintln!(
-                    "zeroboot-agent: no Python: cannot start {}: {e}",
-                    python.display()
-                );
-                None
-            }
-        });
-    Runner {
-        zygote,
-        system: config.system,
+    // A worker whose zygote died is handed to the agent, whatever its PID.
+    if let Err(e) = sys::become_subreaper() {
+        eprintln!("zeroboot-agent: cannot become a subreaper: {e}");
     }
+    let node = config.node.clone().map(|path| Node {
+        path,
+        addon: config.node_addon.clone(),
+    });
+    Runner::start(
+        config.python.as_deref(),
+        node,
+        exec::find_shell(),
+        config.system,
+    )
 }
 
 /// The guest's init: never returns (the kernel panics if PID 1 exits).
@@ -69,12 +68,10 @@ fn run_as_init() -> ! {
     });
     let started = std::time::Instant::now();
     let mut runner = start_runner(&config);
-    if runner.zygote.is_some() {
-        eprintln!(
-            "zeroboot-agent: Python zygote warm in {} ms",
-            started.elapsed().as_millis()
-        );
-    }
+    eprintln!(
+        "zeroboot-agent: interpreters warm in {} ms",
+        started.elapsed().as_millis()
+    );
     loop {
         match open_transport(&config.transport) {
             Ok(mut t) => {

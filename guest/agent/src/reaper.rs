@@ -2,8 +2,9 @@
 //! its zombie stays until the agent waits for it.
 
 /// Waits for every child that has exited, without blocking. Called between
-/// requests, when the agent's own children are only the zygote (which is
-/// restarted if this reaps it) and orphans adopted by PID 1.
+/// requests, when the agent's own children are the Python zygote (restarted
+/// if this reaps it), Node.js and shell workers (a dead one is noticed
+/// through its pidfd and replaced) and orphans adopted by PID 1.
 pub fn reap_orphans() {
     loop {
         // SAFETY: waitpid with a null status pointer writes nothing.

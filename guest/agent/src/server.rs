@@ -1,13 +1,13 @@
 //! The request loop: announce Ready, then answer each host request with its
-//! final frame (after any Output frames the exec streamed).
+//! final frame (after any Output frames an exec or a run streamed).
 
-use crate::exec::{ExecRequest, Runner};
+use crate::exec::{CodeRequest, ExecRequest, Runner};
 use crate::files::Files;
 use crate::frames::{self, Failure};
 use crate::reaper;
 use crate::transport::{Transport, TransportError};
 use zeroboot_proto::{
-    AgentErrorCode, Exec, FILE_MORE, HEADER_LEN, Header, Kind, ReadFile, WriteFile,
+    AgentErrorCode, Exec, FILE_MORE, HEADER_LEN, Header, Kind, ReadFile, RunCode, WriteFile,
 };
 
 /// Serves requests until the transport fails.
@@ -57,6 +57,14 @@ fn handle(
             }
             Err(e) => Err(bad_request("exec", e)),
         },
+        Kind::RunCode => match RunCode::decode(payload) {
+            Ok(r) => {
+                let req = CodeRequest::from_wire(&r);
+                return runner.run_code(t, req);
+            }
+            Err(e) => Err(bad_request("run_code", e)),
+        },
+        Kind::ListContexts => return Ok(runner.list_contexts(t.buf())),
         Kind::WriteFile => match WriteFile::decode(payload) {
             Ok(chunk) => files.write(&chunk, header.flags).map(|()| None),
             Err(e) => Err(bad_request("write_file", e)),

@@ -50,6 +50,34 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     }
 }
 
+/// Waits up to `timeout_ms` for `fd` to have `events`; false on timeout.
+fn wait_for(fd: BorrowedFd<'_>, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    }];
+    Ok(poll(&mut pfd, timeout_ms)? > 0)
+}
+
+/// Waits up to `timeout_ms` (-1: for ever) for `fd` to be readable (or
+/// closed, or a pidfd's process to have exited); false on timeout.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    wait_for(fd, libc::POLLIN, timeout_ms)
+}
+
+/// Waits up to `timeout_ms` for `fd` to take writes; false on timeout.
+pub fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    wait_for(fd, libc::POLLOUT, timeout_ms)
+}
+
+/// Sends `SIGINT` to process `pid` alone (an interpreter turns it into an
+/// interruption of the code it runs).
+pub fn interrupt(pid: u32) -> io::Result<()> {
+    // SAFETY: kill takes integers only.
+    cvt(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }.into()).map(drop)
+}
+
 /// Sends `SIGKILL` to every process of group `pgid`. A group that is already
 /// gone is not an error.
 pub fn kill_group(pgid: u32) -> io::Result<()> {
@@ -60,15 +88,14 @@ pub fn kill_group(pgid: u32) -> io::Result<()> {
     }
 }
 
-/// A connected pair of close-on-exec `SOCK_SEQPACKET` Unix sockets: message
-/// boundaries are kept, so each request is one `send` and one `recv`.
-pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A connected pair of close-on-exec Unix sockets of `kind`.
+fn socket_pair(kind: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors socketpair writes.
     cvt(unsafe {
         libc::socketpair(
             libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            kind | libc::SOCK_CLOEXEC,
             0,
             fds.as_mut_ptr(),
         )
@@ -78,10 +105,45 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A connected pair of `SOCK_SEQPACKET` sockets: message boundaries are
+/// kept, so each request is one `send` and one `recv`.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket_pair(libc::SOCK_SEQPACKET)
+}
+
+/// A connected pair of `SOCK_STREAM` sockets (what Node.js can use).
+pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket_pair(libc::SOCK_STREAM)
+}
+
+/// Makes `cmd`'s child find `fd` as its descriptor 3 (and `fd` itself must
+/// stay open until the child is spawned).
+pub fn pass_as_fd3(cmd: &mut std::process::Command, fd: BorrowedFd<'_>) {
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // dup2 or fcntl, which are async-signal-safe; `raw` is open there
+    // (inherited). dup2 clears close-on-exec on the copy; a descriptor that
+    // already is 3 has it cleared by hand.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Sends one message on `sock` carrying `data` and duplicates of `fds`
 /// (`SCM_RIGHTS`).
 pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    const MAX_FDS: usize = 3;
+    const MAX_FDS: usize = 4;
     assert!(
         fds.len() <= MAX_FDS,
         "send_with_fds: at most {MAX_FDS} descriptors"
@@ -126,6 +188,22 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) 
         ));
     }
     Ok(())
+}
+
+/// Reaps child `pid` if it has exited (`Ok(None)`: still running).
+pub fn try_wait(pid: u32) -> io::Result<Option<std::process::ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: `status` is a valid int for waitpid to write.
+    let n = cvt(unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) }.into())?;
+    Ok((n != 0).then(|| std::process::ExitStatus::from_raw(status)))
+}
+
+/// Makes the agent the reaper of its descendants' orphans (what PID 1 is
+/// anyway): a worker whose zygote died becomes the agent's child.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }.into()).map(drop)
 }
 
 /// True when this process is PID 1 (the guest's init).

@@ -1,13 +1,16 @@
 //! Starting an argv program: fork+exec in its own process group with three
 //! pipes, watched through a pidfd.
 
-use super::{ExecRequest, Running, Stdio};
+use super::{Running, Stdio};
 use crate::sys;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command};
+use std::time::Duration;
 
 /// A running argv program.
 pub struct ArgvProgram {
@@ -15,20 +18,23 @@ pub struct ArgvProgram {
     pidfd: OwnedFd,
 }
 
-/// Starts `req.argv` with `req.env` on top of the agent's environment.
-pub fn spawn(req: &ExecRequest) -> io::Result<(ArgvProgram, Stdio)> {
-    let (program, args) = req
-        .argv
+/// Starts `argv` with `env` on top of the agent's environment, in `cwd`.
+pub fn spawn(
+    argv: &[OsString],
+    env: &[(OsString, OsString)],
+    cwd: Option<&Path>,
+) -> io::Result<(ArgvProgram, Stdio)> {
+    let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0);
-    if let Some(cwd) = &req.cwd {
+    if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
     let mut child = cmd.spawn()?;
@@ -41,7 +47,9 @@ pub fn spawn(req: &ExecRequest) -> io::Result<(ArgvProgram, Stdio)> {
         }
     };
     let stdio = Stdio {
-        stdin: File::from(OwnedFd::from(child.stdin.take().expect("piped stdin"))),
+        stdin: Some(File::from(OwnedFd::from(
+            child.stdin.take().expect("piped stdin"),
+        ))),
         stdout: File::from(OwnedFd::from(child.stdout.take().expect("piped stdout"))),
         stderr: File::from(OwnedFd::from(child.stderr.take().expect("piped stderr"))),
     };
@@ -49,8 +57,8 @@ pub fn spawn(req: &ExecRequest) -> io::Result<(ArgvProgram, Stdio)> {
 }
 
 impl Running for ArgvProgram {
-    fn exit_fd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+    fn exit_fds(&self) -> [Option<BorrowedFd<'_>>; 2] {
+        [Some(self.pidfd.as_fd()), None]
     }
 
     fn try_status(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
@@ -59,5 +67,12 @@ impl Running for ArgvProgram {
 
     fn pgid(&self) -> u32 {
         self.child.id()
+    }
+
+    fn interrupt(&mut self) -> Option<Duration> {
+        if let Err(e) = sys::kill_group(self.child.id()) {
+            eprintln!("zeroboot-agent: cannot kill group {}: {e}", self.child.id());
+        }
+        None
     }
 }

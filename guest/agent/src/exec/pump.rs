@@ -1,24 +1,37 @@
 //! The output pump: feeds stdin, streams stdout/stderr to the host as they
 //! come (one Output frame per read, each acknowledged by a Resume), enforces
-//! the deadline by killing the process group, and ends with one Exit frame.
+//! the deadline (the program decides how: see [`Running::interrupt`]), and
+//! returns how the program ended, for the caller's final frame.
 //!
-//! The exec ends when the program itself has exited: what it wrote before is
-//! drained from the pipes, but a background process it left holding the pipes
-//! does not keep the exec open. The last chunk drained rides in the Exit frame
-//! (saving one round trip, i.e. one VM exit in zeroboot's VMM, per short exec).
+//! A run ends when the program says so ([`Running::try_status`]): for a
+//! process, when it has exited; what it wrote before is drained from the
+//! pipes, but a background process it left holding the pipes does not keep
+//! the run open. The last chunk drained is handed back to ride in the final
+//! frame (saving one round trip, i.e. one VM exit in zeroboot's VMM, per
+//! short exec).
 
-use super::{ExecRequest, Running, Stdio};
-use crate::frames::{self, OUTPUT_DATA};
+use super::{Running, Stdio};
+use crate::frames::{self, Failure, OUTPUT_DATA};
 use crate::sys;
 use crate::transport::{Transport, TransportError};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::ExitStatusExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use zeroboot_proto::{
     AgentErrorCode, EXIT_TIMED_OUT, ExitStatus, Kind, MAX_PAYLOAD, RESUME_STOP_OUTPUT, Stream,
 };
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Finish {
+    /// Its status in wire form (the timeout flag set if the deadline struck).
+    pub status: ExitStatus,
+    /// The last output chunk, held back for the final frame (none if there
+    /// was none or the host wanted no more output).
+    pub tail: Option<(Stream, Vec<u8>)>,
+}
 
 /// The largest chunk read at once: small enough to ride in an Exit frame.
 const CHUNK: usize = MAX_PAYLOAD - ExitStatus::OUTPUT_TAIL_OFFSET;
@@ -27,11 +40,12 @@ const CHUNK: usize = MAX_PAYLOAD - ExitStatus::OUTPUT_TAIL_OFFSET;
 const DRAIN_READS: usize = (1 << 20) / CHUNK + 1;
 
 /// The pipes and where their bytes go.
-struct Pump<'t> {
+struct Pump<'t, 's> {
     t: &'t mut dyn Transport,
-    outs: [(Stream, Option<File>); 2],
-    stdin: Option<File>,
-    input: Vec<u8>,
+    /// The output pipes, `None` once one has ended.
+    outs: [(Stream, Option<&'s File>); 2],
+    stdin: &'s mut Option<File>,
+    input: &'s [u8],
     written: usize,
     /// Where reads land before they are framed.
     chunk: Vec<u8>,
@@ -41,11 +55,11 @@ struct Pump<'t> {
     protocol_error: Option<String>,
 }
 
-impl Pump<'_> {
+impl Pump<'_, '_> {
     /// Reads what stream `i` has now into `self.chunk`; 0 when it has
     /// nothing now or has ended (then it is closed).
     fn read_chunk(&mut self, i: usize) -> usize {
-        let Some(file) = &mut self.outs[i].1 else {
+        let Some(mut file) = self.outs[i].1 else {
             return 0;
         };
         match file.read(&mut self.chunk) {
@@ -72,19 +86,13 @@ impl Pump<'_> {
         if self.discard {
             return Ok(());
         }
-        let buf = self.t.buf();
-        buf[OUTPUT_DATA..OUTPUT_DATA + data.len()].copy_from_slice(data);
-        let len = frames::output_in_place(buf, stream, data.len());
-        let reply = self.t.exchange(len)?;
-        if reply.kind != Kind::Resume {
-            self.protocol_error = Some(format!(
-                "expected Resume after Output, got {:?}",
-                reply.kind
-            ));
-            self.discard = true;
-            report_kill(pgid);
-        } else if reply.flags & RESUME_STOP_OUTPUT != 0 {
-            self.discard = true;
+        match send_output(self.t, stream, data)? {
+            Err(failure) => {
+                self.protocol_error = Some(failure.message);
+                self.discard = true;
+                report_kill(pgid);
+            }
+            Ok(flags) => self.discard = flags & RESUME_STOP_OUTPUT != 0,
         }
         Ok(())
     }
@@ -123,7 +131,9 @@ impl Pump<'_> {
 
     /// Writes as much pending stdin as the pipe takes; closes it when done.
     fn feed(&mut self) {
-        let Some(pipe) = &mut self.stdin else { return };
+        let Some(pipe) = self.stdin.as_mut() else {
+            return;
+        };
         match pipe.write(&self.input[self.written..]) {
             Ok(n) => self.written += n,
             Err(e)
@@ -133,7 +143,7 @@ impl Pump<'_> {
             Err(_) => self.written = self.input.len(),
         }
         if self.written == self.input.len() {
-            self.stdin = None;
+            *self.stdin = None;
         }
     }
 }
@@ -164,52 +174,70 @@ fn wire_status(s: std::process::ExitStatus, timed_out: bool) -> ExitStatus {
     }
 }
 
-/// Runs the started program to its end; returns the final frame's length.
+/// Runs the started program to its end, feeding it `input` (then closing its
+/// stdin) and streaming its output. `Ok(Err(_))`: the run failed in the
+/// agent (the program was lost, or the host broke the protocol).
 pub fn pump(
     t: &mut dyn Transport,
     program: &mut dyn Running,
-    stdio: Stdio,
-    req: &ExecRequest,
-) -> Result<usize, TransportError> {
-    for f in [&stdio.stdin, &stdio.stdout, &stdio.stderr] {
+    stdio: &mut Stdio,
+    input: &[u8],
+    timeout: Option<Duration>,
+) -> Result<Result<Finish, Failure>, TransportError> {
+    if input.is_empty() {
+        stdio.stdin = None;
+    }
+    let Stdio {
+        stdin,
+        stdout,
+        stderr,
+    } = stdio;
+    for f in [&*stdout, &*stderr].into_iter().chain(stdin.as_ref()) {
         sys::set_nonblocking(f.as_fd()).map_err(TransportError::Io)?;
     }
     let mut p = Pump {
         t,
         outs: [
-            (Stream::Stdout, Some(stdio.stdout)),
-            (Stream::Stderr, Some(stdio.stderr)),
+            (Stream::Stdout, Some(stdout)),
+            (Stream::Stderr, Some(stderr)),
         ],
-        stdin: (!req.stdin.is_empty()).then_some(stdio.stdin),
-        input: req.stdin.clone(),
+        stdin,
+        input,
         written: 0,
         chunk: vec![0; CHUNK],
         discard: false,
         protocol_error: None,
     };
     let pgid = program.pgid();
-    let deadline = req.timeout.map(|d| Instant::now() + d);
+    // The deadline, then (if the program asked for a grace) the moment it is
+    // killed anyway.
+    let mut deadline = timeout.map(|d| Instant::now() + d);
     let mut timed_out = false;
     let status = loop {
         if let Some(d) = deadline
-            && !timed_out
             && Instant::now() >= d
         {
-            report_kill(pgid);
-            timed_out = true;
+            deadline = if timed_out {
+                report_kill(pgid);
+                None
+            } else {
+                timed_out = true;
+                program.interrupt().map(|grace| Instant::now() + grace)
+            };
         }
-        let wait_ms = match deadline {
-            Some(d) if !timed_out => ms_until(d),
-            _ => -1,
-        };
-        let mut fds = vec![libc::pollfd {
-            fd: program.exit_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let wait_ms = deadline.map_or(-1, ms_until);
+        let mut fds = Vec::with_capacity(5);
+        for fd in program.exit_fds() {
+            fds.push(libc::pollfd {
+                fd: fd.map_or(-1, |f| f.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let first_out = fds.len();
         for (_, f) in &p.outs {
             fds.push(libc::pollfd {
-                fd: f.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                fd: f.map_or(-1, |f| f.as_raw_fd()),
                 events: libc::POLLIN,
                 revents: 0,
             });
@@ -220,36 +248,55 @@ pub fn pump(
             revents: 0,
         });
         sys::poll(&mut fds, wait_ms).map_err(TransportError::Io)?;
-        // The exit first: output that is already there then goes to the
-        // drain, whose last chunk rides in the Exit frame.
-        if fds[0].revents != 0 {
+        // The end first: output that is already there then goes to the
+        // drain, whose last chunk rides in the final frame.
+        if fds[..first_out].iter().any(|f| f.revents != 0) {
             match program.try_status() {
                 Ok(Some(s)) => break s,
                 Ok(None) => {}
                 Err(e) => {
                     report_kill(pgid);
                     let msg = format!("lost track of the program: {e}");
-                    return Ok(frames::error(p.t.buf(), AgentErrorCode::Io, &msg));
+                    return Ok(Err(Failure::new(AgentErrorCode::Io, msg)));
                 }
             }
         }
         for i in 0..2 {
-            if fds[1 + i].revents != 0 {
+            if fds[first_out + i].revents != 0 {
                 p.forward(i, pgid)?;
             }
         }
-        if fds[3].revents != 0 {
+        if fds[first_out + 2].revents != 0 {
             p.feed();
         }
     };
     let tail = p.drain(pgid)?;
     if let Some(msg) = p.protocol_error {
-        return Ok(frames::error(p.t.buf(), AgentErrorCode::BadRequest, &msg));
+        return Ok(Err(Failure::new(AgentErrorCode::BadRequest, msg)));
     }
-    let status = wire_status(status, timed_out);
-    Ok(match tail {
-        Some((stream, data)) => frames::exit_with_output(p.t.buf(), status, stream, &data),
-        None => frames::exit(p.t.buf(), status),
+    Ok(Ok(Finish {
+        status: wire_status(status, timed_out),
+        tail,
+    }))
+}
+
+/// Sends `data` (at most one chunk) as an Output frame; returns the flags of
+/// the host's answer, which must be a Resume.
+pub fn send_output(
+    t: &mut dyn Transport,
+    stream: Stream,
+    data: &[u8],
+) -> Result<Result<u32, Failure>, TransportError> {
+    let buf = t.buf();
+    buf[OUTPUT_DATA..OUTPUT_DATA + data.len()].copy_from_slice(data);
+    let len = frames::output_in_place(buf, stream, data.len());
+    let reply = t.exchange(len)?;
+    Ok(match reply.kind {
+        Kind::Resume => Ok(reply.flags),
+        other => Err(Failure::new(
+            AgentErrorCode::BadRequest,
+            format!("expected Resume after Output, got {other:?}"),
+        )),
     })
 }
 
