@@ -55,8 +55,8 @@ pub struct CodeRequest {
     pub language: Language,
     /// The source.
     pub code: String,
-    /// The persistent context ("" for a fresh interpreter).
-    pub context: String,
+    /// The persistent context (`None`: a fresh interpreter).
+    pub context: Option<String>,
     /// Environment variables set before the code runs.
     pub env: Vec<(String, String)>,
     /// Working directory ("" to leave it).
@@ -82,7 +82,7 @@ pub fn encode_run_code(
                 timeout_ms: req.timeout_ms,
                 language: req.language,
                 vm_id,
-                context: req.context.as_bytes(),
+                context: req.context.as_deref().unwrap_or_default().as_bytes(),
                 code: req.code.as_bytes(),
                 env: req.env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
                 cwd: req.cwd.as_bytes(),

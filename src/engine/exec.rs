@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{CancelToken, Engine, EngineError};
-use crate::agent::{self, ExecRequest, Stream, VmLink};
+use crate::agent::{self, AgentError, ExecEnd, ExecRequest, Stream, VmLink};
 
 /// Per-call knobs.
 #[derive(Clone, Default)]
@@ -49,15 +49,38 @@ impl Engine {
         opts: &ExecOptions,
         on_output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<ExecResult, EngineError> {
-        let start = Instant::now();
         if req.argv.is_empty() {
             return Err(EngineError::InvalidRequest("argv must not be empty".into()));
         }
-        let cap = opts.output_cap.unwrap_or(self.0.config.default_output_cap);
         let frame =
             agent::encode_exec(req, now_ns(), fresh_seed()).map_err(EngineError::from_agent)?;
+        let (end, result) = self.streaming_call(id, opts, on_output, move |link, cap, out| {
+            agent::exec(link, &frame, cap, out)
+        })?;
+        Ok(result.ended(&end))
+    }
+
+    /// Runs one conversation whose output streams (an exec, a code run):
+    /// `talk` runs on the VM's thread with the output cap; what it passes on
+    /// goes to `on_output` and is collected into the result, whose exit
+    /// fields the caller fills from `talk`'s answer.
+    pub(crate) fn streaming_call<T: Send + 'static>(
+        &self,
+        id: &str,
+        opts: &ExecOptions,
+        on_output: &mut dyn FnMut(Stream, &[u8]),
+        talk: impl FnOnce(
+            &mut VmLink<'_>,
+            usize,
+            &mut dyn FnMut(Stream, &[u8]),
+        ) -> Result<T, AgentError>
+        + Send
+        + 'static,
+    ) -> Result<(T, ExecResult), EngineError> {
+        let start = Instant::now();
+        let cap = opts.output_cap.unwrap_or(self.0.config.default_output_cap);
         let mut result = ExecResult::default();
-        let end = self.converse(
+        let answer = self.converse(
             id,
             self.timeout_or_default(opts.timeout),
             &opts.cancel,
@@ -73,25 +96,32 @@ impl Engine {
                     vm,
                     mailbox: &tpl.mailbox,
                 };
-                agent::exec(&mut link, &frame, cap, out)
+                talk(&mut link, cap, out)
             }),
         )?;
-        result.exit_code = (end.signal == 0).then_some(end.code);
-        result.signal = (end.signal != 0).then_some(end.signal);
-        result.timed_out = end.timed_out;
-        result.truncated = end.truncated;
         result.duration = start.elapsed();
-        Ok(result)
+        Ok((answer, result))
     }
 }
 
-fn now_ns() -> u64 {
+impl ExecResult {
+    /// Fills the exit fields from how the guest said the run ended.
+    pub(crate) fn ended(mut self, end: &ExecEnd) -> ExecResult {
+        self.exit_code = (end.signal == 0).then_some(end.code);
+        self.signal = (end.signal != 0).then_some(end.signal);
+        self.timed_out = end.timed_out;
+        self.truncated = end.truncated;
+        self
+    }
+}
+
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn fresh_seed() -> [u8; 32] {
+pub(crate) fn fresh_seed() -> [u8; 32] {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).expect("the OS random source is available");
     seed

@@ -8,6 +8,7 @@
 
 mod branch;
 mod cancel;
+mod code;
 mod converse;
 mod error;
 mod exec;
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use cancel::CancelToken;
+pub use code::{CodeResult, MAX_CONTEXT_NAME};
 pub use error::EngineError;
 pub use exec::{ExecOptions, ExecResult};
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
@@ -365,6 +367,7 @@ impl Engine {
         let id = self.next_id("sb");
         let sandbox = Arc::new(Sandbox {
             id: id.clone(),
+            vm_id: u64::from_le_bytes(exec::fresh_seed()[..8].try_into().expect("8 bytes")),
             template: tpl,
             shell: Some(shell),
             busy: AtomicBool::new(false),

@@ -13,6 +13,10 @@ use crate::vmm::BusStats;
 /// A live sandbox.
 pub(crate) struct Sandbox {
     pub id: String,
+    /// Names this VM to the guest agent (random, so no two sandboxes share
+    /// it, even across workers): a persistent context that sees a new one
+    /// has been copied into a new VM and reseeds its random generators.
+    pub vm_id: u64,
     pub template: Arc<Template>,
     pub shell: Option<Shell>,
     pub busy: AtomicBool,

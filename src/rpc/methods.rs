@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
+use super::code;
 use super::errors;
 use super::framing::Framing;
 use super::message::{self, Id};
@@ -132,7 +133,7 @@ where
         .expect("method names are unique");
 }
 
-fn engine_err(e: crate::engine::EngineError) -> ErrorObjectOwned {
+pub(super) fn engine_err(e: crate::engine::EngineError) -> ErrorObjectOwned {
     errors::engine_error(&e)
 }
 
@@ -223,6 +224,8 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(&mut m, "sandbox.snapshot", |engine, p: SandboxRef, _| {
         engine.snapshot_sandbox(&p.sandbox).map_err(engine_err)
     });
+    engine_method(&mut m, "sandbox.run_code", code::run_code);
+    engine_method(&mut m, "sandbox.contexts", code::contexts);
     engine_method(&mut m, "sandbox.write_file", write_file);
     engine_method(&mut m, "sandbox.read_file", read_file);
 
@@ -270,10 +273,17 @@ fn bytes_param(
     }
 }
 
-fn exec(engine: &Engine, p: SandboxExec, call: &Call) -> Result<ExecResult, ErrorObjectOwned> {
-    let stdin = bytes_param(p.stdin, p.stdin_base64, "stdin")?;
+/// The deadline (checked: 1 to `u32::MAX` ms, default the engine's) and
+/// output cap of a call that runs something, as engine options; the host's
+/// deadline is the guest's plus a grace.
+pub(super) fn run_options(
+    engine: &Engine,
+    timeout_ms: Option<u64>,
+    output_cap: Option<usize>,
+    call: &Call,
+) -> Result<(u32, ExecOptions), ErrorObjectOwned> {
     let config = engine.config();
-    let timeout_ms = p.timeout_ms.unwrap_or(config.default_timeout_ms);
+    let timeout_ms = timeout_ms.unwrap_or(config.default_timeout_ms);
     if timeout_ms == 0 || timeout_ms > u64::from(u32::MAX) {
         return Err(errors::invalid_params(format!(
             "timeout_ms must be between 1 and {}",
@@ -281,68 +291,115 @@ fn exec(engine: &Engine, p: SandboxExec, call: &Call) -> Result<ExecResult, Erro
         )));
     }
     let max_cap = MAX_OUTPUT_CAP.max(config.default_output_cap);
-    if p.output_cap.is_some_and(|c| c > max_cap) {
+    if output_cap.is_some_and(|c| c > max_cap) {
         return Err(errors::invalid_params(format!(
             "output_cap must be at most {max_cap}"
         )));
     }
+    let opts = ExecOptions {
+        timeout: Some(Duration::from_millis(timeout_ms + EXEC_HOST_GRACE_MS)),
+        output_cap,
+        cancel: call.cancel.clone(),
+    };
+    Ok((timeout_ms as u32, opts))
+}
+
+/// Sends a call's output as `sandbox.output` notifications while it runs
+/// (when the call asked for `stream`), decoding UTF-8 across chunks.
+pub(super) struct Streamer<'c> {
+    call: &'c Call,
+    on: bool,
+    encoding: Encoding,
+    encoders: [ChunkEncoder; 2],
+    /// The sandbox the output came from (known at the first chunk).
+    sandbox: Option<String>,
+}
+
+impl<'c> Streamer<'c> {
+    pub(super) fn new(call: &'c Call, on: bool, encoding: Encoding) -> Self {
+        Streamer {
+            call,
+            on,
+            encoding,
+            encoders: [ChunkEncoder::new(encoding), ChunkEncoder::new(encoding)],
+            sandbox: None,
+        }
+    }
+
+    fn send(&self, stream: Stream, data: String) {
+        let Some(sandbox) = &self.sandbox else { return };
+        if data.is_empty() {
+            return;
+        }
+        self.call.notify(
+            "sandbox.output",
+            Output {
+                sandbox,
+                request: self.call.id.raw(),
+                stream: stream_name(stream),
+                data,
+                encoding: self.encoding,
+            },
+        );
+    }
+
+    /// Passes on a chunk of `sandbox`'s output.
+    pub(super) fn push(&mut self, sandbox: &str, stream: Stream, data: &[u8]) {
+        if !self.on {
+            return;
+        }
+        if self.sandbox.is_none() {
+            self.sandbox = Some(sandbox.to_string());
+        }
+        let text = self.encoders[stream_index(stream)].push(data);
+        self.send(stream, text);
+    }
+
+    /// Sends what the decoders still hold (before the call's response).
+    pub(super) fn finish(&mut self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let rest = self.encoders[stream_index(stream)].finish();
+            self.send(stream, rest);
+        }
+    }
+}
+
+impl ExecResult {
+    /// The wire form of an engine result.
+    pub(super) fn of(r: &crate::engine::ExecResult, encoding: Encoding) -> ExecResult {
+        ExecResult {
+            stdout: output::encode(&r.stdout, encoding),
+            stderr: output::encode(&r.stderr, encoding),
+            encoding,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            timed_out: r.timed_out,
+            truncated: r.truncated,
+            duration_us: r.duration.as_micros() as u64,
+        }
+    }
+}
+
+fn exec(engine: &Engine, p: SandboxExec, call: &Call) -> Result<ExecResult, ErrorObjectOwned> {
+    let stdin = bytes_param(p.stdin, p.stdin_base64, "stdin")?;
+    let (timeout_ms, opts) = run_options(engine, p.timeout_ms, p.output_cap, call)?;
     let req = ExecRequest {
         argv: p.argv,
         env: p.env.into_iter().collect(),
         cwd: p.cwd,
         stdin,
-        timeout_ms: timeout_ms as u32,
+        timeout_ms,
         program: Some(match p.program {
             ProgramKind::Argv => Program::Argv,
             ProgramKind::Python => Program::Python,
         }),
     };
-    let opts = ExecOptions {
-        timeout: Some(Duration::from_millis(timeout_ms + EXEC_HOST_GRACE_MS)),
-        output_cap: p.output_cap,
-        cancel: call.cancel.clone(),
-    };
-    let sandbox = p.sandbox;
-    let mut encoders = [ChunkEncoder::new(p.encoding), ChunkEncoder::new(p.encoding)];
-    let send = |stream: Stream, data: String| {
-        if data.is_empty() {
-            return;
-        }
-        call.notify(
-            "sandbox.output",
-            Output {
-                sandbox: &sandbox,
-                request: call.id.raw(),
-                stream: stream_name(stream),
-                data,
-                encoding: p.encoding,
-            },
-        );
-    };
-    let mut on_output = |stream: Stream, data: &[u8]| {
-        if p.stream {
-            let text = encoders[stream_index(stream)].push(data);
-            send(stream, text);
-        }
-    };
-    let result = engine.exec(&sandbox, &req, &opts, &mut on_output);
-    if p.stream {
-        for stream in [Stream::Stdout, Stream::Stderr] {
-            let rest = encoders[stream_index(stream)].finish();
-            send(stream, rest);
-        }
-    }
-    let r = result.map_err(engine_err)?;
-    Ok(ExecResult {
-        stdout: output::encode(&r.stdout, p.encoding),
-        stderr: output::encode(&r.stderr, p.encoding),
-        encoding: p.encoding,
-        exit_code: r.exit_code,
-        signal: r.signal,
-        timed_out: r.timed_out,
-        truncated: r.truncated,
-        duration_us: r.duration.as_micros() as u64,
-    })
+    let mut streamer = Streamer::new(call, p.stream, p.encoding);
+    let result = engine.exec(&p.sandbox, &req, &opts, &mut |stream, data| {
+        streamer.push(&p.sandbox, stream, data)
+    });
+    streamer.finish();
+    Ok(ExecResult::of(&result.map_err(engine_err)?, p.encoding))
 }
 
 fn write_file(
@@ -385,7 +442,7 @@ fn stream_index(s: Stream) -> usize {
     }
 }
 
-fn stream_name(s: Stream) -> &'static str {
+pub(super) fn stream_name(s: Stream) -> &'static str {
     match s {
         Stream::Stdout => "stdout",
         Stream::Stderr => "stderr",

@@ -9,6 +9,7 @@
 //! module knows JSON-RPC exists. The contract — every method, param, result,
 //! notification and error — is schema/openrpc.json, returned by `rpc.discover`.
 
+mod code;
 pub mod errors;
 pub mod framing;
 pub mod message;

@@ -133,6 +133,70 @@ pub struct SandboxExec {
     pub program: ProgramKind,
 }
 
+/// A language `sandbox.run_code` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LanguageName {
+    /// Python, in the guest's pre-warmed interpreter.
+    Python,
+    /// JavaScript, in Node.js.
+    Javascript,
+    /// Shell code (`sh -c` semantics, bash when the image has it).
+    Bash,
+}
+
+impl From<LanguageName> for crate::agent::Language {
+    fn from(l: LanguageName) -> Self {
+        match l {
+            LanguageName::Python => crate::agent::Language::Python,
+            LanguageName::Javascript => crate::agent::Language::JavaScript,
+            LanguageName::Bash => crate::agent::Language::Bash,
+        }
+    }
+}
+
+impl From<crate::agent::Language> for LanguageName {
+    fn from(l: crate::agent::Language) -> Self {
+        match l {
+            crate::agent::Language::Python => LanguageName::Python,
+            crate::agent::Language::JavaScript => LanguageName::Javascript,
+            crate::agent::Language::Bash => LanguageName::Bash,
+        }
+    }
+}
+
+/// `sandbox.run_code`: exactly one of `sandbox` or `template`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxRunCode {
+    /// The sandbox to run in.
+    pub sandbox: Option<String>,
+    /// Or a template: fork a sandbox, run, kill it.
+    pub template: Option<String>,
+    /// What `code` is written in.
+    pub language: LanguageName,
+    /// The source.
+    pub code: String,
+    /// A persistent context to run in (created on first use).
+    pub context: Option<String>,
+    /// Deadline in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Environment variables set before the code runs.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory to run in.
+    #[serde(default)]
+    pub cwd: String,
+    /// Output bytes kept (stdout and stderr together).
+    pub output_cap: Option<usize>,
+    /// Send output as `sandbox.output` notifications while it runs.
+    #[serde(default)]
+    pub stream: bool,
+    /// Encoding of stdout/stderr in the result and notifications.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
 /// `sandbox.write_file`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,12 +309,53 @@ pub struct ExecResult {
     pub duration_us: u64,
 }
 
+/// An uncaught exception in `sandbox.run_code`'s result.
+#[derive(Serialize)]
+pub struct CodeErrorWire {
+    /// The exception's type.
+    pub name: String,
+    /// Its message.
+    pub value: String,
+    /// The formatted traceback.
+    pub traceback: String,
+}
+
+/// Result of `sandbox.run_code`.
+#[derive(Serialize)]
+pub struct RunCodeResult {
+    /// Output and status, as `sandbox.exec` reports them.
+    #[serde(flatten)]
+    pub exec: ExecResult,
+    /// The text of the last expression's value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The uncaught exception.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<CodeErrorWire>,
+}
+
+/// One entry of `sandbox.contexts`' result.
+#[derive(Serialize)]
+pub struct ContextEntry {
+    /// Its name.
+    pub name: String,
+    /// Its language.
+    pub language: LanguageName,
+}
+
+/// Result of `sandbox.contexts`.
+#[derive(Serialize)]
+pub struct ContextList {
+    /// The live contexts, by name.
+    pub contexts: Vec<ContextEntry>,
+}
+
 /// Params of the `sandbox.output` notification.
 #[derive(Serialize)]
 pub struct Output<'a> {
     /// The sandbox.
     pub sandbox: &'a str,
-    /// Id of the `sandbox.exec` call that produced it.
+    /// Id of the `sandbox.exec` or `sandbox.run_code` call that produced it.
     pub request: &'a serde_json::value::RawValue,
     /// "stdout" or "stderr".
     pub stream: &'static str,

@@ -190,7 +190,7 @@ impl CodeSpec {
             request: zeroboot::agent::CodeRequest {
                 language,
                 code: code.into(),
-                context: String::new(),
+                context: None,
                 env: Vec::new(),
                 cwd: String::new(),
                 timeout_ms: 0,
@@ -212,7 +212,7 @@ impl CodeSpec {
     }
 
     pub fn context(mut self, name: &str) -> Self {
-        self.request.context = name.into();
+        self.request.context = Some(name.into());
         self
     }
 

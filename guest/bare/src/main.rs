@@ -11,6 +11,7 @@
 
 mod cell;
 mod channel;
+mod code;
 mod commands;
 mod files;
 mod output;
@@ -18,7 +19,9 @@ mod rng;
 mod rt;
 mod text;
 
-use zeroboot_proto::{AgentErrorCode, AgentKind, Exec, Kind, ReadFile, Ready, VERSION, WriteFile};
+use zeroboot_proto::{
+    AgentErrorCode, AgentKind, Exec, Kind, ReadFile, Ready, RunCode, VERSION, WriteFile,
+};
 
 use crate::channel::Channel;
 use crate::output::Output;
@@ -70,6 +73,11 @@ fn serve(chan: &Channel) {
             }
             Err(_) => bad(b"bad exec payload"),
         },
+        Kind::RunCode => match RunCode::decode(payload) {
+            Ok(req) => code::run(chan, &req),
+            Err(_) => bad(b"bad run_code payload"),
+        },
+        Kind::ListContexts => code::list(chan),
         Kind::WriteFile => match WriteFile::decode(payload) {
             Ok(chunk) => match files::write(&chunk, header.flags) {
                 Ok(()) => chan.send(Kind::Done, |_| Ok(())),
