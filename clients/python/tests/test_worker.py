@@ -39,6 +39,28 @@ def test_happy_path(zb, bare):
     assert not any(x["sandbox"] == sb.id for x in zb.sandboxes())
 
 
+def test_run_code(zb, bare):
+    # The bare guest's "bash" is one of its command lines; `result` and `raise` set a result or an error.
+    with zb.fork(bare) as sb:
+        r = sb.run_code("result 42", "bash")
+        assert isinstance(r, zeroboot.CodeResult) and r.result == "42" and r.error is None and r.exit_code == 0
+        e = sb.run_code("raise ValueError boom", language="bash")
+        assert e.exit_code == 1 and e.error["name"] == "ValueError" and e.error["value"] == "boom"
+        chunks = []
+        o = sb.run_code("echo hi", "bash", context="nb", on_output=chunks.append)
+        assert o.stdout == "hi\n" and [c.data for c in chunks] == ["hi\n"]
+        assert sb.contexts() == [{"name": "nb", "language": "bash"}]
+        branch = sb.snapshot()
+        with zb.fork(branch) as child:
+            assert child.contexts() == [{"name": "nb", "language": "bash"}]
+        zb.unload_template(branch)
+        with pytest.raises(AgentFailedError):
+            sb.run_code("1 + 1")  # the bare guest has no Python
+        assert zb.run("result 7", "bash").result == "7"
+        assert zb.run("result 8", "bash", template=bare).result == "8"
+        assert [x["sandbox"] for x in zb.sandboxes()] == [sb.id], "run leaves no sandbox behind"
+
+
 def test_files(zb, bare):
     with zb.fork(bare) as sb:
         assert sb.write_file("/etc/motd", "h\u00e9llo\n", mode=0o600) == 7
@@ -170,6 +192,9 @@ def test_asyncio_api():
                 async with await zb.fork(branch) as child:
                     assert await child.read_file("/f", max_bytes=80_000) == b"\x00\xff" * 40_000
                 await zb.unload_template(branch)
+                c = await sb.run_code("result 5", "bash", context="nb")
+                assert c.result == "5" and await sb.contexts() == [{"name": "nb", "language": "bash"}]
+            assert (await zb.run("result 6", "bash")).result == "6"
             # cancellation: cancelling the task sends $/cancelRequest
             sb = await zb.fork(t)
             task = asyncio.ensure_future(sb.exec(["spin"], timeout_ms=120_000))

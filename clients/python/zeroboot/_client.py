@@ -4,6 +4,8 @@
         t = zb.load_template(builtin="bare")               t = await zb.load_template(builtin="bare")
         with zb.fork(t) as sb:                             async with await zb.fork(t) as sb:
             r = sb.exec(["echo", "hi"])                        r = await sb.exec(["echo", "hi"])
+            c = sb.run_code("1 + 1")                           c = await sb.run_code("1 + 1")
+        zb.run("print(2)")                                 await zb.run("print(2)")
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional,
 
 from ._conn import Connection
 from ._errors import WorkerExitedError
-from ._generated import RequestCancelledError
+from ._generated import CodeError, Language, RequestCancelledError
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,20 @@ class ExecResult:
             duration_us=r["duration_us"],
             raw=r,
         )
+
+
+@dataclass(frozen=True)
+class CodeResult(ExecResult):
+    """An ExecResult plus the code's `result` (text of its last expression's value) and `error` (its
+    uncaught exception: name, value, traceback)."""
+
+    result: Optional[str] = None
+    error: Optional[CodeError] = None
+
+    @classmethod
+    def _from(cls, r: Dict[str, Any]) -> "CodeResult":
+        e = ExecResult._from(r)
+        return cls(**{f: getattr(e, f) for f in e.__dataclass_fields__}, result=r.get("result"), error=r.get("error"))
 
 
 class CancelToken:
@@ -116,6 +132,24 @@ def _exec_params(sandbox: str, argv: Sequence[str], stdin, env, cwd, timeout_ms,
     return p
 
 
+def _code_params(target: Dict[str, str], code: str, language: Language, context, env, cwd, timeout_ms, output_cap,
+                 stream) -> Dict[str, Any]:
+    p: Dict[str, Any] = {**target, "language": language, "code": code}
+    if context is not None:
+        p["context"] = context
+    if env is not None:
+        p["env"] = dict(env)
+    if cwd is not None:
+        p["cwd"] = cwd
+    if timeout_ms is not None:
+        p["timeout_ms"] = timeout_ms
+    if output_cap is not None:
+        p["output_cap"] = output_cap
+    if stream:
+        p["stream"] = True
+    return p
+
+
 def _write_params(sandbox: str, path: str, data: Union[str, bytes], mode: Optional[int]) -> Dict[str, Any]:
     p: Dict[str, Any] = {"sandbox": sandbox, "path": path}
     if isinstance(data, str):
@@ -145,7 +179,20 @@ def _load_params(builtin: Optional[str], path: Optional[str]) -> Dict[str, Any]:
 
 
 class _Worker:
-    """What the synchronous and asyncio workers share: the spawned process behind the connection."""
+    """What the synchronous and asyncio workers share: the spawned process behind the connection, and the
+    template `run` forks by default (the last one loaded)."""
+
+    _last_template: Optional[str] = None
+
+    def _run_target(self, template: Optional[TemplateLike]) -> Dict[str, str]:
+        t = _tid(template) if template is not None else self._last_template
+        if t is None:
+            raise ValueError("run: no template loaded; load one or pass template=")
+        return {"template": t}
+
+    def _loaded(self, t: Template) -> Template:
+        self._last_template = t.id
+        return t
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -220,7 +267,15 @@ class Zeroboot(_Worker):
         return self.call("rpc.discover")
 
     def load_template(self, *, builtin: Optional[str] = None, path: Optional[str] = None) -> Template:
-        return _template(self.call("template.load", _load_params(builtin, path)))
+        return self._loaded(_template(self.call("template.load", _load_params(builtin, path))))
+
+    def run(self, code: str, language: Language = "python", *, template: Optional[TemplateLike] = None,
+            env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
+            output_cap: Optional[int] = None, cancel: Optional[CancelToken] = None) -> CodeResult:
+        """Runs code in a fresh sandbox forked from `template` (default: the last one loaded), then kills it."""
+        params = _code_params(self._run_target(template), code, language, None, env, cwd, timeout_ms, output_cap,
+                              False)
+        return CodeResult._from(self.call("sandbox.run_code", params, cancel=cancel))
 
     def templates(self) -> List[Dict[str, Any]]:
         return self.call("template.list")["templates"]
@@ -307,6 +362,26 @@ class Sandbox:
         finally:
             if on_output:
                 self.worker._conn.set_output_handler(self.id, None)
+
+    def run_code(self, code: str, language: Language = "python", *, context: Optional[str] = None,
+                 env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
+                 output_cap: Optional[int] = None, on_output: Optional[Callable[[OutputChunk], None]] = None,
+                 cancel: Optional[CancelToken] = None) -> CodeResult:
+        """Runs code like a notebook cell: `result` is the text of its last expression's value, `error` its
+        uncaught exception. With `context`, cells share one interpreter's state in this sandbox."""
+        params = _code_params({"sandbox": self.id}, code, language, context, env, cwd, timeout_ms, output_cap,
+                              on_output is not None)
+        if on_output:
+            self.worker._conn.set_output_handler(self.id, lambda p: on_output(OutputChunk(p["stream"], p["data"])))
+        try:
+            return CodeResult._from(self.worker.call("sandbox.run_code", params, cancel=cancel))
+        finally:
+            if on_output:
+                self.worker._conn.set_output_handler(self.id, None)
+
+    def contexts(self) -> List[Dict[str, Any]]:
+        """The persistent contexts alive in the sandbox: [{"name", "language"}]."""
+        return self.worker.call("sandbox.contexts", {"sandbox": self.id})["contexts"]
 
     def stream(self, argv: Sequence[str], **kw: Any) -> "ExecStream":
         """Runs argv with streamed output: `s = sb.stream(argv); for chunk in s: ...; s.result`."""
@@ -432,7 +507,15 @@ class AsyncZeroboot(_Worker):
         return await self.call("rpc.discover")
 
     async def load_template(self, *, builtin: Optional[str] = None, path: Optional[str] = None) -> Template:
-        return _template(await self.call("template.load", _load_params(builtin, path)))
+        return self._loaded(_template(await self.call("template.load", _load_params(builtin, path))))
+
+    async def run(self, code: str, language: Language = "python", *, template: Optional[TemplateLike] = None,
+                  env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
+                  output_cap: Optional[int] = None) -> CodeResult:
+        """See Zeroboot.run."""
+        params = _code_params(self._run_target(template), code, language, None, env, cwd, timeout_ms, output_cap,
+                              False)
+        return CodeResult._from(await self.call("sandbox.run_code", params))
 
     async def templates(self) -> List[Dict[str, Any]]:
         return (await self.call("template.list"))["templates"]
@@ -512,6 +595,30 @@ class AsyncSandbox:
             if on_output:
                 self.worker._conn.set_output_handler(self.id, None)
 
+    async def run_code(self, code: str, language: Language = "python", *, context: Optional[str] = None,
+                       env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+                       timeout_ms: Optional[int] = None, output_cap: Optional[int] = None,
+                       on_output: Optional[Callable[[OutputChunk], None]] = None) -> CodeResult:
+        """See Sandbox.run_code; `on_output` receives streamed chunks on the event loop."""
+        params = _code_params({"sandbox": self.id}, code, language, context, env, cwd, timeout_ms, output_cap,
+                              on_output is not None)
+        if on_output:
+            loop = asyncio.get_running_loop()
+            self.worker._conn.set_output_handler(
+                self.id, lambda p: loop.call_soon_threadsafe(on_output, OutputChunk(p["stream"], p["data"])))
+        try:
+            r = await self.worker.call("sandbox.run_code", params)
+            if on_output:
+                await asyncio.sleep(0)  # let chunks scheduled before the response run first
+            return CodeResult._from(r)
+        finally:
+            if on_output:
+                self.worker._conn.set_output_handler(self.id, None)
+
+    async def contexts(self) -> List[Dict[str, Any]]:
+        """See Sandbox.contexts."""
+        return (await self.worker.call("sandbox.contexts", {"sandbox": self.id}))["contexts"]
+
     def stream(self, argv: Sequence[str], **kw: Any) -> "AsyncExecStream":
         """`s = sb.stream(argv); async for chunk in s: ...; r = await s.result`."""
         return AsyncExecStream(self, argv, kw)
@@ -571,6 +678,6 @@ class AsyncExecStream:
 
 
 __all__ = [
-    "AsyncExecStream", "AsyncSandbox", "AsyncZeroboot", "CancelToken", "ExecResult", "ExecStream",
+    "AsyncExecStream", "AsyncSandbox", "AsyncZeroboot", "CancelToken", "CodeResult", "ExecResult", "ExecStream",
     "OutputChunk", "RequestCancelledError", "Sandbox", "Template", "Zeroboot",
 ]

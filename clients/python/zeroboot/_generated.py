@@ -13,7 +13,7 @@ else:  # pragma: no cover
 
 from ._errors import RpcError
 
-METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.fork', 'sandbox.exec', 'sandbox.kill', 'sandbox.list', 'sandbox.stats', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown')
+METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.fork', 'sandbox.exec', 'sandbox.run_code', 'sandbox.contexts', 'sandbox.kill', 'sandbox.list', 'sandbox.stats', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown')
 NOTIFICATION_NAMES = ('exit', '$/cancelRequest', 'sandbox.output')
 
 TemplateId = str
@@ -70,6 +70,42 @@ ExecResult = TypedDict("ExecResult", {
     'timed_out': bool,  # The guest agent's own deadline (`timeout_ms`) killed the program; the sandbox stays usable. (A guest that ignores the deadline is stopped by the host instead: error 1007.)
     'truncated': bool,  # Output beyond `output_cap` was dropped.
     'duration_us': int,  # Wall time of the call on the host, in microseconds.
+})
+
+Language = Literal['python', 'javascript', 'bash']
+
+ContextName = str
+
+# An uncaught exception, as the language reports it.
+CodeError = TypedDict("CodeError", {
+    'name': str,  # The exception's type (`ValueError`, `TypeError`, `SyntaxError`, `KeyboardInterrupt` after an interrupted cell...).
+    'value': str,  # Its message.
+    'traceback': str,  # The formatted traceback (Python) or stack (JavaScript), with the cell's own lines; the worker's frames are left out.
+})
+
+# What `sandbox.exec` reports, plus the code's `result` and `error` (each absent when there is none).
+RunCodeResult = TypedDict("RunCodeResult", {
+    'stdout': str,  # Standard output in `encoding`.
+    'stderr': str,  # Standard error in `encoding`.
+    'encoding': "Encoding",
+    'exit_code': Union[int, None],  # Exit code: for a fresh interpreter its process's; in a context 0, 1 after an uncaught exception, or what `SystemExit` said; null when a signal ended the interpreter.
+    'signal': Union[int, None],  # Terminating signal, if any.
+    'timed_out': bool,  # The guest agent's own deadline (`timeout_ms`) killed the program; the sandbox stays usable. (A guest that ignores the deadline is stopped by the host instead: error 1007.)
+    'truncated': bool,  # Output beyond `output_cap` was dropped.
+    'duration_us': int,  # Wall time of the call on the host, in microseconds.
+    'result': NotRequired[str],  # Text of the value of the code's final expression statement (Python: `repr`, JavaScript: `util.inspect`), when it has one and the value is not None/undefined; cut at 16 KiB.
+    'error': NotRequired["CodeError"],
+})
+
+# A persistent context alive in a sandbox.
+ContextInfo = TypedDict("ContextInfo", {
+    'name': "ContextName",
+    'language': "Language",
+})
+
+# Result of `sandbox.contexts`.
+ContextList = TypedDict("ContextList", {
+    'contexts': List["ContextInfo"],  # The live contexts, by name.
 })
 
 Empty = Dict[str, Any]
@@ -465,6 +501,30 @@ SandboxExecParams = TypedDict("SandboxExecParams", {
 
 SandboxExecResult = "ExecResult"
 
+# Params of sandbox.run_code
+SandboxRunCodeParams = TypedDict("SandboxRunCodeParams", {
+    'sandbox': NotRequired["SandboxId"],  # The sandbox (exactly one of `sandbox` or `template`).
+    'template': NotRequired["TemplateId"],  # Fork a sandbox from this template, run, kill it (exactly one of `sandbox` or `template`).
+    'language': "Language",  # What `code` is written in.
+    'code': str,  # The source.
+    'context': NotRequired["ContextName"],  # Run in this persistent context of the sandbox (created on first use; at most 16 per sandbox, each of one language). Not with `template`.
+    'timeout_ms': NotRequired[int],  # Deadline in milliseconds (default: `limits.default_timeout_ms`).
+    'env': NotRequired[Dict[str, str]],  # Environment variables set before the code runs (in a context they stay set).
+    'cwd': NotRequired[str],  # Working directory entered before the code runs (in a context it stays).
+    'output_cap': NotRequired[int],  # Output bytes kept, stdout and stderr together (default: `limits.default_output_cap`; at most `limits.max_output_cap`).
+    'stream': NotRequired[bool],  # Send output chunks as `sandbox.output` notifications (default false).
+    'encoding': NotRequired["Encoding"],  # Encoding of `stdout`/`stderr` and of notification `data` (default utf8).
+})
+
+SandboxRunCodeResult = "RunCodeResult"
+
+# Params of sandbox.contexts
+SandboxContextsParams = TypedDict("SandboxContextsParams", {
+    'sandbox': "SandboxId",  # The sandbox.
+})
+
+SandboxContextsResult = "ContextList"
+
 # Params of sandbox.kill
 SandboxKillParams = TypedDict("SandboxKillParams", {
     'sandbox': "SandboxId",  # The sandbox.
@@ -552,7 +612,7 @@ CancelRequestParams = TypedDict("CancelRequestParams", {
 # Params of the sandbox.output notification
 SandboxOutputParams = TypedDict("SandboxOutputParams", {
     'sandbox': "SandboxId",  # The sandbox.
-    'request': "RequestId",  # Id of the `sandbox.exec` call that produced the chunk.
+    'request': "RequestId",  # Id of the `sandbox.exec` or `sandbox.run_code` call that produced the chunk.
     'stream': Literal['stdout', 'stderr'],  # Which stream.
     'data': str,  # The chunk in `encoding` (never empty).
     'encoding': "Encoding",  # The encoding of `data` (the call's `encoding`).

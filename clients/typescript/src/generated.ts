@@ -92,6 +92,56 @@ export type ExecResult = {
   duration_us: number;
 };
 
+/** A language `sandbox.run_code` runs: `python` (the image's Python, pre-warmed), `javascript` (Node.js, when the image has it), `bash` (the image's shell). */
+export type Language = "python" | "javascript" | "bash";
+
+/** A persistent context's name: 1 to 64 letters, digits, '.', '_' or '-'. */
+export type ContextName = string;
+
+/** An uncaught exception, as the language reports it. */
+export type CodeError = {
+  /** The exception's type (`ValueError`, `TypeError`, `SyntaxError`, `KeyboardInterrupt` after an interrupted cell...). */
+  name: string;
+  /** Its message. */
+  value: string;
+  /** The formatted traceback (Python) or stack (JavaScript), with the cell's own lines; the worker's frames are left out. */
+  traceback: string;
+};
+
+/** What `sandbox.exec` reports, plus the code's `result` and `error` (each absent when there is none). */
+export type RunCodeResult = {
+  /** Standard output in `encoding`. */
+  stdout: string;
+  /** Standard error in `encoding`. */
+  stderr: string;
+  encoding: Encoding;
+  /** Exit code: for a fresh interpreter its process's; in a context 0, 1 after an uncaught exception, or what `SystemExit` said; null when a signal ended the interpreter. */
+  exit_code: number | null;
+  /** Terminating signal, if any. */
+  signal: number | null;
+  /** The guest agent's own deadline (`timeout_ms`) killed the program; the sandbox stays usable. (A guest that ignores the deadline is stopped by the host instead: error 1007.) */
+  timed_out: boolean;
+  /** Output beyond `output_cap` was dropped. */
+  truncated: boolean;
+  /** Wall time of the call on the host, in microseconds. */
+  duration_us: number;
+  /** Text of the value of the code's final expression statement (Python: `repr`, JavaScript: `util.inspect`), when it has one and the value is not None/undefined; cut at 16 KiB. */
+  result?: string;
+  error?: CodeError;
+};
+
+/** A persistent context alive in a sandbox. */
+export type ContextInfo = {
+  name: ContextName;
+  language: Language;
+};
+
+/** Result of `sandbox.contexts`. */
+export type ContextList = {
+  /** The live contexts, by name. */
+  contexts: ContextInfo[];
+};
+
 /** No members. */
 export type Empty = Record<string, never>;
 
@@ -474,6 +524,46 @@ export type SandboxExecParams = {
 /** Result of `sandbox.exec` */
 export type SandboxExecResult = ExecResult;
 
+/** Params of `sandbox.run_code`: Run code (Python, JavaScript or shell) with notebook semantics. */
+export type SandboxRunCodeParams = {
+  /** The sandbox (exactly one of `sandbox` or `template`). */
+  sandbox?: SandboxId;
+  /** Fork a sandbox from this template, run, kill it (exactly one of `sandbox` or `template`). */
+  template?: TemplateId;
+  /** What `code` is written in. */
+  language: Language;
+  /** The source. */
+  code: string;
+  /** Run in this persistent context of the sandbox (created on first use; at most 16 per sandbox, each of one language). Not with `template`. */
+  context?: ContextName;
+  /** Deadline in milliseconds (default: `limits.default_timeout_ms`). */
+  timeout_ms?: number;
+  /** Environment variables set before the code runs (in a context they stay set). */
+  env?: {
+    [key: string]: string;
+  };
+  /** Working directory entered before the code runs (in a context it stays). */
+  cwd?: string;
+  /** Output bytes kept, stdout and stderr together (default: `limits.default_output_cap`; at most `limits.max_output_cap`). */
+  output_cap?: number;
+  /** Send output chunks as `sandbox.output` notifications (default false). */
+  stream?: boolean;
+  /** Encoding of `stdout`/`stderr` and of notification `data` (default utf8). */
+  encoding?: Encoding;
+};
+
+/** Result of `sandbox.run_code` */
+export type SandboxRunCodeResult = RunCodeResult;
+
+/** Params of `sandbox.contexts`: List a sandbox's persistent contexts. */
+export type SandboxContextsParams = {
+  /** The sandbox. */
+  sandbox: SandboxId;
+};
+
+/** Result of `sandbox.contexts` */
+export type SandboxContextsResult = ContextList;
+
 /** Params of `sandbox.kill`: Kill a sandbox. */
 export type SandboxKillParams = {
   /** The sandbox. */
@@ -579,11 +669,11 @@ export type CancelRequestParams = {
   id: RequestId;
 };
 
-/** Params of the `sandbox.output` notification: An output chunk of a streaming exec. */
+/** Params of the `sandbox.output` notification: An output chunk of a streaming exec or code run. */
 export type SandboxOutputParams = {
   /** The sandbox. */
   sandbox: SandboxId;
-  /** Id of the `sandbox.exec` call that produced the chunk. */
+  /** Id of the `sandbox.exec` or `sandbox.run_code` call that produced the chunk. */
   request: RequestId;
   /** Which stream. */
   stream: "stdout" | "stderr";
@@ -602,6 +692,8 @@ export interface Methods {
   "template.save": { params: TemplateSaveParams; result: TemplateSaveResult };
   "sandbox.fork": { params: SandboxForkParams; result: SandboxForkResult };
   "sandbox.exec": { params: SandboxExecParams; result: SandboxExecResult };
+  "sandbox.run_code": { params: SandboxRunCodeParams; result: SandboxRunCodeResult };
+  "sandbox.contexts": { params: SandboxContextsParams; result: SandboxContextsResult };
   "sandbox.kill": { params: SandboxKillParams; result: SandboxKillResult };
   "sandbox.list": { params: SandboxListParams; result: SandboxListResult };
   "sandbox.stats": { params: SandboxStatsParams; result: SandboxStatsResult };
@@ -620,7 +712,7 @@ export interface Notifications {
   "sandbox.output": SandboxOutputParams;
 }
 
-export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown"] as const;
+export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.run_code","sandbox.contexts","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown"] as const;
 export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output"] as const;
 
 /** Error codes the worker documents. */

@@ -14,7 +14,7 @@ import rpc from "vscode-jsonrpc/node.js";
 import type { MessageConnection } from "vscode-jsonrpc/node.js";
 
 import { WorkerExitedError, WorkerSpawnError, ZerobootError, ZerobootRpcError } from "./errors.js";
-import { errorFromCode, type Methods, type Notifications } from "./generated.js";
+import { errorFromCode, type CodeError, type Language, type Methods, type Notifications } from "./generated.js";
 
 export * from "./errors.js";
 export * from "./generated.js";
@@ -66,6 +66,26 @@ export interface ExecOptions extends CallOptions {
   onOutput?: (chunk: OutputChunk) => void;
 }
 
+/** Options of {@link Sandbox.runCode}. */
+export interface RunCodeOptions extends CallOptions {
+  /** What the code is written in (default "python"). */
+  language?: Language;
+  /** Run in this persistent context of the sandbox (created on first use). */
+  context?: string;
+  env?: Record<string, string>;
+  cwd?: string;
+  timeoutMs?: number;
+  outputCap?: number;
+  /** Receives output chunks as the worker streams them (turns on `stream`). */
+  onOutput?: (chunk: OutputChunk) => void;
+}
+
+/** Options of {@link Zeroboot.run}: a fresh sandbox per call, so no context and no streaming. */
+export interface RunOptions extends Omit<RunCodeOptions, "language" | "context" | "onOutput"> {
+  /** The template to fork (default: the last one this client loaded). */
+  template?: Template | string;
+}
+
 /** Options of {@link Sandbox.writeFile}. */
 export interface WriteFileOptions extends CallOptions {
   /** Permission bits (default 0o644). */
@@ -90,6 +110,14 @@ export interface ExecResult {
   truncated: boolean;
   durationUs: number;
   raw: RawExecResult;
+}
+
+/** Result of {@link Sandbox.runCode}: an exec's result plus the code's `result` (the text of its last expression's
+ * value) and `error` (its uncaught exception). */
+export interface CodeResult extends ExecResult {
+  result: string | undefined;
+  error: CodeError | undefined;
+  raw: ResultOf<"sandbox.run_code">;
 }
 
 /** A streaming exec: iterate the output chunks; `result` settles when the exec ends. */
@@ -131,6 +159,7 @@ export class Zeroboot implements AsyncDisposable {
   readonly #pending = new Set<(e: Error) => void>();
   readonly #outputHandlers = new Map<string, (chunk: OutputChunk) => void>();
   readonly #sandboxes = new Set<Sandbox>();
+  #lastTemplate: string | undefined;
   #death: WorkerExitedError | undefined;
   #spawnError: Error | undefined;
   /** Settles when the worker process has exited (never rejects). */
@@ -281,7 +310,18 @@ export class Zeroboot implements AsyncDisposable {
   /** Loads a template: `{builtin: "bare"}` or `{path}`. */
   async loadTemplate(spec: ParamsOf<"template.load">, opts?: CallOptions): Promise<Template> {
     const r = await this.call("template.load", spec, opts);
+    this.#lastTemplate = r.template;
     return { id: r.template, memoryBytes: r.memory_bytes };
+  }
+
+  /** Runs `code` in a fresh sandbox forked from a template, then kills it: one call, nothing to clean up.
+   * `await zb.run("print(1 + 1)")`, `await zb.run("1 + 1", "javascript")`. */
+  async run(code: string, language: Language = "python", opts: RunOptions = {}): Promise<CodeResult> {
+    const template = opts.template ?? this.#lastTemplate;
+    if (template === undefined) throw new ZerobootError("run: no template loaded; load one or pass `template`");
+    const params: ParamsOf<"sandbox.run_code"> = { template: templateId(template), language, code };
+    runParams(params, opts);
+    return codeResult(await this.call("sandbox.run_code", params, { signal: opts.signal }));
   }
 
   /** Lists the loaded templates. */
@@ -375,6 +415,31 @@ function templateId(t: Template | string): string {
   return typeof t === "string" ? t : t.id;
 }
 
+function execResult(r: RawExecResult): ExecResult {
+  return {
+    stdout: r.stdout,
+    stderr: r.stderr,
+    exitCode: r.exit_code,
+    signal: r.signal,
+    timedOut: r.timed_out,
+    truncated: r.truncated,
+    durationUs: r.duration_us,
+    raw: r,
+  };
+}
+
+function codeResult(r: ResultOf<"sandbox.run_code">): CodeResult {
+  return { ...execResult(r), result: r.result, error: r.error, raw: r };
+}
+
+/** Copies the options every code run takes into its params. */
+function runParams(params: ParamsOf<"sandbox.run_code">, opts: Omit<RunCodeOptions, "language" | "context">) {
+  if (opts.env !== undefined) params.env = opts.env;
+  if (opts.cwd !== undefined) params.cwd = opts.cwd;
+  if (opts.timeoutMs !== undefined) params.timeout_ms = opts.timeoutMs;
+  if (opts.outputCap !== undefined) params.output_cap = opts.outputCap;
+}
+
 /** A sandbox forked from a template. */
 export class Sandbox implements AsyncDisposable {
   #killed = false;
@@ -400,20 +465,32 @@ export class Sandbox implements AsyncDisposable {
       this.worker._onOutput(this.id, opts.onOutput);
     }
     try {
-      const r = await this.worker.call("sandbox.exec", params, { signal: opts.signal });
-      return {
-        stdout: r.stdout,
-        stderr: r.stderr,
-        exitCode: r.exit_code,
-        signal: r.signal,
-        timedOut: r.timed_out,
-        truncated: r.truncated,
-        durationUs: r.duration_us,
-        raw: r,
-      };
+      return execResult(await this.worker.call("sandbox.exec", params, { signal: opts.signal }));
     } finally {
       if (opts.onOutput) this.worker._onOutput(this.id, undefined);
     }
+  }
+
+  /** Runs `code` like a notebook cell (default language Python): `result` is the text of its last expression's
+   * value, `error` its uncaught exception. With `context`, cells share one interpreter's state. */
+  async runCode(code: string, opts: RunCodeOptions = {}): Promise<CodeResult> {
+    const params: ParamsOf<"sandbox.run_code"> = { sandbox: this.id, language: opts.language ?? "python", code };
+    if (opts.context !== undefined) params.context = opts.context;
+    runParams(params, opts);
+    if (opts.onOutput) {
+      params.stream = true;
+      this.worker._onOutput(this.id, opts.onOutput);
+    }
+    try {
+      return codeResult(await this.worker.call("sandbox.run_code", params, { signal: opts.signal }));
+    } finally {
+      if (opts.onOutput) this.worker._onOutput(this.id, undefined);
+    }
+  }
+
+  /** The persistent contexts alive in the sandbox. */
+  async contexts(opts?: CallOptions): Promise<ResultOf<"sandbox.contexts">["contexts"]> {
+    return (await this.worker.call("sandbox.contexts", { sandbox: this.id }, opts)).contexts;
   }
 
   /** Runs `argv` with streamed output: `for await (const chunk of sb.stream(argv)) ...; await s.result`. */

@@ -75,6 +75,35 @@ describe("zeroboot worker", { skip }, () => {
     await zb.unloadTemplate(branch);
   });
 
+  it("runCode: results, errors, contexts through a snapshot, and the one-shot run", async () => {
+    // The bare guest's "bash" is one of its command lines; `result` and `raise` set a result or an error.
+    await using sb = await zb.fork(bare);
+    const r = await sb.runCode("result 42", { language: "bash" });
+    assert.equal(r.result, "42");
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.error, undefined);
+    const e = await sb.runCode("raise ValueError boom", { language: "bash" });
+    assert.equal(e.exitCode, 1);
+    assert.deepEqual([e.error?.name, e.error?.value], ["ValueError", "boom"]);
+    const chunks: OutputChunk[] = [];
+    const o = await sb.runCode("echo hi", { language: "bash", context: "nb", onOutput: (c) => chunks.push(c) });
+    assert.equal(o.stdout, "hi\n");
+    assert.deepEqual(chunks, [{ stream: "stdout", data: "hi\n" }]);
+    assert.deepEqual(await sb.contexts(), [{ name: "nb", language: "bash" }]);
+    const branch = await sb.snapshot();
+    await using child = await zb.fork(branch);
+    assert.deepEqual(await child.contexts(), [{ name: "nb", language: "bash" }]);
+    await assert.rejects(sb.runCode("1 + 1"), AgentFailedError); // no Python in the bare guest
+    const once = await zb.run("result 7", "bash");
+    assert.equal(once.result, "7");
+    const other = await zb.run("result 8", "bash", { template: bare });
+    assert.equal(other.result, "8");
+    const alive = (await zb.sandboxes()).sandboxes.map((s) => s.sandbox).sort();
+    assert.deepEqual(alive, [sb.id, child.id].sort(), "run leaves no sandbox behind");
+    await child.kill();
+    await zb.unloadTemplate(branch);
+  });
+
   it("streaming: callbacks and async iterator", async () => {
     await using sb = await zb.fork(bare);
     const chunks: OutputChunk[] = [];
