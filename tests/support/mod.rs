@@ -1,6 +1,8 @@
 //! Shared helpers for engine tests: KVM gating and short-hand execs.
 #![allow(dead_code)]
 
+pub mod linux;
+
 use std::time::Duration;
 
 use zeroboot::agent::ExecRequest;
