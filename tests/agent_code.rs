@@ -390,6 +390,30 @@ fn javascript_math_random_draws_from_a_reseedable_pool() {
 }
 
 #[test]
+fn javascript_workers_load_the_openssl_reseed_module() {
+    if !have_node("javascript_workers_load_the_openssl_reseed_module") {
+        return;
+    }
+    let addon = agent_support::node_addon().to_str().unwrap().to_string();
+    let mut a = Agent::start_with(&["--node-addon", &addon]);
+    let js = |code: &str, vm| CodeSpec::javascript(code).context("js").vm(vm);
+    let first = a.run_code(&js("require('crypto').randomBytes(8).length", 1));
+    assert_eq!((first.result(), first.stderr().as_str()), (Some("8"), ""));
+    // A new VM: the worker calls the module's reseed() before the cell.
+    let after = a.run_code(&js("require('crypto').randomBytes(8).length", 2));
+    assert_eq!((after.result(), after.stderr().as_str()), (Some("8"), ""));
+    // A module that does not load is said, and JavaScript still runs.
+    let mut b = Agent::start_with(&["--node-addon", "/nonexistent/reseed.node"]);
+    let run = b.run_code(&CodeSpec::javascript("1"));
+    assert!(
+        run.stderr().contains("cannot load the reseed addon"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(run.result(), Some("1"));
+}
+
+#[test]
 fn a_language_the_agent_lacks_is_unsupported() {
     let mut a = Agent::start_with(&["--node", "none"]);
     let run = a.run_code(&CodeSpec::javascript("1"));

@@ -48,19 +48,23 @@ pub fn source_tree() -> Option<PathBuf> {
         .then(|| root.to_owned())
 }
 
-/// Builds the static agent from `source` (into its own target directory, so
-/// it never waits on the lock of a cargo that is running us) and returns the
-/// binary's path.
-pub fn build(source: &Path) -> Result<PathBuf, ImageError> {
-    eprintln!("zeroboot image: building the static agent (cargo)");
-    let target_dir = source.join("target").join("agent-static");
+/// Builds package `package` of `source` with the guest profile, into its
+/// own target directory (so it never waits on the lock of a cargo that is
+/// running us), with `rustflags`; returns the profile's output directory.
+fn cargo_build(
+    source: &Path,
+    package: &str,
+    dir: &str,
+    rustflags: &str,
+) -> Result<PathBuf, ImageError> {
+    let target_dir = source.join("target").join(dir);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(source)
         .args([
             "build",
             "-p",
-            "zeroboot-agent",
+            package,
             "--profile",
             PROFILE,
             "--target",
@@ -68,14 +72,32 @@ pub fn build(source: &Path) -> Result<PathBuf, ImageError> {
         ])
         .arg("--target-dir")
         .arg(&target_dir)
-        // Static glibc (the profile strips symbols and debug info).
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("RUSTFLAGS", rustflags)
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     command::run(&mut cmd)?;
-    Ok(target_dir
-        .join("x86_64-unknown-linux-gnu")
-        .join(PROFILE)
-        .join("zeroboot-agent"))
+    Ok(target_dir.join("x86_64-unknown-linux-gnu").join(PROFILE))
+}
+
+/// Builds the static agent from `source` and returns the binary's path.
+pub fn build(source: &Path) -> Result<PathBuf, ImageError> {
+    eprintln!("zeroboot image: building the static agent (cargo)");
+    // Static glibc (the profile strips symbols and debug info).
+    let out = cargo_build(
+        source,
+        "zeroboot-agent",
+        "agent-static",
+        "-C target-feature=+crt-static",
+    )?;
+    Ok(out.join("zeroboot-agent"))
+}
+
+/// Builds the Node.js module that reseeds OpenSSL in the guest's JavaScript
+/// workers (`guest/node-reseed`; dynamically linked: Node loads it) and
+/// returns its path.
+pub fn build_node_addon(source: &Path) -> Result<PathBuf, ImageError> {
+    eprintln!("zeroboot image: building the Node.js reseed module (cargo)");
+    let out = cargo_build(source, "zeroboot-node-reseed", "node-addon", "")?;
+    Ok(out.join("libzeroboot_node_reseed.so"))
 }
 
 /// The agent to pack: `explicit` if given, else built from the source tree.

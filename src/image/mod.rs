@@ -54,7 +54,7 @@ mod kernel;
 mod libs;
 mod python;
 
-pub use agent::{build as build_agent, is_static, source_tree};
+pub use agent::{build as build_agent, build_node_addon, is_static, source_tree};
 pub use error::ImageError;
 pub use python::minimal_modules;
 

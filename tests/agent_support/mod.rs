@@ -23,6 +23,15 @@ pub fn agent_binary() -> &'static PathBuf {
     })
 }
 
+/// The Node.js module that reseeds OpenSSL, built once per test binary.
+pub fn node_addon() -> &'static PathBuf {
+    static ADDON: OnceLock<PathBuf> = OnceLock::new();
+    ADDON.get_or_init(|| {
+        let source = zeroboot::image::source_tree().expect("tests run from the source tree");
+        zeroboot::image::build_node_addon(&source).expect("building the Node.js reseed module")
+    })
+}
+
 /// The Linux agent running as a host process over pipes, with the host's
 /// real python3; killed on drop.
 pub struct Agent {

@@ -64,7 +64,11 @@ if (process.env.ZEROBOOT_RESEED_ADDON) {
 }
 
 function reseed() {
-  reseedOpenssl();
+  try {
+    reseedOpenssl();
+  } catch (e) {
+    process.stderr.write(`zeroboot worker: cannot reseed OpenSSL: ${e.message}\n`);
+  }
   next = pool.length;
 }
 
