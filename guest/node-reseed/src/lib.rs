@@ -43,7 +43,7 @@ fn throw(env: Env, message: &CStr) {
     if let Some(p) = symbol(c"napi_throw_error") {
         // SAFETY: `p` is napi_throw_error, whose C signature ThrowError is;
         // the strings are NUL-terminated and outlive the call.
-        let throw_error: ThrowError = unsafe { std::mem::transmute(p) };
+        let throw_error = unsafe { std::mem::transmute::<*mut c_void, ThrowError>(p) };
         // SAFETY: as above; a null code is allowed.
         unsafe { throw_error(env, std::ptr::null(), message.as_ptr()) };
     }
@@ -63,7 +63,7 @@ unsafe extern "C" fn reseed(env: Env, _info: CallbackInfo) -> Value {
         return std::ptr::null_mut();
     }
     // SAFETY: `p` is RAND_add, whose C signature RandAdd is.
-    let rand_add: RandAdd = unsafe { std::mem::transmute(p) };
+    let rand_add = unsafe { std::mem::transmute::<*mut c_void, RandAdd>(p) };
     // SAFETY: RAND_add reads `seed.len()` bytes from `seed`, which lives
     // through the call; the randomness estimate is in bytes.
     unsafe { rand_add(seed.as_ptr().cast(), seed.len() as c_int, seed.len() as f64) };
@@ -84,8 +84,12 @@ pub unsafe extern "C" fn napi_register_module_v1(env: Env, exports: Value) -> Va
         return exports;
     };
     // SAFETY: the two symbols are the N-API functions of these signatures.
-    let (create, set): (CreateFunction, SetNamedProperty) =
-        unsafe { (std::mem::transmute(create), std::mem::transmute(set)) };
+    let (create, set) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, CreateFunction>(create),
+            std::mem::transmute::<*mut c_void, SetNamedProperty>(set),
+        )
+    };
     let name = c"reseed";
     let mut function: Value = std::ptr::null_mut();
     // SAFETY: `env` is live (Node calls this with it); `name` is
