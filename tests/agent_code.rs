@@ -290,6 +290,42 @@ fn python_runs_after_the_first_fork_from_the_zygote() {
     assert_ne!(pids[0], pids[1], "each fresh run is a process of its own");
 }
 
+/// True while process `pid` exists and is not a zombie.
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.split(") ")
+            .nth(1)
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_finished_worker_lingers_until_the_next_request_and_its_children_live_on() {
+    let mut a = Agent::start();
+    let run = a.run_code(&CodeSpec::python(
+        "import os, subprocess\n\
+         child = subprocess.Popen(['sleep', '30'])\n\
+         f'{os.getpid()} {child.pid}'",
+    ));
+    let result = run.result().unwrap().trim_matches('\'').to_string();
+    let (worker, child) = result.split_once(' ').unwrap();
+    assert!(alive(worker), "a finished worker waits to be dismissed");
+    assert_eq!(a.run_code(&CodeSpec::python("1")).result(), Some("1"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(worker) {
+        assert!(
+            Instant::now() < deadline,
+            "worker {worker} was never dismissed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        alive(child),
+        "what the run left running is not killed with it"
+    );
+    let _ = Command::new("kill").arg(child).status();
+}
+
 #[test]
 fn shell_code_runs_with_sh_c_semantics_and_contexts_keep_variables() {
     let mut a = Agent::start();

@@ -3,8 +3,11 @@
 //! Python `print(1+1)` exec, the same as `run_code` in Python and (when the
 //! image has Node.js) JavaScript, and a cell in a persistent context — with
 //! their repetitions and percentiles, and for each fork + run what it cost
-//! whatever the host's speed: pages made private and exits. Needs hardware
-//! KVM (on kvm-pvm the template build is refused at once).
+//! whatever the host's speed: pages made private and exits. The baseline in
+//! the same run, `fork_run_python_forked_*`, is the same fork + run against a
+//! template booted with `zeroboot.spares=0`, whose agent keeps no warm worker
+//! and forks one from the zygote per run. Needs hardware KVM (on kvm-pvm the
+//! template build is refused at once).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -147,6 +150,14 @@ pub fn run(
         context.push(t.elapsed());
     }
     engine.kill(&one.sandbox)?;
+    let cmdline = format!("{} zeroboot.spares=0", zeroboot::image::KERNEL_CMDLINE);
+    let forked =
+        engine.build_template(kernel, initramfs, DEFAULT_LINUX_MEMORY_MIB, Some(&cmdline))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let [fork_run_forked, fork_run_forked_kib, fork_run_forked_exits] =
+        fork_and(&engine, &forked.template, samples, |sb| {
+            run_code(&engine, sb, &py)
+        })?;
     engine.shutdown();
     Ok(json!({
         "kvm": engine.flavor().as_str(),
@@ -161,6 +172,9 @@ pub fn run(
         "fork_run_python_us": fork_run,
         "fork_run_python_private_kib": fork_run_kib,
         "fork_run_python_exits": fork_run_exits,
+        "fork_run_python_forked_us": fork_run_forked,
+        "fork_run_python_forked_private_kib": fork_run_forked_kib,
+        "fork_run_python_forked_exits": fork_run_forked_exits,
         "run_code_context_us": summarize(&context),
         "node": has_node,
         "fork_run_javascript_us": fork_js,
@@ -188,6 +202,9 @@ pub fn print_table(v: &Value) {
         ("fork_run_python_us", "us"),
         ("fork_run_python_private_kib", "KiB"),
         ("fork_run_python_exits", "exits"),
+        ("fork_run_python_forked_us", "us"),
+        ("fork_run_python_forked_private_kib", "KiB"),
+        ("fork_run_python_forked_exits", "exits"),
         ("run_code_context_us", "us"),
         ("fork_run_javascript_us", "us"),
         ("fork_run_javascript_private_kib", "KiB"),

@@ -25,13 +25,17 @@ pub struct Config {
     pub node: Option<PathBuf>,
     /// The native module that reseeds Node's OpenSSL (`None`: none).
     pub node_addon: Option<PathBuf>,
+    /// Start a warm spare worker per language before Ready (the first run of
+    /// a fresh sandbox then needs no fork or start); `zeroboot.spares=0`
+    /// trades that for a smaller template.
+    pub spares: bool,
     /// Act as a guest's system: set the clock, require the entropy reseed, reap orphans.
     pub system: bool,
 }
 
 /// The usage line printed on bad arguments.
 pub const USAGE: &str = "usage: zeroboot-agent [--transport stdio|mailbox|serial[:PATH]] \
-     [--python PATH|none] [--node PATH|none] [--node-addon PATH] [--system]";
+     [--python PATH|none] [--node PATH|none] [--node-addon PATH] [--no-spares] [--system]";
 
 /// Interpreter used in a guest when none is named.
 const GUEST_PYTHON: &str = "/usr/bin/python3";
@@ -79,6 +83,7 @@ impl Config {
             node_addon: Path::new(GUEST_NODE_ADDON)
                 .is_file()
                 .then(|| GUEST_NODE_ADDON.into()),
+            spares: true,
             system: true,
         };
         for word in cmdline.split_whitespace() {
@@ -88,6 +93,8 @@ impl Config {
                 config.python = parse_path(v);
             } else if let Some(v) = word.strip_prefix("zeroboot.node=") {
                 config.node = parse_path(v);
+            } else if let Some(v) = word.strip_prefix("zeroboot.spares=") {
+                config.spares = v != "0";
             }
         }
         Ok(config)
@@ -100,6 +107,7 @@ impl Config {
             python: on_path("python3"),
             node: on_path("node"),
             node_addon: None,
+            spares: true,
             system: false,
         };
         let mut args = args.into_iter();
@@ -110,6 +118,7 @@ impl Config {
                 "--python" => config.python = parse_path(&value()?),
                 "--node" => config.node = parse_path(&value()?),
                 "--node-addon" => config.node_addon = parse_path(&value()?),
+                "--no-spares" => config.spares = false,
                 "--system" => config.system = true,
                 _ => return Err(format!("unknown argument {arg:?}")),
             }
@@ -126,9 +135,10 @@ mod tests {
     fn cmdline_picks_transport_and_python() {
         let c = Config::from_cmdline(
             "console=ttyS0 quiet zeroboot.transport=serial:/dev/ttyS1 zeroboot.python=none \
-             zeroboot.node=/opt/node",
+             zeroboot.node=/opt/node zeroboot.spares=0",
         )
         .unwrap();
+        assert!(!c.spares);
         assert_eq!(c.transport, TransportChoice::Serial("/dev/ttyS1".into()));
         assert_eq!(c.python, None);
         assert_eq!(c.node, Some("/opt/node".into()));
@@ -151,6 +161,7 @@ mod tests {
             "none",
             "--node-addon",
             "/a.node",
+            "--no-spares",
             "--system",
         ]
         .map(String::from);
@@ -158,6 +169,7 @@ mod tests {
         assert_eq!(c.transport, TransportChoice::Serial("/dev/ttyS0".into()));
         assert_eq!(c.python, Some("/opt/py".into()));
         assert_eq!((c.node, c.node_addon), (None, Some("/a.node".into())));
+        assert!(!c.spares);
         assert!(c.system);
         assert!(Config::from_args(["--bogus".to_string()]).is_err());
         assert!(Config::from_args(["--python".to_string()]).is_err());

@@ -51,6 +51,7 @@ fn start_runner(config: &Config) -> Runner {
         config.python.as_deref(),
         node,
         exec::find_shell(),
+        config.spares,
         config.system,
     )
 }

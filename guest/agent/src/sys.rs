@@ -78,6 +78,16 @@ pub fn interrupt(pid: u32) -> io::Result<()> {
     cvt(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }.into()).map(drop)
 }
 
+/// Sends `SIGKILL` to process `pid` alone. A process already gone is not an
+/// error.
+pub fn kill(pid: u32) -> io::Result<()> {
+    // SAFETY: kill takes integers only.
+    match cvt(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }.into()) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 /// Sends `SIGKILL` to every process of group `pgid`. A group that is already
 /// gone is not an error.
 pub fn kill_group(pgid: u32) -> io::Result<()> {

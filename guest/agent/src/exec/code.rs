@@ -10,7 +10,7 @@
 //! forgotten: the next cell with its name starts a new one.
 
 use super::pump::{self, Finish};
-use super::worker::{self, Done, WorkRequest, Worker};
+use super::worker::{self, Done, Mode, WorkRequest, Worker};
 use super::{CodeRequest, MAX_CONTEXTS, Runner, argv, language_name, shell, spawn_failed};
 use crate::frames::{self, Failure};
 use crate::transport::{Transport, TransportError};
@@ -75,7 +75,9 @@ impl Runner {
             Ok(w) => w,
             Err(f) => return Ok(Err(f)),
         };
-        run_cell(t, &mut worker, req, false, true)
+        let ran = run_cell(t, &mut worker, req, false, true)?;
+        self.retire(worker);
+        Ok(ran)
     }
 
     /// A cell in the context `req.context`, started if needed.
@@ -154,7 +156,7 @@ fn run_cell(
             shell::cell_request(&req.code, &env, &req.cwd, random)
         }
         _ => Ok(worker::encode_request(&WorkRequest {
-            program: false,
+            mode: Mode::Cell,
             keep,
             reseed,
             code: &req.code,

@@ -28,7 +28,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use worker::{WorkRequest, Worker};
+use worker::{Mode, WorkRequest, Worker};
 use zeroboot_proto::{AgentErrorCode, Language, Program};
 
 /// A started program as the pump sees it.
@@ -56,6 +56,8 @@ pub struct Stdio {
 
 /// Most persistent contexts alive at once (each is an interpreter process).
 pub const MAX_CONTEXTS: usize = 16;
+/// How long a spare's warm-up may take (TCG is slow).
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What runs the agent's execs and code.
 pub struct Runner {
@@ -71,18 +73,23 @@ pub struct Runner {
     spares: Vec<Worker>,
     /// Persistent contexts by name.
     contexts: BTreeMap<Vec<u8>, Worker>,
+    /// Workers that finished their one run and wait to be dismissed (at the
+    /// next request: a sandbox killed after one run never tears them down).
+    lingering: Vec<Worker>,
     /// Acting as a guest's system: set the clock per exec, and treat a
     /// refused entropy reseed as an error (a test process does neither).
     pub system: bool,
 }
 
 impl Runner {
-    /// Starts the Python zygote (if `python` is given) and one spare worker
-    /// per language the image has. A failure costs that language only.
+    /// Starts the Python zygote (if `python` is given) and, with `spares`,
+    /// one warm spare worker per language the image has. A failure costs
+    /// that language only.
     pub fn start(
         python: Option<&Path>,
         node: Option<Node>,
         shell: Option<PathBuf>,
+        spares: bool,
         system: bool,
     ) -> Runner {
         let python = python.and_then(|python| match Zygote::start(python) {
@@ -101,10 +108,19 @@ impl Runner {
             shell,
             spares: Vec::new(),
             contexts: BTreeMap::new(),
+            lingering: Vec::new(),
             system,
         };
-        for language in [Language::Python, Language::JavaScript] {
-            match runner.new_worker(language) {
+        let languages = if spares {
+            &[Language::Python, Language::JavaScript][..]
+        } else {
+            &[]
+        };
+        for &language in languages {
+            match runner
+                .new_worker(language)
+                .and_then(|w| w.map(warm_up).transpose())
+            {
                 Ok(Some(w)) => runner.spares.push(w),
                 Ok(None) => {}
                 Err(e) => eprintln!("zeroboot-agent: no warm {language:?} worker: {e}"),
@@ -142,8 +158,17 @@ impl Runner {
         }
     }
 
-    /// Refreshes entropy and the clock, and checks the working directory.
-    fn prepare(&self, seed: &[u8; 32], clock_ns: u64, cwd: Option<&Path>) -> Result<(), Failure> {
+    /// Dismisses the workers of earlier runs, refreshes entropy and the
+    /// clock, and checks the working directory.
+    fn prepare(
+        &mut self,
+        seed: &[u8; 32],
+        clock_ns: u64,
+        cwd: Option<&Path>,
+    ) -> Result<(), Failure> {
+        for mut w in self.lingering.drain(..) {
+            w.dismiss();
+        }
         if let Err(e) = entropy::refresh(seed, clock_ns, self.system) {
             let msg = format!("cannot refresh guest entropy and clock: {e}");
             return Err(Failure::new(AgentErrorCode::Io, msg));
@@ -211,7 +236,7 @@ impl Runner {
             .map(|(k, v)| (k.as_encoded_bytes(), v.as_encoded_bytes()))
             .collect();
         let message = worker::encode_request(&WorkRequest {
-            program: true,
+            mode: Mode::Program,
             keep: false,
             reseed: true,
             code: req.argv.first().map_or(&b""[..], |a| a.as_encoded_bytes()),
@@ -226,8 +251,37 @@ impl Runner {
             return Ok(Err(spawn_failed(e)));
         }
         let (mut run, stdio) = worker.run(false);
-        pump::pump(t, &mut run, stdio, &req.stdin, req.timeout)
+        let finished = pump::pump(t, &mut run, stdio, &req.stdin, req.timeout)?;
+        self.retire(worker);
+        Ok(finished)
     }
+
+    /// Keeps a worker whose run has finished until the next request, or
+    /// drops it if it has exited.
+    fn retire(&mut self, worker: Worker) {
+        if worker.lingers() {
+            self.lingering.push(worker);
+        }
+    }
+}
+
+/// Warms a fresh Python worker (see `zygote.py`); other workers warm
+/// themselves as they start.
+fn warm_up(mut worker: Worker) -> io::Result<Worker> {
+    if worker.language() != Language::Python {
+        return Ok(worker);
+    }
+    let message = worker::encode_request(&WorkRequest {
+        mode: Mode::WarmUp,
+        keep: true,
+        reseed: true,
+        code: b"pass",
+        args: &[],
+        env: &[],
+        cwd: b"",
+    });
+    worker.warm_up(&message, WARM_UP_TIMEOUT)?;
+    Ok(worker)
 }
 
 fn spawn_failed(e: io::Error) -> Failure {

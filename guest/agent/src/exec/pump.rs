@@ -47,8 +47,6 @@ struct Pump<'t, 's> {
     stdin: &'s mut Option<File>,
     input: &'s [u8],
     written: usize,
-    /// Where reads land before they are framed.
-    chunk: Vec<u8>,
     /// The host asked for no more output (or broke the protocol).
     discard: bool,
     /// Set when the host answered an Output with something other than Resume.
@@ -56,13 +54,15 @@ struct Pump<'t, 's> {
 }
 
 impl Pump<'_, '_> {
-    /// Reads what stream `i` has now into `self.chunk`; 0 when it has
-    /// nothing now or has ended (then it is closed).
+    /// Reads what stream `i` has now straight into the frame buffer, where
+    /// an Output frame's data goes (no buffer of the agent's own: every page
+    /// a request writes is a page its fork copies); 0 when it has nothing now
+    /// or has ended (then it is closed).
     fn read_chunk(&mut self, i: usize) -> usize {
         let Some(mut file) = self.outs[i].1 else {
             return 0;
         };
-        match file.read(&mut self.chunk) {
+        match file.read(&mut self.t.buf()[OUTPUT_DATA..OUTPUT_DATA + CHUNK]) {
             Ok(n) if n > 0 => n,
             Err(e)
                 if matches!(
@@ -80,13 +80,13 @@ impl Pump<'_, '_> {
         }
     }
 
-    /// Sends `data` as an Output frame (unless discarding) and handles the
-    /// host's answer.
-    fn send(&mut self, stream: Stream, data: &[u8], pgid: u32) -> Result<(), TransportError> {
+    /// Sends the `n` bytes read in place as an Output frame (unless
+    /// discarding) and handles the host's answer.
+    fn send(&mut self, stream: Stream, n: usize, pgid: u32) -> Result<(), TransportError> {
         if self.discard {
             return Ok(());
         }
-        match send_output(self.t, stream, data)? {
+        match exchange_output(self.t, stream, n)? {
             Err(failure) => {
                 self.protocol_error = Some(failure.message);
                 self.discard = true;
@@ -103,10 +103,7 @@ impl Pump<'_, '_> {
         if n == 0 {
             return Ok(());
         }
-        let chunk = std::mem::take(&mut self.chunk);
-        let sent = self.send(self.outs[i].0, &chunk[..n], pgid);
-        self.chunk = chunk;
-        sent
+        self.send(self.outs[i].0, n, pgid)
     }
 
     /// After the exit: sends what is left in the pipes, keeping the very last
@@ -120,9 +117,13 @@ impl Pump<'_, '_> {
                 if n == 0 {
                     break;
                 }
-                let fresh = (self.outs[i].0, self.chunk[..n].to_vec());
+                let fresh = (
+                    self.outs[i].0,
+                    self.t.buf()[OUTPUT_DATA..OUTPUT_DATA + n].to_vec(),
+                );
                 if let Some((stream, data)) = last.replace(fresh) {
-                    self.send(stream, &data, pgid)?;
+                    self.t.buf()[OUTPUT_DATA..OUTPUT_DATA + data.len()].copy_from_slice(&data);
+                    self.send(stream, data.len(), pgid)?;
                 }
             }
         }
@@ -204,7 +205,6 @@ pub fn pump(
         stdin,
         input,
         written: 0,
-        chunk: vec![0; CHUNK],
         discard: false,
         protocol_error: None,
     };
@@ -287,9 +287,18 @@ pub fn send_output(
     stream: Stream,
     data: &[u8],
 ) -> Result<Result<u32, Failure>, TransportError> {
-    let buf = t.buf();
-    buf[OUTPUT_DATA..OUTPUT_DATA + data.len()].copy_from_slice(data);
-    let len = frames::output_in_place(buf, stream, data.len());
+    t.buf()[OUTPUT_DATA..OUTPUT_DATA + data.len()].copy_from_slice(data);
+    exchange_output(t, stream, data.len())
+}
+
+/// Sends the `n` bytes at [`OUTPUT_DATA`] as an Output frame; returns the
+/// flags of the host's answer, which must be a Resume.
+fn exchange_output(
+    t: &mut dyn Transport,
+    stream: Stream,
+    n: usize,
+) -> Result<Result<u32, Failure>, TransportError> {
+    let len = frames::output_in_place(t.buf(), stream, n);
     let reply = t.exchange(len)?;
     Ok(match reply.kind {
         Kind::Resume => Ok(reply.flags),

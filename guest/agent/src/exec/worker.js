@@ -8,10 +8,13 @@
 //                    (0), u32 envc + (key bytes, value bytes), cwd bytes.
 //   worker -> agent: b"H" once warm; after each cell b"D" + i32 exit code +
 //                    u8 parts (1: result, 2: error) + result bytes + error
-//                    name, value and stack bytes.
+//                    name, value and stack bytes; once a run without keep has
+//                    finished, b"X" + i32 exit code.
 // A cell runs in the worker's own (main) context like a script: its
 // completion value is the result. Without keep, the worker then lets the event
-// loop run out, as `node -e` would, and its exit status ends the run.
+// loop run out, as `node -e` would; when it has, the worker reports the exit
+// code it would exit with and waits for the agent to kill it (at its next
+// request: a sandbox killed after one run never tears the process down).
 "use strict";
 const net = require("net");
 const vm = require("vm");
@@ -167,16 +170,24 @@ ctl.on("data", (chunk) => {
     const [code, result, error] = runCell(req.code, req.keep);
     ctl.write(doneMessage(code, result, error));
     if (!req.keep) {
-      // Let the event loop run out: the process's exit ends the run.
+      // Let the event loop run out (see "beforeExit").
       process.exitCode = code;
-      ctl.end();
       ctl.unref();
       return;
     }
   }
 });
-ctl.on("end", () => {
-  if (keepAlive) process.exit(0); // the agent closed the channel
+ctl.on("end", () => process.exit(0)); // the agent closed the channel
+let finished = false;
+process.on("beforeExit", (code) => {
+  if (keepAlive || finished) return;
+  finished = true;
+  const msg = Buffer.alloc(9);
+  msg.writeUInt32LE(5, 0);
+  msg.write("X", 4);
+  msg.writeInt32LE(code, 5);
+  ctl.write(msg);
+  ctl.ref(); // linger until killed
 });
 
 // Warm the paths every cell takes, then say so.

@@ -1,7 +1,11 @@
 //! Workers: warm interpreter processes that run code for the agent over a
 //! control socket (fd 3 in the worker), with their standard streams on pipes
 //! the agent holds for the worker's whole life. A worker runs one program or
-//! cell and exits, or, as a persistent context, cell after cell.
+//! cell, or, as a persistent context, cell after cell.
+//!
+//! A worker that has finished its one run reports its exit code (`X`) and
+//! lingers until the agent dismisses it at its next request: a sandbox killed
+//! after one run never has the guest tear the process down.
 //!
 //! The control protocol (both directions a u32 length, then the body) is
 //! documented where the other side lives: `zygote.py` (Python), `worker.js`
@@ -69,14 +73,27 @@ struct Process {
     inbox: Vec<u8>,
     /// What the current run reported, once it has.
     done: Option<Done>,
+    /// The exit code it reported for its finished run (`X`): it lingers.
+    finished: Option<i32>,
     /// Its exit status, once known.
     status: Option<ExitStatus>,
 }
 
+/// How a worker runs a request's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// As `python -c` would (Python only).
+    Program,
+    /// As a notebook cell.
+    Cell,
+    /// A throwaway cell that warms the worker's paths (Python only).
+    WarmUp,
+}
+
 /// What a worker is asked to run.
 pub struct WorkRequest<'a> {
-    /// A program (`python -c` semantics) rather than a cell.
-    pub program: bool,
+    /// How to run it.
+    pub mode: Mode,
     /// Keep serving after this run (a persistent context).
     pub keep: bool,
     /// Reseed the userspace random generators first.
@@ -97,12 +114,12 @@ pub fn encode_request(req: &WorkRequest<'_>) -> Vec<u8> {
         out.extend((b.len() as u32).to_le_bytes());
         out.extend(b);
     }
-    let mut body = vec![
-        b'R',
-        if req.program { b'S' } else { b'C' },
-        u8::from(req.keep),
-        u8::from(req.reseed),
-    ];
+    let mode = match req.mode {
+        Mode::Program => b'S',
+        Mode::Cell => b'C',
+        Mode::WarmUp => b'W',
+    };
+    let mut body = vec![b'R', mode, u8::from(req.keep), u8::from(req.reseed)];
     blob(&mut body, req.code);
     body.extend((req.args.len() as u32).to_le_bytes());
     for a in req.args {
@@ -158,6 +175,7 @@ impl Worker {
                 ctl: Some(ctl),
                 inbox: Vec::new(),
                 done: None,
+                finished: None,
                 status: None,
             },
             stdio,
@@ -185,14 +203,42 @@ impl Worker {
         self.process.wait_message(timeout)
     }
 
+    /// Runs a warm-up request (one that prints nothing) to its report,
+    /// before the snapshot: what the first real run executes is then warm.
+    pub fn warm_up(&mut self, message: &[u8], timeout: Duration) -> io::Result<()> {
+        self.send(message)?;
+        while self.process.done.is_none() {
+            self.process.wait_message(timeout)?;
+        }
+        match self.take_done() {
+            Some(Done {
+                code: 0,
+                error: None,
+                ..
+            }) => Ok(()),
+            other => Err(io::Error::other(format!("the warm-up failed: {other:?}"))),
+        }
+    }
+
     /// What the last run reported.
     pub fn take_done(&mut self) -> Option<Done> {
         self.process.done.take()
     }
 
+    /// True when the worker has finished its one run and lingers.
+    pub fn lingers(&self) -> bool {
+        self.process.finished.is_some() && !self.process.has_exited()
+    }
+
     /// Kills the worker's process group and collects its status.
     pub fn kill(&mut self) {
-        self.process.kill();
+        self.process.kill(false);
+    }
+
+    /// Kills a lingering worker, but not what its run left running in its
+    /// process group (as if it had exited).
+    pub fn dismiss(&mut self) {
+        self.process.kill(true);
     }
 
     /// A run of this worker as the pump drives it, and the pipes it pumps:
@@ -211,7 +257,7 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        self.kill();
+        self.process.kill(false);
     }
 }
 
@@ -256,14 +302,19 @@ impl Process {
         let Some(ctl) = self.ctl.as_mut() else {
             return Ok(());
         };
-        let mut buf = [0u8; 16 << 10];
+        // Read straight into the inbox (a buffer on the stack would be
+        // pages each fork copies).
         loop {
-            match ctl.read(&mut buf) {
+            let before = self.inbox.len();
+            self.inbox.resize(before + 4096, 0);
+            let read = ctl.read(&mut self.inbox[before..]);
+            self.inbox.truncate(before + *read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => {
                     self.ctl = None;
                     break;
                 }
-                Ok(n) => self.inbox.extend_from_slice(&buf[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -287,6 +338,10 @@ impl Process {
                         Some(parse_done(&body).ok_or_else(|| {
                             io::Error::other("the worker sent a malformed result")
                         })?);
+                }
+                Some(b'X') if body.len() == 5 => {
+                    self.finished =
+                        Some(i32::from_le_bytes(body[1..].try_into().expect("4 bytes")));
                 }
                 Some(b'H') => {} // a Node worker's hello
                 _ => return Err(io::Error::other("the worker sent an unknown message")),
@@ -325,11 +380,16 @@ impl Process {
         Ok(self.status)
     }
 
-    fn kill(&mut self) {
+    fn kill(&mut self, alone: bool) {
         if self.status.is_some() {
             return;
         }
-        if let Err(e) = sys::kill_group(self.pid) {
+        let killed = if alone {
+            sys::kill(self.pid)
+        } else {
+            sys::kill_group(self.pid)
+        };
+        if let Err(e) = killed {
             eprintln!("zeroboot-agent: cannot kill worker {}: {e}", self.pid);
         }
         // SIGKILL cannot be ignored: the wait is the kernel tearing it down.
@@ -355,10 +415,15 @@ impl Running for WorkerRun<'_> {
 
     fn try_status(&mut self) -> io::Result<Option<ExitStatus>> {
         self.process.read_channel()?;
-        if self.keep
-            && let Some(done) = &self.process.done
-        {
-            return Ok(Some(ExitStatus::from_raw((done.code & 0xff) << 8)));
+        // A context's cell ends with its report; another run with the
+        // worker's exit, or with the report that it has finished.
+        let code = if self.keep {
+            self.process.done.as_ref().map(|d| d.code)
+        } else {
+            self.process.finished
+        };
+        if let Some(code) = code {
+            return Ok(Some(ExitStatus::from_raw((code & 0xff) << 8)));
         }
         self.process.try_exit()
     }
@@ -392,7 +457,7 @@ mod tests {
     #[test]
     fn requests_match_the_worker_layout() {
         let msg = encode_request(&WorkRequest {
-            program: false,
+            mode: Mode::Cell,
             keep: true,
             reseed: false,
             code: b"1+1",

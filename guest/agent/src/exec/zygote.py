@@ -1,9 +1,14 @@
 # The agent's Python zygote: started and warmed before the snapshot, it forks
 # workers, so every module imported here is already in memory (shared
 # copy-on-write) when user code starts. A worker runs Python for the agent:
-# one program (an exec) or one cell and then exits, or cell after cell as a
-# persistent context. The agent forks one spare worker before the snapshot,
-# so the first Python run of a fresh sandbox needs no fork at all.
+# one program (an exec) or one cell, or cell after cell as a persistent
+# context. The agent forks one spare worker before the snapshot and warms it
+# with a throwaway cell, so the first Python run of a fresh sandbox needs no
+# fork and finds every code path it takes already run once. A worker that
+# has run its one program or cell does not exit: it reports its exit code
+# and waits to be killed, which the agent does at its next request, so a
+# sandbox that is killed after one run never pays for tearing the process
+# down (nor for the zygote waking to reap it).
 #
 # Zygote channel: fd 0 is a SOCK_SEQPACKET socket to the agent.
 #   agent -> zygote: b"W" carrying four descriptors: the worker's stdin,
@@ -13,13 +18,16 @@
 #                    + i32 raw wait status.
 # Worker channel: fd 3, a SOCK_STREAM socket; every message is a u32 length
 # then the body (integers little-endian, "bytes" = u32 length + bytes).
-#   agent -> worker: b"R", mode (b"S" program, b"C" cell), keep (1: serve more
-#                    cells after this one), reseed (1: reseed the random
-#                    generators first), code bytes, u32 argc + argv[1:] bytes,
-#                    u32 envc + (key bytes, value bytes), cwd bytes.
+#   agent -> worker: b"R", mode (b"S" program, b"C" cell, b"W" warm-up: a
+#                    throwaway cell), keep (1: serve more cells after this
+#                    one), reseed (1: reseed the random generators first),
+#                    code bytes, u32 argc + argv[1:] bytes, u32 envc + (key
+#                    bytes, value bytes), cwd bytes.
 #   worker -> agent: after a cell, b"D" + i32 exit code + u8 parts (1: a
 #                    result follows, 2: an error follows) + result bytes +
-#                    error name, value and traceback bytes.
+#                    error name, value and traceback bytes; once a run
+#                    without keep has finished (threads joined, atexit run),
+#                    b"X" + i32 exit code.
 # The agent reseeds the kernel CRNG and sets the clock before each request.
 import _ast
 import _signal
@@ -168,7 +176,10 @@ def _reseed():
         ssl.RAND_add(os.urandom(48), 48.0)
 
 
-def _shutdown(code):
+def _finish(ctl, code):
+    """Ends a run as the interpreter's exit would (non-daemon threads joined,
+    atexit handlers run, output flushed), reports `code`, then waits for the
+    agent to kill the process (or to close the channel)."""
     try:
         if "threading" in sys.modules:
             sys.modules["threading"]._shutdown()
@@ -176,6 +187,12 @@ def _shutdown(code):
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
+    except BaseException:
+        pass
+    try:
+        ctl.sendall(_u32(5) + b"X" + code.to_bytes(4, "little", signed=True))
+        while ctl.recv(4096):
+            pass
     except BaseException:
         pass
     os._exit(code)
@@ -229,12 +246,19 @@ def _worker(fds):
         if cwd:
             os.chdir(cwd)
         if mode == ord("S"):
-            _shutdown(_run_program(source, argv))
-        cells += 1
+            _finish(ctl, _run_program(source, argv))
+        if mode == ord("W"):
+            # What a first program and a first cell would run, and their
+            # output, in throwaway namespaces.
+            _run_program(b"print(end='')", [])
+            namespace, name = {}, "<warm-up>"
+        else:
+            cells += 1
+            namespace, name = main.__dict__, "<cell-%d>" % cells
         sys.modules["__main__"] = main
         sys.argv = [""]
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-        code, result, error = _run_cell(source, main.__dict__, "<cell-%d>" % cells)
+        code, result, error = _run_cell(source, namespace, name)
         _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
         try:
             sys.stdout.flush()
@@ -249,7 +273,7 @@ def _worker(fds):
             reply += b"".join(_blob(_utf8(part)) for part in error)
         ctl.sendall(_u32(len(reply)) + reply)
         if not keep:
-            _shutdown(code)
+            _finish(ctl, code)
 
 
 def _reap(*_):
@@ -271,11 +295,16 @@ def _reap(*_):
 
 def _warm_up():
     """Runs what every cell runs once, so the first real one finds the code
-    paths (compiler, traceback formatting, linecache) warm."""
+    paths (compiler, traceback formatting, linecache) warm; then moves every
+    object alive to the collector's permanent generation, so no collection in
+    a worker touches (and copies) the pages of the zygote's objects."""
+    import gc
     ns = {}
     for source in (b"x = 1\nx + 1", b"1/0", b"("):
         _run_cell(source, ns, "<warm-up>")
     linecache.cache.pop("<warm-up>", None)
+    gc.collect()
+    gc.freeze()
 
 
 def _serve():
