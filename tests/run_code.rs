@@ -311,8 +311,10 @@ fn deadlines_stop_busy_loops_and_the_sandbox_stays_usable() {
         );
         assert_eq!(result(&run(&engine, &sb, &request(language, after))), "42");
         // In a context the cell is interrupted and the context lives on.
+        // Contexts keep their language: one per language.
+        let name = format!("spin-{language:?}");
         let ctx = |code: &str, timeout_ms| CodeRequest {
-            context: Some("spin".into()),
+            context: Some(name.clone()),
             timeout_ms,
             ..request(language, code)
         };
