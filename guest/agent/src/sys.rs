@@ -71,11 +71,10 @@ pub fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
     wait_for(fd, libc::POLLOUT, timeout_ms)
 }
 
-/// Sends `SIGINT` to process `pid` alone (an interpreter turns it into an
-/// interruption of the code it runs).
-pub fn interrupt(pid: u32) -> io::Result<()> {
+/// Sends `sig` to process `pid` alone.
+pub fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: kill takes integers only.
-    cvt(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }.into()).map(drop)
+    cvt(unsafe { libc::kill(pid as libc::pid_t, sig) }.into()).map(drop)
 }
 
 /// Sends `SIGKILL` to process `pid` alone. A process already gone is not an

@@ -146,7 +146,13 @@ impl Runner {
             .iter()
             .position(|w| w.language() == language && !w.has_exited())
         {
-            return Ok(self.spares.swap_remove(i));
+            let mut spare = self.spares.swap_remove(i);
+            if language != Language::Python
+                && let Err(e) = spare.resume()
+            {
+                eprintln!("zeroboot-agent: cannot resume the spare worker: {e}");
+            }
+            return Ok(spare);
         }
         match self.new_worker(language) {
             Ok(Some(w)) => Ok(w),
@@ -266,9 +272,12 @@ impl Runner {
 }
 
 /// Warms a fresh Python worker (see `zygote.py`); other workers warm
-/// themselves as they start.
+/// themselves as they start, and Node.js ones are then stopped until taken
+/// (see [`Worker::pause`]; a Python worker waits in a read, and stopping it
+/// would wake the zygote, whose SIGCHLD handler hears of stops).
 fn warm_up(mut worker: Worker) -> io::Result<Worker> {
     if worker.language() != Language::Python {
+        worker.pause()?;
         return Ok(worker);
     }
     let message = worker::encode_request(&WorkRequest {

@@ -230,6 +230,19 @@ impl Worker {
         self.process.finished.is_some() && !self.process.has_exited()
     }
 
+    /// Stops the worker (SIGSTOP) until [`Worker::resume`]: a spare that
+    /// would wake on its own (Node.js: the timers of its event loop and of
+    /// V8, all due at once when a fork's clock jumps) costs every fork the
+    /// pages it touches, whatever the fork runs.
+    pub fn pause(&mut self) -> io::Result<()> {
+        sys::signal(self.process.pid, libc::SIGSTOP)
+    }
+
+    /// Lets a paused worker run again.
+    pub fn resume(&mut self) -> io::Result<()> {
+        sys::signal(self.process.pid, libc::SIGCONT)
+    }
+
     /// Kills the worker's process group and collects its status.
     pub fn kill(&mut self) {
         self.process.kill(false);
@@ -435,7 +448,7 @@ impl Running for WorkerRun<'_> {
     fn interrupt(&mut self) -> Option<Duration> {
         if self.keep && self.process.language != Language::Bash {
             // A context's cell is interrupted, not its interpreter.
-            match sys::interrupt(self.process.pid) {
+            match sys::signal(self.process.pid, libc::SIGINT) {
                 Ok(()) => return Some(INTERRUPT_GRACE),
                 Err(e) => eprintln!("zeroboot-agent: cannot interrupt {}: {e}", self.process.pid),
             }
