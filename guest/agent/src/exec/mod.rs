@@ -7,6 +7,7 @@
 mod argv;
 mod code;
 mod node;
+mod private;
 mod pump;
 mod python;
 mod request;
@@ -271,12 +272,14 @@ impl Runner {
     }
 }
 
-/// Warms a fresh Python worker (see `zygote.py`); other workers warm
-/// themselves as they start, and Node.js ones are then stopped until taken
-/// (see [`Worker::pause`]; a Python worker waits in a read, and stopping it
-/// would wake the zygote, whose SIGCHLD handler hears of stops).
+/// Readies a spare before the snapshot: warms a Python worker (see
+/// `zygote.py`; other workers warm themselves as they start), makes its
+/// memory its own (`private.rs`), and stops a Node.js one until taken (see
+/// [`Worker::pause`]; a Python worker waits in a read, and stopping it would
+/// wake the zygote, whose SIGCHLD handler hears of stops).
 fn warm_up(mut worker: Worker) -> io::Result<Worker> {
     if worker.language() != Language::Python {
+        private::privatize(worker.pid())?;
         worker.pause()?;
         return Ok(worker);
     }
@@ -290,6 +293,7 @@ fn warm_up(mut worker: Worker) -> io::Result<Worker> {
         cwd: b"",
     });
     worker.warm_up(&message, WARM_UP_TIMEOUT)?;
+    private::privatize(worker.pid())?;
     Ok(worker)
 }
 

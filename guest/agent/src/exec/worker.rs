@@ -188,6 +188,11 @@ impl Worker {
         self.process.language
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
     /// True once the process has exited (whether or not its status is known).
     pub fn has_exited(&self) -> bool {
         self.process.has_exited()
