@@ -9,6 +9,7 @@ pub mod agent;
 pub mod engine;
 pub mod image;
 pub mod rpc;
+pub mod spec;
 pub mod vmm;
 
 /// An error and its causes as one line ("a: b: c"), printed once at the edge.
