@@ -6,12 +6,35 @@ use std::path::PathBuf;
 /// there is something to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The host has no apt: Debian's kernel and Python cannot be fetched.
+    /// The host has no apt: Debian's packages cannot be fetched.
     #[error(
-        "apt-get not found: this host cannot fetch Debian's kernel and Python packages; \
-         build the image on a Debian 12 host, or pass your own --kernel and --initramfs"
+        "apt-get and dpkg-deb not found: zeroboot fetches Debian bookworm's packages with the \
+         host's apt on its own configuration (any Debian or Ubuntu host has both); \
+         or pass your own --kernel and --initramfs"
     )]
     NoApt,
+    /// `apt-get update` on zeroboot's configuration failed.
+    #[error(
+        "cannot fetch Debian bookworm's package lists (network? ZEROBOOT_DEBIAN_MIRROR?): {detail}"
+    )]
+    DebianUpdate {
+        /// What apt said.
+        detail: String,
+    },
+    /// apt cannot satisfy the requested Debian packages.
+    #[error("Debian bookworm cannot provide {packages}: {detail}")]
+    DebianUnresolvable {
+        /// The packages asked for.
+        packages: String,
+        /// What apt said.
+        detail: String,
+    },
+    /// A Debian package could not be downloaded.
+    #[error("downloading Debian packages failed: {detail}")]
+    DebianDownload {
+        /// What apt said.
+        detail: String,
+    },
     /// A user-supplied file does not exist.
     #[error("{what} {path} does not exist")]
     Missing {
@@ -19,14 +42,6 @@ pub enum ImageError {
         what: &'static str,
         /// Its path.
         path: PathBuf,
-    },
-    /// `apt-get download` failed.
-    #[error("apt-get download {package} failed (run `apt-get update` as root?): {stderr}")]
-    AptDownload {
-        /// The package.
-        package: String,
-        /// What apt said.
-        stderr: String,
     },
     /// A helper program could not run or failed.
     #[error("`{command}` failed: {detail}")]
