@@ -57,6 +57,7 @@ pub mod debian;
 mod error;
 mod initramfs;
 mod kernel;
+pub mod layers;
 mod libs;
 pub mod progress;
 mod python;
