@@ -82,6 +82,24 @@ pub enum ImageError {
     /// No cache directory could be chosen.
     #[error("no cache directory: set ZEROBOOT_CACHE or HOME")]
     NoCacheDir,
+    /// The base image is not a readable OCI layout or docker save archive.
+    #[error("{path} is not a usable OCI image: {detail}")]
+    OciInvalid {
+        /// The image given.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A layer could not be applied (a name escaping the root, a bad link,
+    /// a broken tar).
+    #[error("layer {layer}")]
+    Layer {
+        /// The layer file.
+        layer: PathBuf,
+        /// Why.
+        #[source]
+        source: super::layers::LayerError,
+    },
     /// Filesystem work failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -59,6 +59,7 @@ mod initramfs;
 mod kernel;
 pub mod layers;
 mod libs;
+pub mod oci;
 pub mod progress;
 mod python;
 mod scoped;

@@ -164,9 +164,10 @@ pub fn apply(
         let dest = parent.join(&file_name);
         let header = entry.header();
         let mode = header.mode().map_err(tar_err)? & 0o7777;
+        // Some writers leave the owner fields empty: root, then.
         let owner = (
-            header.uid().map_err(tar_err)? as u32,
-            header.gid().map_err(tar_err)? as u32,
+            header.uid().unwrap_or(0) as u32,
+            header.gid().unwrap_or(0) as u32,
         );
         let kind = header.entry_type();
         match kind {
