@@ -100,6 +100,29 @@ pub enum ImageError {
         #[source]
         source: super::layers::LayerError,
     },
+    /// No uv to resolve `python.packages` with.
+    #[error(
+        "python.packages needs uv (a Python package resolver): `pip install uv`, or set ZEROBOOT_UV"
+    )]
+    NoUv,
+    /// A requirement exists but has no wheel the guest's Python can use.
+    #[error(
+        "{requirement} has no wheel for the guest (cp311, manylinux x86_64, glibc 2.36): {detail}"
+    )]
+    PythonNoWheel {
+        /// The requirement.
+        requirement: String,
+        /// What the resolver said.
+        detail: String,
+    },
+    /// The requirements cannot be satisfied.
+    #[error("cannot resolve python.packages{}: {detail}", requirement.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    PythonUnresolvable {
+        /// The requirement that fails on its own, when one does.
+        requirement: Option<String>,
+        /// What the resolver said.
+        detail: String,
+    },
     /// Filesystem work failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -63,6 +63,7 @@ pub mod oci;
 pub mod progress;
 mod python;
 mod scoped;
+pub mod wheels;
 
 pub use agent::{build as build_agent, is_static, source_tree};
 pub use error::ImageError;
