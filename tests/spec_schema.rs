@@ -28,7 +28,7 @@ fn parser_and_schema_accept_the_same_specs() {
     let good = [
         json!({}),
         json!({"base": "python", "memory_mib": 128}),
-        json!({"base": {"oci": "img.tar"}, "user": "1000:1000", "cwd": "/srv"}),
+        json!({"base": {"oci": "img.tar"}, "user": "1000:1000", "cwd": "/srv", "python": {"preload": ["os"]}}),
         json!({"python": {"packages": ["numpy==2.*"], "preload": ["numpy", "os.path"], "stdlib": "full"}}),
         json!({"python": {"packages": ["six"], "no_index": true, "find_links": "wheels"}}),
         json!({"python": {"index_url": "https://pypi.example/simple"}}),

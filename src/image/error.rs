@@ -123,6 +123,29 @@ pub enum ImageError {
         /// What the resolver said.
         detail: String,
     },
+    /// The image would not fit the spec's memory.
+    #[error(
+        "the image ({image_mib} MiB) needs {needed_mib} MiB of guest memory; memory_mib is {memory_mib}"
+    )]
+    ImageTooLarge {
+        /// The initramfs size.
+        image_mib: u64,
+        /// The spec's memory.
+        memory_mib: u32,
+        /// What the image needs.
+        needed_mib: u64,
+    },
+    /// The spec's (or the image's) user does not exist in the image.
+    #[error("user {user:?} is not in the image's /etc/passwd (give UID:GID instead)")]
+    UnknownUser {
+        /// The user asked for.
+        user: String,
+    },
+    /// `python.preload` without a Python in the image.
+    #[error(
+        "python.preload needs a Python in the image (/usr/bin/python3 or /usr/local/bin/python3)"
+    )]
+    NoPython,
     /// Filesystem work failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -63,6 +63,7 @@ pub mod oci;
 pub mod progress;
 mod python;
 mod scoped;
+pub mod spec_image;
 pub mod wheels;
 
 pub use agent::{build as build_agent, is_static, source_tree};
@@ -196,7 +197,7 @@ fn build_initramfs(
     unpack_sysroot(&debs, &sysroot)?;
     let tree = python::stage(&python_debs(&debs), &sysroot, opts.profile, &work)?;
     eprintln!("zeroboot image: packing {}", out.display());
-    initramfs::write(&agent, &tree, &out)?;
+    initramfs::write(&agent, &tree, &layers::Owners::new(), &out)?;
     std::fs::remove_dir_all(&work).map_err(ImageError::io("cannot remove", &work))?;
     prune(&dir, &out)?;
     Ok(out)

@@ -1,7 +1,7 @@
 use super::*;
 
 const FULL: &str = r#"
-base = { oci = "images/app.tar" }
+base = "python"
 memory_mib = 1024
 cwd = "/work"
 user = "sandbox"
@@ -36,7 +36,9 @@ fn field_error(text: &str) -> (String, String) {
 #[test]
 fn a_full_spec_parses_and_host_paths_become_absolute() {
     let spec = Spec::from_toml(FULL, dir()).unwrap();
-    assert_eq!(spec.base, Base::Oci("/specs/images/app.tar".into()));
+    assert_eq!(spec.base, Base::Python);
+    let oci = Spec::from_toml("base = { oci = \"images/app.tar\" }", dir()).unwrap();
+    assert_eq!(oci.base, Base::Oci("/specs/images/app.tar".into()));
     assert_eq!(spec.memory_mib(), 1024);
     assert_eq!(spec.python.packages, ["numpy==2.*", "requests"]);
     assert_eq!(spec.python.stdlib(), Stdlib::Full);
@@ -127,6 +129,10 @@ fn bad_values_are_refused_with_the_field() {
             "python.no_index",
         ),
         ("[debian]\npackages = [\"NodeJS\"]", "debian.packages[0]"),
+        (
+            "base = { oci = \"i.tar\" }\n[python]\npackages = [\"six\"]",
+            "python.packages",
+        ),
         ("[debian]\npackages = [\"a\"]", "debian.packages[0]"),
         ("[[files]]\nfrom = \"a\"\nto = \"relative\"", "files[0].to"),
         (

@@ -151,6 +151,12 @@ pub fn spec(spec: &Spec) -> Check {
     }
     let py = &spec.python;
     list("python.packages", &py.packages, requirement)?;
+    if matches!(spec.base, Base::Oci(_)) && !py.packages.is_empty() {
+        return err(
+            "python.packages",
+            "needs base = \"python\": an OCI image brings its own Python (install packages in the image)",
+        );
+    }
     list("python.preload", &py.preload, module)?;
     if let Some(url) = &py.index_url {
         text("python.index_url", url)?;
