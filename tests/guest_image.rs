@@ -428,24 +428,17 @@ fn build_spec(spec: &zeroboot::spec::Spec) -> Option<zeroboot::image::spec_image
     }
 }
 
-/// The spec of the QEMU test and of the lane's `template_spec` test.
-pub const NUMPY_SPEC: &str = r#"
-memory_mib = 1024
-user = "sandbox"
-env = { OPENBLAS_NUM_THREADS = "1", GREETING = "hi" }
-
-[python]
-packages = ["numpy==2.*"]
-preload = ["numpy"]
-"#;
-
 #[test]
 fn spec_image_runs_numpy_and_a_shell_under_qemu() {
     let Some(qemu) = find_qemu() else {
         skip("no QEMU found (set ZEROBOOT_QEMU, or run tests/kvm-lane/run once to fetch it)");
         return;
     };
-    let spec = zeroboot::spec::Spec::from_toml(NUMPY_SPEC, Path::new("/")).unwrap();
+    // The lane's spec (tests/template_spec.rs): the same image, cached once.
+    let spec = zeroboot::spec::Spec::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/numpy/zeroboot.toml"),
+    )
+    .unwrap();
     let Some(img) = build_spec(&spec) else { return };
     assert_eq!(img.manifest.python[0].name, "numpy");
     let dir =
