@@ -51,7 +51,7 @@ pub fn run(
     // Let the pool fill before measuring steady-state forks.
     std::thread::sleep(Duration::from_millis(500));
     let req = python_print();
-    let (fork_exec, dirty_kib, exits) = fork_exec(&engine, &tpl.template, &req, samples)?;
+    let forks = fork_exec(&engine, &tpl.template, &req, samples)?;
     let one = engine.fork(&tpl.template)?;
     let mut exec = Vec::with_capacity(samples);
     for _ in 0..samples {
@@ -67,11 +67,18 @@ pub fn run(
         "pool_size": config.pool_size,
         "template_mib": DEFAULT_LINUX_MEMORY_MIB,
         "template_build_ms": build.as_secs_f64() * 1000.0,
-        "fork_exec_python_us": summarize(&fork_exec),
+        "fork_exec_python_us": summarize(&forks.times),
         "exec_python_us": summarize(&exec),
-        "fork_exec_python_private_kib": summarize_values(dirty_kib),
-        "fork_exec_python_exits": summarize_values(exits),
+        "fork_exec_python_private_kib": summarize_values(forks.private_kib),
+        "fork_exec_python_exits": summarize_values(forks.exits),
     }))
+}
+
+/// Per fork + exec: wall time, private KiB, exits to userspace.
+struct Samples {
+    times: Vec<Duration>,
+    private_kib: Vec<f64>,
+    exits: Vec<f64>,
 }
 
 /// `samples` times: fork `template`, run `req`, read the sandbox's
@@ -83,7 +90,7 @@ fn fork_exec(
     template: &str,
     req: &ExecRequest,
     samples: usize,
-) -> Result<(Vec<Duration>, Vec<f64>, Vec<f64>), EngineError> {
+) -> Result<Samples, EngineError> {
     let mut times = Vec::with_capacity(samples);
     let (mut dirty_kib, mut exits) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
     for _ in 0..samples {
@@ -96,7 +103,11 @@ fn fork_exec(
         exits.push(stats.exits as f64);
         engine.kill(&f.sandbox)?;
     }
-    Ok((times, dirty_kib, exits))
+    Ok(Samples {
+        times,
+        private_kib: dirty_kib,
+        exits,
+    })
 }
 
 /// The `--linux-spec` figures (see the module docs).
@@ -120,8 +131,8 @@ pub fn run_spec(config: &EngineConfig, spec: &Path, samples: usize) -> Result<Va
         program: Some(Program::Python),
         ..Default::default()
     };
-    let (times, kib, exits) = fork_exec(&engine, &template, &preloaded, samples)?;
-    let (plain_times, plain_kib, _) = fork_exec(&engine, &template, &python_print(), samples)?;
+    let warm = fork_exec(&engine, &template, &preloaded, samples)?;
+    let plain = fork_exec(&engine, &template, &python_print(), samples)?;
     engine.shutdown();
     Ok(json!({
         "kvm": engine.flavor().as_str(),
@@ -132,11 +143,11 @@ pub fn run_spec(config: &EngineConfig, spec: &Path, samples: usize) -> Result<Va
         "initramfs_bytes": built.manifest.initramfs_bytes,
         "preload": spec.python.preload,
         "spec_template_build_ms": build.as_secs_f64() * 1000.0,
-        "fork_exec_preloaded_us": summarize(&times),
-        "fork_exec_preloaded_private_kib": summarize_values(kib),
-        "fork_exec_preloaded_exits": summarize_values(exits),
-        "fork_exec_python_us": summarize(&plain_times),
-        "fork_exec_python_private_kib": summarize_values(plain_kib),
+        "fork_exec_preloaded_us": summarize(&warm.times),
+        "fork_exec_preloaded_private_kib": summarize_values(warm.private_kib),
+        "fork_exec_preloaded_exits": summarize_values(warm.exits),
+        "fork_exec_python_us": summarize(&plain.times),
+        "fork_exec_python_private_kib": summarize_values(plain.private_kib),
     }))
 }
 

@@ -217,7 +217,7 @@ mod tests {
             root.join("lib64/ld-linux-x86-64.so.2"),
         )
         .unwrap();
-        let libs = closure(&root, &[me.clone()]).unwrap();
+        let libs = closure(&root, std::slice::from_ref(&me)).unwrap();
         assert!(
             libs.contains(Path::new("lib64/ld-linux-x86-64.so.2")),
             "{libs:?}"

@@ -211,15 +211,16 @@ pub fn build(
         fs::remove_dir_all(&done).map_err(ImageError::io("cannot remove", &done))?;
     }
     fs::rename(&out, &done).map_err(ImageError::io("cannot move the image to", &done))?;
-    cached(&cache, &done)?
-        .map(|found| SpecImage {
+    match cached(&cache, &done)? {
+        Some(found) => Ok(SpecImage {
             cached: false,
             ..found
-        })
-        .ok_or_else(|| ImageError::Missing {
+        }),
+        None => Err(ImageError::Missing {
             what: "built image",
             path: done,
-        })
+        }),
+    }
 }
 
 /// A finished image in `dir`, if there is one.

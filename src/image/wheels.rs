@@ -8,12 +8,12 @@
 //! zeroboot's cache directory.
 //!
 //! When the resolution fails, each requirement is resolved again on its
-//! own for any Python on any platform (`--universal --no-deps`): one that
-//! resolves that way exists but has no wheel for the guest
-//! ([`ImageError::PythonNoWheel`]); one that does not is
-//! [`ImageError::PythonUnresolvable`], as is a set whose members each exist
-//! (conflicting versions, a dependency without a wheel), with uv's
-//! explanation.
+//! own (`--no-deps`), for the guest and then for any Python on any platform
+//! (`--universal`): the first that fails for the guest but exists for
+//! someone has no wheel for the guest ([`ImageError::PythonNoWheel`]); one
+//! that exists for no one is [`ImageError::PythonUnresolvable`], as is a set
+//! whose members are each fine alone (conflicting versions, a dependency
+//! without a wheel), with uv's explanation.
 //!
 //! uv is found as `$ZEROBOOT_UV`, else `uv` on `PATH`, else `python3 -m uv`
 //! (`pip install uv`); `scripts/setup` installs it.
@@ -128,27 +128,33 @@ fn diagnose(spec: &PythonSpec, cache: &Path, failure: ImageError) -> ImageError 
         ImageError::Command { detail, .. } => detail,
         other => return other,
     };
-    for requirement in &spec.packages {
-        let alone = uv_pip("compile", spec, cache, Target::Anyone).and_then(|mut cmd| {
+    let alone = |requirement: &str, target: Target| {
+        uv_pip("compile", spec, cache, target).and_then(|mut cmd| {
+            if target == Target::Guest {
+                cmd.args(["--only-binary", ":all:"]);
+            }
             cmd.args(["--no-deps", "--no-header", "-"])
                 .stdin(std::process::Stdio::piped());
             run_with_stdin(&mut cmd, requirement)
-        });
-        match alone {
-            Ok(()) => {
-                return ImageError::PythonNoWheel {
-                    requirement: requirement.clone(),
-                    detail,
-                };
-            }
-            Err(ImageError::Command { .. }) => {
-                return ImageError::PythonUnresolvable {
-                    requirement: Some(requirement.clone()),
-                    detail,
-                };
-            }
+        })
+    };
+    for requirement in &spec.packages {
+        match alone(requirement, Target::Guest) {
+            Ok(()) => continue, // this one is fine on its own
+            Err(ImageError::Command { .. }) => {}
             Err(other) => return other,
         }
+        return match alone(requirement, Target::Anyone) {
+            Ok(()) => ImageError::PythonNoWheel {
+                requirement: requirement.clone(),
+                detail,
+            },
+            Err(ImageError::Command { .. }) => ImageError::PythonUnresolvable {
+                requirement: Some(requirement.clone()),
+                detail,
+            },
+            Err(other) => other,
+        };
     }
     ImageError::PythonUnresolvable {
         requirement: None,
@@ -225,7 +231,7 @@ pub fn installed(site: &Path) -> Result<Vec<Installed>, ImageError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(site).map_err(ImageError::io("cannot list", site))? {
         let dir: PathBuf = entry.map_err(ImageError::io("cannot list", site))?.path();
-        if !dir.extension().is_some_and(|e| e == "dist-info") {
+        if dir.extension().is_none_or(|e| e != "dist-info") {
             continue;
         }
         let meta = dir.join("METADATA");

@@ -63,11 +63,11 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// `name` or `name=version`, Debian's package name syntax.
-fn debian_package(field: &str, s: &String) -> Check {
+fn debian_package(field: &str, s: &str) -> Check {
     text(field, s)?;
     let (name, version) = match s.split_once('=') {
         Some((n, v)) => (n, Some(v)),
-        None => (s.as_str(), None),
+        None => (s, None),
     };
     let name_ok = name.len() >= 2
         && name
@@ -95,7 +95,7 @@ fn debian_package(field: &str, s: &String) -> Check {
 /// A PEP 508 requirement, as far as it must be checked here: handed to the
 /// resolver as one argument after `--`, so it only must not look like an
 /// option or a requirements-file directive.
-fn requirement(field: &str, s: &String) -> Check {
+fn requirement(field: &str, s: &str) -> Check {
     text(field, s)?;
     if s.trim_start().starts_with('-') {
         return err(
@@ -106,7 +106,7 @@ fn requirement(field: &str, s: &String) -> Check {
     Ok(())
 }
 
-fn module(field: &str, s: &String) -> Check {
+fn module(field: &str, s: &str) -> Check {
     text(field, s)?;
     if s.split('.').all(is_identifier) {
         Ok(())
@@ -150,14 +150,14 @@ pub fn spec(spec: &Spec) -> Check {
         text("base.oci", &p.to_string_lossy())?;
     }
     let py = &spec.python;
-    list("python.packages", &py.packages, requirement)?;
+    list("python.packages", &py.packages, |f, s| requirement(f, s))?;
     if matches!(spec.base, Base::Oci(_)) && !py.packages.is_empty() {
         return err(
             "python.packages",
             "needs base = \"python\": an OCI image brings its own Python (install packages in the image)",
         );
     }
-    list("python.preload", &py.preload, module)?;
+    list("python.preload", &py.preload, |f, s| module(f, s))?;
     if let Some(url) = &py.index_url {
         text("python.index_url", url)?;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -173,7 +173,9 @@ pub fn spec(spec: &Spec) -> Check {
             "without an index, `find_links` must name a directory of wheels",
         );
     }
-    list("debian.packages", &spec.debian.packages, debian_package)?;
+    list("debian.packages", &spec.debian.packages, |f, s| {
+        debian_package(f, s)
+    })?;
     list("files", &spec.files, |field, f| {
         text(&format!("{field}.from"), &f.from.to_string_lossy())?;
         guest_path(&format!("{field}.to"), &f.to)?;
