@@ -22,7 +22,6 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-pub use crate::engine::EXEC_HOST_GRACE_MS;
 use crate::engine::{Engine, EngineConfig};
 pub use methods::OPENRPC;
 
