@@ -4,6 +4,7 @@ binary over stdio, with sandboxes on the built-in bare guest (real KVM)."""
 import asyncio
 import os
 import shlex
+import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -14,6 +15,9 @@ from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "clients" / "python"))
+from zeroboot import Zeroboot  # noqa: E402  (to make a template file)
+
 BINARY = os.environ.get("ZEROBOOT_BIN") or str(ROOT / "target" / "release" / "zeroboot")
 TOOLS = {"exec", "write_file", "read_file", "snapshot", "fork", "list", "kill"}
 
@@ -184,3 +188,20 @@ def test_closing_the_session_shuts_the_server_down_cleanly():
         run(go(status))
         # Written only if the server exited by itself within the client's grace period (2 s).
         assert Path(status).read_text().strip() == "0"
+
+
+def test_a_template_file_given_with_template_is_what_the_session_forks():
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "marked.zbt")
+        with Zeroboot.start(BINARY) as zb:
+            with zb.fork(zb.load_template(builtin="bare")) as sb:
+                sb.write_file("/marker", "from the template file")
+                zb.save_template(sb.snapshot(), path)
+
+        async def go():
+            async with session("--template", path) as s:
+                got = await call(s, "read_file", path="/marker")
+                assert got["content"] == "from the template file"
+                assert (await call(s, "list"))["template_source"] == path
+
+        run(go())
