@@ -32,9 +32,10 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("zeroboot.ray needs Ray: pip install 'zeroboot[ray]' (or pip install ray)") from e
 
 from ._client import ExecResult, Zeroboot
+from ._client import _exec_params as _client_exec_params
 from ._errors import ZerobootError
 
-__all__ = ["KVM_RESOURCE", "NoNodesError", "PoolSandbox", "SandboxLostError", "SandboxPool", "TemplateSource"]
+__all__ = ["KVM_RESOURCE", "NoNodesError", "PoolSandbox", "RunFuture", "SandboxLostError", "SandboxPool", "TemplateSource"]
 
 KVM_RESOURCE = "zeroboot_kvm"
 """The custom resource a node advertises when it can open /dev/kvm; one pool actor takes it per node."""
@@ -97,23 +98,19 @@ class _NodeWorker:
             self._templates[name] = t.id
             return t.id
 
-    def run(self, name: str, source: TemplateSource, argv: List[str], program: str,
-            kw: Dict[str, Any]) -> Dict[str, Any]:
+    def run(self, name: str, source: TemplateSource, params: Dict[str, Any]) -> Dict[str, Any]:
         sb = self._zb.fork(self._template(name, source))
         try:
-            return self._exec(sb.id, argv, program, kw)
+            return self.exec(sb.id, params)
         finally:
             sb.kill()
 
     def fork(self, name: str, source: TemplateSource, count: int) -> List[str]:
         return [sb.id for sb in self._zb.fork_many(self._template(name, source), count)]
 
-    def _exec(self, sandbox: str, argv: List[str], program: str, kw: Dict[str, Any]) -> Dict[str, Any]:
-        params = {"sandbox": sandbox, "argv": argv, "program": program, **kw}
-        return {**self._zb.call("sandbox.exec", params), "node_id": self._node_id, "sandbox": sandbox}
-
-    def exec(self, sandbox: str, argv: List[str], program: str, kw: Dict[str, Any]) -> Dict[str, Any]:
-        return self._exec(sandbox, argv, program, kw)
+    def exec(self, sandbox: str, params: Dict[str, Any]) -> Dict[str, Any]:
+        r = self._zb.call("sandbox.exec", {**params, "sandbox": sandbox})
+        return {**r, "node_id": self._node_id, "sandbox": sandbox}
 
     def write_file(self, sandbox: str, path: str, data: bytes) -> int:
         params = {"sandbox": sandbox, "path": path, "data_base64": base64.b64encode(data).decode("ascii")}
@@ -144,23 +141,12 @@ class _Node:
         return self.capacity - self.live
 
 
-def _exec_kw(stdin, env, cwd, timeout_ms) -> Dict[str, Any]:
-    kw: Dict[str, Any] = {}
-    if stdin is not None:
-        kw["stdin"] = stdin
-    if env is not None:
-        kw["env"] = dict(env)
-    if cwd is not None:
-        kw["cwd"] = cwd
-    if timeout_ms is not None:
-        kw["timeout_ms"] = timeout_ms
-    return kw
-
-
-def _program(argv: Optional[Sequence[str]], code: Optional[str]) -> tuple[List[str], str]:
+def _exec_params(argv: Optional[Sequence[str]], code: Optional[str], stdin, env, cwd, timeout_ms) -> Dict[str, Any]:
+    """`sandbox.exec` params for argv or Python `code`, without the sandbox (the node fills it in)."""
     if (argv is None) == (code is None):
         raise ValueError("give exactly one of argv or code=")
-    return (list(argv), "argv") if argv is not None else ([code], "python")  # type: ignore[list-item]
+    args, program = (list(argv), "argv") if argv is not None else ([code], "python")
+    return {**_client_exec_params("", args, stdin, env, cwd, timeout_ms, None, False), "program": program}
 
 
 class PoolSandbox:
@@ -188,8 +174,7 @@ class PoolSandbox:
              env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
              timeout_ms: Optional[int] = None) -> ExecResult:
         """Runs argv (or Python `code`, on a Linux template) in this sandbox."""
-        args, program = _program(argv, code)
-        return ExecResult._from(self._call("exec", args, program, _exec_kw(stdin, env, cwd, timeout_ms)))
+        return ExecResult._from(self._call("exec", _exec_params(argv, code, stdin, env, cwd, timeout_ms)))
 
     def write_file(self, path: str, data: Union[str, bytes]) -> int:
         return self._call("write_file", path, data.encode() if isinstance(data, str) else data)
@@ -322,10 +307,8 @@ class SandboxPool:
                stdin: Optional[str] = None, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
                timeout_ms: Optional[int] = None) -> "RunFuture":
         """Starts `run` and returns at once; `.result()` waits for it."""
-        args, program = _program(argv, code)
-        source = self._source(template)
-        kw = _exec_kw(stdin, env, cwd, timeout_ms)
-        return RunFuture(self, template, source, args, program, kw)
+        params = _exec_params(argv, code, stdin, env, cwd, timeout_ms)
+        return RunFuture(self, template, self._source(template), params)
 
     def run(self, argv: Optional[Sequence[str]] = None, **kw: Any) -> ExecResult:
         """Forks a fresh sandbox on the freest node, runs argv (or Python `code=`, on a Linux template)
@@ -380,10 +363,9 @@ class SandboxPool:
 class RunFuture:
     """A `run` in flight on one node (see SandboxPool.submit)."""
 
-    def __init__(self, pool: SandboxPool, template: str, source: TemplateSource, argv: List[str], program: str,
-                 kw: Dict[str, Any]) -> None:
+    def __init__(self, pool: SandboxPool, template: str, source: TemplateSource, params: Dict[str, Any]) -> None:
         self._pool = pool
-        self._args = (template, source, argv, program, kw)
+        self._args = (template, source, params)
         self._outcome: Optional[tuple] = None
         self._start()
 
