@@ -361,7 +361,8 @@ class SandboxPool:
 
 
 class RunFuture:
-    """A `run` in flight on one node (see SandboxPool.submit)."""
+    """A `run` in flight on one node (see SandboxPool.submit). Its slot on the node counts against the
+    node's free capacity until `result()` has been called."""
 
     def __init__(self, pool: SandboxPool, template: str, source: TemplateSource, params: Dict[str, Any]) -> None:
         self._pool = pool
