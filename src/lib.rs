@@ -11,6 +11,7 @@ pub mod engine;
 pub mod image;
 pub mod mcp;
 pub mod rpc;
+pub mod spec;
 mod stdio;
 pub mod vmm;
 

@@ -32,14 +32,19 @@ pub struct BenchArgs {
     /// fork + Python exec (default 200 samples, or 20 with --quick).
     #[arg(long, num_args = 2, value_names = ["KERNEL", "INITRAMFS"])]
     linux: Option<Vec<std::path::PathBuf>>,
+    /// Measure a template built from a spec (hardware KVM only): its build,
+    /// and fork + an exec using its preloads, beside a plain Python exec.
+    #[arg(long, value_name = "SPEC", conflicts_with = "linux")]
+    linux_spec: Option<std::path::PathBuf>,
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
-    let result = match args.linux.as_deref() {
-        Some([kernel, initramfs]) => {
-            let samples = args.samples.unwrap_or(if args.quick { 20 } else { 200 });
-            super::bench_linux::run(&args.engine.config(), kernel, initramfs, samples)
+    let linux_samples = args.samples.unwrap_or(if args.quick { 20 } else { 200 });
+    let result = match (args.linux.as_deref(), &args.linux_spec) {
+        (Some([kernel, initramfs]), _) => {
+            super::bench_linux::run(&args.engine.config(), kernel, initramfs, linux_samples)
         }
+        (_, Some(spec)) => super::bench_linux::run_spec(&args.engine.config(), spec, linux_samples),
         _ => run(&args),
     };
     match result {
@@ -48,6 +53,11 @@ pub fn main(args: BenchArgs) -> ExitCode {
                 println!("{report_json}");
             } else if args.linux.is_some() {
                 super::bench_linux::print_table(&report_json);
+            } else if args.linux_spec.is_some() {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report_json).unwrap_or_default()
+                );
             } else {
                 print_table(&report_json);
             }

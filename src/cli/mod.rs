@@ -6,8 +6,10 @@ mod bench_linux;
 mod bench_rpc;
 mod doctor;
 mod image;
+mod progress;
 mod run;
 mod stats;
+mod template;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,9 @@ enum Command {
     /// Linux guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Templates built from a spec (zeroboot.toml), and what a template file holds.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
 }
 
 /// Engine knobs shared by every command that starts an engine.
@@ -128,6 +133,7 @@ pub fn dispatch(args: Args) -> ExitCode {
         Command::Bench(a) => bench::main(a),
         Command::Doctor => doctor::main(),
         Command::Image(c) => image::main(c),
+        Command::Template(c) => template::main(c),
     }
 }
 

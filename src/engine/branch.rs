@@ -31,6 +31,7 @@ impl Engine {
                         memfd,
                         state,
                         mailbox: tpl.mailbox,
+                        manifest: tpl.manifest.clone(),
                     })
                 };
                 capture().map_err(AgentError::Vmm)

@@ -98,6 +98,28 @@ pub enum EngineError {
         /// The end of the guest's serial console.
         console: String,
     },
+    /// The template spec was refused.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// The spec's image could not be built.
+    #[error("cannot build the template's image")]
+    Image(#[source] crate::image::ImageError),
+    /// A `python.preload` module raised when imported.
+    #[error("a preloaded module failed to import:\n{traceback}")]
+    PreloadFailed {
+        /// Python's traceback.
+        traceback: String,
+    },
+    /// A warm-up command failed.
+    #[error("warm-up command {command:?} failed (exit {}): {stderr}", exit_code.map_or("by a signal".to_owned(), |c| c.to_string()))]
+    WarmupFailed {
+        /// The command.
+        command: String,
+        /// Its exit code (`None`: a signal or the deadline ended it).
+        exit_code: Option<i32>,
+        /// Its stderr.
+        stderr: String,
+    },
     /// The KVM layer failed.
     #[error(transparent)]
     Vmm(#[from] VmmError),

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::EngineError;
 use super::template::{Snapshot, Template};
 use crate::agent::Mailbox;
+use crate::image::spec_image::Manifest;
 use crate::vmm::MachineState;
 use crate::vmm::memory::Memfd;
 
@@ -35,6 +36,9 @@ struct Header {
     memory_bytes: usize,
     state: MachineState,
     mailbox: Mailbox,
+    /// Templates built from a spec (absent in older files and others).
+    #[serde(default)]
+    manifest: Option<Manifest>,
 }
 
 /// [`Header`] as written, borrowing the template's state.
@@ -43,6 +47,20 @@ struct HeaderRef<'a> {
     memory_bytes: usize,
     state: &'a MachineState,
     mailbox: Mailbox,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<&'a Manifest>,
+}
+
+/// What `zeroboot template inspect` shows of a file, read from its header
+/// alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    /// The file's size.
+    pub file_bytes: u64,
+    /// Guest memory.
+    pub memory_bytes: usize,
+    /// What its image holds, when it was built from a spec.
+    pub manifest: Option<Manifest>,
 }
 
 fn err(path: &Path, detail: impl ToString) -> EngineError {
@@ -58,6 +76,7 @@ pub(crate) fn write(tpl: &Template, path: &Path) -> Result<u64, EngineError> {
         memory_bytes: tpl.memory_bytes(),
         state: &tpl.state,
         mailbox: tpl.mailbox,
+        manifest: tpl.manifest.as_ref(),
     })
     .map_err(|e| err(path, e))?;
     let file = File::create(path).map_err(|e| err(path, e))?;
@@ -84,17 +103,15 @@ pub(crate) fn write(tpl: &Template, path: &Path) -> Result<u64, EngineError> {
     Ok(file.metadata().map_err(io)?.len())
 }
 
-/// Reads a template file into a sealed memfd and its state.
-pub(crate) fn read(path: &Path) -> Result<Snapshot, EngineError> {
-    let file = File::open(path).map_err(|e| err(path, e))?;
-    let mut input = BufReader::new(file);
+/// Reads and checks a template file's header.
+fn read_header(path: &Path, input: &mut impl Read) -> Result<Header, EngineError> {
     let io = |e: std::io::Error| err(path, e);
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic).map_err(io)?;
     if &magic != MAGIC {
         return Err(err(path, "not a zeroboot template (bad magic or version)"));
     }
-    let len = read_u64(&mut input).map_err(io)?;
+    let len = read_u64(input).map_err(io)?;
     if len > MAX_HEADER {
         return Err(err(path, format!("header of {len} bytes is too large")));
     }
@@ -110,6 +127,27 @@ pub(crate) fn read(path: &Path) -> Result<Snapshot, EngineError> {
             format!("invalid memory size {}", header.memory_bytes),
         ));
     }
+    Ok(header)
+}
+
+/// What a template file holds, from its header (guest memory is not read).
+pub(crate) fn inspect(path: &Path) -> Result<FileInfo, EngineError> {
+    let file = File::open(path).map_err(|e| err(path, e))?;
+    let file_bytes = file.metadata().map_err(|e| err(path, e))?.len();
+    let header = read_header(path, &mut BufReader::new(file))?;
+    Ok(FileInfo {
+        file_bytes,
+        memory_bytes: header.memory_bytes,
+        manifest: header.manifest,
+    })
+}
+
+/// Reads a template file into a sealed memfd and its state.
+pub(crate) fn read(path: &Path) -> Result<Snapshot, EngineError> {
+    let file = File::open(path).map_err(|e| err(path, e))?;
+    let mut input = BufReader::new(file);
+    let io = |e: std::io::Error| err(path, e);
+    let header = read_header(path, &mut input)?;
     let memfd = Memfd::create("zeroboot-loaded", header.memory_bytes)?;
     let pages = (header.memory_bytes / PAGE) as u64;
     let mut page = vec![0u8; PAGE];
@@ -132,6 +170,7 @@ pub(crate) fn read(path: &Path) -> Result<Snapshot, EngineError> {
         memfd,
         state: header.state,
         mailbox: header.mailbox,
+        manifest: header.manifest,
     })
 }
 

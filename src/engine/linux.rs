@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use super::template::Snapshot;
 use super::{Engine, EngineError, TemplateInfo};
 use crate::agent::{self, AgentError, Mailbox};
+use crate::image::spec_image::Manifest;
 use crate::vmm::memory::{GuestRam, Memfd, Sharing};
 use crate::vmm::{
     ConsoleLog, ConsoleTail, Flavor, Hypervisor, MachineState, VcpuThread, Vm, linux,
@@ -54,11 +55,23 @@ impl Engine {
         memory_mib: usize,
         cmdline: Option<&str>,
     ) -> Result<TemplateInfo, EngineError> {
+        self.boot_template(kernel, initramfs, memory_mib, cmdline, None)
+    }
+
+    /// [`Engine::build_template`], recording `manifest` with the template.
+    pub(crate) fn boot_template(
+        &self,
+        kernel: &Path,
+        initramfs: &Path,
+        memory_mib: usize,
+        cmdline: Option<&str>,
+        manifest: Option<Manifest>,
+    ) -> Result<TemplateInfo, EngineError> {
         if self.flavor() == Flavor::Pvm {
             return Err(EngineError::LinuxNeedsHardwareKvm);
         }
         let started = Instant::now();
-        let snap = boot_linux(
+        let mut snap = boot_linux(
             &self.0.hv,
             &LinuxSpec {
                 kernel,
@@ -72,6 +85,7 @@ impl Engine {
             boot_ms = started.elapsed().as_millis() as u64,
             "Linux guest booted to Ready and captured"
         );
+        snap.manifest = manifest;
         self.register(format!("linux:{}", kernel.display()), snap)
     }
 }
@@ -151,5 +165,6 @@ fn boot_linux(hv: &Arc<Hypervisor>, spec: &LinuxSpec<'_>) -> Result<Snapshot, En
         memfd,
         state,
         mailbox,
+        manifest: None,
     })
 }

@@ -17,6 +17,7 @@ mod linux;
 mod pool;
 mod recycle;
 mod sandbox;
+mod spec;
 mod template;
 
 use std::collections::HashMap;
@@ -27,7 +28,9 @@ use std::time::{Duration, Instant};
 pub use cancel::CancelToken;
 pub use error::EngineError;
 pub use exec::{EXEC_HOST_GRACE_MS, ExecOptions, ExecResult};
+pub use file::FileInfo;
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
+pub use spec::SpecTemplate;
 pub use template::{BARE_GUEST, Template};
 
 use crate::vmm::{Flavor, Hypervisor, memory};
@@ -215,6 +218,11 @@ impl Engine {
     pub fn load_file(&self, path: &std::path::Path) -> Result<TemplateInfo, EngineError> {
         let snap = file::read(path)?;
         self.register(path.display().to_string(), snap)
+    }
+
+    /// What a template file holds (its header only: no KVM, no guest memory).
+    pub fn inspect_file(path: &std::path::Path) -> Result<FileInfo, EngineError> {
+        file::inspect(path)
     }
 
     /// Writes a template to a file that [`Engine::load_file`] can read.

@@ -9,6 +9,7 @@ use kvm_bindings::CpuId;
 use super::EngineError;
 use super::pool::Pool;
 use crate::agent::{self, Mailbox};
+use crate::image::spec_image::Manifest;
 use crate::vmm::memory::{self, GuestRam, Memfd, Sharing};
 use crate::vmm::{Hypervisor, MachineState, VcpuThread, Vm, VmmError, layout};
 
@@ -28,6 +29,8 @@ pub struct Template {
     pub(crate) pool: Pool,
     /// Pages a first exec dirties, copied ahead of time in pooled VMs.
     pub(crate) hot_pages: Vec<u64>,
+    /// What its image holds, when it was built from a spec.
+    pub(crate) manifest: Option<Manifest>,
 }
 
 /// What a template is made of, before it gets an id and a pool.
@@ -35,6 +38,8 @@ pub(crate) struct Snapshot {
     pub memfd: Memfd,
     pub state: MachineState,
     pub mailbox: Mailbox,
+    /// The spec image's manifest, if the template was built from a spec.
+    pub manifest: Option<Manifest>,
 }
 
 impl Snapshot {
@@ -61,6 +66,7 @@ impl Snapshot {
             memfd,
             state,
             mailbox,
+            manifest: None,
         })
     }
 }
@@ -83,6 +89,7 @@ impl Template {
             cpuid,
             pool: Pool::new(pool_size),
             hot_pages: Vec::new(),
+            manifest: snap.manifest,
         })
     }
 

@@ -134,6 +134,35 @@ fn engine_err(e: crate::engine::EngineError) -> ErrorObjectOwned {
     errors::engine_error(&e)
 }
 
+/// `template.build {spec}`: relative host paths in the spec are the
+/// worker's (its working directory); progress goes out as
+/// `template.progress` notifications before the response.
+fn build_from_spec(
+    engine: &Engine,
+    spec: &serde_json::Value,
+    call: &Call,
+) -> Result<Box<RawValue>, ErrorObjectOwned> {
+    let cwd = std::env::current_dir().map_err(|e| errors::internal(e.to_string()))?;
+    let spec = crate::spec::Spec::from_json(spec, &cwd)
+        .map_err(|e| engine_err(crate::engine::EngineError::Spec(e)))?;
+    let mut notify = |p: &crate::image::progress::Progress| {
+        call.notify(
+            "template.progress",
+            BuildProgress {
+                request: call.id.raw(),
+                progress: p,
+            },
+        );
+    };
+    let built = engine
+        .build_from_spec(&spec, &Default::default(), &mut notify)
+        .map_err(engine_err)?;
+    raw(SpecBuilt {
+        template: built.info,
+        manifest: built.manifest,
+    })
+}
+
 /// Builds the module with every method.
 pub fn module(state: Arc<State>) -> RpcModule<State> {
     let mut m = RpcModule::from_arc(state);
@@ -149,22 +178,38 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
             )),
         },
     );
-    engine_method(&mut m, "template.build", |engine, p: TemplateBuild, _| {
-        let mib = p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB);
-        if !(MIN_LINUX_MEMORY_MIB..=MAX_LINUX_MEMORY_MIB).contains(&mib) {
-            return Err(errors::invalid_params(format!(
-                "memory_mib must be between {MIN_LINUX_MEMORY_MIB} and {MAX_LINUX_MEMORY_MIB}"
-            )));
-        }
-        engine
-            .build_template(
-                Path::new(&p.kernel),
-                Path::new(&p.initramfs),
-                mib,
-                p.cmdline.as_deref(),
-            )
-            .map_err(engine_err)
-    });
+    engine_method(
+        &mut m,
+        "template.build",
+        |engine, p: TemplateBuild, call| {
+            let (kernel, initramfs) = match (p.kernel, p.initramfs, p.spec) {
+                (None, None, Some(spec)) if p.memory_mib.is_none() && p.cmdline.is_none() => {
+                    return build_from_spec(engine, &spec, call);
+                }
+                (Some(k), Some(i), None) => (k, i),
+                _ => {
+                    return Err(errors::invalid_params(
+                        "give `kernel` and `initramfs` (with `memory_mib`, `cmdline`), or `spec` alone",
+                    ));
+                }
+            };
+            let mib = p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB);
+            if !(MIN_LINUX_MEMORY_MIB..=MAX_LINUX_MEMORY_MIB).contains(&mib) {
+                return Err(errors::invalid_params(format!(
+                    "memory_mib must be between {MIN_LINUX_MEMORY_MIB} and {MAX_LINUX_MEMORY_MIB}"
+                )));
+            }
+            engine
+                .build_template(
+                    Path::new(&kernel),
+                    Path::new(&initramfs),
+                    mib,
+                    p.cmdline.as_deref(),
+                )
+                .map_err(engine_err)
+                .and_then(raw)
+        },
+    );
     engine_method(&mut m, "template.list", |engine, _: Empty, _| {
         Ok(TemplateList {
             templates: engine.list_templates(),

@@ -17,14 +17,16 @@ pub struct TemplateLoad {
     pub path: Option<String>,
 }
 
-/// `template.build`.
+/// `template.build`: `kernel` and `initramfs`, or `spec`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateBuild {
     /// A Linux kernel (bzImage) on the worker's host.
-    pub kernel: String,
+    pub kernel: Option<String>,
     /// An initramfs whose `/init` is the zeroboot agent.
-    pub initramfs: String,
+    pub initramfs: Option<String>,
+    /// A template spec (schema/template-spec.json), checked by the engine.
+    pub spec: Option<serde_json::Value>,
     /// Guest memory in MiB.
     pub memory_mib: Option<usize>,
     /// Kernel command line (default: the image's).
@@ -243,6 +245,26 @@ pub struct ExecResult {
     pub truncated: bool,
     /// Wall time of the call on the host.
     pub duration_us: u64,
+}
+
+/// Params of the `template.progress` notification.
+#[derive(Serialize)]
+pub struct BuildProgress<'a> {
+    /// Id of the `template.build` call.
+    pub request: &'a serde_json::value::RawValue,
+    /// The phase and how far it got.
+    #[serde(flatten)]
+    pub progress: &'a crate::image::progress::Progress,
+}
+
+/// Result of `template.build` with a spec: the template and what its image holds.
+#[derive(Serialize)]
+pub struct SpecBuilt {
+    /// The template.
+    #[serde(flatten)]
+    pub template: crate::engine::TemplateInfo,
+    /// Base, packages with versions, preloads, sizes, the spec.
+    pub manifest: crate::image::spec_image::Manifest,
 }
 
 /// Params of the `sandbox.output` notification.
