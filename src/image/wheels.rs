@@ -15,8 +15,10 @@
 //! whose members are each fine alone (conflicting versions, a dependency
 //! without a wheel), with uv's explanation.
 //!
-//! uv is found as `$ZEROBOOT_UV`, else `uv` on `PATH`, else `python3 -m uv`
-//! (`pip install uv`); `scripts/setup` installs it.
+//! uv is found as `$ZEROBOOT_UV`, else `uv` on `PATH`, else
+//! `<cache root>/bin/uv` (where `scripts/setup` puts the pinned uv of
+//! `scripts/requirements-tools.txt`, in a virtual environment of its own:
+//! never the system interpreter), else `python3 -m uv`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,6 +49,13 @@ fn uv() -> Result<Command, ImageError> {
     }
     if command::exists("uv") {
         return Ok(Command::new("uv"));
+    }
+    if let Some(tool) = super::cache::root()
+        .ok()
+        .map(|r| r.join("bin").join("uv"))
+        .filter(|p| p.is_file())
+    {
+        return Ok(Command::new(tool));
     }
     let module = Command::new("python3")
         .args(["-m", "uv", "--version"])
