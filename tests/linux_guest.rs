@@ -96,7 +96,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 #[test]
 fn kernel_loads_into_guest_memory() {
-    use zeroboot::vmm::memory::{GuestRam, Memfd, Sharing};
+    use zeroboot::vmm::memory::{GuestRam, MemoryFile, Sharing};
     let Some(kernel) = kernel() else {
         skip(
             "kernel_loads_into_guest_memory",
@@ -109,7 +109,7 @@ fn kernel_loads_into_guest_memory() {
     let initramfs = dir.join("initramfs.cpio");
     let pattern: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     std::fs::write(&initramfs, &pattern).unwrap();
-    let memfd = Memfd::create("linux-load-test", 256 << 20).unwrap();
+    let memfd = MemoryFile::create("linux-load-test", 256 << 20).unwrap();
     let ram = GuestRam::map(&memfd, Sharing::Private).unwrap();
     let boot = zeroboot::vmm::linux::load(&ram, &kernel, &initramfs, "console=ttyS0 quiet")
         .unwrap_or_else(|e| panic!("{}", chain(&e)));
@@ -173,6 +173,7 @@ fn pvm_refuses_linux_at_once() {
         Path::new("/nonexistent/initramfs"),
         DEFAULT_LINUX_MEMORY_MIB,
         None,
+        &CancelToken::new(),
     );
     assert!(
         matches!(r, Err(EngineError::LinuxNeedsHardwareKvm)),
@@ -243,7 +244,13 @@ fn linux_template_forks_run_python() {
         .try_init();
     let t = Instant::now();
     let tpl = engine
-        .build_template(&kernel, &initramfs, DEFAULT_LINUX_MEMORY_MIB, None)
+        .build_template(
+            &kernel,
+            &initramfs,
+            DEFAULT_LINUX_MEMORY_MIB,
+            None,
+            &CancelToken::new(),
+        )
         .unwrap_or_else(|e| match &e {
             EngineError::LinuxBoot { console, .. } => {
                 panic!("{}\n--- guest console ---\n{console}", chain(&e))

@@ -1,46 +1,39 @@
-//! Returning a killed sandbox's VM to its template's pool.
+//! Returning a killed sandbox's VM to its family's pool.
 //!
-//! The reset makes every page the template's again: a tenant that dirtied
-//! few pages gets them copied back in place (the VM keeps its warm KVM
-//! mappings, so the next tenant's first run takes no page faults on them); one
-//! that dirtied many gets the template mapped privately again over the same
-//! host address (MAP_FIXED), so the slot need not change while the old pages are
-//! freed. Then the full machine state is restored, as for a cold fork. No page,
+//! The reset makes the VM a fresh fork of the family's root again, by the one
+//! restore path (`Layer::restore`): a tenant that dirtied few pages gets them
+//! copied back in place (the VM keeps its warm KVM mappings, so the next
+//! tenant's first run takes no page faults on them); one that dirtied many
+//! gets the base mapped privately again over the same host address
+//! (MAP_FIXED), so the slot need not change while the old pages are freed.
+//! Then the full machine state is restored, as for a cold fork. No page,
 //! register or device state of the previous tenant survives
 //! (tests/engine_isolation.rs checks both paths).
 
 use std::sync::Arc;
 
-use super::Template;
+use super::layer::Ram;
 use super::pool::{Health, Shell};
+use super::template::Family;
 
-/// Most dirty pages a reset copies back in place (1 MiB); more are dropped
-/// by mapping the template again.
-const IN_PLACE_RESET_PAGES: usize = 256;
-
-/// Recycles `shell` into the pool of `tpl`, or tears it down when the pool is
-/// full or the VM crashed.
-pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell) {
+/// Recycles `shell` into the pool of `family`, or tears it down when the pool
+/// is full or closed, or the VM crashed.
+pub(crate) fn recycle(family: &Arc<Family>, shell: Shell) {
     let recyclable = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
         Health::Ready => true,
         Health::Broken { recyclable, .. } => *recyclable,
     };
-    if !recyclable || !tpl.pool.has_room() {
+    if !recyclable || !family.pool.has_room() {
         drop(shell.thread.stop());
         return;
     }
     *shell.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Ready;
     shell.thread.kicker().clear();
     let health = Arc::clone(&shell.health);
-    let t = Arc::clone(tpl);
+    let f = Arc::clone(family);
     let queued = shell.thread.submit(move |vm| {
-        let reset = vm
-            .ram()
-            .reset_private(&t.memfd, IN_PLACE_RESET_PAGES)
-            .and_then(|_| vm.ram().precopy(&t.hot_pages))
-            .and_then(|()| vm.restore(&t.state));
-        if let Err(e) = reset {
-            tracing::warn!(template = %t.id, error = %e, "recycling a VM failed");
+        if let Err(e) = f.root.restore(vm, &f.hot_pages, Ram::Used) {
+            tracing::warn!(template = %f.name, error = %e, "recycling a VM failed");
             *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
                 reason: format!("reset after recycling failed: {e}"),
                 recyclable: false,
@@ -50,7 +43,7 @@ pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell) {
     if !queued {
         return;
     }
-    if let Err(shell) = tpl.pool.offer(shell) {
+    if let Err(shell) = family.pool.offer(shell) {
         drop(shell.thread.stop());
     }
 }

@@ -22,7 +22,9 @@ use super::output::{self, ChunkEncoder};
 use super::params::*;
 use super::server::Outbox;
 use crate::agent::{ExecRequest, Program, Stream};
-use crate::engine::{CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, ExecOptions};
+use crate::engine::{
+    Branching, CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, ExecOptions, Unload,
+};
 
 /// The OpenRPC document returned by `rpc.discover`.
 pub const OPENRPC: &str = include_str!("../../schema/openrpc.json");
@@ -143,15 +145,17 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(
         &mut m,
         "template.load",
-        |engine, p: TemplateLoad, _| match (p.builtin, p.path) {
+        |engine, p: TemplateLoad, call| match (p.builtin, p.path) {
             (Some(name), None) => engine.load_builtin(&name).map_err(engine_err),
-            (None, Some(path)) => engine.load_file(Path::new(&path)).map_err(engine_err),
+            (None, Some(path)) => engine
+                .load_file(Path::new(&path), &call.cancel)
+                .map_err(engine_err),
             _ => Err(errors::invalid_params(
                 "give exactly one of `builtin` or `path`",
             )),
         },
     );
-    engine_method(&mut m, "template.build", |engine, p: TemplateBuild, _| {
+    engine_method(&mut m, "template.build", |engine, p: TemplateBuild, call| {
         let mib = p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB);
         if !(MIN_LINUX_MEMORY_MIB..=MAX_LINUX_MEMORY_MIB).contains(&mib) {
             return Err(errors::invalid_params(format!(
@@ -164,6 +168,7 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
                 Path::new(&p.initramfs),
                 mib,
                 p.cmdline.as_deref(),
+                &call.cancel,
             )
             .map_err(engine_err)
     });
@@ -173,17 +178,27 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
         })
     });
     engine_method(&mut m, "template.unload", |engine, p: TemplateUnload, _| {
+        let how = match (p.force, p.keep_sandboxes) {
+            (false, false) => Unload::IfUnused,
+            (true, false) => Unload::KillSandboxes,
+            (false, true) => Unload::KeepSandboxes,
+            (true, true) => {
+                return Err(errors::invalid_params(
+                    "give at most one of `force` or `keep_sandboxes`",
+                ));
+            }
+        };
         let killed = engine
-            .unload_template(&p.template, p.force)
+            .unload_template(&p.template, how)
             .map_err(engine_err)?;
         Ok(Unloaded {
             template: p.template,
             killed,
         })
     });
-    engine_method(&mut m, "template.save", |engine, p: TemplateSave, _| {
+    engine_method(&mut m, "template.save", |engine, p: TemplateSave, call| {
         let bytes = engine
-            .save_template(&p.template, Path::new(&p.path))
+            .save_template(&p.template, Path::new(&p.path), &call.cancel)
             .map_err(engine_err)?;
         Ok(Saved {
             template: p.template,
@@ -220,8 +235,15 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(&mut m, "sandbox.stats", |engine, p: SandboxRef, _| {
         engine.stats(&p.sandbox).map_err(engine_err)
     });
-    engine_method(&mut m, "sandbox.snapshot", |engine, p: SandboxRef, _| {
-        engine.snapshot_sandbox(&p.sandbox).map_err(engine_err)
+    engine_method(&mut m, "sandbox.snapshot", |engine, p: SandboxSnapshot, call| {
+        let how = if p.full_copy {
+            Branching::FullCopy
+        } else {
+            Branching::Layer
+        };
+        engine
+            .snapshot_sandbox(&p.sandbox, how, &call.cancel)
+            .map_err(engine_err)
     });
     engine_method(&mut m, "sandbox.write_file", write_file);
     engine_method(&mut m, "sandbox.read_file", read_file);

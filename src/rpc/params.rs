@@ -40,6 +40,9 @@ pub struct TemplateUnload {
     /// Kill its live sandboxes instead of refusing.
     #[serde(default)]
     pub force: bool,
+    /// Leave its live sandboxes running instead of refusing.
+    #[serde(default)]
+    pub keep_sandboxes: bool,
 }
 
 /// `template.save`.
@@ -68,6 +71,17 @@ pub struct SandboxFork {
 pub struct SandboxRef {
     /// The sandbox id.
     pub sandbox: String,
+}
+
+/// `sandbox.snapshot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSnapshot {
+    /// The sandbox id.
+    pub sandbox: String,
+    /// Copy its whole memory into a template of its own instead of a layer.
+    #[serde(default)]
+    pub full_copy: bool,
 }
 
 /// `sandbox.list`.

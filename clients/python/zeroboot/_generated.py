@@ -24,12 +24,21 @@ RequestId = Union[str, float, None]
 
 Encoding = Literal['utf8', 'base64']
 
+# Memory it holds above the memory it maps (what a branch costs).
+TemplateInfoMemory = TypedDict("TemplateInfoMemory", {
+    'own_bytes': int,  # Pages it captured itself: those its sandbox changed.
+    'view_bytes': int,  # Pages every fork of it gets written over the mapped memory (its own and its ancestors').
+    'held_bytes': int,  # Memory its page stores hold, shared with its ancestors and branches.
+})
+
 TemplateInfo = TypedDict("TemplateInfo", {
     'template': "TemplateId",
     'source': str,  # Where it came from: "builtin:bare", a file path, "linux:KERNEL" or "sandbox:ID (from TEMPLATE)".
     'memory_bytes': int,  # Guest memory size.
     'sandboxes': int,  # Live sandboxes forked from it.
-    'pooled': int,  # Idle VMs ready for forks.
+    'pooled': int,  # Idle VMs ready for forks, shared by a root template and every branch of it.
+    'depth': int,  # Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch.
+    'memory': "TemplateInfoMemory",  # Memory it holds above the memory it maps (what a branch costs).
 })
 
 Forked = TypedDict("Forked", {
@@ -389,7 +398,30 @@ ErrorObject22 = TypedDict("ErrorObject22", {
     'data': "FileTooLargeData",
 })
 
-ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19", "ErrorObject20", "ErrorObject21", "ErrorObject22"]
+ErrorObject23 = TypedDict("ErrorObject23", {
+    'code': Literal[1017],
+    'message': str,
+    'data': "TemplateIncompatibleData",
+})
+
+ErrorObject24 = TypedDict("ErrorObject24", {
+    'code': Literal[1018],
+    'message': str,
+    'data': "TemplateUnresponsiveData",
+})
+
+ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19", "ErrorObject20", "ErrorObject21", "ErrorObject22", "ErrorObject23", "ErrorObject24"]
+
+TemplateIncompatibleData = TypedDict("TemplateIncompatibleData", {
+    'kind': Literal['template_incompatible'],
+    'path': str,
+    'detail': str,  # What this host lacks: another CPU vendor, CPUID feature bits (leaf, register, bits).
+})
+
+TemplateUnresponsiveData = TypedDict("TemplateUnresponsiveData", {
+    'kind': Literal['template_unresponsive'],
+    'detail': str,  # What the guest did when probed (spun past the deadline, crashed, broke the protocol) and where its vCPU was.
+})
 
 # Params of template.load
 TemplateLoadParams = TypedDict("TemplateLoadParams", {
@@ -421,6 +453,7 @@ TemplateListResult = TypedDict("TemplateListResult", {
 TemplateUnloadParams = TypedDict("TemplateUnloadParams", {
     'template': "TemplateId",  # The template.
     'force': NotRequired[bool],  # Kill its live sandboxes instead of refusing (default false).
+    'keep_sandboxes': NotRequired[bool],  # Leave its live sandboxes running instead of refusing (default false; not with `force`).
 })
 
 TemplateUnloadResult = TypedDict("TemplateUnloadResult", {
@@ -491,6 +524,7 @@ SandboxStatsResult = "SandboxStats"
 # Params of sandbox.snapshot
 SandboxSnapshotParams = TypedDict("SandboxSnapshotParams", {
     'sandbox': "SandboxId",  # The sandbox.
+    'full_copy': NotRequired[bool],  # Copy the sandbox's whole memory into a template of its own instead of a layer (default false).
 })
 
 SandboxSnapshotResult = "TemplateInfo"
@@ -693,6 +727,18 @@ class FileTooLargeError(RpcError):
     code = 1016
 
 
+class TemplateIncompatibleError(RpcError):
+    """1017: A template file was captured on a CPU this host cannot stand in for: another vendor, or CPU features this host's KVM lacks (checked before the guest runs). data: TemplateIncompatibleData."""
+
+    code = 1017
+
+
+class TemplateUnresponsiveError(RpcError):
+    """1018: A template's guest did not answer the probe exec every new template gets before it is registered: it spun past the deadline, crashed or broke the protocol. Nothing was registered. data: TemplateUnresponsiveData."""
+
+    code = 1018
+
+
 ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     -32800: RequestCancelledError,
     -32700: ParseError,
@@ -716,6 +762,8 @@ ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     1014: LinuxNeedsHardwareKvmError,
     1015: LinuxBootFailedError,
     1016: FileTooLargeError,
+    1017: TemplateIncompatibleError,
+    1018: TemplateUnresponsiveError,
 }
 
 

@@ -24,8 +24,19 @@ export type TemplateInfo = {
   memory_bytes: number;
   /** Live sandboxes forked from it. */
   sandboxes: number;
-  /** Idle VMs ready for forks. */
+  /** Idle VMs ready for forks, shared by a root template and every branch of it. */
   pooled: number;
+  /** Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch. */
+  depth: number;
+  /** Memory it holds above the memory it maps (what a branch costs). */
+  memory: {
+    /** Pages it captured itself: those its sandbox changed. */
+    own_bytes: number;
+    /** Pages every fork of it gets written over the mapped memory (its own and its ancestors'). */
+    view_bytes: number;
+    /** Memory its page stores hold, shared with its ancestors and branches. */
+    held_bytes: number;
+  };
 };
 
 /** Forked */
@@ -365,6 +376,27 @@ export type ErrorObject = {
   code: 1016;
   message: string;
   data: FileTooLargeData;
+} | {
+  code: 1017;
+  message: string;
+  data: TemplateIncompatibleData;
+} | {
+  code: 1018;
+  message: string;
+  data: TemplateUnresponsiveData;
+};
+
+export type TemplateIncompatibleData = {
+  kind: "template_incompatible";
+  path: string;
+  /** What this host lacks: another CPU vendor, CPUID feature bits (leaf, register, bits). */
+  detail: string;
+};
+
+export type TemplateUnresponsiveData = {
+  kind: "template_unresponsive";
+  /** What the guest did when probed (spun past the deadline, crashed, broke the protocol) and where its vCPU was. */
+  detail: string;
 };
 
 /** Params of `template.load`: Load a template. */
@@ -407,6 +439,8 @@ export type TemplateUnloadParams = {
   template: TemplateId;
   /** Kill its live sandboxes instead of refusing (default false). */
   force?: boolean;
+  /** Leave its live sandboxes running instead of refusing (default false; not with `force`). */
+  keep_sandboxes?: boolean;
 };
 
 /** Result of `template.unload` */
@@ -503,10 +537,12 @@ export type SandboxStatsParams = {
 /** Result of `sandbox.stats` */
 export type SandboxStatsResult = SandboxStats;
 
-/** Params of `sandbox.snapshot`: Turn a live sandbox into a template. */
+/** Params of `sandbox.snapshot`: Branch a live sandbox into a template. */
 export type SandboxSnapshotParams = {
   /** The sandbox. */
   sandbox: SandboxId;
+  /** Copy the sandbox's whole memory into a template of its own instead of a layer (default false). */
+  full_copy?: boolean;
 };
 
 /** Result of `sandbox.snapshot` */
@@ -647,6 +683,8 @@ export const ErrorCode = {
   LinuxNeedsHardwareKvm: 1014,
   LinuxBootFailed: 1015,
   FileTooLarge: 1016,
+  TemplateIncompatible: 1017,
+  TemplateUnresponsive: 1018,
 } as const;
 
 /** -32800: Request cancelled by $/cancelRequest. data: CancelledData. */
@@ -759,6 +797,16 @@ export class FileTooLargeError extends ZerobootRpcError {
   static readonly code = 1016;
 }
 
+/** 1017: A template file was captured on a CPU this host cannot stand in for: another vendor, or CPU features this host's KVM lacks (checked before the guest runs). data: TemplateIncompatibleData. */
+export class TemplateIncompatibleError extends ZerobootRpcError {
+  static readonly code = 1017;
+}
+
+/** 1018: A template's guest did not answer the probe exec every new template gets before it is registered: it spun past the deadline, crashed or broke the protocol. Nothing was registered. data: TemplateUnresponsiveData. */
+export class TemplateUnresponsiveError extends ZerobootRpcError {
+  static readonly code = 1018;
+}
+
 const ERROR_CLASSES: Record<number, typeof ZerobootRpcError> = {
   [-32800]: RequestCancelledError,
   [-32700]: ParseError,
@@ -782,6 +830,8 @@ const ERROR_CLASSES: Record<number, typeof ZerobootRpcError> = {
   [1014]: LinuxNeedsHardwareKvmError,
   [1015]: LinuxBootFailedError,
   [1016]: FileTooLargeError,
+  [1017]: TemplateIncompatibleError,
+  [1018]: TemplateUnresponsiveError,
 };
 
 /** The typed error for a JSON-RPC error object (ZerobootRpcError for codes the schema does not list). */
