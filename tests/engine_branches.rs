@@ -180,7 +180,8 @@ fn memory_is_given_back_when_no_template_or_sandbox_needs_it() {
     let b = branch(&e, &a);
     let c = fork(&e, &b.template);
     assert_eq!(stdout(&e, &c, &["echo", "ok"]), "ok\n");
-    e.unload_template(&b.template, Unload::KeepSandboxes).unwrap();
+    e.unload_template(&b.template, Unload::KeepSandboxes)
+        .unwrap();
     let held = rss_kib();
     assert!(held >= base + 28 * MIB, "branch and fork: {held} KiB");
     assert_eq!(stdout(&e, &c, &["echo", "still"]), "still\n");

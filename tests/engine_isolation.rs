@@ -111,7 +111,9 @@ fn a_live_sandbox_branches_into_a_template() {
     let (e, t) = engine();
     let parent = e.fork(&t).unwrap().sandbox;
     stdout(&e, &parent, &["poke", "0xb0a7"]);
-    let branch = e.snapshot_sandbox(&parent, Branching::Layer, &CancelToken::new()).unwrap();
+    let branch = e
+        .snapshot_sandbox(&parent, Branching::Layer, &CancelToken::new())
+        .unwrap();
     assert!(branch.source.contains(&parent));
     // The parent carries on, and its later writes do not reach the branch.
     assert_eq!(stdout(&e, &parent, &["peek"]), "0x000000000000b0a7\n");

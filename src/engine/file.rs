@@ -144,8 +144,7 @@ impl Prefix {
                 Prefix::body_offset_for(p.header_len)
             ));
         }
-        if !(MIN_MEMORY..=MAX_MEMORY).contains(&p.memory) || !p.memory.is_multiple_of(PAGE as u64)
-        {
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&p.memory) || !p.memory.is_multiple_of(PAGE as u64) {
             return Err(format!(
                 "guest memory of {} bytes (this worker takes whole pages from {MIN_MEMORY} to {MAX_MEMORY})",
                 p.memory
@@ -183,7 +182,10 @@ fn open_input(path: &Path) -> Result<File, EngineError> {
     };
     let meta = std::fs::metadata(path).map_err(|e| err(path, e))?;
     if !meta.is_file() {
-        return Err(err(path, format!("{}: only regular files are read", kind(&meta))));
+        return Err(err(
+            path,
+            format!("{}: only regular files are read", kind(&meta)),
+        ));
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -192,7 +194,10 @@ fn open_input(path: &Path) -> Result<File, EngineError> {
         .map_err(|e| err(path, e))?;
     let meta = file.metadata().map_err(|e| err(path, e))?;
     if !meta.is_file() {
-        return Err(err(path, format!("{}: only regular files are read", kind(&meta))));
+        return Err(err(
+            path,
+            format!("{}: only regular files are read", kind(&meta)),
+        ));
     }
     let fs = fs_magic(&file).map_err(|e| err(path, e))?;
     if PSEUDO_FS.contains(&fs) {
@@ -308,14 +313,13 @@ pub(crate) fn write(layer: &Layer, path: &Path, cancel: &CancelToken) -> Result<
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(|e| err(path, e))?;
-    let written = fill(&file, layer, path, cancel)
-        .and_then(|size| {
-            link_new(&tmp, path).map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => err(path, "a file already exists there"),
-                _ => err(path, e),
-            })?;
-            Ok(size)
-        });
+    let written = fill(&file, layer, path, cancel).and_then(|size| {
+        link_new(&tmp, path).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => err(path, "a file already exists there"),
+            _ => err(path, e),
+        })?;
+        Ok(size)
+    });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

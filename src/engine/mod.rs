@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+pub use branch::Branching;
 pub use cancel::CancelToken;
 pub use error::EngineError;
-pub use branch::Branching;
 pub use exec::{ExecOptions, ExecResult};
 pub use layer::LayerMemory;
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;

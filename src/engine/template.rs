@@ -8,8 +8,8 @@
 //! sandbox's VM returns to the pool reset to the root. So a branch costs no
 //! VM, no thread and no learning pass: only the pages it changed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kvm_bindings::CpuId;
@@ -140,9 +140,8 @@ impl Family {
                 at(rip),
                 crate::error_chain(&e)
             ))),
-            Some((Ok(_) | Err(AgentError::Agent { .. }), _, hot)) => hot.map_err(|e| {
-                EngineError::ResourceLimit(format!("cannot read the page map: {e}"))
-            }),
+            Some((Ok(_) | Err(AgentError::Agent { .. }), _, hot)) => hot
+                .map_err(|e| EngineError::ResourceLimit(format!("cannot read the page map: {e}"))),
             Some((Err(e), rip, _)) => Err(unresponsive(format!(
                 "the guest did not answer a probe exec{}: {e}",
                 at(rip)

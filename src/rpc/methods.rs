@@ -155,23 +155,27 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
             )),
         },
     );
-    engine_method(&mut m, "template.build", |engine, p: TemplateBuild, call| {
-        let mib = p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB);
-        if !(MIN_LINUX_MEMORY_MIB..=MAX_LINUX_MEMORY_MIB).contains(&mib) {
-            return Err(errors::invalid_params(format!(
-                "memory_mib must be between {MIN_LINUX_MEMORY_MIB} and {MAX_LINUX_MEMORY_MIB}"
-            )));
-        }
-        engine
-            .build_template(
-                Path::new(&p.kernel),
-                Path::new(&p.initramfs),
-                mib,
-                p.cmdline.as_deref(),
-                &call.cancel,
-            )
-            .map_err(engine_err)
-    });
+    engine_method(
+        &mut m,
+        "template.build",
+        |engine, p: TemplateBuild, call| {
+            let mib = p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB);
+            if !(MIN_LINUX_MEMORY_MIB..=MAX_LINUX_MEMORY_MIB).contains(&mib) {
+                return Err(errors::invalid_params(format!(
+                    "memory_mib must be between {MIN_LINUX_MEMORY_MIB} and {MAX_LINUX_MEMORY_MIB}"
+                )));
+            }
+            engine
+                .build_template(
+                    Path::new(&p.kernel),
+                    Path::new(&p.initramfs),
+                    mib,
+                    p.cmdline.as_deref(),
+                    &call.cancel,
+                )
+                .map_err(engine_err)
+        },
+    );
     engine_method(&mut m, "template.list", |engine, _: Empty, _| {
         Ok(TemplateList {
             templates: engine.list_templates(),
@@ -235,16 +239,20 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(&mut m, "sandbox.stats", |engine, p: SandboxRef, _| {
         engine.stats(&p.sandbox).map_err(engine_err)
     });
-    engine_method(&mut m, "sandbox.snapshot", |engine, p: SandboxSnapshot, call| {
-        let how = if p.full_copy {
-            Branching::FullCopy
-        } else {
-            Branching::Layer
-        };
-        engine
-            .snapshot_sandbox(&p.sandbox, how, &call.cancel)
-            .map_err(engine_err)
-    });
+    engine_method(
+        &mut m,
+        "sandbox.snapshot",
+        |engine, p: SandboxSnapshot, call| {
+            let how = if p.full_copy {
+                Branching::FullCopy
+            } else {
+                Branching::Layer
+            };
+            engine
+                .snapshot_sandbox(&p.sandbox, how, &call.cancel)
+                .map_err(engine_err)
+        },
+    );
     engine_method(&mut m, "sandbox.write_file", write_file);
     engine_method(&mut m, "sandbox.read_file", read_file);
 

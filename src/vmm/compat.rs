@@ -79,9 +79,8 @@ pub fn incompatibility(saved: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) ->
             let want = leaf(saved, function, index).map_or(0, |e| reg.of(e)) & !ignored;
             let have = leaf(host, function, index).map_or(0, |e| reg.of(e));
             let lacking = want & !have;
-            (lacking != 0).then(|| {
-                format!("leaf {function:#x}.{index} {reg:?} bits {lacking:#010x}")
-            })
+            (lacking != 0)
+                .then(|| format!("leaf {function:#x}.{index} {reg:?} bits {lacking:#010x}"))
         })
         .collect();
     (!missing.is_empty()).then(|| {
@@ -144,6 +143,9 @@ mod tests {
         // "AuthenticAMD"
         amd[0] = entry(0, 0, [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65]);
         let why = incompatibility(&amd, &intel(0)).unwrap();
-        assert!(why.contains("AuthenticAMD") && why.contains("GenuineIntel"), "{why}");
+        assert!(
+            why.contains("AuthenticAMD") && why.contains("GenuineIntel"),
+            "{why}"
+        );
     }
 }

@@ -496,12 +496,7 @@ impl PageStore {
         if keep < self.capacity {
             // SAFETY: the tail [keep, capacity) belongs to this mapping and
             // holds no page handed out (only slots below `len` are readable).
-            unsafe {
-                libc::munmap(
-                    self.slot_ptr(keep).cast(),
-                    (self.capacity - keep) * PAGE,
-                )
-            };
+            unsafe { libc::munmap(self.slot_ptr(keep).cast(), (self.capacity - keep) * PAGE) };
             self.capacity = keep;
         }
     }

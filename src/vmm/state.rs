@@ -96,7 +96,10 @@ mod exact {
         if bytes.len() != want {
             return Err(E::custom(format!(
                 "{} of {} bytes, not {want}",
-                std::any::type_name::<T>().rsplit("::").next().unwrap_or("state"),
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("state"),
                 bytes.len()
             )));
         }
@@ -142,11 +145,22 @@ impl MachineState {
             ));
         }
         if let Some(m) = v.msrs.iter().find(|m| !hv.msrs().contains(&m.index)) {
-            return Err(format!("MSR {:#x}, which this host's KVM cannot restore", m.index));
+            return Err(format!(
+                "MSR {:#x}, which this host's KVM cannot restore",
+                m.index
+            ));
         }
         let chips: Vec<u32> = self.vm.irqchips.iter().map(|c| c.chip_id).collect();
-        if chips != [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
-            return Err(format!("irqchips {chips:?}, expected PIC master, PIC slave, IOAPIC"));
+        if chips
+            != [
+                KVM_IRQCHIP_PIC_MASTER,
+                KVM_IRQCHIP_PIC_SLAVE,
+                KVM_IRQCHIP_IOAPIC,
+            ]
+        {
+            return Err(format!(
+                "irqchips {chips:?}, expected PIC master, PIC slave, IOAPIC"
+            ));
         }
         Ok(())
     }
