@@ -145,6 +145,11 @@ pub struct Forked {
     pub pooled: bool,
 }
 
+/// Smallest guest memory of the bare template: all its program touches.
+pub const BARE_MEMORY_MIB: usize = crate::vmm::layout::BARE_MEMORY >> 20;
+/// Largest: what its 1 GiB identity map reaches.
+pub const MAX_BARE_MEMORY_MIB: usize = 1024;
+
 /// VM creators per core in [`Engine::fork_many`]. Creating a VM sleeps in
 /// the kernel for part of its time (SRCU grace periods when the memory slot
 /// and the irqchip are installed, longer the more VMs are alive), so more
@@ -222,9 +227,27 @@ impl Engine {
 
     /// Loads a built-in template ("bare").
     pub fn load_builtin(&self, name: &str) -> Result<TemplateInfo, EngineError> {
+        self.load_builtin_sized(name, None)
+    }
+
+    /// Loads a built-in template with `memory_mib` MiB of guest memory
+    /// (default: the guest's own size; the bare guest takes 32 to 1024).
+    pub fn load_builtin_sized(
+        &self,
+        name: &str,
+        memory_mib: Option<usize>,
+    ) -> Result<TemplateInfo, EngineError> {
         let cancel = CancelToken::new();
         let layer = match name {
-            "bare" => template::boot_bare(&self.0.hv, &cancel)?,
+            "bare" => {
+                let mib = memory_mib.unwrap_or(crate::vmm::layout::BARE_MEMORY >> 20);
+                if !(BARE_MEMORY_MIB..=MAX_BARE_MEMORY_MIB).contains(&mib) {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "the bare guest takes {BARE_MEMORY_MIB} to {MAX_BARE_MEMORY_MIB} MiB, not {mib}"
+                    )));
+                }
+                template::boot_bare(&self.0.hv, mib << 20, &cancel)?
+            }
             other => {
                 return Err(EngineError::InvalidRequest(format!(
                     "unknown builtin template {other:?}"

@@ -254,9 +254,13 @@ impl Boot<'_> {
     }
 }
 
-/// Boots the bare guest to its Ready point and captures it.
-pub(crate) fn boot_bare(hv: &Arc<Hypervisor>, cancel: &CancelToken) -> Result<Layer, EngineError> {
-    let base = MemoryFile::create("zeroboot-bare", layout::BARE_MEMORY)?;
+/// Boots the bare guest in `memory_bytes` of memory to its Ready point and captures it.
+pub(crate) fn boot_bare(
+    hv: &Arc<Hypervisor>,
+    memory_bytes: usize,
+    cancel: &CancelToken,
+) -> Result<Layer, EngineError> {
+    let base = MemoryFile::create("zeroboot-bare", memory_bytes)?;
     let boot = Boot {
         base,
         cpuid: hv.cpuid().clone(),

@@ -145,11 +145,16 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(
         &mut m,
         "template.load",
-        |engine, p: TemplateLoad, call| match (p.builtin, p.path) {
-            (Some(name), None) => engine.load_builtin(&name).map_err(engine_err),
-            (None, Some(path)) => engine
+        |engine, p: TemplateLoad, call| match (p.builtin, p.path, p.memory_mib) {
+            (Some(name), None, mib) => engine
+                .load_builtin_sized(&name, mib)
+                .map_err(engine_err),
+            (None, Some(path), None) => engine
                 .load_file(Path::new(&path), &call.cancel)
                 .map_err(engine_err),
+            (None, Some(_), Some(_)) => Err(errors::invalid_params(
+                "`memory_mib` is for built-in templates: a file says its own size",
+            )),
             _ => Err(errors::invalid_params(
                 "give exactly one of `builtin` or `path`",
             )),

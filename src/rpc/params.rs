@@ -15,6 +15,8 @@ pub struct TemplateLoad {
     pub builtin: Option<String>,
     /// A file written by `template.save`.
     pub path: Option<String>,
+    /// Guest memory of a built-in template, in MiB (default: its own size).
+    pub memory_mib: Option<usize>,
 }
 
 /// `template.build`.

@@ -427,6 +427,7 @@ TemplateUnresponsiveData = TypedDict("TemplateUnresponsiveData", {
 TemplateLoadParams = TypedDict("TemplateLoadParams", {
     'builtin': NotRequired[Literal['bare']],  # A built-in template.
     'path': NotRequired[str],  # A template file on the worker's host.
+    'memory_mib': NotRequired[int],  # Guest memory of a built-in template in MiB ("bare": 32 to 1024, default 32). Not with `path`: a file says its own size.
 })
 
 TemplateLoadResult = "TemplateInfo"

@@ -405,6 +405,8 @@ export type TemplateLoadParams = {
   builtin?: "bare";
   /** A template file on the worker's host. */
   path?: string;
+  /** Guest memory of a built-in template in MiB ("bare": 32 to 1024, default 32). Not with `path`: a file says its own size. */
+  memory_mib?: number;
 };
 
 /** Result of `template.load` */
