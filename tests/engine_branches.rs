@@ -254,3 +254,50 @@ fn a_full_copy_branch_is_a_template_of_its_own() {
     let f = fork(&e, &d.template);
     assert_eq!(stdout(&e, &f, &["peek"]), hex(9));
 }
+
+#[test]
+fn a_branch_keeps_a_few_vms_ready_and_gives_them_back() {
+    if !kvm_or_skip("a_branch_keeps_a_few_vms_ready_and_gives_them_back") {
+        return;
+    }
+    let (e, root) = engine();
+    let a = fork(&e, &root);
+    stdout(&e, &a, &["poke", "8"]);
+    let b = branch(&e, &a).template;
+    let info = |t: &str| {
+        e.list_templates()
+            .into_iter()
+            .find(|i| i.template == t)
+            .unwrap()
+    };
+    assert_eq!(info(&b).pooled, 0, "nothing is taken before the first fork");
+    // Let the root's pool fill: the branch's ready VMs come from it.
+    std::thread::sleep(Duration::from_millis(300));
+    let first = fork(&e, &b);
+    assert_eq!(stdout(&e, &first, &["peek"]), hex(8));
+    // The first fork started ready VMs for the next ones.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(info(&b).pooled > 0);
+    let next = fork(&e, &b);
+    assert_eq!(stdout(&e, &next, &["peek"]), hex(8));
+    for sb in [first, next, a] {
+        e.kill(&sb).unwrap();
+    }
+    e.unload_template(&b, Unload::IfUnused).unwrap();
+    // Its ready VMs went back to the root's pool, reset to the root.
+    let mut pooled = 0;
+    for _ in 0..500 {
+        pooled = info(&root).pooled;
+        if pooled == e.config().pool_size {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pooled, e.config().pool_size);
+    for _ in 0..e.config().pool_size + 2 {
+        let sb = fork(&e, &root);
+        assert_eq!(stdout(&e, &sb, &["peek"]), TEMPLATE_SCRATCH);
+    }
+    let fresh = fork(&e, &root);
+    assert_eq!(stdout(&e, &fresh, &["peek"]), TEMPLATE_SCRATCH);
+}

@@ -136,7 +136,9 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
     engine.shutdown();
     let cold = cold_forks(&config, (samples / 4).max(1))?;
     let p50 = |v: &[Duration]| summarize(v).map_or(0.0, |s| s.p50);
-    let nodes = args.tree_nodes.unwrap_or(if args.quick { 100 } else { 1000 });
+    let nodes = args
+        .tree_nodes
+        .unwrap_or(if args.quick { 100 } else { 1000 });
     let branches = super::bench_branch::measure(&config, (samples / 10).max(20), nodes)?;
 
     let mut report = json!({

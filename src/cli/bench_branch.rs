@@ -117,6 +117,17 @@ pub fn measure(config: &EngineConfig, samples: usize, nodes: usize) -> Result<Va
         engine.unload_template(b, Unload::IfUnused)?;
     }
     engine.unload_template(&branch.template, Unload::IfUnused)?;
+    // The first fork of a new branch restores it on the request path.
+    let mut first = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let b = snapshot(&engine, &src, Branching::Layer)?;
+        let start = Instant::now();
+        let f = engine.fork(&b)?;
+        exec(&engine, &f.sandbox, &["echo", "hello"])?;
+        first.push(start.elapsed());
+        engine.kill(&f.sandbox)?;
+        engine.unload_template(&b, Unload::IfUnused)?;
+    }
     engine.kill(&src)?;
 
     let depth = depth(&engine, &root, samples)?;
@@ -130,6 +141,7 @@ pub fn measure(config: &EngineConfig, samples: usize, nodes: usize) -> Result<Va
         "snapshot_us_per_page": (slope * 1000.0).round() / 1000.0,
         "fork_branch_exec_echo_us": summary(&from_branch),
         "fork_template_exec_echo_us": summary(&from_root),
+        "fork_branch_first_exec_echo_us": summary(&first),
         "fork_branch_over_template_p50": (p50(&from_branch) / p50(&from_root) * 100.0).round() / 100.0,
         "branch_kib": branch.memory.own_bytes as f64 / 1024.0,
         "branch_rss_kib": (branch_rss_kib * 10.0).round() / 10.0,
@@ -240,9 +252,8 @@ fn template_load(config: &EngineConfig, samples: usize) -> Result<(Value, Value)
     let t = Instant::now();
     let file_bytes = engine.save_template(&branch, &path, &CancelToken::new())?;
     let save = t.elapsed();
-    let on_disk = std::fs::metadata(&path).map_or(0, |m| {
-        std::os::unix::fs::MetadataExt::blocks(&m) * 512
-    });
+    let on_disk =
+        std::fs::metadata(&path).map_or(0, |m| std::os::unix::fs::MetadataExt::blocks(&m) * 512);
     let (mut loads, mut first) = (Vec::new(), Vec::new());
     let mut rss_delta = Vec::new();
     for _ in 0..samples {

@@ -140,6 +140,20 @@ impl Layer {
         self.stores[e.store as usize].page(e.slot as usize)
     }
 
+    /// Whether this layer shows exactly `page` at `gpa`.
+    fn shows(&self, gpa: u64, page: &[u8]) -> std::io::Result<bool> {
+        static ZERO: [u8; PAGE] = [0; PAGE];
+        match self.indexed(gpa) {
+            Some(p) => Ok(p == page),
+            None if !self.base.has_data(gpa as usize / PAGE)? => Ok(page == ZERO),
+            None => {
+                let mut buf = [0u8; PAGE];
+                self.base.read(gpa, &mut buf)?;
+                Ok(buf == page)
+            }
+        }
+    }
+
     /// Reads page `gpa` as this layer shows it into `buf`.
     pub fn read_page(&self, gpa: u64, buf: &mut [u8; PAGE]) -> std::io::Result<()> {
         match self.indexed(gpa) {
@@ -185,12 +199,13 @@ impl Layer {
         let private = vm.ram().private_pages().map_err(io)?;
         let mut store = PageStore::with_capacity(private.len())?;
         let mut added = Vec::new();
-        let (mut page, mut before) = ([0u8; PAGE], [0u8; PAGE]);
         for gpa in private {
-            vm.ram().read(gpa, &mut page)?;
-            parent.read_page(gpa, &mut before).map_err(io)?;
-            if page != before {
-                added.push((gpa, store.push(&page) as u32));
+            // Each page is read once, straight into the store's next slot,
+            // which is kept only if the page differs from the parent's.
+            let page = store.spare();
+            vm.ram().read(gpa, page)?;
+            if !parent.shows(gpa, page).map_err(io)? {
+                added.push((gpa, store.keep() as u32));
             }
         }
         store.shrink();

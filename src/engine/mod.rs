@@ -35,8 +35,8 @@ pub use linux::DEFAULT_LINUX_MEMORY_MIB;
 pub use template::{BARE_GUEST, Template};
 
 use crate::vmm::{Flavor, Hypervisor, memory};
-use layer::{Layer, Ram};
-use pool::{Health, Shell};
+use layer::Layer;
+use pool::{Health, Pool, Shell};
 use sandbox::{Counters, Sandbox};
 use template::Family;
 
@@ -79,7 +79,8 @@ pub struct TemplateInfo {
     pub memory_bytes: usize,
     /// Live sandboxes forked from it.
     pub sandboxes: usize,
-    /// Idle VMs ready for forks (shared by a root template and its branches).
+    /// Idle VMs ready for its forks: a root's pool (which also feeds its
+    /// branches), or the few a branch keeps restored to itself.
     pub pooled: usize,
     /// Branches between it and the template its memory comes from (0: a
     /// built, loaded or flattened template).
@@ -312,11 +313,13 @@ impl Engine {
         family: Arc<Family>,
     ) -> TemplateInfo {
         family.join();
+        let branch = !Arc::ptr_eq(&layer, &family.root);
         let tpl = Arc::new(Template {
             id: id.clone(),
             source,
             layer,
             family,
+            ready: Pool::new(if branch { template::BRANCH_READY } else { 0 }),
         });
         self.0
             .templates
@@ -372,7 +375,11 @@ impl Engine {
             source: tpl.source.clone(),
             memory_bytes: tpl.memory_bytes(),
             sandboxes,
-            pooled: tpl.family.pool.len(),
+            pooled: if tpl.is_branch() {
+                tpl.ready.len()
+            } else {
+                tpl.family.pool.len()
+            },
             depth: tpl.layer.depth,
             memory: tpl.layer.memory(),
         }
@@ -424,6 +431,9 @@ impl Engine {
             // Unloaded concurrently.
             return Err(EngineError::TemplateNotFound(id.to_string()));
         }
+        for shell in tpl.ready.close() {
+            recycle::recycle(&tpl.family, shell);
+        }
         tpl.family.leave();
         if how != Unload::KillSandboxes {
             return Ok(0);
@@ -457,26 +467,23 @@ impl Engine {
                 self.0.config.max_sandboxes
             )));
         }
-        let (shell, pooled) = match tpl.family.pool.take() {
+        let (shell, pooled) = match tpl.ready.take() {
             Some(shell) => (shell, true),
-            None => (Shell::new(tpl.family.spawn_shell(&self.0.hv)?), false),
-        };
-        if !Arc::ptr_eq(&tpl.layer, &tpl.family.root) {
-            // A VM of the family is a fork of its root: the branch's pages
-            // and state go over it on its own thread, before any request.
-            let (layer, family, health) = (
-                Arc::clone(&tpl.layer),
-                Arc::clone(&tpl.family),
-                Arc::clone(&shell.health),
-            );
-            shell.thread.submit(move |vm| {
-                if let Err(e) = layer.restore(vm, &family.hot_pages, Ram::Clean) {
-                    *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
-                        reason: format!("restoring the branch failed: {e}"),
-                        recyclable: true,
-                    };
+            None => {
+                let (shell, pooled) = match tpl.family.pool.take() {
+                    Some(shell) => (shell, true),
+                    None => (Shell::new(tpl.family.spawn_shell(&self.0.hv)?), false),
+                };
+                if tpl.is_branch() {
+                    // A VM of the family is a fork of its root: the branch
+                    // goes over it before any request (on the request path).
+                    tpl.adopt(&shell);
                 }
-            });
+                (shell, pooled)
+            }
+        };
+        if tpl.is_branch() {
+            tpl.prepare();
         }
         let id = self.next_id("sb");
         let sandbox = Arc::new(Sandbox {
@@ -630,6 +637,9 @@ impl Engine {
             .drain()
             .collect();
         for (_, tpl) in tpls {
+            for shell in tpl.ready.close() {
+                drop(shell.thread.stop());
+            }
             tpl.family.leave();
         }
         for h in self

@@ -15,7 +15,7 @@ use std::time::Duration;
 use kvm_bindings::CpuId;
 
 use super::layer::{Layer, Over, Ram};
-use super::pool::Pool;
+use super::pool::{Health, Pool, Shell};
 use super::{CancelToken, EngineError, session};
 use crate::agent::{self, AgentError};
 use crate::vmm::memory::{GuestRam, MemoryFile, Sharing};
@@ -35,9 +35,55 @@ pub struct Template {
     pub source: String,
     pub(crate) layer: Arc<Layer>,
     pub(crate) family: Arc<Family>,
+    /// A branch's VMs already restored to it (none for a root, whose forks
+    /// take the family's pool).
+    pub(crate) ready: Pool,
 }
 
+/// VMs a branch keeps restored to itself once it has been forked: its next
+/// forks pay no restore on the request path (~0.1 ms of state ioctls). A
+/// branch's first fork restores on the request path and starts these, so a
+/// branch nobody forks costs no VM; each fork that takes one starts another.
+pub(crate) const BRANCH_READY: usize = 2;
+
 impl Template {
+    /// True for a branch (a layer over its family's root).
+    pub(crate) fn is_branch(&self) -> bool {
+        !Arc::ptr_eq(&self.layer, &self.family.root)
+    }
+
+    /// Restores `shell` (a fork of the family's root) to this branch, on its
+    /// own thread: queued before any request, so none can see the root.
+    pub(crate) fn adopt(&self, shell: &Shell) {
+        let (layer, family, health) = (
+            Arc::clone(&self.layer),
+            Arc::clone(&self.family),
+            Arc::clone(&shell.health),
+        );
+        shell.thread.submit(move |vm| {
+            if let Err(e) = layer.restore(vm, &family.hot_pages, Ram::Clean) {
+                *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
+                    reason: format!("restoring the branch failed: {e}"),
+                    recyclable: true,
+                };
+            }
+        });
+    }
+
+    /// Tops a branch's ready VMs up from the family's pool, without waiting.
+    pub(crate) fn prepare(&self) {
+        while self.ready.has_room() {
+            let Some(shell) = self.family.pool.take() else {
+                return;
+            };
+            self.adopt(&shell);
+            if let Err(shell) = self.ready.offer(shell) {
+                super::recycle::recycle(&self.family, shell);
+                return;
+            }
+        }
+    }
+
     /// Guest memory size in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.layer.memory_bytes()

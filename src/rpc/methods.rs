@@ -146,9 +146,7 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
         &mut m,
         "template.load",
         |engine, p: TemplateLoad, call| match (p.builtin, p.path, p.memory_mib) {
-            (Some(name), None, mib) => engine
-                .load_builtin_sized(&name, mib)
-                .map_err(engine_err),
+            (Some(name), None, mib) => engine.load_builtin_sized(&name, mib).map_err(engine_err),
             (None, Some(path), None) => engine
                 .load_file(Path::new(&path), &call.cancel)
                 .map_err(engine_err),

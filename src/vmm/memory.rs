@@ -456,6 +456,10 @@ impl PageStore {
                 source: io::Error::last_os_error(),
             });
         }
+        // Fault the pages in with one call rather than one fault each (they
+        // are about to be written); a kernel without it faults them one by one.
+        // SAFETY: advice on the mapping just made; its contents stay zero.
+        unsafe { libc::madvise(p, bytes, libc::MADV_POPULATE_WRITE) };
         Ok(PageStore {
             addr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
             capacity: capacity.max(1),
@@ -480,12 +484,22 @@ impl PageStore {
 
     /// Appends a page; returns its slot.
     pub fn push(&mut self, page: &[u8]) -> usize {
+        self.spare().copy_from_slice(page);
+        self.keep()
+    }
+
+    /// The next free slot, to be filled in place and then kept with
+    /// [`PageStore::keep`] (or left for the next page).
+    pub fn spare(&mut self) -> &mut [u8] {
         assert!(self.len < self.capacity, "page store is full");
-        assert_eq!(page.len(), PAGE, "whole pages only");
         // SAFETY: slot `len` lies inside the mapping (checked above), which is
-        // exclusively borrowed here.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(self.len), PAGE) };
-        dst.copy_from_slice(page);
+        // exclusively borrowed through `self` for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(self.len), PAGE) }
+    }
+
+    /// Keeps the spare slot's page; returns its slot.
+    pub fn keep(&mut self) -> usize {
+        assert!(self.len < self.capacity, "page store is full");
         self.len += 1;
         self.len - 1
     }

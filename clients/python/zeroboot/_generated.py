@@ -36,7 +36,7 @@ TemplateInfo = TypedDict("TemplateInfo", {
     'source': str,  # Where it came from: "builtin:bare", a file path, "linux:KERNEL" or "sandbox:ID (from TEMPLATE)".
     'memory_bytes': int,  # Guest memory size.
     'sandboxes': int,  # Live sandboxes forked from it.
-    'pooled': int,  # Idle VMs ready for forks, shared by a root template and every branch of it.
+    'pooled': int,  # Idle VMs ready for its forks: a root template's pool (which also feeds its branches), or the few VMs a branch keeps restored to itself.
     'depth': int,  # Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch.
     'memory': "TemplateInfoMemory",  # Memory it holds above the memory it maps (what a branch costs).
 })

@@ -24,7 +24,7 @@ export type TemplateInfo = {
   memory_bytes: number;
   /** Live sandboxes forked from it. */
   sandboxes: number;
-  /** Idle VMs ready for forks, shared by a root template and every branch of it. */
+  /** Idle VMs ready for its forks: a root template's pool (which also feeds its branches), or the few VMs a branch keeps restored to itself. */
   pooled: number;
   /** Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch. */
   depth: number;
