@@ -48,17 +48,28 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
-/// Resident memory of this process, KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A "Name:  N kB" field of a /proc file, in KiB.
+fn proc_kib(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(file)
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resident memory of this process, KiB.
+fn rss_kib() -> u64 {
+    proc_kib("/proc/self/status", "VmRSS:")
+}
+
+/// This process's private memory plus all shared memory on the host, KiB: a
+/// full-copy branch lives in a memfd, which VmRSS counts only where mapped.
+fn anon_and_shmem_kib() -> u64 {
+    proc_kib("/proc/self/status", "RssAnon:") + proc_kib("/proc/meminfo", "Shmem:")
 }
 
 /// Every branch figure; `samples` repetitions per latency, `nodes` in the tree.
@@ -196,13 +207,14 @@ fn depth(engine: &Engine, root: &str, samples: usize) -> Result<Value, EngineErr
 
 /// A search tree of `nodes` nodes, breadth first: each node execs, is
 /// branched, its branch forks (up to) two children and is unloaded, and the
-/// node is killed. Reports wall time and the worker's peak RSS above its start.
+/// node is killed. Reports wall time and the worker's peak memory above its
+/// start: RSS, and private plus shared memory (full copies live in memfds).
 fn tree(config: &EngineConfig, nodes: usize, how: Branching) -> Result<Value, EngineError> {
     let engine = Engine::new(config.clone())?;
     let root = engine.load_builtin("bare")?.template;
     std::thread::sleep(Duration::from_millis(200));
-    let base = rss_kib();
-    let mut peak = base;
+    let (base, base_all) = (rss_kib(), anon_and_shmem_kib());
+    let (mut peak, mut peak_all) = (base, base_all);
     let start = Instant::now();
     let mut queue = std::collections::VecDeque::from([engine.fork(&root)?.sandbox]);
     let mut created = 1;
@@ -220,6 +232,7 @@ fn tree(config: &EngineConfig, nodes: usize, how: Branching) -> Result<Value, En
         engine.unload_template(&b, Unload::KeepSandboxes)?;
         engine.kill(&sb)?;
         peak = peak.max(rss_kib());
+        peak_all = peak_all.max(anon_and_shmem_kib());
     }
     let wall = start.elapsed();
     engine.shutdown();
@@ -228,6 +241,7 @@ fn tree(config: &EngineConfig, nodes: usize, how: Branching) -> Result<Value, En
         "wall_ms": ms(wall),
         "per_node_us": (wall.as_secs_f64() * 1e6 / n.max(1) as f64).round(),
         "peak_rss_kib": peak - base,
+        "peak_anon_shmem_kib": peak_all.saturating_sub(base_all),
     }))
 }
 

@@ -432,7 +432,7 @@ impl Engine {
             return Err(EngineError::TemplateNotFound(id.to_string()));
         }
         for shell in tpl.ready.close() {
-            recycle::recycle(&tpl.family, shell);
+            recycle::recycle(&tpl.family, None, shell);
         }
         tpl.family.leave();
         if how != Unload::KillSandboxes {
@@ -467,7 +467,12 @@ impl Engine {
                 self.0.config.max_sandboxes
             )));
         }
-        let (shell, pooled) = match tpl.ready.take() {
+        let ready = if tpl.is_branch() {
+            tpl.ready.take()
+        } else {
+            None
+        };
+        let (shell, pooled) = match ready {
             Some(shell) => (shell, true),
             None => {
                 let (shell, pooled) = match tpl.family.pool.take() {

@@ -1,7 +1,7 @@
-//! Returning a killed sandbox's VM to its family's pool.
+//! Returning a killed sandbox's VM to a pool: its branch's, or its family's.
 //!
-//! The reset makes the VM a fresh fork of the family's root again, by the one
-//! restore path (`Layer::restore`): a tenant that dirtied few pages gets them
+//! The reset makes the VM a fresh fork of the branch or of the family's root
+//! again, by the one restore path (`Layer::restore`): a tenant that dirtied few pages gets them
 //! copied back in place (the VM keeps its warm KVM mappings, so the next
 //! tenant's first run takes no page faults on them); one that dirtied many
 //! gets the base mapped privately again over the same host address
@@ -14,25 +14,32 @@ use std::sync::Arc;
 
 use super::layer::Ram;
 use super::pool::{Health, Shell};
-use super::template::Family;
+use super::template::{Family, Template};
 
-/// Recycles `shell` into the pool of `family`, or tears it down when the pool
-/// is full or closed, or the VM crashed.
-pub(crate) fn recycle(family: &Arc<Family>, shell: Shell) {
+/// Recycles `shell`: back into the ready VMs of `branch` (the branch its
+/// sandbox was forked from) while that branch wants more, so a branch forked
+/// and killed in a loop restores its own state once per cycle, not the root's
+/// and then its own; otherwise into the pool of `family`, reset to the root.
+/// Torn down when neither has room or the VM crashed.
+pub(crate) fn recycle(family: &Arc<Family>, branch: Option<&Template>, shell: Shell) {
     let recyclable = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
         Health::Ready => true,
         Health::Broken { recyclable, .. } => *recyclable,
     };
-    if !recyclable || !family.pool.has_room() {
-        drop(shell.thread.stop());
-        return;
-    }
+    let (pool, layer) = match branch {
+        Some(t) if recyclable && t.is_branch() && t.ready.has_room() => (&t.ready, &t.layer),
+        _ if recyclable && family.pool.has_room() => (&family.pool, &family.root),
+        _ => {
+            drop(shell.thread.stop());
+            return;
+        }
+    };
     *shell.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Ready;
     shell.thread.kicker().clear();
     let health = Arc::clone(&shell.health);
-    let f = Arc::clone(family);
+    let (f, l) = (Arc::clone(family), Arc::clone(layer));
     let queued = shell.thread.submit(move |vm| {
-        if let Err(e) = f.root.restore(vm, &f.hot_pages, Ram::Used) {
+        if let Err(e) = l.restore(vm, &f.hot_pages, Ram::Used) {
             tracing::warn!(template = %f.name, error = %e, "recycling a VM failed");
             *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
                 reason: format!("reset after recycling failed: {e}"),
@@ -43,7 +50,7 @@ pub(crate) fn recycle(family: &Arc<Family>, shell: Shell) {
     if !queued {
         return;
     }
-    if let Err(shell) = family.pool.offer(shell) {
+    if let Err(shell) = pool.offer(shell) {
         drop(shell.thread.stop());
     }
 }

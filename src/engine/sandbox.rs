@@ -69,7 +69,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(shell) = self.shell.take() {
-            super::recycle::recycle(&self.template.family, shell);
+            super::recycle::recycle(&self.template.family, Some(&self.template), shell);
         }
     }
 }

@@ -78,7 +78,7 @@ impl Template {
             };
             self.adopt(&shell);
             if let Err(shell) = self.ready.offer(shell) {
-                super::recycle::recycle(&self.family, shell);
+                super::recycle::recycle(&self.family, None, shell);
                 return;
             }
         }
