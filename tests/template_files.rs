@@ -304,8 +304,12 @@ fn a_guest_that_never_answers_is_rejected_in_bounded_time() {
         other => panic!("{other:?}"),
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
     // Cancelled from another thread: it stops at once, not at the deadline.
+    let (slow, _) = engine_with(EngineConfig {
+        default_timeout_ms: 60_000,
+        ..Default::default()
+    });
     let cancel = CancelToken::new();
     let c = cancel.clone();
     let canceller = std::thread::spawn(move || {
@@ -313,15 +317,12 @@ fn a_guest_that_never_answers_is_rejected_in_bounded_time() {
         c.cancel();
     });
     let started = Instant::now();
-    let (slow, _) = engine_with(EngineConfig {
-        default_timeout_ms: 60_000,
-        ..Default::default()
-    });
     assert!(matches!(
         slow.load_file(&path, &cancel),
         Err(EngineError::Cancelled)
     ));
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Far from the 60 s deadline (even in the emulated lane).
+    assert!(started.elapsed() < Duration::from_secs(15));
     canceller.join().unwrap();
     // Zero special registers: KVM refuses them, or the guest dies at once.
     std::fs::write(&path, &pristine).unwrap();
@@ -336,7 +337,7 @@ fn a_guest_that_never_answers_is_rejected_in_bounded_time() {
         ),
         "zero sregs"
     );
-    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(started.elapsed() < Duration::from_secs(8));
     // Nothing of them was registered, and the worker is fine.
     assert_eq!(e.list_templates().len(), 1);
     let sb = e.fork(&t).unwrap().sandbox;
