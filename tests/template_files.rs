@@ -16,6 +16,15 @@ use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError};
 
 const PAGE: u64 = 4096;
 
+/// An engine with the bare template and a pool of one: these tests load many
+/// templates, and each loaded template fills a pool.
+fn small_engine() -> (Engine, String) {
+    engine_with(EngineConfig {
+        pool_size: 1,
+        ..Default::default()
+    })
+}
+
 struct Dir(PathBuf);
 
 impl Dir {
@@ -122,7 +131,7 @@ fn a_flipped_bit_anywhere_is_caught_by_the_checksum() {
     if !kvm_or_skip("a_flipped_bit_anywhere_is_caught_by_the_checksum") {
         return;
     }
-    let (e, t) = engine();
+    let (e, t) = small_engine();
     let dir = Dir::new("checksum");
     let path = saved(&e, &t, &dir);
     let p = Parts::read(&path);
@@ -144,7 +153,7 @@ fn every_header_field_is_range_checked() {
     if !kvm_or_skip("every_header_field_is_range_checked") {
         return;
     }
-    let (e, t) = engine();
+    let (e, t) = small_engine();
     let dir = Dir::new("ranges");
     let path = saved(&e, &t, &dir);
     let pristine = std::fs::read(&path).unwrap();
@@ -226,7 +235,7 @@ fn a_cpu_this_host_is_not_is_refused_before_anything_runs() {
     if !kvm_or_skip("a_cpu_this_host_is_not_is_refused_before_anything_runs") {
         return;
     }
-    let (e, t) = engine();
+    let (e, t) = small_engine();
     let dir = Dir::new("cpu");
     let path = saved(&e, &t, &dir);
     let pristine = std::fs::read(&path).unwrap();
@@ -282,6 +291,7 @@ fn a_guest_that_never_answers_is_rejected_in_bounded_time() {
     }
     let (e, t) = engine_with(EngineConfig {
         default_timeout_ms: 1000,
+        pool_size: 1,
         ..Default::default()
     });
     let dir = Dir::new("unresponsive");
@@ -308,6 +318,7 @@ fn a_guest_that_never_answers_is_rejected_in_bounded_time() {
     // Cancelled from another thread: it stops at once, not at the deadline.
     let (slow, _) = engine_with(EngineConfig {
         default_timeout_ms: 60_000,
+        pool_size: 1,
         ..Default::default()
     });
     let cancel = CancelToken::new();
@@ -349,7 +360,7 @@ fn only_regular_files_holding_data_are_read() {
     if !kvm_or_skip("only_regular_files_holding_data_are_read") {
         return;
     }
-    let (e, _) = engine();
+    let (e, _) = small_engine();
     let dir = Dir::new("kinds");
     let fifo = dir.0.join("fifo");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -382,7 +393,7 @@ fn saving_never_overwrites_nor_follows_a_symlink() {
     if !kvm_or_skip("saving_never_overwrites_nor_follows_a_symlink") {
         return;
     }
-    let (e, t) = engine();
+    let (e, t) = small_engine();
     let dir = Dir::new("save");
     let existing = dir.0.join("existing");
     std::fs::write(&existing, b"precious").unwrap();

@@ -19,7 +19,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Fewer repetitions (200 samples, 100 VMs): for slow, emulated hosts.
+    /// Fewer repetitions (200 samples, 100 VMs; smaller branch figures): for
+    /// slow, emulated hosts.
     #[arg(long)]
     quick: bool,
     /// Samples per latency figure (default 2000, or 200 with --quick).
@@ -28,7 +29,7 @@ pub struct BenchArgs {
     /// Sandboxes created at once for the create/kill/memory figures (default 1000).
     #[arg(long)]
     vms: Option<usize>,
-    /// Nodes of the branching search tree (default 1000, or 100 with --quick).
+    /// Nodes of the branching search tree (default 1000, or 30 with --quick).
     #[arg(long)]
     tree_nodes: Option<usize>,
     /// Measure a Linux guest instead (hardware KVM only): template build, and
@@ -138,8 +139,9 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
     let p50 = |v: &[Duration]| summarize(v).map_or(0.0, |s| s.p50);
     let nodes = args
         .tree_nodes
-        .unwrap_or(if args.quick { 100 } else { 1000 });
-    let branches = super::bench_branch::measure(&config, (samples / 10).max(20), nodes)?;
+        .unwrap_or(if args.quick { 30 } else { 1000 });
+    let branches =
+        super::bench_branch::measure(&config, (samples / 10).max(10), nodes, args.quick)?;
 
     let mut report = json!({
         "kvm": engine.flavor().as_str(),

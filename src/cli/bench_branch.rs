@@ -72,8 +72,14 @@ fn anon_and_shmem_kib() -> u64 {
     proc_kib("/proc/self/status", "RssAnon:") + proc_kib("/proc/meminfo", "Shmem:")
 }
 
-/// Every branch figure; `samples` repetitions per latency, `nodes` in the tree.
-pub fn measure(config: &EngineConfig, samples: usize, nodes: usize) -> Result<Value, EngineError> {
+/// Every branch figure; `samples` repetitions per latency, `nodes` in the
+/// tree; `quick` loads a 64 MiB template instead of 256 MiB, 5 times.
+pub fn measure(
+    config: &EngineConfig,
+    samples: usize,
+    nodes: usize,
+    quick: bool,
+) -> Result<Value, EngineError> {
     let engine = Engine::new(config.clone())?;
     let root = engine.load_builtin("bare")?.template;
     std::thread::sleep(Duration::from_millis(200));
@@ -145,7 +151,11 @@ pub fn measure(config: &EngineConfig, samples: usize, nodes: usize) -> Result<Va
     engine.shutdown();
     let tree_layers = tree(config, nodes, Branching::Layer)?;
     let tree_full = tree(config, nodes, Branching::FullCopy)?;
-    let load = template_load(config, samples.min(50))?;
+    let load = if quick {
+        template_load(config, 64, 5)?
+    } else {
+        template_load(config, 256, samples.min(50))?
+    };
 
     Ok(json!({
         "snapshot_us": snapshot_us,
@@ -245,23 +255,28 @@ fn tree(config: &EngineConfig, nodes: usize, how: Branching) -> Result<Value, En
     }))
 }
 
-/// Saves a 256 MiB template (24 MiB of it dirtied, so the file holds data)
-/// and loads it again and again; the first fork of a load is timed too, and
-/// what the load adds to the worker's RSS (mapped, not copied: ~nothing).
-fn template_load(config: &EngineConfig, samples: usize) -> Result<(Value, Value), EngineError> {
+/// Saves a template of `mib` MiB (3/32 of it dirtied, so the file
+/// holds data) and loads it again and again; the first fork of a load is
+/// timed too, and what the load adds to the worker's RSS (mapped, not
+/// copied: ~nothing).
+fn template_load(
+    config: &EngineConfig,
+    mib: usize,
+    samples: usize,
+) -> Result<(Value, Value), EngineError> {
     let engine = Engine::new(EngineConfig {
         pool_size: 0,
         ..config.clone()
     })?;
-    let big = engine.load_builtin_sized("bare", Some(256))?;
+    let big = engine.load_builtin_sized("bare", Some(mib))?;
     let sb = engine.fork(&big.template)?.sandbox;
-    exec(&engine, &sb, &["dirty", "6144"])?;
+    exec(&engine, &sb, &["dirty", &(mib * 24).min(6144).to_string()])?;
     let branch = snapshot(&engine, &sb, Branching::Layer)?;
     engine.kill(&sb)?;
     let dir = std::env::temp_dir().join(format!("zeroboot-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| EngineError::InvalidRequest(format!("{}: {e}", dir.display())))?;
-    let path = dir.join("256mib.zbt");
+    let path = dir.join(format!("{mib}mib.zbt"));
     let _ = std::fs::remove_file(&path);
     let t = Instant::now();
     let file_bytes = engine.save_template(&branch, &path, &CancelToken::new())?;
