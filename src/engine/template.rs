@@ -224,6 +224,10 @@ impl Family {
     }
 }
 
+/// Builds a booting guest's VM over its memory, with its CPUID.
+pub(crate) type MakeVm =
+    Box<dyn FnOnce(&Hypervisor, GuestRam, &CpuId) -> Result<Vm, VmmError> + Send>;
+
 /// A guest booting on its own vCPU thread: `make` builds its VM over a
 /// shared mapping of `base`.
 pub(crate) struct Boot<'a> {
@@ -231,7 +235,7 @@ pub(crate) struct Boot<'a> {
     pub cpuid: CpuId,
     pub deadline: Duration,
     pub cancel: &'a CancelToken,
-    pub make: Box<dyn FnOnce(&Hypervisor, GuestRam, &CpuId) -> Result<Vm, VmmError> + Send>,
+    pub make: MakeVm,
 }
 
 /// Why a boot failed.
