@@ -135,7 +135,7 @@ impl Family {
     /// answered on the same request/response path as any other. An agent that
     /// refuses it (no Python in the image) has still answered.
     fn learn_hot_pages(
-        self: &Family,
+        &self,
         hv: &Arc<Hypervisor>,
         timeout: Duration,
         cancel: &CancelToken,
