@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 pub use branch::Branching;
 pub use cancel::CancelToken;
 pub use error::EngineError;
-pub use exec::{ExecOptions, ExecResult};
+pub use exec::{EXEC_HOST_GRACE_MS, ExecOptions, ExecResult};
 pub use layer::LayerMemory;
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
 pub use template::{BARE_GUEST, Template};
