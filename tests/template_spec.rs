@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use support::kvm_or_skip;
 use zeroboot::agent::{ExecRequest, Program};
-use zeroboot::engine::{Engine, EngineConfig, EngineError, ExecOptions, ExecResult};
+use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecOptions, ExecResult};
 use zeroboot::spec::Spec;
 use zeroboot::vmm::Flavor;
 
@@ -88,15 +88,18 @@ fn a_spec_template_forks_with_numpy_preloaded() {
     let spec = Spec::load(&spec_path()).unwrap();
     if engine.flavor() == Flavor::Pvm {
         let e = engine
-            .build_from_spec(&spec, &Default::default(), &mut |_| {})
+            .build_from_spec(&spec, &Default::default(), &mut |_| {}, &CancelToken::new())
             .unwrap_err();
         assert!(matches!(e, EngineError::LinuxNeedsHardwareKvm), "{e}");
         skip("kvm-pvm cannot boot Linux guests");
         return;
     }
-    let built = match engine.build_from_spec(&spec, &Default::default(), &mut |p| {
-        eprintln!("template_spec: {:?} {}", p.phase, p.message)
-    }) {
+    let built = match engine.build_from_spec(
+        &spec,
+        &Default::default(),
+        &mut |p| eprintln!("template_spec: {:?} {}", p.phase, p.message),
+        &CancelToken::new(),
+    ) {
         Ok(b) => b,
         Err(EngineError::Image(e)) => {
             skip(&format!("no spec image: {}", zeroboot::error_chain(&e)));
@@ -153,7 +156,7 @@ fn a_spec_template_forks_with_numpy_preloaded() {
     ) {
         (Some(k), Some(i)) => {
             let base = engine
-                .build_template(Path::new(&k), Path::new(&i), 512, None)
+                .build_template(Path::new(&k), Path::new(&i), 512, None, &CancelToken::new())
                 .unwrap();
             private_kib(&engine, &base.template, &python("print(1+1)"), "2\n")
         }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use zeroboot::agent::{ExecRequest, Program};
-use zeroboot::engine::{DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecOptions};
+use zeroboot::engine::{
+    CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecOptions,
+};
 
 use super::stats::{summarize, summarize_values};
 
@@ -46,7 +48,13 @@ pub fn run(
 ) -> Result<Value, EngineError> {
     let engine = Engine::new(config.clone())?;
     let t0 = Instant::now();
-    let tpl = engine.build_template(kernel, initramfs, DEFAULT_LINUX_MEMORY_MIB, None)?;
+    let tpl = engine.build_template(
+        kernel,
+        initramfs,
+        DEFAULT_LINUX_MEMORY_MIB,
+        None,
+        &CancelToken::new(),
+    )?;
     let build = t0.elapsed();
     // Let the pool fill before measuring steady-state forks.
     std::thread::sleep(Duration::from_millis(500));
@@ -115,7 +123,8 @@ pub fn run_spec(config: &EngineConfig, spec: &Path, samples: usize) -> Result<Va
     let spec = zeroboot::spec::Spec::load(spec)?;
     let engine = Engine::new(config.clone())?;
     let t0 = Instant::now();
-    let built = engine.build_from_spec(&spec, &Default::default(), &mut |_| {})?;
+    let built =
+        engine.build_from_spec(&spec, &Default::default(), &mut |_| {}, &CancelToken::new())?;
     let build = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let template = built.info.template.clone();

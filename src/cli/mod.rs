@@ -2,6 +2,7 @@
 //! own file and calls the engine (or the RPC worker) and nothing lower.
 
 mod bench;
+mod bench_branch;
 mod bench_linux;
 mod bench_rpc;
 mod doctor;

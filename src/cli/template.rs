@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Subcommand;
-use zeroboot::engine::Engine;
+use zeroboot::engine::{CancelToken, Engine};
 use zeroboot::image::spec_image::SpecBuildOptions;
 use zeroboot::spec::Spec;
 
@@ -70,11 +70,12 @@ fn build(a: BuildArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent: a.agent,
     };
     let mut bar = super::progress::Renderer::default();
-    let built = engine.build_from_spec(&spec, &opts, &mut |p| bar.show(p));
+    let cancel = CancelToken::new();
+    let built = engine.build_from_spec(&spec, &opts, &mut |p| bar.show(p), &cancel);
     bar.finish();
     let built = built?;
     let output = a.output.unwrap_or_else(|| default_output(&a.spec));
-    let bytes = engine.save_template(&built.info.template, &output)?;
+    let bytes = engine.save_template(&built.info.template, &output, &cancel)?;
     engine.shutdown();
     println!(
         "{}",

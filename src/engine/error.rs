@@ -84,6 +84,23 @@ pub enum EngineError {
         /// What went wrong.
         detail: String,
     },
+    /// A template file was captured on a host whose CPU this host cannot
+    /// stand in for (another vendor, or features this host's KVM lacks).
+    #[error("template file {path} cannot run on this host: {detail}")]
+    TemplateIncompatible {
+        /// The file.
+        path: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A template's guest did not answer a probe exec (checked when a
+    /// template is built or loaded): it spun past the deadline, crashed, or
+    /// broke the protocol. Nothing of it was registered.
+    #[error("template rejected: {detail}")]
+    TemplateUnresponsive {
+        /// What the guest did, and where its vCPU was.
+        detail: String,
+    },
     /// Linux guests need hardware virtualisation, and this host's KVM is kvm-pvm.
     #[error(
         "a Linux guest needs hardware KVM (Intel VT-x or AMD-V): this /dev/kvm is kvm-pvm, \

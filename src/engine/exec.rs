@@ -74,7 +74,7 @@ impl Engine {
                     Stream::Stderr => result.stderr.extend_from_slice(data),
                 }
             },
-            Box::new(move |vm, tpl, out| agent::exec(vm, &tpl.mailbox, &frame, cap, out)),
+            Box::new(move |vm, tpl, out| agent::exec(vm, &tpl.layer.mailbox, &frame, cap, out)),
         )?;
         result.exit_code = (end.signal == 0).then_some(end.code);
         result.signal = (end.signal != 0).then_some(end.signal);

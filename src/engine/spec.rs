@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use super::{Engine, EngineError, ExecOptions, TemplateInfo};
+use super::{Branching, CancelToken, Engine, EngineError, ExecOptions, TemplateInfo, Unload};
 use crate::agent::{ExecRequest, Program};
 use crate::image::progress::{Phase, Progress, Reporter};
 use crate::image::spec_image::{self, Manifest, SpecBuildOptions};
@@ -50,11 +50,13 @@ pub struct SpecTemplate {
 impl Engine {
     /// Builds `spec`'s image (or finds it cached), boots it, checks its
     /// preloads, runs its warm-up commands and registers the result.
+    /// `cancel` stops the boot, the checks and the capture.
     pub fn build_from_spec(
         &self,
         spec: &Spec,
         opts: &SpecBuildOptions,
         progress: Reporter<'_>,
+        cancel: &CancelToken,
     ) -> Result<SpecTemplate, EngineError> {
         if self.flavor() == Flavor::Pvm {
             return Err(EngineError::LinuxNeedsHardwareKvm);
@@ -67,16 +69,17 @@ impl Engine {
             spec.memory_mib() as usize,
             None,
             Some(image.manifest.clone()),
+            cancel,
         )?;
-        let finished = self.warm_up(&booted.template, spec, progress);
+        let finished = self.warm_up(&booted.template, spec, progress, cancel);
         let info = match finished {
             Ok(Some(warm)) => {
-                drop(self.unload_template(&booted.template, true));
+                drop(self.unload_template(&booted.template, Unload::KillSandboxes));
                 warm
             }
             Ok(None) => self.template_info(&self.template(&booted.template)?),
             Err(e) => {
-                drop(self.unload_template(&booted.template, true));
+                drop(self.unload_template(&booted.template, Unload::KillSandboxes));
                 return Err(e);
             }
         };
@@ -94,12 +97,13 @@ impl Engine {
         template: &str,
         spec: &Spec,
         progress: Reporter<'_>,
+        cancel: &CancelToken,
     ) -> Result<Option<TemplateInfo>, EngineError> {
         if spec.python.preload.is_empty() && spec.warmup.is_empty() {
             return Ok(None);
         }
         let sandbox = self.fork(template)?.sandbox;
-        let result = self.warm_up_in(&sandbox, spec, progress);
+        let result = self.warm_up_in(&sandbox, spec, progress, cancel);
         drop(self.kill(&sandbox));
         result
     }
@@ -109,11 +113,12 @@ impl Engine {
         sandbox: &str,
         spec: &Spec,
         progress: Reporter<'_>,
+        cancel: &CancelToken,
     ) -> Result<Option<TemplateInfo>, EngineError> {
         let opts = ExecOptions {
             timeout: Some(WARMUP_TIMEOUT),
             output_cap: Some(WARMUP_OUTPUT),
-            ..ExecOptions::default()
+            cancel: cancel.clone(),
         };
         if !spec.python.preload.is_empty() {
             progress(&Progress::step(Phase::Warmup, "checking preloads"));
@@ -165,6 +170,9 @@ impl Engine {
             Phase::Capture,
             "capturing the warmed guest",
         ));
-        self.snapshot_sandbox(sandbox).map(Some)
+        // A root of its own (not a branch of the boot's template, which is
+        // unloaded): the template users fork shares nothing with the boot.
+        self.snapshot_sandbox(sandbox, Branching::FullCopy, cancel)
+            .map(Some)
     }
 }

@@ -203,12 +203,21 @@ mod tests {
         std::fs::create_dir_all(root.join("lib64")).unwrap();
         let me = std::env::current_exe().unwrap();
         let n = needs(&std::fs::read(&me).unwrap()).unwrap();
+        // Where this process really mapped its libraries from: the host's
+        // layout differs between distributions (and in the lane's L1).
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let mapped = |name: &str| {
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .find(|p| Path::new(p).file_name() == Some(name.as_ref()))
+                .unwrap_or_else(|| panic!("{name} is not mapped"))
+                .to_owned()
+        };
         for lib in &n.libraries {
-            let host = Path::new("/lib/x86_64-linux-gnu").join(lib);
-            std::fs::copy(&host, multiarch.join(lib)).unwrap();
+            std::fs::copy(mapped(lib), multiarch.join(lib)).unwrap();
         }
         std::fs::copy(
-            "/lib64/ld-linux-x86-64.so.2",
+            mapped("ld-linux-x86-64.so.2"),
             multiarch.join("ld-linux-x86-64.so.2"),
         )
         .unwrap();

@@ -63,6 +63,10 @@ pub const IMAGE_BUILD_FAILED: i32 = 1018;
 pub const PRELOAD_FAILED: i32 = 1019;
 /// A spec's warm-up command failed.
 pub const WARMUP_FAILED: i32 = 1020;
+/// A template file was captured on a CPU this host cannot stand in for.
+pub const TEMPLATE_INCOMPATIBLE: i32 = 1021;
+/// A template's guest did not answer its probe (spun, crashed, broke the protocol).
+pub const TEMPLATE_UNRESPONSIVE: i32 = 1022;
 
 fn error(code: i32, message: impl Into<String>, data: Value) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(code, message.into(), Some(data))
@@ -145,6 +149,16 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             TEMPLATE_FILE,
             msg,
             json!({"kind": "template_file", "path": path, "detail": detail}),
+        ),
+        EngineError::TemplateIncompatible { path, detail } => error(
+            TEMPLATE_INCOMPATIBLE,
+            msg,
+            json!({"kind": "template_incompatible", "path": path, "detail": detail}),
+        ),
+        EngineError::TemplateUnresponsive { detail } => error(
+            TEMPLATE_UNRESPONSIVE,
+            msg,
+            json!({"kind": "template_unresponsive", "detail": detail}),
         ),
         EngineError::Vmm(_) => error(
             VMM_ERROR,
@@ -358,6 +372,13 @@ pub(crate) mod tests {
                 path: "/x".into(),
                 detail: "bad magic".into(),
             },
+            EngineError::TemplateIncompatible {
+                path: "/x".into(),
+                detail: "AuthenticAMD".into(),
+            },
+            EngineError::TemplateUnresponsive {
+                detail: "spun".into(),
+            },
             EngineError::Vmm(VmmError::OpenKvm(kvm_ioctls::Error::new(libc::EIO))),
             EngineError::LinuxNeedsHardwareKvm,
             EngineError::LinuxBoot {
@@ -399,6 +420,8 @@ pub(crate) mod tests {
                 | EngineError::ResourceLimit(_)
                 | EngineError::InvalidRequest(_)
                 | EngineError::TemplateFile { .. }
+                | EngineError::TemplateIncompatible { .. }
+                | EngineError::TemplateUnresponsive { .. }
                 | EngineError::Vmm(_)
                 | EngineError::LinuxNeedsHardwareKvm
                 | EngineError::LinuxBoot { .. }

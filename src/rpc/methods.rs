@@ -23,7 +23,8 @@ use super::params::*;
 use super::server::Outbox;
 use crate::agent::{ExecRequest, Program, Stream};
 use crate::engine::{
-    CancelToken, DEFAULT_LINUX_MEMORY_MIB, EXEC_HOST_GRACE_MS, Engine, ExecOptions,
+    Branching, CancelToken, DEFAULT_LINUX_MEMORY_MIB, EXEC_HOST_GRACE_MS, Engine, ExecOptions,
+    Unload,
 };
 
 /// The OpenRPC document returned by `rpc.discover`.
@@ -155,7 +156,7 @@ fn build_from_spec(
         );
     };
     let built = engine
-        .build_from_spec(&spec, &Default::default(), &mut notify)
+        .build_from_spec(&spec, &Default::default(), &mut notify, &call.cancel)
         .map_err(engine_err)?;
     raw(SpecBuilt {
         template: built.info,
@@ -170,9 +171,14 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(
         &mut m,
         "template.load",
-        |engine, p: TemplateLoad, _| match (p.builtin, p.path) {
-            (Some(name), None) => engine.load_builtin(&name).map_err(engine_err),
-            (None, Some(path)) => engine.load_file(Path::new(&path)).map_err(engine_err),
+        |engine, p: TemplateLoad, call| match (p.builtin, p.path, p.memory_mib) {
+            (Some(name), None, mib) => engine.load_builtin_sized(&name, mib).map_err(engine_err),
+            (None, Some(path), None) => engine
+                .load_file(Path::new(&path), &call.cancel)
+                .map_err(engine_err),
+            (None, Some(_), Some(_)) => Err(errors::invalid_params(
+                "`memory_mib` is for built-in templates: a file says its own size",
+            )),
             _ => Err(errors::invalid_params(
                 "give exactly one of `builtin` or `path`",
             )),
@@ -205,6 +211,7 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
                     Path::new(&initramfs),
                     mib,
                     p.cmdline.as_deref(),
+                    &call.cancel,
                 )
                 .map_err(engine_err)
                 .and_then(raw)
@@ -216,17 +223,27 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
         })
     });
     engine_method(&mut m, "template.unload", |engine, p: TemplateUnload, _| {
+        let how = match (p.force, p.keep_sandboxes) {
+            (false, false) => Unload::IfUnused,
+            (true, false) => Unload::KillSandboxes,
+            (false, true) => Unload::KeepSandboxes,
+            (true, true) => {
+                return Err(errors::invalid_params(
+                    "give at most one of `force` or `keep_sandboxes`",
+                ));
+            }
+        };
         let killed = engine
-            .unload_template(&p.template, p.force)
+            .unload_template(&p.template, how)
             .map_err(engine_err)?;
         Ok(Unloaded {
             template: p.template,
             killed,
         })
     });
-    engine_method(&mut m, "template.save", |engine, p: TemplateSave, _| {
+    engine_method(&mut m, "template.save", |engine, p: TemplateSave, call| {
         let bytes = engine
-            .save_template(&p.template, Path::new(&p.path))
+            .save_template(&p.template, Path::new(&p.path), &call.cancel)
             .map_err(engine_err)?;
         Ok(Saved {
             template: p.template,
@@ -263,9 +280,20 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(&mut m, "sandbox.stats", |engine, p: SandboxRef, _| {
         engine.stats(&p.sandbox).map_err(engine_err)
     });
-    engine_method(&mut m, "sandbox.snapshot", |engine, p: SandboxRef, _| {
-        engine.snapshot_sandbox(&p.sandbox).map_err(engine_err)
-    });
+    engine_method(
+        &mut m,
+        "sandbox.snapshot",
+        |engine, p: SandboxSnapshot, call| {
+            let how = if p.full_copy {
+                Branching::FullCopy
+            } else {
+                Branching::Layer
+            };
+            engine
+                .snapshot_sandbox(&p.sandbox, how, &call.cancel)
+                .map_err(engine_err)
+        },
+    );
     engine_method(&mut m, "sandbox.write_file", write_file);
     engine_method(&mut m, "sandbox.read_file", read_file);
 

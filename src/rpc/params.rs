@@ -15,6 +15,8 @@ pub struct TemplateLoad {
     pub builtin: Option<String>,
     /// A file written by `template.save`.
     pub path: Option<String>,
+    /// Guest memory of a built-in template, in MiB (default: its own size).
+    pub memory_mib: Option<usize>,
 }
 
 /// `template.build`: `kernel` and `initramfs`, or `spec`.
@@ -42,6 +44,9 @@ pub struct TemplateUnload {
     /// Kill its live sandboxes instead of refusing.
     #[serde(default)]
     pub force: bool,
+    /// Leave its live sandboxes running instead of refusing.
+    #[serde(default)]
+    pub keep_sandboxes: bool,
 }
 
 /// `template.save`.
@@ -70,6 +75,17 @@ pub struct SandboxFork {
 pub struct SandboxRef {
     /// The sandbox id.
     pub sandbox: String,
+}
+
+/// `sandbox.snapshot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSnapshot {
+    /// The sandbox id.
+    pub sandbox: String,
+    /// Copy its whole memory into a template of its own instead of a layer.
+    #[serde(default)]
+    pub full_copy: bool,
 }
 
 /// `sandbox.list`.
