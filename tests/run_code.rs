@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use support::kvm_or_skip;
 use support::linux::{chain, linux_template};
 use zeroboot::agent::{CodeRequest, Language};
-use zeroboot::engine::{CodeResult, Engine, ExecOptions};
+use zeroboot::engine::{Branching, CancelToken, CodeResult, Engine, ExecOptions};
 
 fn opts(secs: u64) -> ExecOptions {
     ExecOptions {
@@ -203,7 +203,10 @@ fn a_context_branches_with_its_sandbox_and_reseeds_in_each_branch() {
         probes.push((Language::JavaScript, JS_MATH));
         probes.push((Language::JavaScript, JS_CRYPTO));
     }
-    let branch = engine.snapshot_sandbox(&sb).unwrap().template;
+    let branch = engine
+        .snapshot_sandbox(&sb, Branching::Layer, &CancelToken::new())
+        .unwrap()
+        .template;
     let (b1, b2) = (
         engine.fork(&branch).unwrap().sandbox,
         engine.fork(&branch).unwrap().sandbox,

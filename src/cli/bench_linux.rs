@@ -6,16 +6,22 @@
 //! whatever the host's speed: pages made private and exits. The baseline in
 //! the same run, `fork_run_python_forked_*`, is the same fork + run against a
 //! template booted with `zeroboot.spares=0`, whose agent keeps no warm worker
-//! and forks one from the zygote per run. Needs hardware KVM (on kvm-pvm the
-//! template build is refused at once).
+//! and forks one from the zygote per run.
+//! `zeroboot bench --linux-spec SPEC`: the same for a template built from a
+//! spec (image cached or built, boot, preload check, warm-up, capture), a
+//! fork plus an exec that uses the preloaded modules beside a plain
+//! `print(1+1)` fork + exec of the same template, and the `run_code` figures
+//! (JavaScript among them when the spec brings Node.js).
+//! Both need hardware KVM (on kvm-pvm the template build is refused at once).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use zeroboot::agent::{CodeRequest, ExecRequest, Language, Program};
 use zeroboot::engine::{
-    CodeResult, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecOptions,
+    CancelToken, CodeResult, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError,
+    ExecOptions,
 };
 
 use super::stats::{Summary, summarize, summarize_values};
@@ -30,7 +36,7 @@ fn python_print() -> ExecRequest {
 
 fn exec_python(engine: &Engine, sandbox: &str, req: &ExecRequest) -> Result<(), EngineError> {
     let r = engine.exec(sandbox, req, &ExecOptions::default(), &mut |_, _| {})?;
-    if r.exit_code != Some(0) || r.stdout != b"2\n" {
+    if r.exit_code != Some(0) || !r.stdout.ends_with(b"2\n") {
         return Err(EngineError::InvalidRequest(format!(
             "bench exec gave exit {:?}, stdout {:?}, stderr {:?}",
             r.exit_code,
@@ -95,6 +101,54 @@ fn fork_and(
     ])
 }
 
+/// Puts a fork + call's three figures under `{prefix}_us`,
+/// `{prefix}_private_kib` and `{prefix}_exits`.
+fn put(out: &mut Map<String, Value>, prefix: &str, [us, kib, exits]: [Option<Summary>; 3]) {
+    out.insert(format!("{prefix}_us"), json!(us));
+    out.insert(format!("{prefix}_private_kib"), json!(kib));
+    out.insert(format!("{prefix}_exits"), json!(exits));
+}
+
+/// The `run_code` figures of `template`: fork + run in Python and (when the
+/// image has Node.js; else null) JavaScript, and a cell in a context.
+fn code_figures(
+    engine: &Engine,
+    template: &str,
+    samples: usize,
+    out: &mut Map<String, Value>,
+) -> Result<(), EngineError> {
+    let py = code(Language::Python, "print(1+1)", None);
+    let fork_run = fork_and(engine, template, samples, |sb| run_code(engine, sb, &py))?;
+    put(out, "fork_run_python", fork_run);
+    let js = code(Language::JavaScript, "console.log(1+1)", None);
+    let probe = engine.fork(template)?.sandbox;
+    let has_node = match run_code(engine, &probe, &js) {
+        Ok(()) => true,
+        Err(EngineError::AgentFailed { .. }) => false, // no Node.js in the image
+        Err(e) => return Err(e),
+    };
+    engine.kill(&probe)?;
+    let fork_js = if has_node {
+        fork_and(engine, template, samples, |sb| run_code(engine, sb, &js))?
+    } else {
+        [None, None, None]
+    };
+    out.insert("node".into(), json!(has_node));
+    put(out, "fork_run_javascript", fork_js);
+    let one = engine.fork(template)?;
+    let cell = code(Language::Python, "print(1+1)", Some("bench"));
+    run_code(engine, &one.sandbox, &cell)?; // creates the context
+    let mut context = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        run_code(engine, &one.sandbox, &cell)?;
+        context.push(t.elapsed());
+    }
+    engine.kill(&one.sandbox)?;
+    out.insert("run_code_context_us".into(), json!(summarize(&context)));
+    Ok(())
+}
+
 /// Measures the Linux figures with `samples` repetitions each.
 pub fn run(
     config: &EngineConfig,
@@ -103,37 +157,18 @@ pub fn run(
     samples: usize,
 ) -> Result<Value, EngineError> {
     let engine = Engine::new(config.clone())?;
+    let cancel = CancelToken::new();
     let t0 = Instant::now();
-    let tpl = engine.build_template(kernel, initramfs, DEFAULT_LINUX_MEMORY_MIB, None)?;
+    let tpl = engine.build_template(kernel, initramfs, DEFAULT_LINUX_MEMORY_MIB, None, &cancel)?;
     let build = t0.elapsed();
     // Let the pool fill before measuring steady-state forks.
     std::thread::sleep(Duration::from_millis(500));
     let req = python_print();
-    let [fork_exec, fork_exec_kib, fork_exec_exits] =
-        fork_and(&engine, &tpl.template, samples, |sb| {
-            exec_python(&engine, sb, &req)
-        })?;
-    let py = code(Language::Python, "print(1+1)", None);
-    let [fork_run, fork_run_kib, fork_run_exits] =
-        fork_and(&engine, &tpl.template, samples, |sb| {
-            run_code(&engine, sb, &py)
-        })?;
-    let js = code(Language::JavaScript, "console.log(1+1)", None);
-    let probe = engine.fork(&tpl.template)?.sandbox;
-    let has_node = match run_code(&engine, &probe, &js) {
-        Ok(()) => true,
-        Err(EngineError::AgentFailed { .. }) => false, // no Node.js in the image
-        Err(e) => return Err(e),
-    };
-    engine.kill(&probe)?;
-    // Null figures when the image has no Node.js.
-    let [fork_js, fork_js_kib, fork_js_exits] = if has_node {
-        fork_and(&engine, &tpl.template, samples, |sb| {
-            run_code(&engine, sb, &js)
-        })?
-    } else {
-        [None, None, None]
-    };
+    let mut out = Map::new();
+    let fork_exec = fork_and(&engine, &tpl.template, samples, |sb| {
+        exec_python(&engine, sb, &req)
+    })?;
+    put(&mut out, "fork_exec_python", fork_exec);
     let one = engine.fork(&tpl.template)?;
     let mut exec = Vec::with_capacity(samples);
     for _ in 0..samples {
@@ -141,46 +176,83 @@ pub fn run(
         exec_python(&engine, &one.sandbox, &req)?;
         exec.push(t.elapsed());
     }
-    let cell = code(Language::Python, "print(1+1)", Some("bench"));
-    run_code(&engine, &one.sandbox, &cell)?; // creates the context
-    let mut context = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        run_code(&engine, &one.sandbox, &cell)?;
-        context.push(t.elapsed());
-    }
     engine.kill(&one.sandbox)?;
+    out.insert("exec_python_us".into(), json!(summarize(&exec)));
+    code_figures(&engine, &tpl.template, samples, &mut out)?;
     let cmdline = format!("{} zeroboot.spares=0", zeroboot::image::KERNEL_CMDLINE);
-    let forked =
-        engine.build_template(kernel, initramfs, DEFAULT_LINUX_MEMORY_MIB, Some(&cmdline))?;
+    let forked = engine.build_template(
+        kernel,
+        initramfs,
+        DEFAULT_LINUX_MEMORY_MIB,
+        Some(&cmdline),
+        &cancel,
+    )?;
     std::thread::sleep(Duration::from_millis(500));
-    let [fork_run_forked, fork_run_forked_kib, fork_run_forked_exits] =
-        fork_and(&engine, &forked.template, samples, |sb| {
-            run_code(&engine, sb, &py)
-        })?;
+    let py = code(Language::Python, "print(1+1)", None);
+    let forked_run = fork_and(&engine, &forked.template, samples, |sb| {
+        run_code(&engine, sb, &py)
+    })?;
+    put(&mut out, "fork_run_python_forked", forked_run);
     engine.shutdown();
-    Ok(json!({
-        "kvm": engine.flavor().as_str(),
-        "samples": samples,
-        "pool_size": config.pool_size,
-        "template_mib": DEFAULT_LINUX_MEMORY_MIB,
-        "template_build_ms": build.as_secs_f64() * 1000.0,
-        "fork_exec_python_us": fork_exec,
-        "exec_python_us": summarize(&exec),
-        "fork_exec_python_private_kib": fork_exec_kib,
-        "fork_exec_python_exits": fork_exec_exits,
-        "fork_run_python_us": fork_run,
-        "fork_run_python_private_kib": fork_run_kib,
-        "fork_run_python_exits": fork_run_exits,
-        "fork_run_python_forked_us": fork_run_forked,
-        "fork_run_python_forked_private_kib": fork_run_forked_kib,
-        "fork_run_python_forked_exits": fork_run_forked_exits,
-        "run_code_context_us": summarize(&context),
-        "node": has_node,
-        "fork_run_javascript_us": fork_js,
-        "fork_run_javascript_private_kib": fork_js_kib,
-        "fork_run_javascript_exits": fork_js_exits,
-    }))
+    out.insert("kvm".into(), json!(engine.flavor().as_str()));
+    out.insert("samples".into(), json!(samples));
+    out.insert("pool_size".into(), json!(config.pool_size));
+    out.insert("template_mib".into(), json!(DEFAULT_LINUX_MEMORY_MIB));
+    out.insert(
+        "template_build_ms".into(),
+        json!(build.as_secs_f64() * 1000.0),
+    );
+    Ok(Value::Object(out))
+}
+
+/// The `--linux-spec` figures (see the module docs).
+pub fn run_spec(config: &EngineConfig, spec: &Path, samples: usize) -> Result<Value, EngineError> {
+    let spec = zeroboot::spec::Spec::load(spec)?;
+    let engine = Engine::new(config.clone())?;
+    let t0 = Instant::now();
+    let built =
+        engine.build_from_spec(&spec, &Default::default(), &mut |_| {}, &CancelToken::new())?;
+    let build = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let template = built.info.template.clone();
+    // Code that uses the preloads: importing them is a dictionary lookup
+    // in a fork whose zygote imported them before the snapshot.
+    let mut source = String::new();
+    for module in &spec.python.preload {
+        source.push_str(&format!("import {module}\n"));
+    }
+    source.push_str("print(1+1)\n");
+    let preloaded = ExecRequest {
+        argv: vec![source],
+        program: Some(Program::Python),
+        ..Default::default()
+    };
+    let mut out = Map::new();
+    let warm = fork_and(&engine, &template, samples, |sb| {
+        exec_python(&engine, sb, &preloaded)
+    })?;
+    put(&mut out, "fork_exec_preloaded", warm);
+    let plain = fork_and(&engine, &template, samples, |sb| {
+        exec_python(&engine, sb, &python_print())
+    })?;
+    put(&mut out, "fork_exec_python", plain);
+    code_figures(&engine, &template, samples, &mut out)?;
+    engine.shutdown();
+    out.insert("kvm".into(), json!(engine.flavor().as_str()));
+    out.insert("samples".into(), json!(samples));
+    out.insert("pool_size".into(), json!(config.pool_size));
+    out.insert("template_mib".into(), json!(spec.memory_mib()));
+    out.insert("image_cached".into(), json!(built.image_cached));
+    out.insert(
+        "initramfs_bytes".into(),
+        json!(built.manifest.initramfs_bytes),
+    );
+    out.insert("preload".into(), json!(spec.python.preload));
+    out.insert(
+        "spec_template_build_ms".into(),
+        json!(build.as_secs_f64() * 1000.0),
+    );
+    Ok(Value::Object(out))
 }
 
 /// The figures as a few lines of text.
@@ -190,15 +262,19 @@ pub fn print_table(v: &Value) {
         v["kvm"].as_str().unwrap_or("?"),
         v["samples"]
     );
-    println!(
-        "  template_build_ms    {:.1}",
-        v["template_build_ms"].as_f64().unwrap_or(0.0)
-    );
+    for key in ["template_build_ms", "spec_template_build_ms"] {
+        if let Some(ms) = v[key].as_f64() {
+            println!("  {key:<28} {ms:.1}");
+        }
+    }
     for (key, unit) in [
         ("fork_exec_python_us", "us"),
         ("exec_python_us", "us"),
         ("fork_exec_python_private_kib", "KiB"),
         ("fork_exec_python_exits", "exits"),
+        ("fork_exec_preloaded_us", "us"),
+        ("fork_exec_preloaded_private_kib", "KiB"),
+        ("fork_exec_preloaded_exits", "exits"),
         ("fork_run_python_us", "us"),
         ("fork_run_python_private_kib", "KiB"),
         ("fork_run_python_exits", "exits"),
@@ -212,10 +288,10 @@ pub fn print_table(v: &Value) {
     ] {
         let s = &v[key];
         if s.is_null() {
-            continue; // no Node.js in the image
+            continue; // not measured: no Node.js, or the other command's figure
         }
         println!(
-            "  {key:<28} p50 {:>9} {unit:<5} p99 {:>9} {unit:<5} max {:>9} {unit:<5} (n={})",
+            "  {key:<34} p50 {:>9} {unit:<5} p99 {:>9} {unit:<5} max {:>9} {unit:<5} (n={})",
             s["p50"], s["p99"], s["max"], s["n"]
         );
     }

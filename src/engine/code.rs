@@ -92,7 +92,7 @@ impl Engine {
             Box::new(|vm, tpl, _| {
                 agent::list_contexts(&mut VmLink {
                     vm,
-                    mailbox: &tpl.mailbox,
+                    mailbox: &tpl.layer.mailbox,
                 })
             }),
         )

@@ -97,7 +97,13 @@ pub fn linux_template(test: &str) -> Option<(Engine, TemplateInfo)> {
         .with_writer(std::io::stderr)
         .try_init();
     let tpl = engine
-        .build_template(&kernel, &initramfs, DEFAULT_LINUX_MEMORY_MIB, None)
+        .build_template(
+            &kernel,
+            &initramfs,
+            DEFAULT_LINUX_MEMORY_MIB,
+            None,
+            &zeroboot::engine::CancelToken::new(),
+        )
         .unwrap_or_else(|e| match &e {
             EngineError::LinuxBoot { console, .. } => {
                 panic!("{}\n--- guest console ---\n{console}", chain(&e))

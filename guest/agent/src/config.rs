@@ -31,11 +31,14 @@ pub struct Config {
     pub spares: bool,
     /// Act as a guest's system: set the clock, require the entropy reseed, reap orphans.
     pub system: bool,
+    /// The template's settings file ([`crate::template::PATH`] in a guest).
+    pub template: Option<PathBuf>,
 }
 
 /// The usage line printed on bad arguments.
 pub const USAGE: &str = "usage: zeroboot-agent [--transport stdio|mailbox|serial[:PATH]] \
-     [--python PATH|none] [--node PATH|none] [--node-addon PATH] [--no-spares] [--system]";
+     [--python PATH|none] [--node PATH|none] [--node-addon PATH] [--no-spares] [--system] \
+     [--template PATH]";
 
 /// Interpreter used in a guest when none is named.
 const GUEST_PYTHON: &str = "/usr/bin/python3";
@@ -85,6 +88,7 @@ impl Config {
                 .then(|| GUEST_NODE_ADDON.into()),
             spares: true,
             system: true,
+            template: Some(crate::template::PATH.into()),
         };
         for word in cmdline.split_whitespace() {
             if let Some(v) = word.strip_prefix("zeroboot.transport=") {
@@ -109,6 +113,7 @@ impl Config {
             node_addon: None,
             spares: true,
             system: false,
+            template: None,
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -120,6 +125,7 @@ impl Config {
                 "--node-addon" => config.node_addon = parse_path(&value()?),
                 "--no-spares" => config.spares = false,
                 "--system" => config.system = true,
+                "--template" => config.template = Some(value()?.into()),
                 _ => return Err(format!("unknown argument {arg:?}")),
             }
         }

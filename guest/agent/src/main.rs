@@ -17,11 +17,13 @@ mod reaper;
 mod server;
 mod sys;
 mod system;
+mod template;
 mod transport;
 
 use config::{Config, TransportChoice};
 use exec::{Node, Runner};
 use std::time::Duration;
+use template::TemplateConfig;
 use transport::{Mailbox, Stream, Transport, TransportError};
 
 fn open_transport(choice: &TransportChoice) -> std::io::Result<Box<dyn Transport>> {
@@ -38,21 +40,39 @@ fn open_transport(choice: &TransportChoice) -> std::io::Result<Box<dyn Transport
     })
 }
 
+/// The template's settings (none when the file is absent or unreadable:
+/// the host checks a template's preloads before its snapshot).
+fn template_config(config: &Config) -> TemplateConfig {
+    let Some(path) = &config.template else {
+        return TemplateConfig::default();
+    };
+    TemplateConfig::load(path).unwrap_or_else(|e| {
+        eprintln!("zeroboot-agent: {e}; running without the template's settings");
+        TemplateConfig::default()
+    })
+}
+
 fn start_runner(config: &Config) -> Runner {
     // A worker whose zygote died is handed to the agent, whatever its PID.
     if let Err(e) = sys::become_subreaper() {
         eprintln!("zeroboot-agent: cannot become a subreaper: {e}");
     }
+    let template = template_config(config);
+    let python = match &template.python {
+        Some(choice) => choice.clone(),
+        None => config.python.clone(),
+    };
     let node = config.node.clone().map(|path| Node {
         path,
         addon: config.node_addon.clone(),
     });
     Runner::start(
-        config.python.as_deref(),
+        python.as_deref(),
         node,
         exec::find_shell(),
         config.spares,
         config.system,
+        template,
     )
 }
 

@@ -18,11 +18,13 @@ pub struct ArgvProgram {
     pidfd: OwnedFd,
 }
 
-/// Starts `argv` with `env` on top of the agent's environment, in `cwd`.
+/// Starts `argv` with `env` on top of the agent's environment, in `cwd`, as
+/// `user` (uid, gid; `None`: the agent's).
 pub fn spawn(
     argv: &[OsString],
     env: &[(OsString, OsString)],
     cwd: Option<&Path>,
+    user: Option<(u32, u32)>,
 ) -> io::Result<(ArgvProgram, Stdio)> {
     let (program, args) = argv
         .split_first()
@@ -36,6 +38,10 @@ pub fn spawn(
         .process_group(0);
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
+    }
+    if let Some((uid, gid)) = user {
+        // std drops the supplementary groups too when root changes user.
+        cmd.uid(uid).gid(gid);
     }
     let mut child = cmd.spawn()?;
     let pidfd = match sys::pidfd_open(child.id()) {

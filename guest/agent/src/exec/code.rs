@@ -27,6 +27,7 @@ impl Runner {
         t: &mut dyn Transport,
         req: CodeRequest,
     ) -> Result<usize, TransportError> {
+        let req = req.with_defaults(&self.defaults);
         let cwd = (!req.cwd.is_empty()).then(|| Path::new(OsStr::from_bytes(&req.cwd)));
         if let Err(f) = self.prepare(&req.seed, req.clock_ns, cwd) {
             return Ok(f.encode(t.buf()));
@@ -57,7 +58,7 @@ impl Runner {
         let argv = [shell.as_os_str().to_owned(), "-c".into(), os(&req.code)];
         let env: Vec<_> = req.env.iter().map(|(k, v)| (os(k), os(v))).collect();
         let cwd = (!req.cwd.is_empty()).then(|| Path::new(OsStr::from_bytes(&req.cwd)));
-        let (mut program, mut stdio) = match argv::spawn(&argv, &env, cwd) {
+        let (mut program, mut stdio) = match argv::spawn(&argv, &env, cwd, req.user) {
             Ok(started) => started,
             Err(e) => return Ok(Err(spawn_failed(e))),
         };
@@ -163,6 +164,7 @@ fn run_cell(
             args: &[],
             env: &env,
             cwd: &req.cwd,
+            user: req.user,
         })),
     };
     // A cell reads no input.

@@ -21,6 +21,7 @@ pub use worker::Done;
 
 use crate::entropy;
 use crate::frames::{self, Failure};
+use crate::template::{Defaults, TemplateConfig};
 use crate::transport::{Transport, TransportError};
 use python::Zygote;
 use std::collections::BTreeMap;
@@ -80,20 +81,24 @@ pub struct Runner {
     /// Acting as a guest's system: set the clock per exec, and treat a
     /// refused entropy reseed as an error (a test process does neither).
     pub system: bool,
+    /// The template's defaults for every exec and run (environment,
+    /// working directory, user).
+    defaults: Defaults,
 }
 
 impl Runner {
-    /// Starts the Python zygote (if `python` is given) and, with `spares`,
-    /// one warm spare worker per language the image has. A failure costs
-    /// that language only.
+    /// Starts the Python zygote (if `python` is given; preloading the
+    /// template's modules too) and, with `spares`, one warm spare worker per
+    /// language the image has. A failure costs that language only.
     pub fn start(
         python: Option<&Path>,
         node: Option<Node>,
         shell: Option<PathBuf>,
         spares: bool,
         system: bool,
+        template: TemplateConfig,
     ) -> Runner {
-        let python = python.and_then(|python| match Zygote::start(python) {
+        let python = python.and_then(|python| match Zygote::start(python, &template.preload) {
             Ok(z) => Some(z),
             Err(e) => {
                 eprintln!(
@@ -111,6 +116,7 @@ impl Runner {
             contexts: BTreeMap::new(),
             lingering: Vec::new(),
             system,
+            defaults: template.defaults,
         };
         let languages = if spares {
             &[Language::Python, Language::JavaScript][..]
@@ -135,7 +141,11 @@ impl Runner {
         match language {
             Language::Python => self.python.as_mut().map(Zygote::fork_worker).transpose(),
             Language::JavaScript => self.node.as_ref().map(Node::start_worker).transpose(),
-            Language::Bash => self.shell.as_deref().map(shell::start_context).transpose(),
+            Language::Bash => self
+                .shell
+                .as_deref()
+                .map(|sh| shell::start_context(sh, self.defaults.user))
+                .transpose(),
         }
     }
 
@@ -196,11 +206,12 @@ impl Runner {
         t: &mut dyn Transport,
         req: ExecRequest,
     ) -> Result<usize, TransportError> {
+        let req = req.with_defaults(&self.defaults);
         if let Err(f) = self.prepare(&req.seed, req.clock_ns, req.cwd.as_deref()) {
             return Ok(f.encode(t.buf()));
         }
         let finished = match req.program {
-            Program::Argv => match argv::spawn(&req.argv, &req.env, req.cwd.as_deref()) {
+            Program::Argv => match argv::spawn(&req.argv, &req.env, req.cwd.as_deref(), req.user) {
                 Ok((mut program, mut stdio)) => {
                     pump::pump(t, &mut program, &mut stdio, &req.stdin, req.timeout)?
                 }
@@ -253,6 +264,7 @@ impl Runner {
                 .cwd
                 .as_deref()
                 .map_or(&b""[..], |p| p.as_os_str().as_encoded_bytes()),
+            user: req.user,
         });
         if let Err(e) = worker.send(&message) {
             return Ok(Err(spawn_failed(e)));
@@ -291,6 +303,7 @@ fn warm_up(mut worker: Worker) -> io::Result<Worker> {
         args: &[],
         env: &[],
         cwd: b"",
+        user: None,
     });
     worker.warm_up(&message, WARM_UP_TIMEOUT)?;
     private::privatize(worker.pid())?;

@@ -118,17 +118,25 @@ impl ZygoteLink {
 /// A warmed Python interpreter that forks workers.
 pub struct Zygote {
     python: PathBuf,
+    preload: Vec<String>,
     process: Child,
     link: ZygoteLink,
 }
 
 impl Zygote {
-    /// Starts `python` with the zygote script and waits until it has preloaded.
-    pub fn start(python: &Path) -> io::Result<Zygote> {
+    /// Starts `python` with the zygote script and waits until it has
+    /// preloaded the built-in list and `extra` (the template's).
+    pub fn start(python: &Path, extra: &[String]) -> io::Result<Zygote> {
         let (ours, theirs) = sys::seqpacket_pair()?;
+        let mut preload = zeroboot_proto::PYTHON_PRELOAD.to_owned();
+        for module in extra {
+            preload.push(',');
+            preload.push_str(module);
+        }
         let process = Command::new(python)
-            // Modules missing from the image are skipped (and logged).
-            .args(["-I", "-c", SCRIPT, zeroboot_proto::PYTHON_PRELOAD])
+            // Modules missing from the image are skipped (and logged); the
+            // host checks a template's own preloads before its snapshot.
+            .args(["-I", "-c", SCRIPT, &preload])
             .stdin(theirs)
             .stdout(std::process::Stdio::null())
             .spawn()?;
@@ -142,6 +150,7 @@ impl Zygote {
         };
         let mut zygote = Zygote {
             python: python.to_owned(),
+            preload: extra.to_vec(),
             process,
             link: ZygoteLink(Rc::new(RefCell::new(Channel {
                 ctl: File::from(ours),
@@ -183,7 +192,7 @@ impl Zygote {
         }
         eprintln!("zeroboot-agent: python zygote died; restarting it");
         self.stop();
-        *self = Zygote::start(&self.python.clone())?;
+        *self = Zygote::start(&self.python.clone(), &self.preload.clone())?;
         Ok(())
     }
 

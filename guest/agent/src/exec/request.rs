@@ -1,8 +1,9 @@
 //! Exec and RunCode requests copied out of the frame buffer: the buffer is
 //! reused for output frames while the program runs.
 
+use crate::template::Defaults;
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
 use zeroboot_proto::{Exec, Language, Program, RunCode};
@@ -26,6 +27,8 @@ pub struct ExecRequest {
     pub cwd: Option<PathBuf>,
     /// Bytes fed to standard input, then closed.
     pub stdin: Vec<u8>,
+    /// (uid, gid) the program runs as (`None`: the agent's, root).
+    pub user: Option<(u32, u32)>,
 }
 
 fn os(bytes: &[u8]) -> OsString {
@@ -44,7 +47,22 @@ impl ExecRequest {
             env: e.env_pairs().map(|(k, v)| (os(k), os(v))).collect(),
             cwd: (!e.cwd.is_empty()).then(|| PathBuf::from(os(e.cwd))),
             stdin: e.stdin.to_vec(),
+            user: None,
         }
+    }
+
+    /// This request on top of the template's defaults: their variables
+    /// first (the request's own win), their directory when it names none,
+    /// their user.
+    pub fn with_defaults(mut self, d: &Defaults) -> ExecRequest {
+        if !d.env.is_empty() {
+            let mut env = d.env.clone();
+            env.append(&mut self.env);
+            self.env = env;
+        }
+        self.cwd = self.cwd.or_else(|| d.cwd.clone());
+        self.user = self.user.or(d.user);
+        self
     }
 }
 
@@ -69,6 +87,8 @@ pub struct CodeRequest {
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
     /// Working directory (empty: unchanged).
     pub cwd: Vec<u8>,
+    /// (uid, gid) the code runs as (`None`: the agent's, root).
+    pub user: Option<(u32, u32)>,
 }
 
 impl CodeRequest {
@@ -87,7 +107,29 @@ impl CodeRequest {
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect(),
             cwd: r.cwd.to_vec(),
+            user: None,
         }
+    }
+
+    /// This request on top of the template's defaults, as
+    /// [`ExecRequest::with_defaults`].
+    pub fn with_defaults(mut self, d: &Defaults) -> CodeRequest {
+        if !d.env.is_empty() {
+            let mut env: Vec<_> = d
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect();
+            env.append(&mut self.env);
+            self.env = env;
+        }
+        if self.cwd.is_empty()
+            && let Some(cwd) = &d.cwd
+        {
+            self.cwd = cwd.as_os_str().as_bytes().to_vec();
+        }
+        self.user = self.user.or(d.user);
+        self
     }
 
     /// The environment as borrowed pairs.
@@ -96,5 +138,57 @@ impl CodeRequest {
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_first_and_the_request_wins() {
+        let req = ExecRequest {
+            clock_ns: 0,
+            seed: [0; 32],
+            timeout: None,
+            program: Program::Argv,
+            argv: vec!["env".into()],
+            env: vec![("A".into(), "request".into())],
+            cwd: None,
+            stdin: Vec::new(),
+            user: None,
+        };
+        let d = Defaults {
+            env: vec![("A".into(), "default".into()), ("B".into(), "b".into())],
+            cwd: Some("/work".into()),
+            user: Some((1000, 1000)),
+        };
+        let r = req.clone().with_defaults(&d);
+        assert_eq!(r.env.last(), Some(&("A".into(), "request".into())));
+        assert_eq!(r.env.len(), 3);
+        assert_eq!(r.cwd, Some("/work".into()));
+        assert_eq!(r.user, Some((1000, 1000)));
+        let own = ExecRequest {
+            cwd: Some("/tmp".into()),
+            ..req
+        };
+        assert_eq!(own.with_defaults(&d).cwd, Some("/tmp".into()));
+        let code = CodeRequest {
+            clock_ns: 0,
+            seed: [0; 32],
+            timeout: None,
+            language: Language::Python,
+            vm_id: 1,
+            context: Vec::new(),
+            code: b"1".to_vec(),
+            env: vec![(b"A".to_vec(), b"request".to_vec())],
+            cwd: Vec::new(),
+            user: None,
+        };
+        let c = code.with_defaults(&d);
+        assert_eq!(c.env.first(), Some(&(b"A".to_vec(), b"default".to_vec())));
+        assert_eq!(c.env.last(), Some(&(b"A".to_vec(), b"request".to_vec())));
+        assert_eq!(c.cwd, b"/work");
+        assert_eq!(c.user, Some((1000, 1000)));
     }
 }

@@ -74,7 +74,7 @@ fn cell_script(code: &[u8], env: &[(&[u8], &[u8])], cwd: &[u8], random: Option<u
 }
 
 /// Starts a shell context.
-pub fn start_context(shell: &Path) -> io::Result<Worker> {
+pub fn start_context(shell: &Path, user: Option<(u32, u32)>) -> io::Result<Worker> {
     let (stdout_r, stdout_w) = io::pipe()?;
     let (stderr_r, stderr_w) = io::pipe()?;
     let (ctl, worker_ctl) = sys::stream_pair()?;
@@ -84,6 +84,9 @@ pub fn start_context(shell: &Path) -> io::Result<Worker> {
         .stdout(stdout_w)
         .stderr(stderr_w)
         .process_group(0);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
     sys::pass_as_fd3(&mut cmd, worker_ctl.as_fd());
     let child = cmd.spawn()?;
     drop((cmd, worker_ctl));

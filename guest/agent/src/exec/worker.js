@@ -5,7 +5,8 @@
 // Channel: fd 3, a SOCK_STREAM socket; messages as for the Python workers
 // (see zygote.py): a u32 length, then the body.
 //   agent -> worker: b"R", mode (b"C"), keep, reseed, code bytes, u32 argc
-//                    (0), u32 envc + (key bytes, value bytes), cwd bytes.
+//                    (0), u32 envc + (key bytes, value bytes), cwd bytes,
+//                    u32 uid, u32 gid (0xffffffff: stay root).
 //   worker -> agent: b"H" once warm; after each cell b"D" + i32 exit code +
 //                    u8 parts (1: result, 2: error) + result bytes + error
 //                    name, value and stack bytes; once a run without keep has
@@ -139,6 +140,8 @@ function parse(body) {
   for (let i = u32(); i > 0; i--) bytes(); // argv: none for cells
   for (let i = u32(); i > 0; i--) req.env.push([bytes().toString("utf8"), bytes().toString("utf8")]);
   req.cwd = bytes().toString("utf8");
+  req.uid = u32();
+  req.gid = u32();
   return req;
 }
 
@@ -165,6 +168,12 @@ ctl.on("data", (chunk) => {
     pending = pending.subarray(4 + n);
     if (req.reseed) reseed();
     for (const [k, v] of req.env) process.env[k] = v;
+    if (req.uid !== 0xffffffff && process.getuid() !== req.uid) {
+      // The template's user: the agent stays root, its workers do not.
+      process.setgroups([]);
+      process.setgid(req.gid);
+      process.setuid(req.uid);
+    }
     if (req.cwd) process.chdir(req.cwd);
     keepAlive = req.keep;
     const [code, result, error] = runCell(req.code, req.keep);

@@ -106,6 +106,9 @@ pub struct WorkRequest<'a> {
     pub env: &'a [(&'a [u8], &'a [u8])],
     /// Directory entered first (empty: stay).
     pub cwd: &'a [u8],
+    /// (uid, gid) the worker becomes first, if it is not that user yet
+    /// (`None`: stays root).
+    pub user: Option<(u32, u32)>,
 }
 
 /// Encodes a request as the Python and Node workers parse it.
@@ -131,6 +134,9 @@ pub fn encode_request(req: &WorkRequest<'_>) -> Vec<u8> {
         blob(&mut body, v);
     }
     blob(&mut body, req.cwd);
+    let (uid, gid) = req.user.unwrap_or((u32::MAX, u32::MAX));
+    body.extend(uid.to_le_bytes());
+    body.extend(gid.to_le_bytes());
     let mut out = (body.len() as u32).to_le_bytes().to_vec();
     out.extend(body);
     out
@@ -482,11 +488,13 @@ mod tests {
             args: &[],
             env: &[(b"K", b"V")],
             cwd: b"/t",
+            user: Some((1000, 7)),
         });
-        let mut want = vec![35, 0, 0, 0, b'R', b'C', 1, 0, 3, 0, 0, 0];
+        let mut want = vec![43, 0, 0, 0, b'R', b'C', 1, 0, 3, 0, 0, 0];
         want.extend(b"1+1");
         want.extend([0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, b'K', 1, 0, 0, 0, b'V']);
         want.extend([2, 0, 0, 0, b'/', b't']);
+        want.extend([0xe8, 3, 0, 0, 7, 0, 0, 0]);
         assert_eq!(msg, want);
     }
 

@@ -22,7 +22,8 @@
 #                    throwaway cell), keep (1: serve more cells after this
 #                    one), reseed (1: reseed the random generators first),
 #                    code bytes, u32 argc + argv[1:] bytes, u32 envc + (key
-#                    bytes, value bytes), cwd bytes.
+#                    bytes, value bytes), cwd bytes, u32 uid, u32 gid
+#                    (0xffffffff: stay root; the template's user).
 #   worker -> agent: after a cell, b"D" + i32 exit code + u8 parts (1: a
 #                    result follows, 2: an error follows) + result bytes +
 #                    error name, value and traceback bytes; once a run
@@ -239,10 +240,17 @@ def _worker(fds):
         argv = [r.blob() for _ in range(r.u32())]
         env = [(r.blob(), r.blob()) for _ in range(r.u32())]
         cwd = r.blob()
+        uid, gid = r.u32(), r.u32()
         if reseed:
             _reseed()
         for key, value in env:
             os.environb[key] = value
+        if uid != 0xFFFFFFFF and os.getuid() != uid:
+            # The template's user: the zygote stays root, its workers do not
+            # (a context keeps the user of its first cell).
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
         if cwd:
             os.chdir(cwd)
         if mode == ord("S"):
