@@ -153,7 +153,10 @@ fn a_spec_template_forks_with_numpy_preloaded() {
         &python("import os\nprint(os.getpid(), open('/tmp/warmup-pid').read().strip())"),
     );
     let out = String::from_utf8_lossy(&r.stdout).into_owned();
-    let pids: Vec<u32> = out.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let pids: Vec<u32> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     assert!(
         pids.len() == 2 && pids[0] < pids[1],
         "first run's pid, warm-up shell's pid: {out:?} (stderr {})",
