@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod engine;
 pub mod image;
+pub mod net;
 pub mod rpc;
 pub mod vmm;
 
