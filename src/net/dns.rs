@@ -11,8 +11,6 @@ use std::net::Ipv4Addr;
 const HEADER: usize = 12;
 /// Question type A.
 pub const TYPE_A: u16 = 1;
-/// Question type AAAA.
-pub const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
 /// Most addresses put in one answer (keeps every answer under 512 bytes).
 pub const MAX_ANSWERS: usize = 8;
@@ -177,7 +175,7 @@ impl Cursor<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 

@@ -38,6 +38,7 @@ impl FrameQueue {
     }
 
     /// Frames queued.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count
     }
@@ -124,11 +125,6 @@ impl FrameQueue {
         if self.count == 0 {
             (self.head, self.tail, self.wrapped) = (0, 0, false);
         }
-    }
-
-    /// Drops every frame.
-    pub fn clear(&mut self) {
-        (self.head, self.tail, self.wrapped, self.count) = (0, 0, false, 0);
     }
 }
 

@@ -9,10 +9,21 @@
 //! [`GATEWAY_IP`]. The subnet is TEST-NET-1 (RFC 5737), which no real host
 //! uses, so it never hides a destination a policy might allow.
 
-pub mod dns;
-pub mod frames;
-pub mod packet;
+mod dns;
+mod endpoint;
+mod frames;
+mod limits;
+mod packet;
 pub mod policy;
+mod port;
+mod reactor;
+mod tcp;
+mod udp;
+
+pub use endpoint::{Endpoint, EndpointConfig, GuestLink, NetStats};
+pub use limits::Limits;
+pub use policy::{Policy, PolicyError};
+pub use reactor::Network;
 
 use std::net::Ipv4Addr;
 
@@ -28,3 +39,6 @@ pub const PREFIX_LEN: u8 = 24;
 pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0x5a, 0x42, 0x00, 0x00, 0x02]);
 /// The host side's MAC.
 pub const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x02, 0x5a, 0x42, 0x00, 0x00, 0x01]);
+
+#[cfg(test)]
+mod tests;
