@@ -28,9 +28,11 @@
 
 mod codec;
 mod messages;
+mod net;
 
 pub use codec::{Reader, WireError, Writer};
 pub use messages::*;
+pub use net::{NET_MODULE_DIR, NetLink, NetUp, TAP_NET_MODULES, VIRTIO_NET_MODULES};
 
 /// Page size the mailbox is made of.
 pub const PAGE_SIZE: usize = 4096;
@@ -70,6 +72,8 @@ pub enum Kind {
     WriteFile = 0x03,
     /// Host: read one chunk of a file ([`ReadFile`] payload; flag [`FILE_CONTINUE`]).
     ReadFile = 0x04,
+    /// Host: bring the network interface up ([`NetUp`] payload).
+    NetUp = 0x05,
     /// Guest: booted and waiting for work ([`Ready`] payload).
     Ready = 0x81,
     /// Guest: a chunk of output (stream id, then bytes).
@@ -92,6 +96,7 @@ impl Kind {
             0x02 => Kind::Resume,
             0x03 => Kind::WriteFile,
             0x04 => Kind::ReadFile,
+            0x05 => Kind::NetUp,
             0x81 => Kind::Ready,
             0x82 => Kind::Output,
             0x83 => Kind::Exit,

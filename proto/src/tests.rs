@@ -241,3 +241,39 @@ fn version_1_file_payloads_still_decode() {
     let bad = ReadFile { offset: 1, ..whole };
     assert_eq!(bad.encode(&mut w), Err(WireError::BadValue));
 }
+
+#[test]
+fn net_up_round_trips_and_rejects_bad_values() {
+    let up = NetUp {
+        link: NetLink::VirtioMmio,
+        mac: [2, 0x5a, 0x42, 0, 0, 2],
+        addr: [192, 0, 2, 2],
+        prefix_len: 24,
+        gateway: [192, 0, 2, 1],
+        dns: [192, 0, 2, 1],
+        mtu: 1500,
+    };
+    let mut buf = [0u8; 64];
+    let mut w = Writer::new(&mut buf);
+    up.encode(&mut w).unwrap();
+    let n = w.position();
+    assert_eq!(NetUp::decode(&buf[..n]).unwrap(), up);
+    for cut in 0..n {
+        assert!(NetUp::decode(&buf[..cut]).is_err(), "cut at {cut}");
+    }
+    for bad in [
+        NetUp {
+            prefix_len: 33,
+            ..up
+        },
+        NetUp { mtu: 67, ..up },
+        NetUp { mtu: 65536, ..up },
+    ] {
+        let mut w = Writer::new(&mut buf);
+        bad.encode(&mut w).unwrap();
+        let n = w.position();
+        assert_eq!(NetUp::decode(&buf[..n]), Err(WireError::BadValue));
+    }
+    buf[0] = 9;
+    assert_eq!(NetUp::decode(&buf[..n]), Err(WireError::BadValue));
+}

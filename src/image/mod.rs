@@ -115,12 +115,15 @@ fn given(what: &'static str, path: &Path) -> Result<PathBuf, ImageError> {
 
 /// Version of the image layout, part of every initramfs digest: bump it when
 /// the build changes what it packs.
-const LAYOUT_VERSION: &[u8] = b"zeroboot-image-2";
+const LAYOUT_VERSION: &[u8] = b"zeroboot-image-3";
 
+/// Builds the initramfs; `modules` is the directory of the network modules
+/// of the kernel it will boot with (none for a kernel of the user's own).
 fn build_initramfs(
     apt: &apt::Apt,
     cache: &Path,
     opts: &BuildOptions,
+    modules: Option<&Path>,
 ) -> Result<PathBuf, ImageError> {
     let agent = agent::locate(opts.agent.as_deref())?;
     let debs = python::fetch(apt)?;
@@ -129,6 +132,21 @@ fn build_initramfs(
         .mix(LAYOUT_VERSION)
         .mix(format!("{:?}", opts.profile).as_bytes())
         .mix(&agent_bytes);
+    let modules: Vec<(String, Vec<u8>)> = match modules {
+        Some(dir) => kernel::NET_MODULES
+            .iter()
+            .flat_map(|m| m.iter())
+            .map(|m| {
+                let path = dir.join(format!("{m}.ko"));
+                let bytes = std::fs::read(&path).map_err(ImageError::io("cannot read", &path))?;
+                Ok((format!("{m}.ko"), bytes))
+            })
+            .collect::<Result<_, ImageError>>()?,
+        None => Vec::new(),
+    };
+    for (name, bytes) in &modules {
+        digest = digest.mix(name.as_bytes()).mix(bytes);
+    }
     for deb in &debs {
         digest = digest.mix(
             deb.file_name()
@@ -145,6 +163,12 @@ fn build_initramfs(
     std::fs::create_dir_all(&dir).map_err(ImageError::io("cannot create", &dir))?;
     let work = cache.join("work");
     let tree = python::stage(&debs, opts.profile, &work)?;
+    let module_dir = tree.join(zeroboot_proto::NET_MODULE_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&module_dir).map_err(ImageError::io("cannot create", &module_dir))?;
+    for (name, bytes) in &modules {
+        let to = module_dir.join(name);
+        std::fs::write(&to, bytes).map_err(ImageError::io("cannot write", &to))?;
+    }
     eprintln!("zeroboot image: packing {}", out.display());
     initramfs::write(&agent, &tree, &out)?;
     std::fs::remove_dir_all(&work).map_err(ImageError::io("cannot remove", &work))?;
@@ -189,13 +213,17 @@ pub fn build(opts: &BuildOptions) -> Result<ImagePaths, ImageError> {
     };
     let _lock = cache::lock(&cache)?;
     let apt = apt::Apt::new(&cache.join("debs"))?;
-    let kernel = match &opts.kernel {
-        Some(k) => given("kernel", k)?,
-        None => kernel::fetch(&apt, &cache)?,
+    let (kernel, modules) = match &opts.kernel {
+        Some(k) => (given("kernel", k)?, None),
+        None => {
+            let k = kernel::fetch(&apt, &cache)?;
+            let modules = kernel::modules_of(&k);
+            (k, modules)
+        }
     };
     let initramfs = match &opts.initramfs {
         Some(i) => given("initramfs", i)?,
-        None => build_initramfs(&apt, &cache, opts)?,
+        None => build_initramfs(&apt, &cache, opts, modules.as_deref())?,
     };
     Ok(ImagePaths { kernel, initramfs })
 }

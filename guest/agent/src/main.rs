@@ -11,6 +11,7 @@ mod entropy;
 mod exec;
 mod files;
 mod frames;
+mod net;
 mod reaper;
 mod server;
 mod sys;
@@ -53,6 +54,7 @@ fn start_runner(config: &Config) -> Runner {
     Runner {
         zygote,
         system: config.system,
+        net: None,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::frames::{self, Failure};
 use crate::reaper;
 use crate::transport::{Transport, TransportError};
 use zeroboot_proto::{
-    AgentErrorCode, Exec, FILE_MORE, HEADER_LEN, Header, Kind, ReadFile, WriteFile,
+    AgentErrorCode, Exec, FILE_MORE, HEADER_LEN, Header, Kind, NetUp, ReadFile, WriteFile,
 };
 
 /// Serves requests until the transport fails.
@@ -71,6 +71,17 @@ fn handle(
                     .map(Some)
             }
             Err(e) => Err(bad_request("read_file", e)),
+        },
+        Kind::NetUp => match NetUp::decode(payload) {
+            Ok(_) if runner.net.is_some() => Err(Failure::new(
+                AgentErrorCode::BadRequest,
+                "the network is already up",
+            )),
+            Ok(req) => crate::net::up(&req).map(|net| {
+                runner.net = Some(net);
+                None
+            }),
+            Err(e) => Err(bad_request("net_up", e)),
         },
         other => Err(Failure::new(
             AgentErrorCode::Unsupported,

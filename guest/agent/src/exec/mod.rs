@@ -43,6 +43,8 @@ pub struct Runner {
     /// Acting as a guest's system: set the clock per exec, and treat a
     /// refused entropy reseed as an error (a test process does neither).
     pub system: bool,
+    /// The network, once the host brought it up.
+    pub net: Option<crate::net::Net>,
 }
 
 impl Runner {
