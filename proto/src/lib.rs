@@ -32,7 +32,10 @@ mod net;
 
 pub use codec::{Reader, WireError, Writer};
 pub use messages::*;
-pub use net::{NET_MODULE_DIR, NetLink, NetUp, TAP_NET_MODULES, VIRTIO_NET_MODULES};
+pub use net::{
+    NET_ACTIVE, NET_MODULE_DIR, NetLink, NetUp, TAP_NET_MODULES, VIRTIO_NET_MODULES,
+    decode_frame_list,
+};
 
 /// Page size the mailbox is made of.
 pub const PAGE_SIZE: usize = 4096;
@@ -74,6 +77,10 @@ pub enum Kind {
     ReadFile = 0x04,
     /// Host: bring the network interface up ([`NetUp`] payload).
     NetUp = 0x05,
+    /// Host: frames for the guest's TAP device, answering
+    /// [`Kind::GuestFrames`] (a frame list, see [`encode_frame_list`]; flag
+    /// [`NET_ACTIVE`]).
+    NetFrames = 0x06,
     /// Guest: booted and waiting for work ([`Ready`] payload).
     Ready = 0x81,
     /// Guest: a chunk of output (stream id, then bytes).
@@ -86,6 +93,8 @@ pub enum Kind {
     FileData = 0x85,
     /// Guest: a request without output succeeded.
     Done = 0x86,
+    /// Guest: frames its TAP device sent, during an exec (a frame list).
+    GuestFrames = 0x87,
 }
 
 impl Kind {
@@ -97,12 +106,14 @@ impl Kind {
             0x03 => Kind::WriteFile,
             0x04 => Kind::ReadFile,
             0x05 => Kind::NetUp,
+            0x06 => Kind::NetFrames,
             0x81 => Kind::Ready,
             0x82 => Kind::Output,
             0x83 => Kind::Exit,
             0x84 => Kind::Error,
             0x85 => Kind::FileData,
             0x86 => Kind::Done,
+            0x87 => Kind::GuestFrames,
             other => return Err(WireError::UnknownKind(other)),
         })
     }

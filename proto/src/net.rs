@@ -1,7 +1,21 @@
 //! Payloads of the network requests: how the host tells the agent to bring
 //! up the guest's interface.
 
-use crate::{Reader, WireError, Writer};
+use crate::{Reader, StrList, WireError, Writer};
+
+/// `NetFrames` flag: the host has flows open, so the guest should ask
+/// again soon even if it has nothing to send (frames may arrive for it).
+pub const NET_ACTIVE: u32 = 1;
+
+/// Parses a frame list (a `u32` count, then each frame as a `u32` length
+/// and its bytes): the payload of [`crate::Kind::NetFrames`] and
+/// [`crate::Kind::GuestFrames`]. Encode one with [`StrList::encode`].
+pub fn decode_frame_list(payload: &[u8]) -> Result<StrList<'_>, WireError> {
+    let mut r = Reader::new(payload);
+    let list = StrList::decode(&mut r, 1)?;
+    r.finish()?;
+    Ok(list)
+}
 
 /// Kernel modules the [`NetLink::VirtioMmio`] link needs, in load order
 /// (each after its dependencies). Here so the image packs exactly what the

@@ -9,6 +9,7 @@ use zeroboot_proto::{
 
 use zeroboot_proto::Header;
 
+use super::network::{FramePort, answer_frames};
 use super::{AgentError, Mailbox};
 use crate::vmm::{Stop, Vm};
 
@@ -104,13 +105,15 @@ fn deliver(
 }
 
 /// Sends an Exec frame and runs the guest to its Exit, passing output chunks
-/// to `on_output` until `output_cap` bytes in all have been passed.
+/// to `on_output` until `output_cap` bytes in all have been passed. The
+/// guest's network frames, if it has a TAP link, go through `net`.
 pub fn exec(
     vm: &mut Vm,
     mailbox: &Mailbox,
     request: &[u8],
     output_cap: usize,
     on_output: &mut dyn FnMut(Stream, &[u8]),
+    net: Option<&dyn FramePort>,
 ) -> Result<ExecEnd, AgentError> {
     let mut payload = Vec::new();
     let mut delivered = 0usize;
@@ -138,6 +141,14 @@ pub fn exec(
                     truncated,
                 });
             }
+            Kind::GuestFrames => match net {
+                Some(port) => answer_frames(port, &payload, mailbox.capacity(), &mut next)?,
+                None => {
+                    return Err(AgentError::Protocol(
+                        "network frames from a guest without network".into(),
+                    ));
+                }
+            },
             Kind::Error => return Err(agent_error(&payload)),
             other => {
                 return Err(AgentError::Protocol(format!(

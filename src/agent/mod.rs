@@ -7,12 +7,14 @@
 mod conversation;
 mod error;
 mod mailbox;
+mod network;
 mod request;
 mod transfer;
 
 pub use conversation::{ExecEnd, boot, exec};
 pub use error::AgentError;
 pub use mailbox::Mailbox;
+pub use network::{FramePort, net_up};
 pub use request::{ExecRequest, encode_exec};
 pub use transfer::{FrameLink, VmLink, read_file, write_file};
-pub use zeroboot_proto::{AgentErrorCode, Kind, Program, Stream};
+pub use zeroboot_proto::{AgentErrorCode, Kind, NetLink, NetUp, Program, Stream};

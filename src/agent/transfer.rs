@@ -41,9 +41,9 @@ impl FrameLink for VmLink<'_> {
     }
 }
 
-/// Sends a file chunk request answered by one frame of kind `expect`;
-/// returns that frame's header flags (its payload is in `reply`).
-fn request(
+/// Sends a request answered by one frame of kind `expect`; returns that
+/// frame's header flags (its payload is in `reply`).
+pub(super) fn request(
     link: &mut dyn FrameLink,
     frame: &[u8],
     expect: Kind,

@@ -50,6 +50,10 @@ impl Engine {
                 reason,
             });
         }
+        let job = match &sb.net {
+            Some(net) => net.around(job),
+            None => job,
+        };
         let shell = sb.shell();
         let kicker = shell.thread.kicker().clone();
         kicker.clear();

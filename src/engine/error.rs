@@ -98,6 +98,9 @@ pub enum EngineError {
         /// The end of the guest's serial console.
         console: String,
     },
+    /// A fork's network policy has a bad entry.
+    #[error("network policy: {0}")]
+    NetworkPolicy(#[from] crate::net::PolicyError),
     /// The KVM layer failed.
     #[error(transparent)]
     Vmm(#[from] VmmError),

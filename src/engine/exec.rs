@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{CancelToken, Engine, EngineError};
-use crate::agent::{self, ExecRequest, Stream};
+use crate::agent::{self, ExecRequest, FramePort, Stream};
 
 /// Per-call knobs.
 #[derive(Clone, Default)]
@@ -57,6 +57,7 @@ impl Engine {
         let frame =
             agent::encode_exec(req, now_ns(), fresh_seed()).map_err(EngineError::from_agent)?;
         let mut result = ExecResult::default();
+        let port = self.sandbox(id)?.net.as_ref().map(|n| n.port());
         let end = self.converse(
             id,
             self.timeout_or_default(opts.timeout),
@@ -68,7 +69,10 @@ impl Engine {
                     Stream::Stderr => result.stderr.extend_from_slice(data),
                 }
             },
-            Box::new(move |vm, tpl, out| agent::exec(vm, &tpl.mailbox, &frame, cap, out)),
+            Box::new(move |vm, tpl, out| {
+                let net = port.as_deref().map(|p| p as &dyn FramePort);
+                agent::exec(vm, &tpl.mailbox, &frame, cap, out, net)
+            }),
         )?;
         result.exit_code = (end.signal == 0).then_some(end.code);
         result.signal = (end.signal != 0).then_some(end.signal);

@@ -14,6 +14,7 @@ mod exec;
 mod file;
 mod files;
 mod linux;
+mod network;
 mod pool;
 mod recycle;
 mod sandbox;
@@ -28,6 +29,7 @@ pub use cancel::CancelToken;
 pub use error::EngineError;
 pub use exec::{ExecOptions, ExecResult};
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
+pub use network::{MAX_CONNECTIONS, MIN_BYTES_PER_SEC, NetworkSpec};
 pub use template::{BARE_GUEST, Template};
 
 use crate::vmm::{Flavor, Hypervisor, memory};
@@ -110,6 +112,15 @@ pub struct SandboxStats {
     pub stray_pio: u64,
     /// MMIO accesses nothing answered.
     pub stray_mmio: u64,
+    /// Network counters; `None` for a sandbox without network.
+    pub network: Option<crate::net::NetStats>,
+}
+
+/// How a fork is made.
+#[derive(Clone, Debug, Default)]
+pub struct ForkOptions {
+    /// Network for the sandbox; `None`: no network device at all.
+    pub network: Option<NetworkSpec>,
 }
 
 /// A fork's result.
@@ -142,6 +153,7 @@ struct Inner {
     next_id: AtomicU64,
     shut: AtomicBool,
     refillers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    networking: network::Networking,
 }
 
 impl Engine {
@@ -158,6 +170,7 @@ impl Engine {
             next_id: AtomicU64::new(1),
             shut: AtomicBool::new(false),
             refillers: Mutex::new(Vec::new()),
+            networking: network::Networking::default(),
         })))
     }
 
@@ -336,8 +349,13 @@ impl Engine {
         Ok(children.len())
     }
 
-    /// Forks one sandbox from a template.
+    /// Forks one sandbox from a template, without network.
     pub fn fork(&self, template: &str) -> Result<Forked, EngineError> {
+        self.fork_with(template, &ForkOptions::default())
+    }
+
+    /// Forks one sandbox from a template as `opts` say.
+    pub fn fork_with(&self, template: &str, opts: &ForkOptions) -> Result<Forked, EngineError> {
         let start = Instant::now();
         let tpl = self.template(template)?;
         if self.0.shut.load(Ordering::SeqCst) {
@@ -358,15 +376,21 @@ impl Engine {
                 self.0.config.max_sandboxes
             )));
         }
+        let id = self.next_id("sb");
+        let net = opts
+            .network
+            .as_ref()
+            .map(|spec| self.sandbox_net(spec, &id))
+            .transpose()?;
         let (shell, pooled) = match tpl.pool.take() {
             Some(shell) => (shell, true),
             None => (Shell::new(tpl.spawn_shell(&self.0.hv)?), false),
         };
-        let id = self.next_id("sb");
         let sandbox = Arc::new(Sandbox {
             id: id.clone(),
             template: tpl,
             shell: Some(shell),
+            net,
             busy: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             created: Instant::now(),
@@ -385,8 +409,18 @@ impl Engine {
         })
     }
 
-    /// Forks `count` sandboxes, creating VMs on all cores in parallel.
+    /// Forks `count` sandboxes without network, creating VMs on all cores in parallel.
     pub fn fork_many(&self, template: &str, count: usize) -> Result<Vec<Forked>, EngineError> {
+        self.fork_many_with(template, count, &ForkOptions::default())
+    }
+
+    /// Forks `count` sandboxes as `opts` say, creating VMs on all cores in parallel.
+    pub fn fork_many_with(
+        &self,
+        template: &str,
+        count: usize,
+        opts: &ForkOptions,
+    ) -> Result<Vec<Forked>, EngineError> {
         self.template(template)?;
         let workers = (std::thread::available_parallelism().map_or(2, |n| n.get())
             * CREATORS_PER_CORE)
@@ -395,7 +429,11 @@ impl Engine {
             let handles: Vec<_> = (0..workers)
                 .map(|w| {
                     let n = count / workers + usize::from(w < count % workers);
-                    s.spawn(move || (0..n).map(|_| self.fork(template)).collect::<Vec<_>>())
+                    s.spawn(move || {
+                        (0..n)
+                            .map(|_| self.fork_with(template, opts))
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect();
             handles
@@ -479,6 +517,7 @@ impl Engine {
             uptime_ms: sb.created.elapsed().as_millis() as u64,
             stray_pio: c.stray.stray_pio,
             stray_mmio: c.stray.stray_mmio,
+            network: sb.net.as_ref().map(network::SandboxNet::stats),
         })
     }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::Template;
+use super::network::SandboxNet;
 use super::pool::{Health, Shell};
 use crate::vmm::BusStats;
 
@@ -15,6 +16,7 @@ pub(crate) struct Sandbox {
     pub id: String,
     pub template: Arc<Template>,
     pub shell: Option<Shell>,
+    pub net: Option<SandboxNet>,
     pub busy: AtomicBool,
     pub killed: AtomicBool,
     pub created: Instant,

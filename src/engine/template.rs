@@ -102,7 +102,7 @@ impl Template {
             ..Default::default()
         };
         let frame = agent::encode_exec(&req, 0, [0; 32]).map_err(EngineError::from_agent)?;
-        match agent::exec(&mut vm, &self.mailbox, &frame, 0, &mut |_, _| {}) {
+        match agent::exec(&mut vm, &self.mailbox, &frame, 0, &mut |_, _| {}, None) {
             Ok(_) | Err(agent::AgentError::Agent { .. }) => {}
             Err(e) => return Err(EngineError::from_agent(e)),
         }

@@ -275,9 +275,11 @@ impl Endpoint {
         taken
     }
 
-    /// Whether frames wait for the guest.
-    pub fn has_frames(&self) -> bool {
-        !self.lock().port.tx.is_empty()
+    /// Whether frames may come for the guest without it sending any:
+    /// frames wait, flows are open or lookups pending.
+    pub fn is_busy(&self) -> bool {
+        let st = self.lock();
+        !st.port.tx.is_empty() || st.flows.len() > 0 || st.dns_in_flight > 0
     }
 
     /// The counters.

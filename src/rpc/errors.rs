@@ -133,6 +133,11 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             msg,
             json!({"kind": "invalid_request", "detail": detail}),
         ),
+        EngineError::NetworkPolicy(e) => error(
+            INVALID_PARAMS,
+            msg,
+            json!({"kind": "network_policy", "detail": e.to_string()}),
+        ),
         EngineError::TemplateFile { path, detail } => error(
             TEMPLATE_FILE,
             msg,
@@ -284,6 +289,7 @@ pub(crate) mod tests {
                 detail: "bad magic".into(),
             },
             EngineError::Vmm(VmmError::OpenKvm(kvm_ioctls::Error::new(libc::EIO))),
+            EngineError::NetworkPolicy(crate::net::Policy::parse(&["300.0.0.1"], &[]).unwrap_err()),
             EngineError::LinuxNeedsHardwareKvm,
             EngineError::LinuxBoot {
                 reason: "triple fault".into(),
@@ -309,6 +315,7 @@ pub(crate) mod tests {
                 | EngineError::InvalidRequest(_)
                 | EngineError::TemplateFile { .. }
                 | EngineError::Vmm(_)
+                | EngineError::NetworkPolicy(_)
                 | EngineError::LinuxNeedsHardwareKvm
                 | EngineError::LinuxBoot { .. } => {}
             }

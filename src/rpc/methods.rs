@@ -194,13 +194,16 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
 
     engine_method(&mut m, "sandbox.fork", |engine, p: SandboxFork, _| {
         let start = Instant::now();
+        let opts = p.network.fork_options();
         match p.count {
-            None => raw(engine.fork(&p.template).map_err(engine_err)?),
+            None => raw(engine.fork_with(&p.template, &opts).map_err(engine_err)?),
             Some(n) if n == 0 || n > MAX_FORK_COUNT => Err(errors::invalid_params(format!(
                 "count must be between 1 and {MAX_FORK_COUNT}"
             ))),
             Some(n) => raw(ForkedMany {
-                sandboxes: engine.fork_many(&p.template, n).map_err(engine_err)?,
+                sandboxes: engine
+                    .fork_many_with(&p.template, n, &opts)
+                    .map_err(engine_err)?,
                 total_us: start.elapsed().as_micros() as u64,
             }),
         }

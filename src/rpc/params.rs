@@ -60,6 +60,58 @@ pub struct SandboxFork {
     pub template: String,
     /// Fork this many at once (the result is then a list).
     pub count: Option<usize>,
+    /// The sandboxes' network (absent or `false`: none).
+    #[serde(default)]
+    pub network: NetworkParam,
+}
+
+/// `network`: `false` for none, or a policy object.
+#[derive(Debug, Default)]
+pub struct NetworkParam(pub Option<NetworkPolicy>);
+
+impl<'de> Deserialize<'de> for NetworkParam {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(false) => Ok(NetworkParam(None)),
+            v @ serde_json::Value::Object(_) => NetworkPolicy::deserialize(v)
+                .map(|p| NetworkParam(Some(p)))
+                .map_err(|e| D::Error::custom(format!("network: {e}"))),
+            _ => Err(D::Error::custom(
+                "network must be false or an object {allow, deny, max_connections, max_bytes_per_sec}",
+            )),
+        }
+    }
+}
+
+/// A sandbox's network policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    /// Allowed destinations.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Denied destinations (deny wins).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Connections open at once.
+    pub max_connections: Option<usize>,
+    /// Bandwidth cap each way, bytes per second.
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+impl NetworkParam {
+    /// The engine's fork options for this param.
+    pub fn fork_options(self) -> crate::engine::ForkOptions {
+        crate::engine::ForkOptions {
+            network: self.0.map(|p| crate::engine::NetworkSpec {
+                allow: p.allow,
+                deny: p.deny,
+                max_connections: p.max_connections,
+                max_bytes_per_sec: p.max_bytes_per_sec,
+            }),
+        }
+    }
 }
 
 /// Params naming one sandbox.

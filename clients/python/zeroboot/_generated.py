@@ -59,6 +59,7 @@ SandboxStats = TypedDict("SandboxStats", {
     'uptime_ms': int,  # Time since the fork.
     'stray_pio': int,  # Port accesses nothing answered.
     'stray_mmio': int,  # MMIO accesses nothing answered.
+    'network': Union[None, "NetStats"],  # Network counters; null for a sandbox without network.
 })
 
 ExecResult = TypedDict("ExecResult", {
@@ -158,7 +159,13 @@ InvalidParamsData2 = TypedDict("InvalidParamsData2", {
     'detail': str,
 })
 
-InvalidParamsData = Union["InvalidParamsData1", "InvalidParamsData2"]
+# A `network` policy entry that is not `host[:port]`, `*.domain[:port]`, `*[:port]` or `CIDR[:port]` (the detail names the list, the entry and what is wrong).
+InvalidParamsData3 = TypedDict("InvalidParamsData3", {
+    'kind': Literal['network_policy'],
+    'detail': str,
+})
+
+InvalidParamsData = Union["InvalidParamsData1", "InvalidParamsData2", "InvalidParamsData3"]
 
 InternalErrorData = TypedDict("InternalErrorData", {
     'kind': Literal['internal'],
@@ -391,6 +398,27 @@ ErrorObject22 = TypedDict("ErrorObject22", {
 
 ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19", "ErrorObject20", "ErrorObject21", "ErrorObject22"]
 
+# What a sandbox's network may reach. Entries: `host[:port]` (one name), `*.domain[:port]` (names under the domain, not the domain itself), `*[:port]` (any name), `CIDR[:port]` (an IPv4 network; a plain address is a /32); no port means every port. Deny wins. Names act through DNS, which the host answers: a name no allow entry matches (or a deny entry without a port matches) does not resolve, and a connection is allowed only to an address an allow CIDR covers or an allowed name resolved to. Loopback (127.0.0.0/8, 0.0.0.0/8), link-local (169.254.0.0/16, the cloud metadata service 169.254.169.254), multicast and reserved addresses are refused unless an allow CIDR inside their block names them (`0.0.0.0/0` does not). IPv4 only.
+NetworkPolicy = TypedDict("NetworkPolicy", {
+    'allow': NotRequired[List[str]],  # Allowed destinations.
+    'deny': NotRequired[List[str]],  # Denied destinations.
+    'max_connections': NotRequired[int],  # TCP connections and UDP flows open at once (default 256); more are refused with a reset and counted in `limited`.
+    'max_bytes_per_sec': NotRequired[int],  # Bandwidth cap each way, in bytes per second (default 67108864, 64 MiB/s).
+})
+
+# Network counters of one sandbox since its fork.
+NetStats = TypedDict("NetStats", {
+    'bytes_sent': int,  # Payload bytes the guest sent out (TCP and UDP, DNS excluded).
+    'bytes_received': int,  # Payload bytes that came in for the guest.
+    'connections': int,  # TCP connections established and UDP flows opened.
+    'open_connections': int,  # Connections and flows open now (connecting included).
+    'refused': int,  # Connections, flows and DNS names the policy refused.
+    'limited': int,  # Connections, datagrams and lookups refused by a cap.
+    'failed': int,  # Host connects that failed or timed out.
+    'dns_queries': int,  # DNS queries answered.
+    'dropped_frames': int,  # Malformed or unsupported frames from the guest, and frames a full queue dropped.
+})
+
 # Params of template.load
 TemplateLoadParams = TypedDict("TemplateLoadParams", {
     'builtin': NotRequired[Literal['bare']],  # A built-in template.
@@ -444,6 +472,7 @@ TemplateSaveResult = TypedDict("TemplateSaveResult", {
 SandboxForkParams = TypedDict("SandboxForkParams", {
     'template': "TemplateId",  # The template.
     'count': NotRequired[int],  # Fork this many (the result is then a list).
+    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The sandboxes' network: `false` (the default) for none, or a policy. The guest's interface comes up before the sandbox's first request.
 })
 
 SandboxForkResult = Union["Forked", "ForkedMany"]

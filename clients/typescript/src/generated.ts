@@ -71,6 +71,8 @@ export type SandboxStats = {
   stray_pio: number;
   /** MMIO accesses nothing answered. */
   stray_mmio: number;
+  /** Network counters; null for a sandbox without network. */
+  network: null | NetStats;
 };
 
 /** ExecResult */
@@ -174,6 +176,9 @@ export type InvalidParamsData = {
   detail: string;
 } | {
   kind: "invalid_request";
+  detail: string;
+} | {
+  kind: "network_policy";
   detail: string;
 };
 
@@ -367,6 +372,40 @@ export type ErrorObject = {
   data: FileTooLargeData;
 };
 
+/** What a sandbox's network may reach. Entries: `host[:port]` (one name), `*.domain[:port]` (names under the domain, not the domain itself), `*[:port]` (any name), `CIDR[:port]` (an IPv4 network; a plain address is a /32); no port means every port. Deny wins. Names act through DNS, which the host answers: a name no allow entry matches (or a deny entry without a port matches) does not resolve, and a connection is allowed only to an address an allow CIDR covers or an allowed name resolved to. Loopback (127.0.0.0/8, 0.0.0.0/8), link-local (169.254.0.0/16, the cloud metadata service 169.254.169.254), multicast and reserved addresses are refused unless an allow CIDR inside their block names them (`0.0.0.0/0` does not). IPv4 only. */
+export type NetworkPolicy = {
+  /** Allowed destinations. */
+  allow?: string[];
+  /** Denied destinations. */
+  deny?: string[];
+  /** TCP connections and UDP flows open at once (default 256); more are refused with a reset and counted in `limited`. */
+  max_connections?: number;
+  /** Bandwidth cap each way, in bytes per second (default 67108864, 64 MiB/s). */
+  max_bytes_per_sec?: number;
+};
+
+/** Network counters of one sandbox since its fork. */
+export type NetStats = {
+  /** Payload bytes the guest sent out (TCP and UDP, DNS excluded). */
+  bytes_sent: number;
+  /** Payload bytes that came in for the guest. */
+  bytes_received: number;
+  /** TCP connections established and UDP flows opened. */
+  connections: number;
+  /** Connections and flows open now (connecting included). */
+  open_connections: number;
+  /** Connections, flows and DNS names the policy refused. */
+  refused: number;
+  /** Connections, datagrams and lookups refused by a cap. */
+  limited: number;
+  /** Host connects that failed or timed out. */
+  failed: number;
+  /** DNS queries answered. */
+  dns_queries: number;
+  /** Malformed or unsupported frames from the guest, and frames a full queue dropped. */
+  dropped_frames: number;
+};
+
 /** Params of `template.load`: Load a template. */
 export type TemplateLoadParams = {
   /** A built-in template. */
@@ -438,6 +477,8 @@ export type SandboxForkParams = {
   template: TemplateId;
   /** Fork this many (the result is then a list). */
   count?: number;
+  /** The sandboxes' network: `false` (the default) for none, or a policy. The guest's interface comes up before the sandbox's first request. */
+  network?: false | NetworkPolicy;
 };
 
 /** Result of `sandbox.fork` */

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use zeroboot_proto::{
     AgentErrorCode, NET_MODULE_DIR, NetLink, NetUp, TAP_NET_MODULES, VIRTIO_NET_MODULES,
@@ -39,10 +39,19 @@ struct RtEntry {
     irtt: libc::c_ushort,
 }
 
-/// The network once up: for the TAP link, the device the agent carries frames for.
+/// The network once up.
 pub struct Net {
-    /// The TAP device (`None` for virtio, where the kernel moves frames itself).
-    pub tap: Option<File>,
+    /// For the TAP link, the device whose frames the agent carries
+    /// (`None` for virtio, where the kernel moves frames itself).
+    pub tap: Option<Tap>,
+}
+
+/// A TAP device, non-blocking.
+pub struct Tap {
+    /// The device.
+    pub dev: File,
+    /// Its largest frame (Ethernet header and MTU).
+    pub frame_max: usize,
 }
 
 fn fail(what: &str, e: io::Error) -> Failure {
@@ -228,8 +237,10 @@ pub fn up(req: &NetUp) -> Result<Net, Failure> {
         ),
         NetLink::TapMailbox => {
             let name = "tap0".to_string();
-            let tap = open_tap(&name).map_err(|e| fail("TAP device", e))?;
-            (name, Some(tap))
+            let dev = open_tap(&name).map_err(|e| fail("TAP device", e))?;
+            crate::sys::set_nonblocking(dev.as_fd()).map_err(|e| fail("TAP device", e))?;
+            let frame_max = 14 + req.mtu as usize;
+            (name, Some(Tap { dev, frame_max }))
         }
     };
     configure(&ifname, req)?;

@@ -77,8 +77,9 @@ impl Runner {
                 }
             },
         };
+        let tap = self.net.as_ref().and_then(|n| n.tap.as_ref());
         match started {
-            Ok((mut running, stdio)) => pump::pump(t, running.as_mut(), stdio, &req),
+            Ok((mut running, stdio)) => pump::pump(t, running.as_mut(), stdio, &req, tap),
             Err(e) => {
                 let msg = format!("cannot start the program: {e}");
                 Ok(frames::error(t.buf(), AgentErrorCode::SpawnFailed, &msg))

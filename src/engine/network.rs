@@ -1,0 +1,170 @@
+//! Sandboxes with network. A fork that asks for it gets an endpoint of its
+//! own ([`crate::net`]): a user-space TCP/IP stack on the host that applies
+//! the fork's policy and caps, so forks of one snapshot, whose guests all
+//! have the same address and MAC, never share a flow.
+//!
+//! The guest's side costs nothing until it is used: a template has no
+//! network interface, and the fork's interface is brought up by a `NetUp`
+//! request that rides in front of the sandbox's first request (the fork
+//! itself stays as fast as one without network). A fork of a snapshot that
+//! had connections open starts with an empty endpoint, so the guest's old
+//! sockets see resets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::converse::Job;
+use super::{Engine, EngineError};
+use crate::agent::{self, FramePort, NetLink, NetUp, VmLink};
+use crate::net::{self, Endpoint, EndpointConfig, Limits, NetStats, Network, Policy};
+
+/// How the guest's interface reaches its endpoint.
+const LINK: NetLink = NetLink::TapMailbox;
+/// The link's MTU.
+const MTU: usize = 1500;
+/// Most connections a fork may ask for.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Smallest bandwidth cap a fork may ask for, bytes per second.
+pub const MIN_BYTES_PER_SEC: u64 = 1024;
+
+/// What a sandbox's network may reach, in the caller's words (checked when
+/// a fork asks for it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// Allowed destinations: `host[:port]`, `*.domain[:port]`, `*[:port]`,
+    /// `CIDR[:port]`.
+    pub allow: Vec<String>,
+    /// Denied destinations, same forms; deny wins.
+    pub deny: Vec<String>,
+    /// Connections open at once (default [`Limits::DEFAULT`]).
+    pub max_connections: Option<usize>,
+    /// Bandwidth cap each way, bytes per second (default [`Limits::DEFAULT`]).
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+impl NetworkSpec {
+    fn config(&self, label: &str) -> Result<EndpointConfig, EngineError> {
+        let policy = Policy::parse(&self.allow, &self.deny)?;
+        let max_connections = self
+            .max_connections
+            .unwrap_or(Limits::DEFAULT.max_connections);
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+            return Err(EngineError::InvalidRequest(format!(
+                "network.max_connections must be 1 to {MAX_CONNECTIONS}"
+            )));
+        }
+        let bytes_per_sec = self
+            .max_bytes_per_sec
+            .unwrap_or(Limits::DEFAULT.bytes_per_sec);
+        if bytes_per_sec < MIN_BYTES_PER_SEC {
+            return Err(EngineError::InvalidRequest(format!(
+                "network.max_bytes_per_sec must be at least {MIN_BYTES_PER_SEC}"
+            )));
+        }
+        Ok(EndpointConfig {
+            policy,
+            limits: Limits {
+                max_connections,
+                bytes_per_sec,
+            },
+            mtu: MTU,
+            label: label.to_string(),
+        })
+    }
+}
+
+/// A sandbox's network.
+pub(crate) struct SandboxNet {
+    /// Its endpoint.
+    pub endpoint: Arc<Endpoint>,
+    /// Whether the guest's interface is up.
+    up: Arc<AtomicBool>,
+}
+
+impl SandboxNet {
+    /// The counters.
+    pub fn stats(&self) -> NetStats {
+        self.endpoint.stats()
+    }
+
+    /// The endpoint as the agent's conversation sees it (TAP link).
+    pub fn port(&self) -> Arc<Endpoint> {
+        Arc::clone(&self.endpoint)
+    }
+
+    /// `job`, preceded by bringing the guest's interface up if it is not.
+    pub fn around<T: Send + 'static>(&self, job: Job<T>) -> Job<T> {
+        if self.up.load(Ordering::SeqCst) {
+            return job;
+        }
+        let up = Arc::clone(&self.up);
+        Box::new(move |vm, tpl, out| {
+            if !up.load(Ordering::SeqCst) {
+                agent::net_up(
+                    &mut VmLink {
+                        vm,
+                        mailbox: &tpl.mailbox,
+                    },
+                    &net_up_request(),
+                )?;
+                up.store(true, Ordering::SeqCst);
+            }
+            job(vm, tpl, out)
+        })
+    }
+}
+
+impl FramePort for Endpoint {
+    fn from_guest(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
+        self.guest_frames(frames);
+    }
+
+    fn to_guest(&self, put: &mut dyn FnMut(&[u8]) -> bool) {
+        self.take_frames(put);
+    }
+
+    fn active(&self) -> bool {
+        self.is_busy()
+    }
+}
+
+/// The guest's interface settings: the same in every sandbox.
+fn net_up_request() -> NetUp {
+    NetUp {
+        link: LINK,
+        mac: net::GUEST_MAC.0,
+        addr: net::GUEST_IP.octets(),
+        prefix_len: u32::from(net::PREFIX_LEN),
+        gateway: net::GATEWAY_IP.octets(),
+        dns: net::GATEWAY_IP.octets(),
+        mtu: MTU as u32,
+    }
+}
+
+/// The engine's network threads, started by the first fork that needs them.
+#[derive(Default)]
+pub(crate) struct Networking(OnceLock<Result<Network, String>>);
+
+impl Engine {
+    /// A new sandbox's network, as `spec` says.
+    pub(crate) fn sandbox_net(
+        &self,
+        spec: &NetworkSpec,
+        label: &str,
+    ) -> Result<SandboxNet, EngineError> {
+        let config = spec.config(label)?;
+        let network = self
+            .0
+            .networking
+            .0
+            .get_or_init(|| Network::start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| {
+                EngineError::ResourceLimit(format!("cannot start the network threads: {e}"))
+            })?;
+        Ok(SandboxNet {
+            endpoint: network.endpoint(config),
+            up: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
