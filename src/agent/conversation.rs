@@ -9,7 +9,7 @@ use zeroboot_proto::{
 
 use zeroboot_proto::Header;
 
-use super::network::{FramePort, answer_frames};
+use super::network::{FramePort, Unplugged, answer_frames};
 use super::{AgentError, Mailbox};
 use crate::vmm::{Stop, Vm};
 
@@ -141,14 +141,10 @@ pub fn exec(
                     truncated,
                 });
             }
-            Kind::GuestFrames => match net {
-                Some(port) => answer_frames(port, &payload, mailbox.capacity(), &mut next)?,
-                None => {
-                    return Err(AgentError::Protocol(
-                        "network frames from a guest without network".into(),
-                    ));
-                }
-            },
+            Kind::GuestFrames => {
+                let port = net.unwrap_or(&Unplugged);
+                answer_frames(port, &payload, mailbox.capacity(), &mut next)?;
+            }
             Kind::Error => return Err(agent_error(&payload)),
             other => {
                 return Err(AgentError::Protocol(format!(

@@ -27,6 +27,20 @@ pub trait FramePort: Send + Sync {
     fn active(&self) -> bool;
 }
 
+/// The port of a sandbox without network whose guest has an interface (a
+/// fork, without network, of a snapshot taken with it): frames go nowhere.
+pub(super) struct Unplugged;
+
+impl FramePort for Unplugged {
+    fn from_guest(&self, _: &mut dyn Iterator<Item = &[u8]>) {}
+
+    fn to_guest(&self, _: &mut dyn FnMut(&[u8]) -> bool) {}
+
+    fn active(&self) -> bool {
+        false
+    }
+}
+
 /// Answers a [`Kind::GuestFrames`] payload: its frames go to `port`, and the
 /// reply (frames for the guest, at most `capacity` bytes with the header)
 /// is written into `next`.

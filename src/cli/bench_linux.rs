@@ -1,7 +1,8 @@
 //! `zeroboot bench --linux KERNEL INITRAMFS`: the Linux-guest figures — how
-//! long a template takes to boot to Ready and be captured, and a fork plus a
-//! Python `print(1+1)` exec — with their repetitions and percentiles. Needs
-//! hardware KVM (on kvm-pvm the template build is refused at once).
+//! long a template takes to boot to Ready and be captured, a fork plus a
+//! Python `print(1+1)` exec, and a fork's network (`bench_net.rs`) — with
+//! their repetitions and percentiles. Needs hardware KVM (on kvm-pvm the
+//! template build is refused at once).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -70,8 +71,17 @@ pub fn run(
         exec.push(t.elapsed());
     }
     engine.kill(&one.sandbox)?;
+    // Connects as many as the other figures' samples (at least 20); a few
+    // 8 MiB downloads.
+    let net = super::bench_net::run(
+        &engine,
+        &tpl.template,
+        samples.max(20),
+        (samples / 5).clamp(3, 10),
+        8,
+    )?;
     engine.shutdown();
-    Ok(json!({
+    let mut report = json!({
         "kvm": engine.flavor().as_str(),
         "samples": samples,
         "pool_size": config.pool_size,
@@ -81,7 +91,11 @@ pub fn run(
         "exec_python_us": summarize(&exec),
         "fork_exec_python_private_kib": summarize_values(dirty_kib),
         "fork_exec_python_exits": summarize_values(exits),
-    }))
+    });
+    if let (Some(r), Value::Object(n)) = (report.as_object_mut(), net) {
+        r.extend(n);
+    }
+    Ok(report)
 }
 
 /// The figures as a few lines of text.
@@ -100,6 +114,8 @@ pub fn print_table(v: &Value) {
         ("exec_python_us", "us"),
         ("fork_exec_python_private_kib", "KiB"),
         ("fork_exec_python_exits", "exits"),
+        ("net_connect_us", "us"),
+        ("net_throughput_mib_s", "MiB/s"),
     ] {
         let s = &v[key];
         println!(

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_linux;
+mod bench_net;
 mod bench_rpc;
 mod doctor;
 mod image;

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod linux;
+
 use zeroboot::agent::ExecRequest;
 use zeroboot::engine::{Engine, EngineConfig, EngineError, ExecOptions, ExecResult};
 

@@ -73,10 +73,9 @@ fn handle(
             Err(e) => Err(bad_request("read_file", e)),
         },
         Kind::NetUp => match NetUp::decode(payload) {
-            Ok(_) if runner.net.is_some() => Err(Failure::new(
-                AgentErrorCode::BadRequest,
-                "the network is already up",
-            )),
+            // A fork of a snapshot taken with the network up: every
+            // sandbox's interface settings are the same, so it is done.
+            Ok(_) if runner.net.is_some() => Ok(None),
             Ok(req) => crate::net::up(&req).map(|net| {
                 runner.net = Some(net);
                 None

@@ -1,0 +1,133 @@
+//! The network figures of `zeroboot bench --linux`: how long a guest's TCP
+//! connect takes (`net_connect_us`) and how fast it downloads
+//! (`net_throughput_mib_s`), both measured by the guest's own clock in a
+//! fork with network, against a server the bench starts on 127.0.0.1. The
+//! connect waits for the host's own connect to the server (the endpoint
+//! holds the guest's SYN until then), so it is the whole path.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+
+use serde_json::{Value, json};
+use zeroboot::agent::{ExecRequest, Program};
+use zeroboot::engine::{Engine, EngineError, ExecOptions, ForkOptions, NetworkSpec};
+
+use super::stats::summarize_values;
+
+/// A server on 127.0.0.1: each connection may send a decimal byte count and
+/// a newline, and gets that many bytes before the server closes it.
+fn server() -> Result<SocketAddr, EngineError> {
+    let io = |e: std::io::Error| EngineError::ResourceLimit(format!("bench server: {e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = BufReader::new(&conn);
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut left: usize = line.trim().parse().unwrap_or(0);
+                let chunk = vec![b'z'; 256 << 10];
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if (&conn).write_all(&chunk[..n]).is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Runs `source` in `sandbox`; its stdout as numbers.
+fn measure(engine: &Engine, sandbox: &str, source: String) -> Result<Vec<f64>, EngineError> {
+    let req = ExecRequest {
+        argv: vec![source],
+        program: Some(Program::Python),
+        ..Default::default()
+    };
+    let opts = ExecOptions {
+        timeout: Some(std::time::Duration::from_secs(600)),
+        ..Default::default()
+    };
+    let r = engine.exec(sandbox, &req, &opts, &mut |_, _| {})?;
+    let out = String::from_utf8_lossy(&r.stdout);
+    let values: Option<Vec<f64>> = out.split_whitespace().map(|v| v.parse().ok()).collect();
+    match values {
+        Some(v) if r.exit_code == Some(0) && !v.is_empty() => Ok(v),
+        _ => Err(EngineError::InvalidRequest(format!(
+            "network bench exec gave exit {:?}, stdout {out:?}, stderr {:?}",
+            r.exit_code,
+            String::from_utf8_lossy(&r.stderr)
+        ))),
+    }
+}
+
+/// `net_connect_us` over `connects` connects and `net_throughput_mib_s`
+/// over `downloads` downloads of `mib` MiB each, in one fork of `template`.
+pub fn run(
+    engine: &Engine,
+    template: &str,
+    connects: usize,
+    downloads: usize,
+    mib: usize,
+) -> Result<Value, EngineError> {
+    let addr = server()?;
+    let port = addr.port();
+    let opts = ForkOptions {
+        network: Some(NetworkSpec {
+            allow: vec![addr.to_string()],
+            ..Default::default()
+        }),
+    };
+    let sb = engine.fork_with(template, &opts)?.sandbox;
+    let connect_us = measure(
+        engine,
+        &sb,
+        format!(
+            "import socket, time\n\
+             ts = []\n\
+             for i in range({connects}):\n\
+             \x20   t = time.perf_counter()\n\
+             \x20   s = socket.create_connection(('127.0.0.1', {port}))\n\
+             \x20   ts.append(time.perf_counter() - t)\n\
+             \x20   s.close()\n\
+             print(' '.join('%.1f' % (t * 1e6) for t in ts))"
+        ),
+    )?;
+    let bytes = mib << 20;
+    let mib_s = measure(
+        engine,
+        &sb,
+        format!(
+            "import socket, time\n\
+             buf = bytearray(1 << 20)\n\
+             rates = []\n\
+             for i in range({downloads}):\n\
+             \x20   s = socket.create_connection(('127.0.0.1', {port}))\n\
+             \x20   s.sendall(b'{bytes}\\n')\n\
+             \x20   t, n = time.perf_counter(), 0\n\
+             \x20   while True:\n\
+             \x20       k = s.recv_into(buf)\n\
+             \x20       if not k:\n\
+             \x20           break\n\
+             \x20       n += k\n\
+             \x20   rates.append(n / (time.perf_counter() - t) / 1048576)\n\
+             \x20   s.close()\n\
+             \x20   assert n == {bytes}, n\n\
+             print(' '.join('%.3f' % r for r in rates))"
+        ),
+    )?;
+    let net = engine.stats(&sb)?.network;
+    engine.kill(&sb)?;
+    Ok(json!({
+        "net_connect_us": summarize_values(connect_us),
+        "net_throughput_mib_s": summarize_values(mib_s),
+        "net_download_mib": mib,
+        "net_stats": net,
+    }))
+}
