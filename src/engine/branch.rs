@@ -23,9 +23,16 @@ impl Engine {
                     // A stopped vCPU may owe the guest the end of its last
                     // doorbell write; finish it so the state is self-consistent.
                     vm.complete_pending_io()?;
-                    let state = vm.capture(&hv, &tpl.cpuid)?;
-                    let memfd = Memfd::create("zeroboot-branch", tpl.memory_bytes())?;
-                    vm.ram().copy_into(&tpl.memfd, &memfd)?;
+                    // Frames arriving meanwhile would make the memory copy
+                    // disagree with the network device's captured queues.
+                    vm.pause_net(true);
+                    let captured = vm.capture(&hv, &tpl.cpuid).and_then(|state| {
+                        let memfd = Memfd::create("zeroboot-branch", tpl.memory_bytes())?;
+                        vm.ram().copy_into(&tpl.memfd, &memfd)?;
+                        Ok((state, memfd))
+                    });
+                    vm.pause_net(false);
+                    let (state, memfd) = captured?;
                     memfd.seal()?;
                     Ok(Snapshot {
                         memfd,

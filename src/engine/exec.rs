@@ -57,7 +57,7 @@ impl Engine {
         let frame =
             agent::encode_exec(req, now_ns(), fresh_seed()).map_err(EngineError::from_agent)?;
         let mut result = ExecResult::default();
-        let port = self.sandbox(id)?.net.as_ref().map(|n| n.port());
+        let port = self.sandbox(id)?.net.as_ref().and_then(|n| n.port());
         let end = self.converse(
             id,
             self.timeout_or_default(opts.timeout),

@@ -386,6 +386,9 @@ impl Engine {
             Some(shell) => (shell, true),
             None => (Shell::new(tpl.spawn_shell(&self.0.hv)?), false),
         };
+        if let Some(net) = &net {
+            net.plug(&shell.thread);
+        }
         let sandbox = Arc::new(Sandbox {
             id: id.clone(),
             template: tpl,

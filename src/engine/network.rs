@@ -16,10 +16,18 @@ use std::sync::{Arc, OnceLock};
 use super::converse::Job;
 use super::{Engine, EngineError};
 use crate::agent::{self, FramePort, NetLink, NetUp, VmLink};
-use crate::net::{self, Endpoint, EndpointConfig, Limits, NetStats, Network, Policy};
+use crate::net::{self, Endpoint, EndpointConfig, GuestLink, Limits, NetStats, Network, Policy};
+use crate::vmm::{NetBackend, NetHandle, VcpuThread};
 
-/// How the guest's interface reaches its endpoint.
-const LINK: NetLink = NetLink::TapMailbox;
+/// How the guest's interface reaches its endpoint. Both links are built
+/// while they are measured against each other (docs/networking.md);
+/// `ZEROBOOT_NET_LINK=tap` picks the TAP one, else virtio-net.
+fn link() -> NetLink {
+    match std::env::var("ZEROBOOT_NET_LINK").as_deref() {
+        Ok("tap") => NetLink::TapMailbox,
+        _ => NetLink::VirtioMmio,
+    }
+}
 /// The link's MTU.
 const MTU: usize = 1500;
 /// Most connections a fork may ask for.
@@ -87,9 +95,26 @@ impl SandboxNet {
         self.endpoint.stats()
     }
 
-    /// The endpoint as the agent's conversation sees it (TAP link).
-    pub fn port(&self) -> Arc<Endpoint> {
-        Arc::clone(&self.endpoint)
+    /// The endpoint as the agent's conversation sees it (TAP link only).
+    pub fn port(&self) -> Option<Arc<Endpoint>> {
+        (link() == NetLink::TapMailbox).then(|| Arc::clone(&self.endpoint))
+    }
+
+    /// Plugs the sandbox's VM into its endpoint (virtio link): queued on the
+    /// VM's thread, ahead of any request.
+    pub fn plug(&self, thread: &VcpuThread) {
+        if link() != NetLink::VirtioMmio {
+            return;
+        }
+        let endpoint = Arc::clone(&self.endpoint);
+        thread.submit(move |vm| {
+            let handle = vm.attach_net(
+                Arc::clone(&endpoint) as Arc<dyn NetBackend>,
+                net::GUEST_MAC.0,
+                MTU as u16,
+            );
+            endpoint.set_link(Some(Arc::new(DeviceLink(handle))));
+        });
     }
 
     /// `job`, preceded by bringing the guest's interface up if it is not.
@@ -114,6 +139,25 @@ impl SandboxNet {
     }
 }
 
+/// Wakes the VM's network device when frames arrive for its guest.
+struct DeviceLink(NetHandle);
+
+impl GuestLink for DeviceLink {
+    fn frames_ready(&self) {
+        self.0.deliver();
+    }
+}
+
+impl NetBackend for Endpoint {
+    fn from_guest(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
+        self.guest_frames(frames);
+    }
+
+    fn to_guest(&self, put: &mut dyn FnMut(&[u8]) -> bool) {
+        self.take_frames(put);
+    }
+}
+
 impl FramePort for Endpoint {
     fn from_guest(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
         self.guest_frames(frames);
@@ -131,7 +175,7 @@ impl FramePort for Endpoint {
 /// The guest's interface settings: the same in every sandbox.
 fn net_up_request() -> NetUp {
     NetUp {
-        link: LINK,
+        link: link(),
         mac: net::GUEST_MAC.0,
         addr: net::GUEST_IP.octets(),
         prefix_len: u32::from(net::PREFIX_LEN),

@@ -34,6 +34,8 @@ pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell) {
     let health = Arc::clone(&shell.health);
     let t = Arc::clone(tpl);
     let queued = shell.thread.submit(move |vm| {
+        // No frame may land in memory handed to the next tenant.
+        vm.detach_net();
         let reset = vm
             .ram()
             .reset_private(&t.memfd, IN_PLACE_RESET_PAGES)

@@ -8,6 +8,7 @@
 mod bus;
 mod error;
 mod hypervisor;
+mod irq;
 mod kick;
 pub mod layout;
 mod limits;
@@ -20,6 +21,7 @@ mod state;
 mod thread;
 mod tsc;
 mod vcpu;
+mod virtio;
 mod vm;
 mod x86;
 
@@ -34,4 +36,5 @@ pub use serial::{ConsoleLog, ConsoleTail, SerialRegs};
 pub use state::{MachineState, VcpuState, VmState};
 pub use thread::{VcpuThread, live_vms};
 pub use vcpu::{Stop, run_until_stop};
+pub use virtio::{NET_IRQ, NET_MMIO_BASE, NET_MMIO_SIZE, NetBackend, NetHandle};
 pub use vm::Vm;
