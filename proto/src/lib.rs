@@ -34,7 +34,7 @@ pub use codec::{Reader, WireError, Writer};
 pub use messages::*;
 pub use net::{
     NET_ACTIVE, NET_MODULE_DIR, NetLink, NetUp, TAP_NET_MODULES, VIRTIO_NET_MODULES,
-    decode_frame_list,
+    decode_frame_list, module_depends,
 };
 
 /// Page size the mailbox is made of.

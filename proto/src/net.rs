@@ -17,21 +17,30 @@ pub fn decode_frame_list(payload: &[u8]) -> Result<StrList<'_>, WireError> {
     Ok(list)
 }
 
-/// Kernel modules the [`NetLink::VirtioMmio`] link needs, in load order
-/// (each after its dependencies). Here so the image packs exactly what the
-/// agent loads.
-pub const VIRTIO_NET_MODULES: &[&str] = &[
-    "virtio",
-    "virtio_ring",
-    "virtio_mmio",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
+/// Kernel modules the [`NetLink::VirtioMmio`] link needs. The image packs
+/// them with what they depend on, and the agent loads each after its
+/// dependencies (read with [`module_depends`]: which modules a module needs
+/// changes between kernel builds).
+pub const VIRTIO_NET_MODULES: &[&str] = &["virtio_mmio", "virtio_net"];
 /// Kernel modules the [`NetLink::TapMailbox`] link needs.
 pub const TAP_NET_MODULES: &[&str] = &["tun"];
-/// Where the image puts those modules (`NAME.ko`).
+/// Where the image puts those modules and their dependencies (`NAME.ko`).
 pub const NET_MODULE_DIR: &str = "/lib/modules/zeroboot";
+
+/// The modules a kernel module needs loaded first: the comma-separated
+/// `depends=` entry of its `.modinfo` section (empty when it has none).
+pub fn module_depends(ko: &[u8]) -> impl Iterator<Item = &[u8]> {
+    const KEY: &[u8] = b"\0depends=";
+    let value = ko
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .map(|at| {
+            let rest = &ko[at + KEY.len()..];
+            &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+        })
+        .unwrap_or(&[]);
+    value.split(|&b| b == b',').filter(|d| !d.is_empty())
+}
 
 /// How the guest's interface reaches the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -277,3 +277,14 @@ fn net_up_round_trips_and_rejects_bad_values() {
     buf[0] = 9;
     assert_eq!(NetUp::decode(&buf[..n]), Err(WireError::BadValue));
 }
+
+#[test]
+fn module_dependencies_come_from_modinfo() {
+    let ko = b"\x7fELF...\0license=GPL\0depends=virtio_ring,virtio\0intree=Y\0";
+    let deps: [&[u8]; 2] = [b"virtio_ring", b"virtio"];
+    assert!(module_depends(ko).eq(deps));
+    assert_eq!(module_depends(b"\0depends=\0x").count(), 0);
+    assert_eq!(module_depends(b"no modinfo at all").count(), 0);
+    let mut one = module_depends(b"\0depends=a");
+    assert_eq!((one.next(), one.next()), (Some(&b"a"[..]), None));
+}

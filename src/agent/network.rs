@@ -19,9 +19,9 @@ pub fn net_up(link: &mut dyn FrameLink, up: &NetUp) -> Result<(), AgentError> {
 /// Where a guest's frames go and come from: its network endpoint.
 pub trait FramePort: Send + Sync {
     /// Takes the frames the guest sent.
-    fn from_guest(&self, frames: &mut dyn Iterator<Item = &[u8]>);
+    fn transmitted(&self, frames: &mut dyn Iterator<Item = &[u8]>);
     /// Hands waiting frames to `put` until it refuses one.
-    fn to_guest(&self, put: &mut dyn FnMut(&[u8]) -> bool);
+    fn receive(&self, put: &mut dyn FnMut(&[u8]) -> bool);
     /// Whether frames may come for the guest without it sending any
     /// (connections open, lookups pending).
     fn active(&self) -> bool;
@@ -32,9 +32,9 @@ pub trait FramePort: Send + Sync {
 pub(super) struct Unplugged;
 
 impl FramePort for Unplugged {
-    fn from_guest(&self, _: &mut dyn Iterator<Item = &[u8]>) {}
+    fn transmitted(&self, _: &mut dyn Iterator<Item = &[u8]>) {}
 
-    fn to_guest(&self, _: &mut dyn FnMut(&[u8]) -> bool) {}
+    fn receive(&self, _: &mut dyn FnMut(&[u8]) -> bool) {}
 
     fn active(&self) -> bool {
         false
@@ -51,12 +51,12 @@ pub(super) fn answer_frames(
     next: &mut Vec<u8>,
 ) -> Result<(), AgentError> {
     let list = decode_frame_list(payload)?;
-    port.from_guest(&mut list.iter());
+    port.transmitted(&mut list.iter());
     next.clear();
     next.resize(capacity, 0);
     let mut at = HEADER_LEN + 4;
     let mut count = 0u32;
-    port.to_guest(&mut |frame| {
+    port.receive(&mut |frame| {
         let end = at + 4 + frame.len();
         if end > capacity {
             return false;

@@ -149,21 +149,21 @@ impl GuestLink for DeviceLink {
 }
 
 impl NetBackend for Endpoint {
-    fn from_guest(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
+    fn transmitted(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
         self.guest_frames(frames);
     }
 
-    fn to_guest(&self, put: &mut dyn FnMut(&[u8]) -> bool) {
+    fn receive(&self, put: &mut dyn FnMut(&[u8]) -> bool) {
         self.take_frames(put);
     }
 }
 
 impl FramePort for Endpoint {
-    fn from_guest(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
+    fn transmitted(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
         self.guest_frames(frames);
     }
 
-    fn to_guest(&self, put: &mut dyn FnMut(&[u8]) -> bool) {
+    fn receive(&self, put: &mut dyn FnMut(&[u8]) -> bool) {
         self.take_frames(put);
     }
 

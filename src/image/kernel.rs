@@ -1,18 +1,21 @@
 //! The guest kernel: Debian's `linux-image-cloud-amd64` (a bzImage with the
 //! 8250 serial driver built in), resolved from the meta-package to the
 //! versioned kernel package and unpacked into the cache, with the few
-//! modules a sandbox's network needs ([`NET_MODULES`], loaded by the agent
-//! only when a sandbox asks for network) next to it in `modules/`.
+//! modules a sandbox's network needs ([`NET_MODULES`] and what they depend
+//! on, loaded by the agent only when a sandbox asks for network) next to it
+//! in `modules/`.
 
 use super::ImageError;
 use super::apt::Apt;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The meta-package that always depends on the current cloud kernel.
 const META: &str = "linux-image-cloud-amd64";
 
-/// Modules the image carries: every network link's.
+/// Modules the image carries: every network link's (their dependencies
+/// come along).
 pub const NET_MODULES: [&[&str]; 2] = [
     zeroboot_proto::VIRTIO_NET_MODULES,
     zeroboot_proto::TAP_NET_MODULES,
@@ -22,7 +25,7 @@ fn net_modules() -> impl Iterator<Item = &'static str> {
     NET_MODULES.iter().flat_map(|m| m.iter().copied())
 }
 
-/// The network modules next to a cached `vmlinuz`, when all are there.
+/// The network modules next to a cached `vmlinuz`, when they are there.
 pub fn modules_of(vmlinuz: &Path) -> Option<PathBuf> {
     let dir = vmlinuz.parent()?.join("modules");
     net_modules()
@@ -30,32 +33,58 @@ pub fn modules_of(vmlinuz: &Path) -> Option<PathBuf> {
         .then_some(dir)
 }
 
-/// Copies the network modules found anywhere under the unpacked package's
-/// `lib/modules` into `into`, as `NAME.ko`.
-fn copy_modules(package: &str, unpacked: &Path, into: &Path) -> Result<(), ImageError> {
-    fs::create_dir_all(into).map_err(ImageError::io("cannot create", into))?;
-    let mut stack = vec![unpacked.join("lib/modules")];
+/// Every `.ko` under `root`, by module name (`-` in file names is `_` in
+/// module names).
+fn index_modules(root: &Path) -> Result<HashMap<String, PathBuf>, ImageError> {
+    let mut found = HashMap::new();
+    let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir).map_err(ImageError::io("cannot list", &dir))? {
             let path = entry.map_err(ImageError::io("cannot list", &dir))?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            match name.as_deref().and_then(|n| n.strip_suffix(".ko")) {
-                _ if path.is_dir() => stack.push(path),
-                Some(m) if net_modules().any(|w| w == m) => {
-                    let to = into.join(format!("{m}.ko"));
-                    fs::copy(&path, &to).map_err(ImageError::io("cannot copy", &path))?;
-                }
-                _ => {}
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Some(m) = path
+                .file_name()
+                .and_then(|n| n.to_str()?.strip_suffix(".ko"))
+            {
+                found.insert(m.replace('-', "_"), path);
             }
         }
     }
-    match net_modules().find(|m| !into.join(format!("{m}.ko")).is_file()) {
-        Some(_) => Err(ImageError::PackageContents {
-            package: package.into(),
-            what: "network kernel module (virtio_net, tun and their dependencies, as .ko)",
-        }),
-        None => Ok(()),
+    Ok(found)
+}
+
+/// Copies the network modules and everything they depend on, found
+/// anywhere under the unpacked package's `lib/modules`, into `into` as
+/// `NAME.ko` (through a staging directory: `into` appears whole or not at all).
+fn copy_modules(package: &str, unpacked: &Path, into: &Path) -> Result<(), ImageError> {
+    let index = index_modules(&unpacked.join("lib/modules"))?;
+    let staging = into.with_extension("partial");
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(ImageError::io("cannot remove", &staging))?;
     }
+    fs::create_dir_all(&staging).map_err(ImageError::io("cannot create", &staging))?;
+    let mut wanted: Vec<String> = net_modules().map(str::to_owned).collect();
+    let mut copied = HashSet::new();
+    while let Some(m) = wanted.pop() {
+        if !copied.insert(m.clone()) {
+            continue;
+        }
+        let from = index.get(&m).ok_or_else(|| ImageError::PackageContents {
+            package: package.into(),
+            what: "network kernel module (virtio_net, tun or one they depend on, as .ko)",
+        })?;
+        let ko = fs::read(from).map_err(ImageError::io("cannot read", from))?;
+        wanted.extend(
+            zeroboot_proto::module_depends(&ko).map(|d| String::from_utf8_lossy(d).into_owned()),
+        );
+        let to = staging.join(format!("{m}.ko"));
+        fs::write(&to, &ko).map_err(ImageError::io("cannot write", &to))?;
+    }
+    if into.exists() {
+        fs::remove_dir_all(into).map_err(ImageError::io("cannot remove", into))?;
+    }
+    fs::rename(&staging, into).map_err(ImageError::io("cannot move modules to", into))
 }
 
 /// The kernel package named in the meta-package's `Depends` field.
@@ -113,21 +142,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn network_modules_are_copied_flat_and_a_missing_one_is_an_error() {
+    fn network_modules_come_with_their_dependencies_and_a_missing_one_is_an_error() {
         let root = std::env::temp_dir().join(format!("zeroboot-mods-{}", std::process::id()));
         let tree = root.join("unpacked/lib/modules/6.1.0-1-cloud-amd64/kernel");
-        for (i, m) in net_modules().enumerate() {
-            let dir = tree.join(format!("sub{}", i % 3));
-            fs::create_dir_all(&dir).unwrap();
-            fs::write(dir.join(format!("{m}.ko")), m).unwrap();
+        let ko = |deps: &str| format!("\x7fELF\0depends={deps}\0intree=Y\0");
+        for (dir, name, deps) in [
+            ("drivers/virtio", "virtio_mmio", "virtio,virtio_ring"),
+            ("drivers/virtio", "virtio", "virtio_ring"),
+            ("drivers/virtio", "virtio_ring", ""),
+            ("drivers/net", "virtio_net", "virtio,net_failover"),
+            ("drivers/net", "net_failover", "failover"),
+            ("net/core", "failover", ""),
+            ("drivers/net", "tun", ""),
+            ("drivers/net", "unrelated", ""),
+        ] {
+            fs::create_dir_all(tree.join(dir)).unwrap();
+            fs::write(tree.join(dir).join(format!("{name}.ko")), ko(deps)).unwrap();
         }
-        fs::write(tree.join("sub0/unrelated.ko"), b"x").unwrap();
         let into = root.join("kernel/modules");
         copy_modules("pkg", &root.join("unpacked"), &into).unwrap();
         assert_eq!(modules_of(&root.join("kernel/vmlinuz")), Some(into.clone()));
-        assert!(!into.join("unrelated.ko").exists());
-        assert_eq!(fs::read(into.join("tun.ko")).unwrap(), b"tun");
-        fs::remove_file(tree.join("sub0/virtio.ko")).unwrap();
+        let mut packed: Vec<_> = fs::read_dir(&into)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        packed.sort();
+        assert_eq!(
+            packed,
+            [
+                "failover.ko",
+                "net_failover.ko",
+                "tun.ko",
+                "virtio.ko",
+                "virtio_mmio.ko",
+                "virtio_net.ko",
+                "virtio_ring.ko"
+            ]
+        );
+        // A dependency the package lacks: no modules directory at all.
+        fs::remove_file(tree.join("net/core/failover.ko")).unwrap();
         fs::remove_dir_all(&into).unwrap();
         assert!(matches!(
             copy_modules("pkg", &root.join("unpacked"), &into),

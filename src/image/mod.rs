@@ -132,16 +132,25 @@ fn build_initramfs(
         .mix(LAYOUT_VERSION)
         .mix(format!("{:?}", opts.profile).as_bytes())
         .mix(&agent_bytes);
+    // Every module in the directory: the links' and what they depend on.
     let modules: Vec<(String, Vec<u8>)> = match modules {
-        Some(dir) => kernel::NET_MODULES
-            .iter()
-            .flat_map(|m| m.iter())
-            .map(|m| {
-                let path = dir.join(format!("{m}.ko"));
-                let bytes = std::fs::read(&path).map_err(ImageError::io("cannot read", &path))?;
-                Ok((format!("{m}.ko"), bytes))
-            })
-            .collect::<Result<_, ImageError>>()?,
+        Some(dir) => {
+            let mut names: Vec<_> = std::fs::read_dir(dir)
+                .map_err(ImageError::io("cannot list", dir))?
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .filter(|n| n.ends_with(".ko"))
+                .collect();
+            names.sort();
+            names
+                .into_iter()
+                .map(|n| {
+                    let path = dir.join(&n);
+                    let bytes =
+                        std::fs::read(&path).map_err(ImageError::io("cannot read", &path))?;
+                    Ok((n, bytes))
+                })
+                .collect::<Result<_, ImageError>>()?
+        }
         None => Vec::new(),
     };
     for (name, bytes) in &modules {

@@ -327,7 +327,8 @@ impl Grants {
     }
 
     /// Addresses granted now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.order.len()
     }
 }

@@ -95,9 +95,9 @@ impl Hub {
     }
 
     /// Queues a lookup; hands it back when the queue is full.
-    pub fn resolve(&self, lookup: Lookup) -> Result<(), Lookup> {
+    pub fn resolve(&self, lookup: Lookup) -> Result<(), Box<Lookup>> {
         self.lookups.try_send(lookup).map_err(|e| match e {
-            TrySendError::Full(l) | TrySendError::Disconnected(l) => l,
+            TrySendError::Full(l) | TrySendError::Disconnected(l) => Box::new(l),
         })
     }
 

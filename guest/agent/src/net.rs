@@ -17,6 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use zeroboot_proto::{
     AgentErrorCode, NET_MODULE_DIR, NetLink, NetUp, TAP_NET_MODULES, VIRTIO_NET_MODULES,
+    module_depends,
 };
 
 use crate::frames::Failure;
@@ -58,13 +59,29 @@ fn fail(what: &str, e: io::Error) -> Failure {
     Failure::new(AgentErrorCode::Io, format!("network setup: {what}: {e}"))
 }
 
-/// Loads `name` from [`NET_MODULE_DIR`]; one already loaded is fine.
-fn load_module(name: &str) -> io::Result<()> {
-    let file = File::open(format!("{NET_MODULE_DIR}/{name}.ko"))?;
+/// Loads `name` from [`NET_MODULE_DIR`], after the modules it depends on;
+/// one already loaded is fine.
+fn load_module(name: &str, depth: usize) -> io::Result<()> {
+    if depth > 8 {
+        return Err(io::Error::other("module dependencies nest too deep"));
+    }
+    let ko = std::fs::read(format!("{NET_MODULE_DIR}/{name}.ko"))?;
+    for dep in module_depends(&ko) {
+        let dep = std::str::from_utf8(dep).map_err(io::Error::other)?;
+        load_module(dep, depth + 1)
+            .map_err(|e| io::Error::new(e.kind(), format!("{dep} (for {name}): {e}")))?;
+    }
     let params = c"";
-    // SAFETY: finit_module reads the open module file and a NUL-terminated
-    // parameter string; neither is retained after the call.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+    // SAFETY: init_module reads `ko.len()` bytes of the module image and a
+    // NUL-terminated parameter string; neither is retained after the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            ko.as_ptr(),
+            ko.len(),
+            params.as_ptr(),
+        )
+    };
     match rc {
         0 => Ok(()),
         _ => match io::Error::last_os_error() {
@@ -228,7 +245,7 @@ pub fn up(req: &NetUp) -> Result<Net, Failure> {
         NetLink::TapMailbox => TAP_NET_MODULES,
     };
     for m in modules {
-        load_module(m).map_err(|e| fail(&format!("module {m}"), e))?;
+        load_module(m, 0).map_err(|e| fail(&format!("module {m}"), e))?;
     }
     let (ifname, tap) = match req.link {
         NetLink::VirtioMmio => (

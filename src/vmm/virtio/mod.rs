@@ -26,9 +26,9 @@ pub const NET_IRQ: u8 = 5;
 /// Where a network device's frames go and come from.
 pub trait NetBackend: Send + Sync {
     /// Takes frames the guest sent.
-    fn from_guest(&self, frames: &mut dyn Iterator<Item = &[u8]>);
+    fn transmitted(&self, frames: &mut dyn Iterator<Item = &[u8]>);
     /// Hands frames waiting for the guest to `put` until it refuses one.
-    fn to_guest(&self, put: &mut dyn FnMut(&[u8]) -> bool);
+    fn receive(&self, put: &mut dyn FnMut(&[u8]) -> bool);
 }
 
 /// The device of one VM, shared by its vCPU thread and whoever delivers frames.

@@ -318,7 +318,7 @@ impl<I: Trigger> VirtioNet<I> {
         let q = &mut self.queues[RX];
         let (mut used, mut starved) = (false, false);
         loop {
-            backend.to_guest(&mut |frame| {
+            backend.receive(&mut |frame| {
                 let Some(chain) = q.pop_descriptor_chain(mem) else {
                     starved = true;
                     return false;
@@ -370,7 +370,7 @@ fn flush(
     if let Some(b) = backend
         && !spans.is_empty()
     {
-        b.from_guest(&mut spans.iter().map(|&(s, e)| &batch[s..e]));
+        b.transmitted(&mut spans.iter().map(|&(s, e)| &batch[s..e]));
     }
     batch.clear();
     spans.clear();
@@ -410,10 +410,10 @@ mod tests {
     }
 
     impl NetBackend for Backend {
-        fn from_guest(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
+        fn transmitted(&self, frames: &mut dyn Iterator<Item = &[u8]>) {
             self.sent.lock().unwrap().extend(frames.map(<[u8]>::to_vec));
         }
-        fn to_guest(&self, put: &mut dyn FnMut(&[u8]) -> bool) {
+        fn receive(&self, put: &mut dyn FnMut(&[u8]) -> bool) {
             let mut w = self.waiting.lock().unwrap();
             while let Some(f) = w.front() {
                 if !put(f) {
