@@ -39,6 +39,16 @@ def test_happy_path(zb, bare):
     assert not any(x["sandbox"] == sb.id for x in zb.sandboxes())
 
 
+def test_network_is_per_fork_and_its_policy_is_checked(zb, bare):
+    with zb.fork(bare, network={"allow": ["*.example.com:443"], "max_connections": 8}) as sb:
+        assert sb.stats()["network"]["connections"] == 0
+    with zb.fork(bare) as sb:
+        assert sb.stats()["network"] is None
+    with pytest.raises(zeroboot.RpcError) as e:
+        zb.fork(bare, network={"allow": ["300.1.1.1:80"]})
+    assert e.value.code == -32602 and e.value.data["kind"] == "network_policy"
+
+
 def test_files(zb, bare):
     with zb.fork(bare) as sb:
         assert sb.write_file("/etc/motd", "h\u00e9llo\n", mode=0o600) == 7

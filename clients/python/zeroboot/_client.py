@@ -99,6 +99,13 @@ def _tid(t: TemplateLike) -> str:
     return t if isinstance(t, str) else t.id
 
 
+def _fork_params(template: TemplateLike, network: Union[Dict[str, Any], bool, None]) -> Dict[str, Any]:
+    params: Dict[str, Any] = {"template": _tid(template)}
+    if network:
+        params["network"] = network
+    return params
+
+
 def _exec_params(sandbox: str, argv: Sequence[str], stdin, env, cwd, timeout_ms, output_cap, stream) -> Dict[str, Any]:
     p: Dict[str, Any] = {"sandbox": sandbox, "argv": list(argv)}
     if stdin is not None:
@@ -231,12 +238,15 @@ class Zeroboot(_Worker):
     def save_template(self, template: TemplateLike, path: str) -> Dict[str, Any]:
         return self.call("template.save", {"template": _tid(template), "path": path})
 
-    def fork(self, template: TemplateLike) -> "Sandbox":
-        r = self.call("sandbox.fork", {"template": _tid(template)})
+    def fork(self, template: TemplateLike, network: Union[Dict[str, Any], bool, None] = None) -> "Sandbox":
+        """Forks one sandbox; `network` is a policy ({"allow": [...], "deny": [...]}) or None/False for none."""
+        r = self.call("sandbox.fork", _fork_params(template, network))
         return self._adopt(r["sandbox"], _tid(template), r["fork_us"])
 
-    def fork_many(self, template: TemplateLike, count: int) -> List["Sandbox"]:
-        r = self.call("sandbox.fork", {"template": _tid(template), "count": count})
+    def fork_many(
+        self, template: TemplateLike, count: int, network: Union[Dict[str, Any], bool, None] = None
+    ) -> List["Sandbox"]:
+        r = self.call("sandbox.fork", dict(_fork_params(template, network), count=count))
         return [self._adopt(s["sandbox"], _tid(template), s["fork_us"]) for s in r["sandboxes"]]
 
     def _adopt(self, sid: str, template: str, fork_us: int) -> "Sandbox":
@@ -443,12 +453,15 @@ class AsyncZeroboot(_Worker):
     async def save_template(self, template: TemplateLike, path: str) -> Dict[str, Any]:
         return await self.call("template.save", {"template": _tid(template), "path": path})
 
-    async def fork(self, template: TemplateLike) -> "AsyncSandbox":
-        r = await self.call("sandbox.fork", {"template": _tid(template)})
+    async def fork(self, template: TemplateLike, network: Union[Dict[str, Any], bool, None] = None) -> "AsyncSandbox":
+        """Forks one sandbox; `network` is a policy ({"allow": [...], "deny": [...]}) or None/False for none."""
+        r = await self.call("sandbox.fork", _fork_params(template, network))
         return self._adopt(r["sandbox"], _tid(template), r["fork_us"])
 
-    async def fork_many(self, template: TemplateLike, count: int) -> List["AsyncSandbox"]:
-        r = await self.call("sandbox.fork", {"template": _tid(template), "count": count})
+    async def fork_many(
+        self, template: TemplateLike, count: int, network: Union[Dict[str, Any], bool, None] = None
+    ) -> List["AsyncSandbox"]:
+        r = await self.call("sandbox.fork", dict(_fork_params(template, network), count=count))
         return [self._adopt(s["sandbox"], _tid(template), s["fork_us"]) for s in r["sandboxes"]]
 
     def _adopt(self, sid: str, template: str, fork_us: int) -> "AsyncSandbox":

@@ -14,7 +14,7 @@ import rpc from "vscode-jsonrpc/node.js";
 import type { MessageConnection } from "vscode-jsonrpc/node.js";
 
 import { WorkerExitedError, WorkerSpawnError, ZerobootError, ZerobootRpcError } from "./errors.js";
-import { errorFromCode, type Methods, type Notifications } from "./generated.js";
+import { errorFromCode, type Methods, type NetworkPolicy, type Notifications } from "./generated.js";
 
 export * from "./errors.js";
 export * from "./generated.js";
@@ -64,6 +64,12 @@ export interface ExecOptions extends CallOptions {
   outputCap?: number;
   /** Receives output chunks as the worker streams them (turns on `stream`). */
   onOutput?: (chunk: OutputChunk) => void;
+}
+
+/** Options of {@link Zeroboot.fork} and {@link Zeroboot.forkMany}. */
+export interface ForkOptions extends CallOptions {
+  /** The sandbox's network: a policy (`{allow, deny, max_connections, max_bytes_per_sec}`), or none (the default). */
+  network?: NetworkPolicy | false;
 }
 
 /** Options of {@link Sandbox.writeFile}. */
@@ -300,14 +306,16 @@ export class Zeroboot implements AsyncDisposable {
   }
 
   /** Forks one sandbox from a template. */
-  async fork(template: Template | string, opts?: CallOptions): Promise<Sandbox> {
-    const r = (await this.call("sandbox.fork", { template: templateId(template) }, opts)) as { sandbox: string; fork_us: number };
+  async fork(template: Template | string, opts: ForkOptions = {}): Promise<Sandbox> {
+    const params = { template: templateId(template), ...(opts.network !== undefined && { network: opts.network }) };
+    const r = (await this.call("sandbox.fork", params, opts)) as { sandbox: string; fork_us: number };
     return this.#adopt(r.sandbox, templateId(template), r.fork_us);
   }
 
   /** Forks `count` sandboxes in one call. */
-  async forkMany(template: Template | string, count: number, opts?: CallOptions): Promise<Sandbox[]> {
-    const r = (await this.call("sandbox.fork", { template: templateId(template), count }, opts)) as {
+  async forkMany(template: Template | string, count: number, opts: ForkOptions = {}): Promise<Sandbox[]> {
+    const params = { template: templateId(template), count, ...(opts.network !== undefined && { network: opts.network }) };
+    const r = (await this.call("sandbox.fork", params, opts)) as {
       sandboxes: { sandbox: string; fork_us: number }[];
     };
     return r.sandboxes.map((s) => this.#adopt(s.sandbox, templateId(template), s.fork_us));

@@ -43,6 +43,20 @@ describe("zeroboot worker", { skip }, () => {
     assert.ok(stats);
   });
 
+  it("network is per fork and its policy is checked", async () => {
+    const sb = await zb.fork(bare, { network: { allow: ["*.example.com:443"], max_connections: 8 } });
+    const stats = await sb.stats();
+    assert.equal(stats.network?.connections, 0);
+    await sb.kill();
+    const plain = await zb.fork(bare);
+    assert.equal((await plain.stats()).network, null);
+    await plain.kill();
+    await assert.rejects(
+      zb.fork(bare, { network: { allow: ["300.1.1.1:80"] } }),
+      (e: unknown) => e instanceof ZerobootRpcError && e.code === -32602 && (e.data as { kind: string }).kind === "network_policy",
+    );
+  });
+
   it("typed errors for application error codes", async () => {
     await assert.rejects(zb.fork("no-such-template"), (e: unknown) => e instanceof TemplateNotFoundError && e.code === TemplateNotFoundError.code);
     const sb = await zb.fork(bare);
