@@ -5,7 +5,8 @@
 //!   `sandbox.stats` reports network counters only for sandboxes with network.
 //! - `linux_forks_reach_only_what_their_policy_allows` needs a Linux guest
 //!   (hardware KVM: in CI, the kvm-lane). Servers the test starts on
-//!   127.0.0.1 play the internet: a fork fetches a page from the one it may
+//!   127.0.0.1 play the internet (a guest reaches the host's loopback at its
+//!   gateway's address, 192.0.2.1): a fork fetches a page from the one it may
 //!   reach; another port, the metadata address and names outside the policy
 //!   are refused; two forks fetch at the same time without mixing; a fork of
 //!   a sandbox that held a connection open sees that connection reset; the
@@ -170,9 +171,11 @@ fn other_server() -> SocketAddr {
     addr
 }
 
-/// Python helpers the guest programs start with.
+/// Python helpers the guest programs start with. `HOST` is where a guest
+/// reaches the host's 127.0.0.1: its gateway.
 const PRELUDE: &str = r#"
 import socket, time, os
+HOST = '192.0.2.1'
 def get(host, port, path):
     s = socket.create_connection((host, port), timeout=20)
     s.sendall(b"GET " + path.encode() + b" HTTP/1.0\r\nHost: t\r\n\r\n")
@@ -253,7 +256,7 @@ fn linux_forks_reach_only_what_their_policy_allows() {
     let page = python(
         &mut w,
         &a,
-        &format!("print(get('127.0.0.1', {}, '/a').decode())", web.port()),
+        &format!("print(get(HOST, {}, '/a').decode())", web.port()),
     );
     assert!(
         page.starts_with("conn ") && page.trim_end().ends_with("path /a"),
@@ -275,7 +278,7 @@ fn linux_forks_reach_only_what_their_policy_allows() {
         &mut w,
         &a,
         &format!(
-            "print(attempt('127.0.0.1', {}), attempt('169.254.169.254', 80), attempt('example.com', 443), sep='|')",
+            "print(attempt(HOST, {}), attempt('169.254.169.254', 80), attempt('example.com', 443), sep='|')",
             other.port()
         ),
     );
@@ -305,7 +308,7 @@ fn linux_forks_reach_only_what_their_policy_allows() {
     );
     let loop_src = |tag: &str| {
         format!(
-            "ok = 0\nfor i in range(20):\n    body = get('127.0.0.1', {}, '/{tag}/%d' % i).decode()\n    assert body.rstrip().endswith('path /{tag}/%d' % i), body\n    ok += 1\nprint(ok)",
+            "ok = 0\nfor i in range(20):\n    body = get(HOST, {}, '/{tag}/%d' % i).decode()\n    assert body.rstrip().endswith('path /{tag}/%d' % i), body\n    ok += 1\nprint(ok)",
             web.port()
         )
     };
@@ -336,7 +339,7 @@ fn linux_forks_reach_only_what_their_policy_allows() {
         r#"
 if os.fork() == 0:
     os.setsid()
-    s = socket.create_connection(('127.0.0.1', {port}), timeout=20)
+    s = socket.create_connection((HOST, {port}), timeout=20)
     s.sendall(b"GET /hold HTTP/1.0\r\n\r\n")
     f = s.makefile('rwb', buffering=0)
     open('/tmp/held', 'w').write(f.readline().decode())

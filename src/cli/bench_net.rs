@@ -3,7 +3,8 @@
 //! (`net_throughput_mib_s`), both measured by the guest's own clock in a
 //! fork with network, against a server the bench starts on 127.0.0.1. The
 //! connect waits for the host's own connect to the server (the endpoint
-//! holds the guest's SYN until then), so it is the whole path.
+//! holds the guest's SYN until then), so it is the whole path. The guest
+//! reaches the host's 127.0.0.1 at its gateway's address, 192.0.2.1.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -93,7 +94,7 @@ pub fn run(
              ts = []\n\
              for i in range({connects}):\n\
              \x20   t = time.perf_counter()\n\
-             \x20   s = socket.create_connection(('127.0.0.1', {port}))\n\
+             \x20   s = socket.create_connection(('192.0.2.1', {port}))\n\
              \x20   ts.append(time.perf_counter() - t)\n\
              \x20   s.close()\n\
              print(' '.join('%.1f' % (t * 1e6) for t in ts))"
@@ -108,7 +109,7 @@ pub fn run(
              buf = bytearray(1 << 20)\n\
              rates = []\n\
              for i in range({downloads}):\n\
-             \x20   s = socket.create_connection(('127.0.0.1', {port}))\n\
+             \x20   s = socket.create_connection(('192.0.2.1', {port}))\n\
              \x20   s.sendall(b'{bytes}\\n')\n\
              \x20   t, n = time.perf_counter(), 0\n\
              \x20   while True:\n\

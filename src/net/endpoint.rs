@@ -184,6 +184,17 @@ fn on_link(ip: Ipv4Addr) -> bool {
     ip.to_bits() >> (32 - PREFIX_LEN) == GATEWAY_IP.to_bits() >> (32 - PREFIX_LEN)
 }
 
+/// Where the host connects for a guest flow to `remote`: the gateway's
+/// address stands for the host's loopback (the guest's own 127.0.0.1 is its
+/// own), as slirp's 10.0.2.2 and passt's mapped loopback do. The policy
+/// judges the host-side address, so this needs an explicit loopback rule.
+fn host_side(remote: SocketAddrV4) -> SocketAddrV4 {
+    match *remote.ip() {
+        GATEWAY_IP => SocketAddrV4::new(Ipv4Addr::LOCALHOST, remote.port()),
+        _ => remote,
+    }
+}
+
 impl Endpoint {
     pub(super) fn new(hub: &Arc<Hub>, id: u64, config: EndpointConfig) -> Arc<Endpoint> {
         let now = Instant::now();
@@ -391,16 +402,13 @@ impl Endpoint {
         }
     }
 
-    /// Why the guest may not reach `remote`, if it may not.
+    /// Why the guest may not reach `remote` (the address it used), if it may not.
     fn refusal(&self, st: &State, remote: &SocketAddrV4) -> Option<Refusal> {
-        if on_link(*remote.ip()) {
-            return Some(Refusal::Special(
-                "the virtual gateway (only DNS on UDP port 53)",
-            ));
+        if *remote.ip() != GATEWAY_IP && on_link(*remote.ip()) {
+            return Some(Refusal::Special("an address of the virtual link"));
         }
-        st.policy
-            .connect(*remote.ip(), remote.port(), &st.grants)
-            .err()
+        let host = host_side(*remote);
+        st.policy.connect(*host.ip(), host.port(), &st.grants).err()
     }
 
     fn syn(
@@ -433,7 +441,7 @@ impl Endpoint {
             return reset(st, &key, seq, mac);
         }
         let mut connecting = match tcp::Connecting::start(
-            &key,
+            host_side(key.remote),
             frame,
             seq,
             mac,
@@ -541,7 +549,7 @@ impl Endpoint {
             st.stats.limited += 1;
             return None;
         }
-        let mut flow = match udp::Flow::open(SocketAddr::V4(key.remote), mac, now) {
+        let mut flow = match udp::Flow::open(SocketAddr::V4(host_side(key.remote)), mac, now) {
             Ok(f) => f,
             Err(e) => {
                 st.stats.failed += 1;

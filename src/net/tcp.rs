@@ -10,6 +10,7 @@
 //! window closes on the other, so memory stays bounded.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -41,9 +42,9 @@ pub struct Connecting {
 }
 
 impl Connecting {
-    /// Starts connecting to `key.remote`; `None` if the SYN frame is too large.
+    /// Starts connecting to `host`; `None` if the SYN frame is too large.
     pub fn start(
-        key: &FlowKey,
+        host: SocketAddrV4,
         syn: &[u8],
         seq: u32,
         mac: EthernetAddress,
@@ -51,16 +52,14 @@ impl Connecting {
     ) -> Option<io::Result<Connecting>> {
         let mut copy = [0u8; MAX_SYN];
         copy.get_mut(..syn.len())?.copy_from_slice(syn);
-        Some(
-            TcpStream::connect(key.remote.into()).map(|stream| Connecting {
-                stream,
-                syn: copy,
-                syn_len: syn.len(),
-                seq,
-                mac,
-                deadline,
-            }),
-        )
+        Some(TcpStream::connect(host.into()).map(|stream| Connecting {
+            stream,
+            syn: copy,
+            syn_len: syn.len(),
+            seq,
+            mac,
+            deadline,
+        }))
     }
 
     /// `Some(Ok)` once connected, `Some(Err)` once failed, `None` while

@@ -229,8 +229,9 @@ fn server(
     addr
 }
 
-fn local(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+/// Where the guest reaches the host's 127.0.0.1:`port`: the gateway.
+fn host(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(GATEWAY_IP, port)
 }
 
 #[test]
@@ -244,7 +245,10 @@ fn an_allowed_connection_carries_a_request_and_its_reply() {
         Limits::DEFAULT,
     );
     let mut g = Guest::new();
-    assert_eq!(g.fetch(&ep, srv, 40001, b"hi!"), b"you said hi!");
+    assert_eq!(
+        g.fetch(&ep, host(srv.port()), 40001, b"hi!"),
+        b"you said hi!"
+    );
     let s = ep.stats();
     assert_eq!((s.connections, s.refused, s.failed), (1, 0, 0));
     assert_eq!((s.bytes_sent, s.bytes_received), (3, 12));
@@ -264,10 +268,11 @@ fn refused_destinations_are_reset_at_once_and_counted() {
     );
     let mut g = Guest::new();
     let targets = [
-        srv,                                                      // loopback, not explicit
+        host(srv.port()), // the host's loopback, not explicitly allowed
+        srv,              // the same, addressed directly
         SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), 80), // metadata
-        SocketAddrV4::new(GATEWAY_IP, 80),                        // the gateway itself
-        SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 5), 443),    // denied
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 80), // the virtual link
+        SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 5), 443), // denied
     ];
     for (i, t) in targets.iter().enumerate() {
         let h = g.connect(*t, 41000 + i as u16);
@@ -275,7 +280,7 @@ fn refused_destinations_are_reset_at_once_and_counted() {
         assert_eq!(g.tcp(h).state(), tcp::State::Closed, "{t}");
     }
     let s = ep.stats();
-    assert_eq!((s.refused, s.connections, s.open_connections), (4, 0, 0));
+    assert_eq!((s.refused, s.connections, s.open_connections), (5, 0, 0));
 }
 
 #[test]
@@ -289,7 +294,7 @@ fn a_failed_host_connect_resets_the_guest() {
         .port();
     let ep = endpoint(&net, &["127.0.0.0/8"], &[], Limits::DEFAULT);
     let mut g = Guest::new();
-    let h = g.connect(local(port), 40002);
+    let h = g.connect(host(port), 40002);
     g.until(&ep, |g| !g.tcp(h).is_open());
     let s = ep.stats();
     assert_eq!((s.failed, s.connections, s.refused), (1, 0, 0));
@@ -308,7 +313,10 @@ fn forks_with_equal_addresses_have_independent_flows() {
     );
     let (mut a, mut b) = (Guest::new(), Guest::new());
     // Same guest address, same port, same destination, at the same time.
-    let (ha, hb) = (a.connect(srv, 40003), b.connect(srv, 40003));
+    let (ha, hb) = (
+        a.connect(host(srv.port()), 40003),
+        b.connect(host(srv.port()), 40003),
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !(a.tcp(ha).may_send() && b.tcp(hb).may_send()) {
         assert!(Instant::now() < deadline);
@@ -347,7 +355,7 @@ fn a_fork_sees_its_templates_connections_reset() {
     let rule = format!("127.0.0.1:{}", srv.port());
     let parent = endpoint(&net, &[&rule], &[], Limits::DEFAULT);
     let mut g = Guest::new();
-    let h = g.connect(srv, 40004);
+    let h = g.connect(host(srv.port()), 40004);
     g.until(&parent, |g| g.tcp(h).may_send());
     // The snapshot is forked: the guest's socket lives on, its endpoint is new.
     let child = endpoint(&net, &[&rule], &[], Limits::DEFAULT);
@@ -367,9 +375,11 @@ fn the_connection_cap_refuses_the_next_one() {
     };
     let ep = endpoint(&net, &[&format!("127.0.0.1:{}", srv.port())], &[], limits);
     let mut g = Guest::new();
-    let open: Vec<_> = (0..2).map(|i| g.connect(srv, 40010 + i)).collect();
+    let open: Vec<_> = (0..2)
+        .map(|i| g.connect(host(srv.port()), 40010 + i))
+        .collect();
     g.until(&ep, |g| open.iter().all(|&h| g.tcp(h).may_send()));
-    let third = g.connect(srv, 40012);
+    let third = g.connect(host(srv.port()), 40012);
     g.until(&ep, |g| !g.tcp(third).is_open());
     let s = ep.stats();
     assert_eq!((s.limited, s.connections, s.open_connections), (1, 2, 2));
@@ -387,7 +397,7 @@ fn the_bandwidth_cap_holds_a_download_back() {
     let ep = endpoint(&net, &[&format!("127.0.0.1:{}", srv.port())], &[], limits);
     let mut g = Guest::new();
     let started = Instant::now();
-    let got = g.fetch(&ep, srv, 40005, b"g");
+    let got = g.fetch(&ep, host(srv.port()), 40005, b"g");
     let took = started.elapsed();
     assert_eq!(got.len(), SIZE);
     // The first 64 KiB pass at once (the bucket's burst), the rest at the rate.
@@ -441,8 +451,11 @@ fn udp_flows_reach_allowed_peers_and_bring_replies_back() {
         Limits::DEFAULT,
     );
     let mut g = Guest::new();
-    assert_eq!(g.udp_exchange(&ep, addr, b"ping").unwrap(), b"echo ping");
-    let blocked = SocketAddrV4::new(Ipv4Addr::LOCALHOST, addr.port() ^ 1);
+    assert_eq!(
+        g.udp_exchange(&ep, host(addr.port()), b"ping").unwrap(),
+        b"echo ping"
+    );
+    let blocked = host(addr.port() ^ 1);
     assert_eq!(g.udp_exchange(&ep, blocked, b"ping"), None);
     let s = ep.stats();
     assert_eq!(
@@ -481,5 +494,5 @@ fn garbage_is_dropped_and_counted_and_the_endpoint_keeps_working() {
     ep.guest_frames(junk.iter().map(Vec::as_slice));
     assert!(ep.stats().dropped_frames > 1000);
     let mut g = Guest::new();
-    assert_eq!(g.fetch(&ep, srv, 40006, b"?"), b"ok");
+    assert_eq!(g.fetch(&ep, host(srv.port()), 40006, b"?"), b"ok");
 }
