@@ -205,24 +205,22 @@ fn endpoint(net: &Network, allow: &[&str], deny: &[&str], limits: Limits) -> Arc
 /// (n counts connections) after reading `request_len` bytes, then closes.
 fn server(
     request_len: usize,
-    reply: impl Fn(usize, &[u8]) -> Vec<u8> + Send + 'static,
+    reply: impl Fn(usize, &[u8]) -> Vec<u8> + Send + Sync + 'static,
 ) -> SocketAddrV4 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
         unreachable!()
     };
+    let reply = Arc::new(reply);
     std::thread::spawn(move || {
         for (n, conn) in listener.incoming().enumerate() {
             let Ok(mut conn) = conn else { return };
-            let reply = reply(n, &{
-                let mut req = vec![0; request_len];
-                if conn.read_exact(&mut req).is_err() {
-                    continue;
-                }
-                req
-            });
+            let reply = Arc::clone(&reply);
             std::thread::spawn(move || {
-                let _ = conn.write_all(&reply);
+                let mut req = vec![0; request_len];
+                if conn.read_exact(&mut req).is_ok() {
+                    let _ = conn.write_all(&reply(n, &req));
+                }
             });
         }
     });
@@ -495,4 +493,36 @@ fn garbage_is_dropped_and_counted_and_the_endpoint_keeps_working() {
     assert!(ep.stats().dropped_frames > 1000);
     let mut g = Guest::new();
     assert_eq!(g.fetch(&ep, host(srv.port()), 40006, b"?"), b"ok");
+}
+
+#[test]
+fn a_syn_flood_is_capped_and_other_sandboxes_carry_on() {
+    let net = Network::start().unwrap();
+    let srv = server(1, |_, _| b"ok".to_vec());
+    let rule = format!("127.0.0.1:{}", srv.port());
+    let flooded = endpoint(&net, &[&rule], &[], Limits::DEFAULT);
+    let calm = endpoint(&net, &[&rule], &[], Limits::DEFAULT);
+    // A thousand connection attempts at once, from a guest that never
+    // answers: the first 256 connect, the rest are refused at the cap.
+    let syns: Vec<Vec<u8>> = (0..1000u16)
+        .map(|i| super::packet::tests::syn(10_000 + i, host(srv.port()), u32::from(i)))
+        .collect();
+    flooded.guest_frames(syns.iter().map(Vec::as_slice));
+    let s = flooded.stats();
+    assert_eq!((s.limited, s.open_connections), (744, 256), "{s:?}");
+    // Its queue for the guest is bounded however much piles up.
+    for _ in 0..20 {
+        flooded.guest_frames(syns.iter().map(Vec::as_slice));
+    }
+    // Meanwhile another sandbox fetches as usual.
+    let started = Instant::now();
+    let mut g = Guest::new();
+    assert_eq!(g.fetch(&calm, host(srv.port()), 40020, b"?"), b"ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let s = flooded.stats();
+    assert_eq!(s.open_connections, 256, "{s:?}");
 }
