@@ -337,12 +337,15 @@ fn linux_forks_reach_only_what_their_policy_allows() {
     let d = fork(&mut w, &tpl, &allow_web);
     let held = format!(
         r#"
+def note(text):
+    open('/tmp/held.new', 'w').write(text)
+    os.rename('/tmp/held.new', '/tmp/held')
 if os.fork() == 0:
     os.setsid()
     s = socket.create_connection((HOST, {port}), timeout=20)
     s.sendall(b"GET /hold HTTP/1.0\r\n\r\n")
     f = s.makefile('rwb', buffering=0)
-    open('/tmp/held', 'w').write(f.readline().decode())
+    note(f.readline().decode())
     n = 0
     while True:
         time.sleep(0.05)
@@ -352,9 +355,9 @@ if os.fork() == 0:
             line = f.readline()
             if not line:
                 raise OSError("closed by the peer")
-            open('/tmp/held', 'w').write('alive ' + line.decode())
+            note('alive ' + line.decode())
         except OSError as e:
-            open('/tmp/held', 'w').write('reset %s\n' % e)
+            note('reset %s\n' % e)
             os._exit(0)
 while not os.path.exists('/tmp/held'):
     time.sleep(0.01)

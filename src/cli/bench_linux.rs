@@ -116,6 +116,8 @@ pub fn print_table(v: &Value) {
         ("fork_exec_python_exits", "exits"),
         ("net_connect_us", "us"),
         ("net_throughput_mib_s", "MiB/s"),
+        ("net_tap_connect_us", "us"),
+        ("net_tap_throughput_mib_s", "MiB/s"),
     ] {
         let s = &v[key];
         println!(

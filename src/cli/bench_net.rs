@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 
 use serde_json::{Value, json};
-use zeroboot::agent::{ExecRequest, Program};
+use zeroboot::agent::{ExecRequest, NetLink, Program};
 use zeroboot::engine::{Engine, EngineError, ExecOptions, ForkOptions, NetworkSpec};
 
 use super::stats::summarize_values;
@@ -69,7 +69,9 @@ fn measure(engine: &Engine, sandbox: &str, source: String) -> Result<Vec<f64>, E
 }
 
 /// `net_connect_us` over `connects` connects and `net_throughput_mib_s`
-/// over `downloads` downloads of `mib` MiB each, in one fork of `template`.
+/// over `downloads` downloads of `mib` MiB each, in one fork of `template`
+/// per link: virtio-net (those keys) and the TAP link (`net_tap_*`), in the
+/// same run so they compare.
 pub fn run(
     engine: &Engine,
     template: &str,
@@ -78,10 +80,49 @@ pub fn run(
     mib: usize,
 ) -> Result<Value, EngineError> {
     let addr = server()?;
+    let virtio = measure_link(
+        engine,
+        template,
+        addr,
+        NetLink::VirtioMmio,
+        connects,
+        downloads,
+        mib,
+    )?;
+    let tap = measure_link(
+        engine,
+        template,
+        addr,
+        NetLink::TapMailbox,
+        connects,
+        downloads,
+        mib,
+    )?;
+    Ok(json!({
+        "net_connect_us": virtio.0,
+        "net_throughput_mib_s": virtio.1,
+        "net_tap_connect_us": tap.0,
+        "net_tap_throughput_mib_s": tap.1,
+        "net_download_mib": mib,
+        "net_stats": virtio.2,
+    }))
+}
+
+/// Connect latencies, download rates and counters of one fork on `link`.
+fn measure_link(
+    engine: &Engine,
+    template: &str,
+    addr: SocketAddr,
+    link: NetLink,
+    connects: usize,
+    downloads: usize,
+    mib: usize,
+) -> Result<(Value, Value, Value), EngineError> {
     let port = addr.port();
     let opts = ForkOptions {
         network: Some(NetworkSpec {
             allow: vec![addr.to_string()],
+            link: Some(link),
             ..Default::default()
         }),
     };
@@ -125,10 +166,9 @@ pub fn run(
     )?;
     let net = engine.stats(&sb)?.network;
     engine.kill(&sb)?;
-    Ok(json!({
-        "net_connect_us": summarize_values(connect_us),
-        "net_throughput_mib_s": summarize_values(mib_s),
-        "net_download_mib": mib,
-        "net_stats": net,
-    }))
+    Ok((
+        json!(summarize_values(connect_us)),
+        json!(summarize_values(mib_s)),
+        json!(net),
+    ))
 }

@@ -19,15 +19,10 @@ use crate::agent::{self, FramePort, NetLink, NetUp, VmLink};
 use crate::net::{self, Endpoint, EndpointConfig, GuestLink, Limits, NetStats, Network, Policy};
 use crate::vmm::{NetBackend, NetHandle, VcpuThread};
 
-/// How the guest's interface reaches its endpoint. Both links are built
-/// while they are measured against each other (docs/networking.md);
-/// `ZEROBOOT_NET_LINK=tap` picks the TAP one, else virtio-net.
-fn link() -> NetLink {
-    match std::env::var("ZEROBOOT_NET_LINK").as_deref() {
-        Ok("tap") => NetLink::TapMailbox,
-        _ => NetLink::VirtioMmio,
-    }
-}
+/// How the guest's interface reaches its endpoint by default. Both links
+/// are built while they are measured against each other
+/// (docs/networking.md); [`NetworkSpec::link`] picks one.
+const DEFAULT_LINK: NetLink = NetLink::VirtioMmio;
 /// The link's MTU.
 const MTU: usize = 1500;
 /// Most connections a fork may ask for.
@@ -48,6 +43,8 @@ pub struct NetworkSpec {
     pub max_connections: Option<usize>,
     /// Bandwidth cap each way, bytes per second (default [`Limits::DEFAULT`]).
     pub max_bytes_per_sec: Option<u64>,
+    /// The link to the guest (default virtio-net), while both are measured.
+    pub link: Option<NetLink>,
 }
 
 impl NetworkSpec {
@@ -87,6 +84,8 @@ pub(crate) struct SandboxNet {
     pub endpoint: Arc<Endpoint>,
     /// Whether the guest's interface is up.
     up: Arc<AtomicBool>,
+    /// How it reaches the endpoint.
+    link: NetLink,
 }
 
 impl SandboxNet {
@@ -97,13 +96,13 @@ impl SandboxNet {
 
     /// The endpoint as the agent's conversation sees it (TAP link only).
     pub fn port(&self) -> Option<Arc<Endpoint>> {
-        (link() == NetLink::TapMailbox).then(|| Arc::clone(&self.endpoint))
+        (self.link == NetLink::TapMailbox).then(|| Arc::clone(&self.endpoint))
     }
 
     /// Plugs the sandbox's VM into its endpoint (virtio link): queued on the
     /// VM's thread, ahead of any request.
     pub fn plug(&self, thread: &VcpuThread) {
-        if link() != NetLink::VirtioMmio {
+        if self.link != NetLink::VirtioMmio {
             return;
         }
         let endpoint = Arc::clone(&self.endpoint);
@@ -122,7 +121,7 @@ impl SandboxNet {
         if self.up.load(Ordering::SeqCst) {
             return job;
         }
-        let up = Arc::clone(&self.up);
+        let (up, link) = (Arc::clone(&self.up), self.link);
         Box::new(move |vm, tpl, out| {
             if !up.load(Ordering::SeqCst) {
                 agent::net_up(
@@ -130,7 +129,7 @@ impl SandboxNet {
                         vm,
                         mailbox: &tpl.mailbox,
                     },
-                    &net_up_request(),
+                    &net_up_request(link),
                 )?;
                 up.store(true, Ordering::SeqCst);
             }
@@ -173,9 +172,9 @@ impl FramePort for Endpoint {
 }
 
 /// The guest's interface settings: the same in every sandbox.
-fn net_up_request() -> NetUp {
+fn net_up_request(link: NetLink) -> NetUp {
     NetUp {
-        link: link(),
+        link,
         mac: net::GUEST_MAC.0,
         addr: net::GUEST_IP.octets(),
         prefix_len: u32::from(net::PREFIX_LEN),
@@ -209,6 +208,7 @@ impl Engine {
         Ok(SandboxNet {
             endpoint: network.endpoint(config),
             up: Arc::new(AtomicBool::new(false)),
+            link: spec.link.unwrap_or(DEFAULT_LINK),
         })
     }
 }

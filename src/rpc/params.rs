@@ -109,6 +109,7 @@ impl NetworkParam {
                 deny: p.deny,
                 max_connections: p.max_connections,
                 max_bytes_per_sec: p.max_bytes_per_sec,
+                link: None,
             }),
         }
     }
