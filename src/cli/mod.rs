@@ -28,6 +28,8 @@ pub struct Args {
 enum Command {
     /// Speak JSON-RPC 2.0 on stdin/stdout (the default).
     Serve(ServeArgs),
+    /// Speak MCP on stdin/stdout: sandboxes as tools for agent hosts.
+    Mcp(McpArgs),
     /// Fork a sandbox from the bare template, run ARGV in it, print output and timings.
     Run(run::RunArgs),
     /// Measure fork, exec, kill and memory figures.
@@ -84,6 +86,15 @@ struct ServeArgs {
     max_message_bytes: usize,
 }
 
+#[derive(clap::Args, Debug)]
+struct McpArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The sessions' template: `bare` (built in) or a file saved by template.save.
+    #[arg(long, default_value = "bare", value_parser = zeroboot::mcp::TemplateSource::parse)]
+    template: zeroboot::mcp::TemplateSource,
+}
+
 /// Logs go to stderr only: stdout belongs to the protocol. The level comes
 /// from ZEROBOOT_LOG, else RUST_LOG, else "warn".
 pub fn init_logging() {
@@ -109,6 +120,10 @@ pub fn dispatch(args: Args) -> ExitCode {
         Command::Serve(a) => zeroboot::rpc::serve(zeroboot::rpc::ServeOptions {
             engine: a.engine.config(),
             max_message_bytes: a.max_message_bytes,
+        }),
+        Command::Mcp(a) => zeroboot::mcp::serve(zeroboot::mcp::McpOptions {
+            engine: a.engine.config(),
+            template: a.template,
         }),
         Command::Run(a) => run::main(a),
         Command::Bench(a) => bench::main(a),

@@ -126,7 +126,7 @@ impl EngineError {
     }
 
     /// True when the failure leaves the sandbox's vCPU in an unknown state.
-    pub(crate) fn breaks_sandbox(&self) -> bool {
+    pub fn breaks_sandbox(&self) -> bool {
         matches!(
             self,
             EngineError::ExecTimeout { .. }

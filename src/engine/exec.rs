@@ -5,6 +5,12 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{CancelToken, Engine, EngineError};
 use crate::agent::{self, ExecRequest, FramePort, Stream};
 
+/// Extra time the host allows past an exec's in-guest `timeout_ms` before it
+/// stops the vCPU: a guest agent that honours the in-guest deadline answers
+/// `timed_out: true` first and the sandbox stays usable. Every front end that
+/// takes a `timeout_ms` from its caller adds it.
+pub const EXEC_HOST_GRACE_MS: u64 = 500;
+
 /// Per-call knobs.
 #[derive(Clone, Default)]
 pub struct ExecOptions {

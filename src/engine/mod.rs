@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 pub use cancel::CancelToken;
 pub use error::EngineError;
-pub use exec::{ExecOptions, ExecResult};
+pub use exec::{EXEC_HOST_GRACE_MS, ExecOptions, ExecResult};
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
 pub use network::{MAX_CONNECTIONS, MIN_BYTES_PER_SEC, NetworkSpec};
 pub use template::{BARE_GUEST, Template};

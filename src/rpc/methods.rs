@@ -22,7 +22,9 @@ use super::output::{self, ChunkEncoder};
 use super::params::*;
 use super::server::Outbox;
 use crate::agent::{ExecRequest, Program, Stream};
-use crate::engine::{CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, ExecOptions};
+use crate::engine::{
+    CancelToken, DEFAULT_LINUX_MEMORY_MIB, EXEC_HOST_GRACE_MS, Engine, ExecOptions,
+};
 
 /// The OpenRPC document returned by `rpc.discover`.
 pub const OPENRPC: &str = include_str!("../../schema/openrpc.json");
@@ -37,10 +39,6 @@ fn openrpc() -> &'static RawValue {
     &DOC
 }
 
-/// Extra time the host allows past `timeout_ms` before it stops the vCPU: a
-/// guest agent that honours the in-guest deadline answers `timed_out: true`
-/// first and the sandbox stays usable.
-pub const EXEC_HOST_GRACE_MS: u64 = 500;
 /// Largest `output_cap` a call may ask for (unless the engine default is larger).
 pub const MAX_OUTPUT_CAP: usize = 64 << 20;
 /// Largest `count` of one `sandbox.fork`.

@@ -17,15 +17,13 @@ mod output;
 mod params;
 mod server;
 
-use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use crate::engine::{Engine, EngineConfig};
-pub use methods::{EXEC_HOST_GRACE_MS, OPENRPC};
+pub use methods::OPENRPC;
 
 /// Options of `zeroboot serve`.
 #[derive(Clone, Debug)]
@@ -42,7 +40,7 @@ pub struct ServeOptions {
 /// `rpc.discover` answer, every engine method fails with the KVM-unavailable
 /// error.
 pub fn serve(opts: ServeOptions) -> ExitCode {
-    let output = match protocol_stdout() {
+    let output = match crate::stdio::protocol_stdout() {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, "cannot take over stdout");
@@ -108,25 +106,6 @@ fn state(engine: Result<Engine, String>, opts: &ServeOptions) -> methods::State 
         shutting_down: AtomicBool::new(false),
         started: Instant::now(),
     }
-}
-
-/// Moves the protocol stream off fd 1: returns a private duplicate of stdout
-/// for frames and points fd 1 at stderr, so nothing else in the process (a
-/// stray print in a dependency) can corrupt the protocol.
-fn protocol_stdout() -> io::Result<File> {
-    // SAFETY: F_DUPFD_CLOEXEC on fd 1 only creates a new descriptor.
-    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    // SAFETY: dup2 replaces fd 1, which Rust's stdout handle refers to by
-    // number only; writes through it now reach stderr.
-    if unsafe { libc::dup2(2, 1) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(file)
 }
 
 #[cfg(test)]

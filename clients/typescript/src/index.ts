@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
 import { PassThrough } from "node:stream";
 import { dirname, join, resolve, delimiter } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,7 +31,8 @@ export type OutputNotification = Notifications["sandbox.output"];
 
 /** Options of {@link Zeroboot.start}. */
 export interface StartOptions {
-  /** Path of the zeroboot binary. Default: $ZEROBOOT_BIN, then `zeroboot` next to this package, then
+  /** Path of the zeroboot binary. Default: $ZEROBOOT_BIN, then the binary of the platform package
+   * ({@link platformPackage}, installed with this one), then `zeroboot` next to this package, then
    * `../../target/release/zeroboot` relative to the package (a source checkout), then `zeroboot` on PATH. */
   binary?: string;
   /** Arguments after the binary. Default: `["serve"]`. */
@@ -111,11 +113,29 @@ export interface Template {
 
 const packageDir = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
+/** Name of the package that carries the worker binary for this platform (the esbuild/biome pattern:
+ * one package per platform, each with `os` and `cpu` set, named in the main package's
+ * `optionalDependencies`, so npm installs only the one that fits). */
+export const platformPackage = `@zeroboot/${process.platform}-${process.arch}`;
+
+/** The binary of the installed platform package, or undefined when there is none. */
+function platformBinary(): string | undefined {
+  try {
+    const manifest = createRequire(import.meta.url).resolve(`${platformPackage}/package.json`);
+    const binary = join(dirname(manifest), "bin", "zeroboot");
+    return existsSync(binary) ? binary : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Resolves the worker binary as documented in {@link StartOptions.binary}. */
 export function findBinary(explicit?: string): string {
   if (explicit) return explicit;
   const env = process.env.ZEROBOOT_BIN;
   if (env) return env;
+  const shipped = platformBinary();
+  if (shipped) return shipped;
   for (const candidate of [join(packageDir, "zeroboot"), join(packageDir, "..", "..", "target", "release", "zeroboot")]) {
     if (existsSync(candidate)) return candidate;
   }
