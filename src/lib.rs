@@ -12,6 +12,7 @@ pub mod image;
 pub mod mcp;
 pub mod net;
 pub mod rpc;
+pub mod spec;
 mod stdio;
 pub mod vmm;
 

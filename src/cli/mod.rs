@@ -2,13 +2,16 @@
 //! own file and calls the engine (or the RPC worker) and nothing lower.
 
 mod bench;
+mod bench_branch;
 mod bench_linux;
 mod bench_net;
 mod bench_rpc;
 mod doctor;
 mod image;
+mod progress;
 mod run;
 mod stats;
+mod template;
 
 use std::process::ExitCode;
 
@@ -39,6 +42,9 @@ enum Command {
     /// Linux guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Templates built from a spec (zeroboot.toml), and what a template file holds.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
 }
 
 /// Engine knobs shared by every command that starts an engine.
@@ -129,6 +135,7 @@ pub fn dispatch(args: Args) -> ExitCode {
         Command::Bench(a) => bench::main(a),
         Command::Doctor => doctor::main(),
         Command::Image(c) => image::main(c),
+        Command::Template(c) => template::main(c),
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use zeroboot::agent::{ExecRequest, Stream};
-use zeroboot::engine::{Engine, ExecOptions};
+use zeroboot::engine::{CancelToken, Engine, ExecOptions};
 
 use super::{EngineArgs, report};
 
@@ -39,7 +39,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let t = Instant::now();
     let engine = Engine::new(args.engine.config())?;
     let tpl = match &args.template {
-        Some(path) => engine.load_file(path)?,
+        Some(path) => engine.load_file(path, &CancelToken::new())?,
         None => engine.load_builtin("bare")?,
     };
     let load = t.elapsed();

@@ -77,7 +77,7 @@ impl Engine {
             },
             Box::new(move |vm, tpl, out| {
                 let net = port.as_deref().map(|p| p as &dyn FramePort);
-                agent::exec(vm, &tpl.mailbox, &frame, cap, out, net)
+                agent::exec(vm, &tpl.layer.mailbox, &frame, cap, out, net)
             }),
         )?;
         result.exit_code = (end.signal == 0).then_some(end.code);

@@ -72,7 +72,7 @@ impl Engine {
             Box::new(move |vm, tpl, _| {
                 transfer(&mut VmLink {
                     vm,
-                    mailbox: &tpl.mailbox,
+                    mailbox: &tpl.layer.mailbox,
                 })
             }),
         )

@@ -13,11 +13,14 @@ mod error;
 mod exec;
 mod file;
 mod files;
+mod layer;
 mod linux;
 mod network;
 mod pool;
 mod recycle;
 mod sandbox;
+mod session;
+mod spec;
 mod template;
 
 use std::collections::HashMap;
@@ -25,17 +28,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+pub use branch::Branching;
 pub use cancel::CancelToken;
 pub use error::EngineError;
 pub use exec::{EXEC_HOST_GRACE_MS, ExecOptions, ExecResult};
+pub use file::FileInfo;
+pub use layer::LayerMemory;
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
 pub use network::{MAX_CONNECTIONS, MIN_BYTES_PER_SEC, NetworkSpec};
+pub use spec::SpecTemplate;
 pub use template::{BARE_GUEST, Template};
 
+use crate::image::spec_image::Manifest;
 use crate::vmm::{Flavor, Hypervisor, memory};
-use pool::{Health, Shell};
+use layer::Layer;
+use pool::{Health, Pool, Shell};
 use sandbox::{Counters, Sandbox};
-use template::Snapshot;
+use template::Family;
 
 /// Limits and sizes chosen by the operator.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -76,8 +85,26 @@ pub struct TemplateInfo {
     pub memory_bytes: usize,
     /// Live sandboxes forked from it.
     pub sandboxes: usize,
-    /// Idle VMs ready for forks.
+    /// Idle VMs ready for its forks: a root's pool (which also feeds its
+    /// branches), or the few a branch keeps restored to itself.
     pub pooled: usize,
+    /// Branches between it and the template its memory comes from (0: a
+    /// built, loaded or flattened template).
+    pub depth: u32,
+    /// The pages it holds above its base, in bytes.
+    pub memory: LayerMemory,
+}
+
+/// What [`Engine::unload_template`] does with the template's live sandboxes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unload {
+    /// Refuse while any live ([`EngineError::TemplateInUse`]).
+    IfUnused,
+    /// Kill them first.
+    KillSandboxes,
+    /// Leave them running: they keep the memory they were forked from until
+    /// they are killed.
+    KeepSandboxes,
 }
 
 /// Public facts about a sandbox.
@@ -133,6 +160,11 @@ pub struct Forked {
     /// Whether a pooled VM was used (false: created on the request path).
     pub pooled: bool,
 }
+
+/// Smallest guest memory of the bare template: all its program touches.
+pub const BARE_MEMORY_MIB: usize = crate::vmm::layout::BARE_MEMORY >> 20;
+/// Largest: what its 1 GiB identity map reaches.
+pub const MAX_BARE_MEMORY_MIB: usize = 1024;
 
 /// VM creators per core in [`Engine::fork_many`]. Creating a VM sleeps in
 /// the kernel for part of its time (SRCU grace periods when the memory slot
@@ -213,61 +245,132 @@ impl Engine {
 
     /// Loads a built-in template ("bare").
     pub fn load_builtin(&self, name: &str) -> Result<TemplateInfo, EngineError> {
-        let snap = match name {
-            "bare" => Snapshot::boot_bare(&self.0.hv)?,
+        self.load_builtin_sized(name, None)
+    }
+
+    /// Loads a built-in template with `memory_mib` MiB of guest memory
+    /// (default: the guest's own size; the bare guest takes 32 to 1024).
+    pub fn load_builtin_sized(
+        &self,
+        name: &str,
+        memory_mib: Option<usize>,
+    ) -> Result<TemplateInfo, EngineError> {
+        let cancel = CancelToken::new();
+        let layer = match name {
+            "bare" => {
+                let mib = memory_mib.unwrap_or(crate::vmm::layout::BARE_MEMORY >> 20);
+                if !(BARE_MEMORY_MIB..=MAX_BARE_MEMORY_MIB).contains(&mib) {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "the bare guest takes {BARE_MEMORY_MIB} to {MAX_BARE_MEMORY_MIB} MiB, not {mib}"
+                    )));
+                }
+                template::boot_bare(&self.0.hv, mib << 20, &cancel)?
+            }
             other => {
                 return Err(EngineError::InvalidRequest(format!(
                     "unknown builtin template {other:?}"
                 )));
             }
         };
-        self.register(format!("builtin:{name}"), snap)
+        self.register_root(format!("builtin:{name}"), layer, None, &cancel)
     }
 
-    /// Loads a template saved by [`Engine::save_template`].
-    pub fn load_file(&self, path: &std::path::Path) -> Result<TemplateInfo, EngineError> {
-        let snap = file::read(path)?;
-        self.register(path.display().to_string(), snap)
+    /// Loads a template saved by [`Engine::save_template`]: its memory is
+    /// mapped from the file, copy-on-write, not copied.
+    pub fn load_file(
+        &self,
+        path: &std::path::Path,
+        cancel: &CancelToken,
+    ) -> Result<TemplateInfo, EngineError> {
+        let (layer, manifest) = file::read(path, &self.0.hv)?;
+        self.register_root(path.display().to_string(), layer, manifest, cancel)
     }
 
-    /// Writes a template to a file that [`Engine::load_file`] can read.
-    pub fn save_template(&self, id: &str, path: &std::path::Path) -> Result<u64, EngineError> {
+    /// What a template file holds (its header only: no KVM, no guest memory).
+    pub fn inspect_file(path: &std::path::Path) -> Result<FileInfo, EngineError> {
+        file::inspect(path)
+    }
+
+    /// Writes a template (a branch included: the file holds its whole
+    /// memory) to a new file that [`Engine::load_file`] can read; returns the
+    /// file's size.
+    pub fn save_template(
+        &self,
+        id: &str,
+        path: &std::path::Path,
+        cancel: &CancelToken,
+    ) -> Result<u64, EngineError> {
         let tpl = self.template(id)?;
-        file::write(&tpl, path)
+        file::write(&tpl.layer, tpl.family.manifest.as_ref(), path, cancel)
     }
 
-    fn register(&self, source: String, snap: Snapshot) -> Result<TemplateInfo, EngineError> {
+    /// Registers a new root layer: its own family, whose probe must answer.
+    fn register_root(
+        &self,
+        source: String,
+        layer: Layer,
+        manifest: Option<Manifest>,
+        cancel: &CancelToken,
+    ) -> Result<TemplateInfo, EngineError> {
         let id = self.next_id("tpl");
-        let mut tpl = Template::new(id.clone(), source, snap, self.0.config.pool_size)?;
-        tpl.learn_hot_pages(&self.0.hv)?;
-        let tpl = Arc::new(tpl);
+        let family = Arc::new(Family::new(
+            &self.0.hv,
+            id.clone(),
+            layer,
+            manifest,
+            self.0.config.pool_size,
+            self.timeout_or_default(None),
+            cancel,
+        )?);
+        let layer = Arc::clone(&family.root);
+        let info = self.register(id, source, layer, Arc::clone(&family));
+        self.start_refiller(&family)?;
+        Ok(info)
+    }
+
+    /// Adds a template of `family` to the registry.
+    fn register(
+        &self,
+        id: String,
+        source: String,
+        layer: Arc<Layer>,
+        family: Arc<Family>,
+    ) -> TemplateInfo {
+        family.join();
+        let branch = !Arc::ptr_eq(&layer, &family.root);
+        let tpl = Arc::new(Template {
+            id: id.clone(),
+            source,
+            layer,
+            family,
+            ready: Pool::new(if branch { template::BRANCH_READY } else { 0 }),
+        });
         self.0
             .templates
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), Arc::clone(&tpl));
-        self.start_refiller(&tpl)?;
-        Ok(self.template_info(&tpl))
+            .insert(id, Arc::clone(&tpl));
+        self.template_info(&tpl)
     }
 
-    /// Keeps the template's pool full in the background.
-    fn start_refiller(&self, tpl: &Arc<Template>) -> Result<(), EngineError> {
+    /// Keeps the family's pool full in the background.
+    fn start_refiller(&self, family: &Arc<Family>) -> Result<(), EngineError> {
         if self.0.config.pool_size == 0 {
             return Ok(());
         }
-        let (tpl, hv) = (Arc::clone(tpl), Arc::clone(&self.0.hv));
+        let (family, hv) = (Arc::clone(family), Arc::clone(&self.0.hv));
         let handle = std::thread::Builder::new()
-            .name(format!("pool-{}", tpl.id))
+            .name(format!("pool-{}", family.name))
             .spawn(move || {
-                while tpl.pool.wait_for_room() {
-                    match tpl.spawn_shell(&hv) {
+                while family.pool.wait_for_room() {
+                    match family.spawn_shell(&hv) {
                         Ok(thread) => {
-                            if let Err(shell) = tpl.pool.offer(Shell::new(thread)) {
+                            if let Err(shell) = family.pool.offer(Shell::new(thread)) {
                                 drop(shell.thread.stop());
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(template = %tpl.id, error = %e, "cannot refill the pool");
+                            tracing::warn!(template = %family.name, error = %e, "cannot refill the pool");
                             std::thread::sleep(Duration::from_millis(100));
                         }
                     }
@@ -296,7 +399,13 @@ impl Engine {
             source: tpl.source.clone(),
             memory_bytes: tpl.memory_bytes(),
             sandboxes,
-            pooled: tpl.pool.len(),
+            pooled: if tpl.is_branch() {
+                tpl.ready.len()
+            } else {
+                tpl.family.pool.len()
+            },
+            depth: tpl.layer.depth,
+            memory: tpl.layer.memory(),
         }
     }
 
@@ -315,9 +424,10 @@ impl Engine {
         out
     }
 
-    /// Unloads a template; refused while sandboxes of it live unless `force`,
-    /// which kills them.
-    pub fn unload_template(&self, id: &str, force: bool) -> Result<usize, EngineError> {
+    /// Unloads a template; `how` says what happens to its live sandboxes.
+    /// Returns how many were killed. Its memory is freed once no sandbox and
+    /// no branch of it needs it any more.
+    pub fn unload_template(&self, id: &str, how: Unload) -> Result<usize, EngineError> {
         let tpl = self.template(id)?;
         let children: Vec<String> = self
             .0
@@ -328,19 +438,29 @@ impl Engine {
             .filter(|s| Arc::ptr_eq(&s.template, &tpl))
             .map(|s| s.id.clone())
             .collect();
-        if !children.is_empty() && !force {
+        if !children.is_empty() && how == Unload::IfUnused {
             return Err(EngineError::TemplateInUse {
                 template: id.to_string(),
                 sandboxes: children.len(),
             });
         }
-        self.0
+        if self
+            .0
             .templates
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        for shell in tpl.pool.close() {
-            drop(shell.thread.stop());
+            .remove(id)
+            .is_none()
+        {
+            // Unloaded concurrently.
+            return Err(EngineError::TemplateNotFound(id.to_string()));
+        }
+        for shell in tpl.ready.close() {
+            recycle::recycle(&tpl.family, None, shell);
+        }
+        tpl.family.leave();
+        if how != Unload::KillSandboxes {
+            return Ok(0);
         }
         for child in &children {
             // A child killed concurrently is already gone: nothing to do.
@@ -382,11 +502,31 @@ impl Engine {
             .as_ref()
             .map(|spec| self.sandbox_net(spec, &id))
             .transpose()?;
-        let (shell, pooled) = match tpl.pool.take() {
-            Some(shell) => (shell, true),
-            None => (Shell::new(tpl.spawn_shell(&self.0.hv)?), false),
+        let ready = if tpl.is_branch() {
+            tpl.ready.take()
+        } else {
+            None
         };
+        let (shell, pooled) = match ready {
+            Some(shell) => (shell, true),
+            None => {
+                let (shell, pooled) = match tpl.family.pool.take() {
+                    Some(shell) => (shell, true),
+                    None => (Shell::new(tpl.family.spawn_shell(&self.0.hv)?), false),
+                };
+                if tpl.is_branch() {
+                    // A VM of the family is a fork of its root: the branch
+                    // goes over it before any request (on the request path).
+                    tpl.adopt(&shell);
+                }
+                (shell, pooled)
+            }
+        };
+        if tpl.is_branch() {
+            tpl.prepare();
+        }
         if let Some(net) = &net {
+            // Queued after the branch's restore (which replaces the devices).
             net.plug(&shell.thread);
         }
         let sandbox = Arc::new(Sandbox {
@@ -508,8 +648,9 @@ impl Engine {
     pub fn stats(&self, id: &str) -> Result<SandboxStats, EngineError> {
         let sb = self.sandbox(id)?;
         let (addr, size) = sb.shell().thread.ram_range();
-        let dirty_pages = memory::private_pages(addr, size)
-            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?;
+        let dirty_pages = memory::private_page_addrs(addr, size)
+            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?
+            .len() as u64;
         let c = *sb.counters.lock().unwrap_or_else(|e| e.into_inner());
         Ok(SandboxStats {
             sandbox: sb.id.clone(),
@@ -555,9 +696,10 @@ impl Engine {
             .drain()
             .collect();
         for (_, tpl) in tpls {
-            for shell in tpl.pool.close() {
+            for shell in tpl.ready.close() {
                 drop(shell.thread.stop());
             }
+            tpl.family.leave();
         }
         for h in self
             .0

@@ -127,7 +127,7 @@ impl SandboxNet {
                 agent::net_up(
                     &mut VmLink {
                         vm,
-                        mailbox: &tpl.mailbox,
+                        mailbox: &tpl.layer.mailbox,
                     },
                     &net_up_request(link),
                 )?;

@@ -6,7 +6,8 @@
 //! in `modules/`.
 
 use super::ImageError;
-use super::apt::Apt;
+use super::debian::{Debian, Package};
+use super::progress::Reporter;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -87,36 +88,87 @@ fn copy_modules(package: &str, unpacked: &Path, into: &Path) -> Result<(), Image
     fs::rename(&staging, into).map_err(ImageError::io("cannot move modules to", into))
 }
 
-/// The kernel package named in the meta-package's `Depends` field.
-fn kernel_package(depends: &str) -> Option<&str> {
-    depends
-        .split(',')
-        .filter_map(|dep| dep.split_whitespace().next())
-        .find(|name| name.starts_with("linux-image-") && *name != META)
+/// The network modules of the kernel `vmlinuz` (from the cache), by file
+/// name, sorted: what an image packs into
+/// [`zeroboot_proto::NET_MODULE_DIR`]. None for a kernel of the user's own.
+pub fn packed_modules(vmlinuz: &Path) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    let Some(dir) = modules_of(vmlinuz) else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .map_err(ImageError::io("cannot list", &dir))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".ko"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let path = dir.join(&n);
+            let bytes = fs::read(&path).map_err(ImageError::io("cannot read", &path))?;
+            Ok((n, bytes))
+        })
+        .collect()
 }
 
-/// Returns the cached kernel image, fetching it first if needed.
-pub fn fetch(apt: &Apt, cache: &Path) -> Result<PathBuf, ImageError> {
-    let meta = apt.fetch(META)?;
-    let depends = Apt::field(&meta, "Depends")?;
-    let package = kernel_package(&depends)
+/// Writes `modules` (from [`packed_modules`]) into the image tree `root`.
+pub fn install_modules(modules: &[(String, Vec<u8>)], root: &Path) -> Result<(), ImageError> {
+    let dir = root.join(zeroboot_proto::NET_MODULE_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&dir).map_err(ImageError::io("cannot create", &dir))?;
+    for (name, bytes) in modules {
+        let to = dir.join(name);
+        fs::write(&to, bytes).map_err(ImageError::io("cannot write", &to))?;
+    }
+    Ok(())
+}
+
+/// The kernel package named in the meta-package's `Depends` field, with
+/// the version it pins (`name (= version)`).
+fn kernel_package(depends: &str) -> Option<Package> {
+    depends.split(',').find_map(|dep| {
+        let mut words = dep.split_whitespace();
+        let name = words.next()?;
+        if !name.starts_with("linux-image-") || name == META {
+            return None;
+        }
+        let rest: String = words.collect::<Vec<_>>().join(" ");
+        let version = rest
+            .strip_prefix("(=")
+            .and_then(|v| v.strip_suffix(')'))
+            .map(|v| v.trim().to_owned())?;
+        Some(Package {
+            name: name.to_owned(),
+            version,
+        })
+    })
+}
+
+/// Returns the cached kernel image, fetching it first if needed. Only the
+/// kernel package itself is downloaded: its dependencies (initramfs-tools,
+/// kmod, ...) are for installing it, which never happens.
+pub fn fetch(debian: &Debian, cache: &Path, progress: Reporter<'_>) -> Result<PathBuf, ImageError> {
+    let fields = debian.show(META)?;
+    let package = fields
+        .get("Depends")
+        .and_then(|d| kernel_package(d))
         .ok_or_else(|| ImageError::PackageContents {
             package: META.into(),
-            what: "kernel dependency",
-        })?
-        .to_owned();
-    let dir = cache.join("kernel").join(&package);
+            what: "versioned kernel dependency",
+        })?;
+    let dir = cache.join("kernel").join(&package.name);
     let vmlinuz = dir.join("vmlinuz");
     if vmlinuz.is_file() && modules_of(&vmlinuz).is_some() {
         return Ok(vmlinuz);
     }
-    let deb = apt.fetch(&package)?;
+    let debs = debian.fetch(std::slice::from_ref(&package), progress)?;
+    let deb = &debs[0].path;
+    let package = package.name;
     eprintln!("zeroboot image: unpacking {package}");
     let staging = cache.join("kernel").join(format!("{package}.unpack"));
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(ImageError::io("cannot remove", &staging))?;
     }
-    Apt::extract(&deb, &staging)?;
+    Debian::extract(deb, &staging)?;
     let boot = staging.join("boot");
     let image = fs::read_dir(&boot)
         .map_err(ImageError::io("cannot list", &boot))?
@@ -195,12 +247,17 @@ mod tests {
         let depends = "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)";
         assert_eq!(
             kernel_package(depends),
-            Some("linux-image-6.1.0-56-cloud-amd64")
+            Some(Package {
+                name: "linux-image-6.1.0-56-cloud-amd64".into(),
+                version: "6.1.192-2".into()
+            })
         );
         assert_eq!(
-            kernel_package("initramfs-tools, linux-image-6.1.0-9-cloud-amd64"),
-            Some("linux-image-6.1.0-9-cloud-amd64")
+            kernel_package("initramfs-tools, linux-image-6.1.0-9-cloud-amd64 (= 6.1.27-1)")
+                .map(|p| p.name),
+            Some("linux-image-6.1.0-9-cloud-amd64".into())
         );
         assert_eq!(kernel_package("libc6"), None);
+        assert_eq!(kernel_package("linux-image-6.1.0-9-cloud-amd64"), None);
     }
 }

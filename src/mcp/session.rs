@@ -82,9 +82,9 @@ impl Session {
         let started = Instant::now();
         let source = self.source.clone();
         let info = self
-            .run(ctx, move |engine, _| match &source {
+            .run(ctx, move |engine, cancel| match &source {
                 TemplateSource::Builtin(name) => engine.load_builtin(name),
-                TemplateSource::File(path) => engine.load_file(path),
+                TemplateSource::File(path) => engine.load_file(path, cancel),
             })
             .await?;
         progress

@@ -23,7 +23,7 @@ use super::progress::{Progress, excerpt};
 use super::session::Session;
 use super::{TemplateSource, ToolError};
 use crate::agent::{ExecRequest, Stream};
-use crate::engine::{EXEC_HOST_GRACE_MS, ExecOptions};
+use crate::engine::{Branching, EXEC_HOST_GRACE_MS, ExecOptions};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -396,8 +396,8 @@ impl Server {
         let id = sandbox.clone();
         let info = self
             .session
-            .run_on(&sandbox, &ctx, move |engine, _| {
-                engine.snapshot_sandbox(&id)
+            .run_on(&sandbox, &ctx, move |engine, cancel| {
+                engine.snapshot_sandbox(&id, Branching::Layer, cancel)
             })
             .await?;
         Ok(Json(SnapshotOutput {

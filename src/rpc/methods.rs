@@ -23,7 +23,8 @@ use super::params::*;
 use super::server::Outbox;
 use crate::agent::{ExecRequest, Program, Stream};
 use crate::engine::{
-    CancelToken, DEFAULT_LINUX_MEMORY_MIB, EXEC_HOST_GRACE_MS, Engine, ExecOptions,
+    Branching, CancelToken, DEFAULT_LINUX_MEMORY_MIB, EXEC_HOST_GRACE_MS, Engine, ExecOptions,
+    Unload,
 };
 
 /// The OpenRPC document returned by `rpc.discover`.
@@ -134,6 +135,35 @@ fn engine_err(e: crate::engine::EngineError) -> ErrorObjectOwned {
     errors::engine_error(&e)
 }
 
+/// `template.build {spec}`: relative host paths in the spec are the
+/// worker's (its working directory); progress goes out as
+/// `template.progress` notifications before the response.
+fn build_from_spec(
+    engine: &Engine,
+    spec: &serde_json::Value,
+    call: &Call,
+) -> Result<Box<RawValue>, ErrorObjectOwned> {
+    let cwd = std::env::current_dir().map_err(|e| errors::internal(e.to_string()))?;
+    let spec = crate::spec::Spec::from_json(spec, &cwd)
+        .map_err(|e| engine_err(crate::engine::EngineError::Spec(e)))?;
+    let mut notify = |p: &crate::image::progress::Progress| {
+        call.notify(
+            "template.progress",
+            BuildProgress {
+                request: call.id.raw(),
+                progress: p,
+            },
+        );
+    };
+    let built = engine
+        .build_from_spec(&spec, &Default::default(), &mut notify, &call.cancel)
+        .map_err(engine_err)?;
+    raw(SpecBuilt {
+        template: built.info,
+        manifest: built.manifest,
+    })
+}
+
 /// Builds the module with every method.
 pub fn module(state: Arc<State>) -> RpcModule<State> {
     let mut m = RpcModule::from_arc(state);
@@ -141,47 +171,79 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(
         &mut m,
         "template.load",
-        |engine, p: TemplateLoad, _| match (p.builtin, p.path) {
-            (Some(name), None) => engine.load_builtin(&name).map_err(engine_err),
-            (None, Some(path)) => engine.load_file(Path::new(&path)).map_err(engine_err),
+        |engine, p: TemplateLoad, call| match (p.builtin, p.path, p.memory_mib) {
+            (Some(name), None, mib) => engine.load_builtin_sized(&name, mib).map_err(engine_err),
+            (None, Some(path), None) => engine
+                .load_file(Path::new(&path), &call.cancel)
+                .map_err(engine_err),
+            (None, Some(_), Some(_)) => Err(errors::invalid_params(
+                "`memory_mib` is for built-in templates: a file says its own size",
+            )),
             _ => Err(errors::invalid_params(
                 "give exactly one of `builtin` or `path`",
             )),
         },
     );
-    engine_method(&mut m, "template.build", |engine, p: TemplateBuild, _| {
-        let mib = p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB);
-        if !(MIN_LINUX_MEMORY_MIB..=MAX_LINUX_MEMORY_MIB).contains(&mib) {
-            return Err(errors::invalid_params(format!(
-                "memory_mib must be between {MIN_LINUX_MEMORY_MIB} and {MAX_LINUX_MEMORY_MIB}"
-            )));
-        }
-        engine
-            .build_template(
-                Path::new(&p.kernel),
-                Path::new(&p.initramfs),
-                mib,
-                p.cmdline.as_deref(),
-            )
-            .map_err(engine_err)
-    });
+    engine_method(
+        &mut m,
+        "template.build",
+        |engine, p: TemplateBuild, call| {
+            let (kernel, initramfs) = match (p.kernel, p.initramfs, p.spec) {
+                (None, None, Some(spec)) if p.memory_mib.is_none() && p.cmdline.is_none() => {
+                    return build_from_spec(engine, &spec, call);
+                }
+                (Some(k), Some(i), None) => (k, i),
+                _ => {
+                    return Err(errors::invalid_params(
+                        "give `kernel` and `initramfs` (with `memory_mib`, `cmdline`), or `spec` alone",
+                    ));
+                }
+            };
+            let mib = p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB);
+            if !(MIN_LINUX_MEMORY_MIB..=MAX_LINUX_MEMORY_MIB).contains(&mib) {
+                return Err(errors::invalid_params(format!(
+                    "memory_mib must be between {MIN_LINUX_MEMORY_MIB} and {MAX_LINUX_MEMORY_MIB}"
+                )));
+            }
+            engine
+                .build_template(
+                    Path::new(&kernel),
+                    Path::new(&initramfs),
+                    mib,
+                    p.cmdline.as_deref(),
+                    &call.cancel,
+                )
+                .map_err(engine_err)
+                .and_then(raw)
+        },
+    );
     engine_method(&mut m, "template.list", |engine, _: Empty, _| {
         Ok(TemplateList {
             templates: engine.list_templates(),
         })
     });
     engine_method(&mut m, "template.unload", |engine, p: TemplateUnload, _| {
+        let how = match (p.force, p.keep_sandboxes) {
+            (false, false) => Unload::IfUnused,
+            (true, false) => Unload::KillSandboxes,
+            (false, true) => Unload::KeepSandboxes,
+            (true, true) => {
+                return Err(errors::invalid_params(
+                    "give at most one of `force` or `keep_sandboxes`",
+                ));
+            }
+        };
         let killed = engine
-            .unload_template(&p.template, p.force)
+            .unload_template(&p.template, how)
             .map_err(engine_err)?;
         Ok(Unloaded {
             template: p.template,
             killed,
         })
     });
-    engine_method(&mut m, "template.save", |engine, p: TemplateSave, _| {
+    engine_method(&mut m, "template.save", |engine, p: TemplateSave, call| {
         let bytes = engine
-            .save_template(&p.template, Path::new(&p.path))
+            .save_template(&p.template, Path::new(&p.path), &call.cancel)
             .map_err(engine_err)?;
         Ok(Saved {
             template: p.template,
@@ -221,9 +283,20 @@ pub fn module(state: Arc<State>) -> RpcModule<State> {
     engine_method(&mut m, "sandbox.stats", |engine, p: SandboxRef, _| {
         engine.stats(&p.sandbox).map_err(engine_err)
     });
-    engine_method(&mut m, "sandbox.snapshot", |engine, p: SandboxRef, _| {
-        engine.snapshot_sandbox(&p.sandbox).map_err(engine_err)
-    });
+    engine_method(
+        &mut m,
+        "sandbox.snapshot",
+        |engine, p: SandboxSnapshot, call| {
+            let how = if p.full_copy {
+                Branching::FullCopy
+            } else {
+                Branching::Layer
+            };
+            engine
+                .snapshot_sandbox(&p.sandbox, how, &call.cancel)
+                .map_err(engine_err)
+        },
+    );
     engine_method(&mut m, "sandbox.write_file", write_file);
     engine_method(&mut m, "sandbox.read_file", read_file);
 

@@ -15,16 +15,20 @@ pub struct TemplateLoad {
     pub builtin: Option<String>,
     /// A file written by `template.save`.
     pub path: Option<String>,
+    /// Guest memory of a built-in template, in MiB (default: its own size).
+    pub memory_mib: Option<usize>,
 }
 
-/// `template.build`.
+/// `template.build`: `kernel` and `initramfs`, or `spec`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateBuild {
     /// A Linux kernel (bzImage) on the worker's host.
-    pub kernel: String,
+    pub kernel: Option<String>,
     /// An initramfs whose `/init` is the zeroboot agent.
-    pub initramfs: String,
+    pub initramfs: Option<String>,
+    /// A template spec (schema/template-spec.json), checked by the engine.
+    pub spec: Option<serde_json::Value>,
     /// Guest memory in MiB.
     pub memory_mib: Option<usize>,
     /// Kernel command line (default: the image's).
@@ -40,6 +44,9 @@ pub struct TemplateUnload {
     /// Kill its live sandboxes instead of refusing.
     #[serde(default)]
     pub force: bool,
+    /// Leave its live sandboxes running instead of refusing.
+    #[serde(default)]
+    pub keep_sandboxes: bool,
 }
 
 /// `template.save`.
@@ -121,6 +128,17 @@ impl NetworkParam {
 pub struct SandboxRef {
     /// The sandbox id.
     pub sandbox: String,
+}
+
+/// `sandbox.snapshot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSnapshot {
+    /// The sandbox id.
+    pub sandbox: String,
+    /// Copy its whole memory into a template of its own instead of a layer.
+    #[serde(default)]
+    pub full_copy: bool,
 }
 
 /// `sandbox.list`.
@@ -296,6 +314,26 @@ pub struct ExecResult {
     pub truncated: bool,
     /// Wall time of the call on the host.
     pub duration_us: u64,
+}
+
+/// Params of the `template.progress` notification.
+#[derive(Serialize)]
+pub struct BuildProgress<'a> {
+    /// Id of the `template.build` call.
+    pub request: &'a serde_json::value::RawValue,
+    /// The phase and how far it got.
+    #[serde(flatten)]
+    pub progress: &'a crate::image::progress::Progress,
+}
+
+/// Result of `template.build` with a spec: the template and what its image holds.
+#[derive(Serialize)]
+pub struct SpecBuilt {
+    /// The template.
+    #[serde(flatten)]
+    pub template: crate::engine::TemplateInfo,
+    /// Base, packages with versions, preloads, sizes, the spec.
+    pub manifest: crate::image::spec_image::Manifest,
 }
 
 /// Params of the `sandbox.output` notification.

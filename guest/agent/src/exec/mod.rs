@@ -9,6 +9,7 @@ mod request;
 pub use python::Zygote;
 pub use request::ExecRequest;
 
+use crate::template::Defaults;
 use crate::transport::{Transport, TransportError};
 use crate::{entropy, frames};
 use std::fs::File;
@@ -45,6 +46,8 @@ pub struct Runner {
     pub system: bool,
     /// The network, once the host brought it up.
     pub net: Option<crate::net::Net>,
+    /// The template's defaults for every exec.
+    pub defaults: Defaults,
 }
 
 impl Runner {
@@ -55,6 +58,7 @@ impl Runner {
         t: &mut dyn Transport,
         req: ExecRequest,
     ) -> Result<usize, TransportError> {
+        let req = req.with_defaults(&self.defaults);
         if let Err(e) = entropy::refresh(&req, self.system) {
             let msg = format!("cannot refresh guest entropy and clock: {e}");
             return Ok(frames::error(t.buf(), AgentErrorCode::Io, &msg));
