@@ -11,7 +11,9 @@ use std::net::{SocketAddr, TcpListener};
 
 use serde_json::{Value, json};
 use zeroboot::agent::{ExecRequest, NetLink, Program};
-use zeroboot::engine::{Engine, EngineError, ExecOptions, ForkOptions, NetworkSpec};
+use zeroboot::engine::{
+    Engine, EngineError, ExecOptions, ForkNetwork, ForkOptions, NetworkSpec,
+};
 
 use super::stats::summarize_values;
 
@@ -120,7 +122,7 @@ fn measure_link(
 ) -> Result<(Value, Value, Value), EngineError> {
     let port = addr.port();
     let opts = ForkOptions {
-        network: Some(NetworkSpec {
+        network: ForkNetwork::On(NetworkSpec {
             allow: vec![addr.to_string()],
             link: Some(link),
             ..Default::default()

@@ -35,7 +35,7 @@ pub use exec::{EXEC_HOST_GRACE_MS, ExecOptions, ExecResult};
 pub use file::FileInfo;
 pub use layer::LayerMemory;
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
-pub use network::{MAX_CONNECTIONS, MIN_BYTES_PER_SEC, NetworkSpec};
+pub use network::{ForkNetwork, NetworkSpec};
 pub use spec::SpecTemplate;
 pub use template::{BARE_GUEST, Template};
 
@@ -146,8 +146,8 @@ pub struct SandboxStats {
 /// How a fork is made.
 #[derive(Clone, Debug, Default)]
 pub struct ForkOptions {
-    /// Network for the sandbox; `None`: no network device at all.
-    pub network: Option<NetworkSpec>,
+    /// Network for the sandbox.
+    pub network: ForkNetwork,
 }
 
 /// A fork's result.
@@ -469,7 +469,8 @@ impl Engine {
         Ok(children.len())
     }
 
-    /// Forks one sandbox from a template, without network.
+    /// Forks one sandbox from a template, with the template's network (see
+    /// [`ForkNetwork::Template`]).
     pub fn fork(&self, template: &str) -> Result<Forked, EngineError> {
         self.fork_with(template, &ForkOptions::default())
     }
@@ -499,7 +500,7 @@ impl Engine {
         let id = self.next_id("sb");
         let net = opts
             .network
-            .as_ref()
+            .resolve(tpl.family.network.as_ref())
             .map(|spec| self.sandbox_net(spec, &id))
             .transpose()?;
         let ready = if tpl.is_branch() {
@@ -552,7 +553,8 @@ impl Engine {
         })
     }
 
-    /// Forks `count` sandboxes without network, creating VMs on all cores in parallel.
+    /// Forks `count` sandboxes with the template's network, creating VMs on
+    /// all cores in parallel.
     pub fn fork_many(&self, template: &str, count: usize) -> Result<Vec<Forked>, EngineError> {
         self.fork_many_with(template, count, &ForkOptions::default())
     }

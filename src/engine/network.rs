@@ -25,11 +25,6 @@ use crate::vmm::{NetBackend, NetHandle, VcpuThread};
 const DEFAULT_LINK: NetLink = NetLink::VirtioMmio;
 /// The link's MTU.
 const MTU: usize = 1500;
-/// Most connections a fork may ask for.
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Smallest bandwidth cap a fork may ask for, bytes per second.
-pub const MIN_BYTES_PER_SEC: u64 = 1024;
-
 /// What a sandbox's network may reach, in the caller's words (checked when
 /// a fork asks for it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,31 +45,69 @@ pub struct NetworkSpec {
 impl NetworkSpec {
     fn config(&self, label: &str) -> Result<EndpointConfig, EngineError> {
         let policy = Policy::parse(&self.allow, &self.deny)?;
-        let max_connections = self
-            .max_connections
-            .unwrap_or(Limits::DEFAULT.max_connections);
-        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
-            return Err(EngineError::InvalidRequest(format!(
-                "network.max_connections must be 1 to {MAX_CONNECTIONS}"
-            )));
-        }
-        let bytes_per_sec = self
-            .max_bytes_per_sec
-            .unwrap_or(Limits::DEFAULT.bytes_per_sec);
-        if bytes_per_sec < MIN_BYTES_PER_SEC {
-            return Err(EngineError::InvalidRequest(format!(
-                "network.max_bytes_per_sec must be at least {MIN_BYTES_PER_SEC}"
-            )));
-        }
+        let limits = Limits::new(self.max_connections, self.max_bytes_per_sec)
+            .map_err(|(field, e)| EngineError::InvalidRequest(format!("network.{field} {e}")))?;
         Ok(EndpointConfig {
             policy,
-            limits: Limits {
-                max_connections,
-                bytes_per_sec,
-            },
+            limits,
             mtu: MTU,
             label: label.to_string(),
         })
+    }
+}
+
+/// A fork's network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ForkNetwork {
+    /// What the template's spec says (`network`; none if it says nothing).
+    #[default]
+    Template,
+    /// No network device at all.
+    Off,
+    /// This policy.
+    On(NetworkSpec),
+}
+
+impl ForkNetwork {
+    /// The network a fork gets, given its template's default.
+    pub(crate) fn resolve<'a>(
+        &'a self,
+        template: Option<&'a NetworkSpec>,
+    ) -> Option<&'a NetworkSpec> {
+        match self {
+            ForkNetwork::Template => template,
+            ForkNetwork::Off => None,
+            ForkNetwork::On(spec) => Some(spec),
+        }
+    }
+}
+
+impl From<&crate::spec::SpecNetwork> for NetworkSpec {
+    fn from(n: &crate::spec::SpecNetwork) -> NetworkSpec {
+        NetworkSpec {
+            allow: n.allow.clone(),
+            deny: n.deny.clone(),
+            max_connections: n.max_connections,
+            max_bytes_per_sec: n.max_bytes_per_sec,
+            link: None,
+        }
+    }
+}
+
+/// The network a template's forks get by default: its spec's `network`,
+/// read from the manifest it was built with (or loaded from a file with).
+/// A file is input: a `network` of the wrong shape gives no network (and a
+/// warning), a policy entry that does not parse is refused at each fork.
+pub(crate) fn template_default(
+    manifest: Option<&crate::image::spec_image::Manifest>,
+) -> Option<NetworkSpec> {
+    let value = manifest?.spec.get("network")?;
+    match serde_json::from_value::<crate::spec::SpecNetworkField>(value.clone()) {
+        Ok(field) => field.0.as_ref().map(NetworkSpec::from),
+        Err(e) => {
+            tracing::warn!(error = %e, "the template's spec has an unreadable network: its forks get none");
+            None
+        }
     }
 }
 
@@ -210,5 +243,53 @@ impl Engine {
             up: Arc::new(AtomicBool::new(false)),
             link: spec.link.unwrap_or(DEFAULT_LINK),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::spec_image::Manifest;
+
+    fn manifest(spec: serde_json::Value) -> Manifest {
+        Manifest {
+            base: "python".into(),
+            python: Vec::new(),
+            debian: Vec::new(),
+            preload: Vec::new(),
+            initramfs_bytes: 0,
+            spec,
+        }
+    }
+
+    #[test]
+    fn a_fork_gets_its_own_network_else_its_templates() {
+        let spec = crate::spec::Spec::from_toml(
+            "[network]\nallow = [\"pypi.org:443\"]\nmax_connections = 8",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let default = template_default(Some(&manifest(spec.to_json()))).unwrap();
+        assert_eq!(default.allow, ["pypi.org:443"]);
+        assert_eq!(default.max_connections, Some(8));
+        let own = NetworkSpec {
+            allow: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        };
+        assert_eq!(ForkNetwork::Template.resolve(Some(&default)), Some(&default));
+        assert_eq!(ForkNetwork::Off.resolve(Some(&default)), None);
+        assert_eq!(
+            ForkNetwork::On(own.clone()).resolve(Some(&default)),
+            Some(&own)
+        );
+        assert_eq!(ForkNetwork::Template.resolve(None), None);
+        // No spec, a spec without network, `network = false`: none.
+        assert_eq!(template_default(None), None);
+        let plain = manifest(crate::spec::Spec::default().to_json());
+        assert_eq!(template_default(Some(&plain)), None);
+        assert_eq!(
+            template_default(Some(&manifest(serde_json::json!({"network": false})))),
+            None
+        );
     }
 }

@@ -104,6 +104,8 @@ pub(crate) struct Family {
     /// What the root's image holds, when it was built from a spec; every
     /// branch of the family runs that image, and its files record it.
     pub manifest: Option<Manifest>,
+    /// The network its forks get unless they say otherwise (the spec's).
+    pub network: Option<super::NetworkSpec>,
     /// Templates of the family still registered; the pool closes at zero.
     members: AtomicUsize,
 }
@@ -129,6 +131,7 @@ impl Family {
             cpuid,
             pool: Pool::new(pool_size),
             hot_pages: Vec::new(),
+            network: super::network::template_default(manifest.as_ref()),
             manifest,
             members: AtomicUsize::new(0),
         };

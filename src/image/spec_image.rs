@@ -11,8 +11,8 @@
 //! work directory that is removed on success and failure alike; the cache
 //! (`spec/<digest>/`) only ever receives a finished image, by rename. The
 //! digest covers what decides the image's bytes (the spec without its
-//! `warmup` and `memory_mib`, the sizes and times of the host files it
-//! names, the agent, this module's layout version): a second build of the
+//! `warmup`, `memory_mib` and `network`, the sizes and times of the host
+//! files it names, the agent, this module's layout version): a second build of the
 //! same spec is a lookup that needs no network, which is how the test lane
 //! (no network inside) builds templates from specs that the host prepared.
 
@@ -145,6 +145,7 @@ fn digest(spec: &Spec, agent: &[u8]) -> Result<String, ImageError> {
     let mut image_part = spec.clone();
     image_part.warmup.clear();
     image_part.memory_mib = None;
+    image_part.network = Default::default();
     let mut d = python::fingerprint(Fingerprint::default())
         .mix(LAYOUT_VERSION)
         .mix(image_part.to_json().to_string().as_bytes())

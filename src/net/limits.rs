@@ -11,12 +11,44 @@ pub struct Limits {
     pub bytes_per_sec: u64,
 }
 
+/// Most connections a sandbox may be allowed.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Smallest bandwidth cap a sandbox may be given, bytes per second.
+pub const MIN_BYTES_PER_SEC: u64 = 1024;
+
 impl Limits {
     /// 256 connections; 64 MiB/s each way.
     pub const DEFAULT: Limits = Limits {
         max_connections: 256,
         bytes_per_sec: 64 << 20,
     };
+
+    /// The caps a caller asked for, defaults for those it did not; a value
+    /// out of range is an error naming the field (`max_connections`,
+    /// `max_bytes_per_sec`).
+    pub fn new(
+        max_connections: Option<usize>,
+        bytes_per_sec: Option<u64>,
+    ) -> Result<Limits, (&'static str, String)> {
+        let max_connections = max_connections.unwrap_or(Limits::DEFAULT.max_connections);
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+            return Err((
+                "max_connections",
+                format!("must be 1 to {MAX_CONNECTIONS}"),
+            ));
+        }
+        let bytes_per_sec = bytes_per_sec.unwrap_or(Limits::DEFAULT.bytes_per_sec);
+        if bytes_per_sec < MIN_BYTES_PER_SEC {
+            return Err((
+                "max_bytes_per_sec",
+                format!("must be at least {MIN_BYTES_PER_SEC}"),
+            ));
+        }
+        Ok(Limits {
+            max_connections,
+            bytes_per_sec,
+        })
+    }
 }
 
 impl Default for Limits {

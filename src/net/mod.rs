@@ -21,7 +21,7 @@ mod tcp;
 mod udp;
 
 pub use endpoint::{Endpoint, EndpointConfig, GuestLink, NetStats};
-pub use limits::Limits;
+pub use limits::{Limits, MAX_CONNECTIONS, MIN_BYTES_PER_SEC};
 pub use policy::{Policy, PolicyError};
 pub use reactor::Network;
 

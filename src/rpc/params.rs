@@ -67,22 +67,30 @@ pub struct SandboxFork {
     pub template: String,
     /// Fork this many at once (the result is then a list).
     pub count: Option<usize>,
-    /// The sandboxes' network (absent or `false`: none).
+    /// The sandboxes' network (absent: the template's; `false`: none).
     #[serde(default)]
     pub network: NetworkParam,
 }
 
-/// `network`: `false` for none, or a policy object.
+/// `network`: absent for the template's, `false` for none, or a policy object.
 #[derive(Debug, Default)]
-pub struct NetworkParam(pub Option<NetworkPolicy>);
+pub enum NetworkParam {
+    /// Absent: what the template's spec says.
+    #[default]
+    Template,
+    /// `false`.
+    Off,
+    /// A policy.
+    Policy(NetworkPolicy),
+}
 
 impl<'de> Deserialize<'de> for NetworkParam {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         match serde_json::Value::deserialize(d)? {
-            serde_json::Value::Bool(false) => Ok(NetworkParam(None)),
+            serde_json::Value::Bool(false) => Ok(NetworkParam::Off),
             v @ serde_json::Value::Object(_) => NetworkPolicy::deserialize(v)
-                .map(|p| NetworkParam(Some(p)))
+                .map(NetworkParam::Policy)
                 .map_err(|e| D::Error::custom(format!("network: {e}"))),
             _ => Err(D::Error::custom(
                 "network must be false or an object {allow, deny, max_connections, max_bytes_per_sec}",
@@ -110,14 +118,19 @@ pub struct NetworkPolicy {
 impl NetworkParam {
     /// The engine's fork options for this param.
     pub fn fork_options(self) -> crate::engine::ForkOptions {
+        use crate::engine::{ForkNetwork, NetworkSpec};
         crate::engine::ForkOptions {
-            network: self.0.map(|p| crate::engine::NetworkSpec {
-                allow: p.allow,
-                deny: p.deny,
-                max_connections: p.max_connections,
-                max_bytes_per_sec: p.max_bytes_per_sec,
-                link: None,
-            }),
+            network: match self {
+                NetworkParam::Template => ForkNetwork::Template,
+                NetworkParam::Off => ForkNetwork::Off,
+                NetworkParam::Policy(p) => ForkNetwork::On(NetworkSpec {
+                    allow: p.allow,
+                    deny: p.deny,
+                    max_connections: p.max_connections,
+                    max_bytes_per_sec: p.max_bytes_per_sec,
+                    link: None,
+                }),
+            },
         }
     }
 }

@@ -105,7 +105,7 @@ def _tid(t: TemplateLike) -> str:
 
 def _fork_params(template: TemplateLike, network: Union[Dict[str, Any], bool, None]) -> Dict[str, Any]:
     params: Dict[str, Any] = {"template": _tid(template)}
-    if network:
+    if network is not None:
         params["network"] = network
     return params
 
@@ -260,7 +260,7 @@ class Zeroboot(_Worker):
         return self.call("template.save", {"template": _tid(template), "path": path})
 
     def fork(self, template: TemplateLike, network: Union[Dict[str, Any], bool, None] = None) -> "Sandbox":
-        """Forks one sandbox; `network` is a policy ({"allow": [...], "deny": [...]}) or None/False for none."""
+        """Forks one sandbox; `network` is a policy ({"allow": [...], "deny": [...]}), False for none, or None for the template's (none unless its spec has one)."""
         r = self.call("sandbox.fork", _fork_params(template, network))
         return self._adopt(r["sandbox"], _tid(template), r["fork_us"])
 
@@ -488,7 +488,7 @@ class AsyncZeroboot(_Worker):
         return await self.call("template.save", {"template": _tid(template), "path": path})
 
     async def fork(self, template: TemplateLike, network: Union[Dict[str, Any], bool, None] = None) -> "AsyncSandbox":
-        """Forks one sandbox; `network` is a policy ({"allow": [...], "deny": [...]}) or None/False for none."""
+        """Forks one sandbox; `network` is a policy ({"allow": [...], "deny": [...]}), False for none, or None for the template's (none unless its spec has one)."""
         r = await self.call("sandbox.fork", _fork_params(template, network))
         return self._adopt(r["sandbox"], _tid(template), r["fork_us"])
 

@@ -64,6 +64,14 @@ TemplateSpecFilesItem = TypedDict("TemplateSpecFilesItem", {
     'mode': NotRequired[str],  # Permission bits of every regular file copied, octal (default: the host file's).
 })
 
+# A network policy, as a fork's `network` (NetworkPolicy in openrpc.json).
+TemplateSpecNetwork2 = TypedDict("TemplateSpecNetwork2", {
+    'allow': NotRequired[List[str]],  # Allowed destinations.
+    'deny': NotRequired[List[str]],  # Denied destinations.
+    'max_connections': NotRequired[int],  # TCP connections and UDP flows open at once (default 256); more are refused with a reset and counted in `limited`.
+    'max_bytes_per_sec': NotRequired[int],  # Bandwidth cap each way, in bytes per second (default 67108864, 64 MiB/s).
+})
+
 # What a Linux template holds: `zeroboot.toml`, or `template.build {spec}` over JSON-RPC (the same object). Relative host paths are resolved against the spec file's directory (over JSON-RPC: the worker's working directory). Unknown fields are refused with an error naming them.
 TemplateSpec = TypedDict("TemplateSpec", {
     'base': NotRequired[Union[Literal['python'], "TemplateSpecBase2"]],  # The root filesystem's starting point: "python" (default: Debian bookworm's python3 3.11 and busybox for `sh` and the common applets) or {oci: PATH}, an OCI image layout directory or a `docker save` / `podman save` tar; its config's Env, WorkingDir and User become the sandbox defaults and the zeroboot agent becomes /init.
@@ -75,6 +83,7 @@ TemplateSpec = TypedDict("TemplateSpec", {
     'user': NotRequired[str],  # The guest user every exec runs as: a name (created in the python base; looked up in an OCI image's /etc/passwd), UID or UID:GID. Default root. The agent stays root.
     'warmup': NotRequired[List[str]],  # Shell commands (`sh -c`) run once in the booted guest before the snapshot; their output is logged, a failure fails the build with its stderr.
     'memory_mib': NotRequired[int],  # Guest memory in MiB (default 512). The image must fit: a spec whose image needs more is refused.
+    'network': NotRequired[Union[Literal[False], "TemplateSpecNetwork2"]],  # The network of the template's forks: false (the default) for none, or a policy. A fork's own `network` wins (`false` there turns it off). The template itself is built without network, and the image is the same either way.
 })
 
 Forked = TypedDict("Forked", {
@@ -499,6 +508,13 @@ ImageManifest = TypedDict("ImageManifest", {
     'spec': "TemplateSpec",
 })
 
+# Memory it holds above the memory it maps (what a branch costs).
+TemplateBuiltMemory = TypedDict("TemplateBuiltMemory", {
+    'own_bytes': int,  # Pages it captured itself: those its sandbox changed.
+    'view_bytes': int,  # Pages every fork of it gets written over the mapped memory (its own and its ancestors').
+    'held_bytes': int,  # Memory its page stores hold, shared with its ancestors and branches.
+})
+
 # TemplateInfo, and for a spec build the image manifest.
 TemplateBuilt = TypedDict("TemplateBuilt", {
     'template': "TemplateId",
@@ -506,6 +522,8 @@ TemplateBuilt = TypedDict("TemplateBuilt", {
     'memory_bytes': int,  # Guest memory size.
     'sandboxes': int,  # Live sandboxes forked from it.
     'pooled': int,  # Idle VMs ready for forks.
+    'depth': int,  # Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch.
+    'memory': "TemplateBuiltMemory",  # Memory it holds above the memory it maps (what a branch costs).
     'manifest': NotRequired["ImageManifest"],
 })
 
@@ -629,7 +647,7 @@ TemplateSaveResult = TypedDict("TemplateSaveResult", {
 SandboxForkParams = TypedDict("SandboxForkParams", {
     'template': "TemplateId",  # The template.
     'count': NotRequired[int],  # Fork this many (the result is then a list).
-    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The sandboxes' network: `false` (the default) for none, or a policy. The guest's interface comes up before the sandbox's first request.
+    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The sandboxes' network: absent for the template's (its spec's `network`; none for other templates), `false` for none, or a policy. The guest's interface comes up before the sandbox's first request.
 })
 
 SandboxForkResult = Union["Forked", "ForkedMany"]

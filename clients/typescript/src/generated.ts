@@ -84,6 +84,17 @@ export type TemplateSpec = {
   warmup?: string[];
   /** Guest memory in MiB (default 512). The image must fit: a spec whose image needs more is refused. */
   memory_mib?: number;
+  /** The network of the template's forks: false (the default) for none, or a policy. A fork's own `network` wins (`false` there turns it off). The template itself is built without network, and the image is the same either way. */
+  network?: false | {
+    /** Allowed destinations. */
+    allow?: string[];
+    /** Denied destinations. */
+    deny?: string[];
+    /** TCP connections and UDP flows open at once (default 256); more are refused with a reset and counted in `limited`. */
+    max_connections?: number;
+    /** Bandwidth cap each way, in bytes per second (default 67108864, 64 MiB/s). */
+    max_bytes_per_sec?: number;
+  };
 };
 
 /** Forked */
@@ -484,6 +495,17 @@ export type TemplateBuilt = {
   sandboxes: number;
   /** Idle VMs ready for forks. */
   pooled: number;
+  /** Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch. */
+  depth: number;
+  /** Memory it holds above the memory it maps (what a branch costs). */
+  memory: {
+    /** Pages it captured itself: those its sandbox changed. */
+    own_bytes: number;
+    /** Pages every fork of it gets written over the mapped memory (its own and its ancestors'). */
+    view_bytes: number;
+    /** Memory its page stores hold, shared with its ancestors and branches. */
+    held_bytes: number;
+  };
   manifest?: ImageManifest;
 };
 
@@ -647,7 +669,7 @@ export type SandboxForkParams = {
   template: TemplateId;
   /** Fork this many (the result is then a list). */
   count?: number;
-  /** The sandboxes' network: `false` (the default) for none, or a policy. The guest's interface comes up before the sandbox's first request. */
+  /** The sandboxes' network: absent for the template's (its spec's `network`; none for other templates), `false` for none, or a policy. The guest's interface comes up before the sandbox's first request. */
   network?: false | NetworkPolicy;
 };
 

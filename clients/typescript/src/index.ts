@@ -70,7 +70,7 @@ export interface ExecOptions extends CallOptions {
 
 /** Options of {@link Zeroboot.fork} and {@link Zeroboot.forkMany}. */
 export interface ForkOptions extends CallOptions {
-  /** The sandbox's network: a policy (`{allow, deny, max_connections, max_bytes_per_sec}`), or none (the default). */
+  /** The sandbox's network: a policy (`{allow, deny, max_connections, max_bytes_per_sec}`), `false` for none, or absent for the template's (none unless its spec has one). */
   network?: NetworkPolicy | false;
 }
 
