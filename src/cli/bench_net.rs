@@ -11,9 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 
 use serde_json::{Value, json};
 use zeroboot::agent::{ExecRequest, NetLink, Program};
-use zeroboot::engine::{
-    Engine, EngineError, ExecOptions, ForkNetwork, ForkOptions, NetworkSpec,
-};
+use zeroboot::engine::{Engine, EngineError, ExecOptions, ForkNetwork, ForkOptions, NetworkSpec};
 
 use super::stats::summarize_values;
 

@@ -276,7 +276,10 @@ mod tests {
             allow: vec!["10.0.0.0/8".into()],
             ..Default::default()
         };
-        assert_eq!(ForkNetwork::Template.resolve(Some(&default)), Some(&default));
+        assert_eq!(
+            ForkNetwork::Template.resolve(Some(&default)),
+            Some(&default)
+        );
         assert_eq!(ForkNetwork::Off.resolve(Some(&default)), None);
         assert_eq!(
             ForkNetwork::On(own.clone()).resolve(Some(&default)),

@@ -32,10 +32,7 @@ impl Limits {
     ) -> Result<Limits, (&'static str, String)> {
         let max_connections = max_connections.unwrap_or(Limits::DEFAULT.max_connections);
         if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
-            return Err((
-                "max_connections",
-                format!("must be 1 to {MAX_CONNECTIONS}"),
-            ));
+            return Err(("max_connections", format!("must be 1 to {MAX_CONNECTIONS}")));
         }
         let bytes_per_sec = bytes_per_sec.unwrap_or(Limits::DEFAULT.bytes_per_sec);
         if bytes_per_sec < MIN_BYTES_PER_SEC {

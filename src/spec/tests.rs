@@ -232,12 +232,28 @@ fn network_is_false_or_a_policy_checked_like_a_forks() {
     for (text, field, says) in [
         ("network = true", "network", "false or a table"),
         ("network = 3", "network", "false or a table"),
-        ("[network]\nallow = [\"300.1.1.1:80\"]", "network", "300.1.1.1:80"),
-        ("[network]\ndeny = [\"*.x.com:99999\"]", "network", "*.x.com:99999"),
+        (
+            "[network]\nallow = [\"300.1.1.1:80\"]",
+            "network",
+            "300.1.1.1:80",
+        ),
+        (
+            "[network]\ndeny = [\"*.x.com:99999\"]",
+            "network",
+            "*.x.com:99999",
+        ),
         ("[network]\nallow = [\"\"]", "network.allow[0]", "empty"),
         ("[network]\nallwo = []", "network.allwo", "allwo"),
-        ("[network]\nmax_connections = 0", "network.max_connections", "1 to 4096"),
-        ("[network]\nmax_bytes_per_sec = 10", "network.max_bytes_per_sec", "at least 1024"),
+        (
+            "[network]\nmax_connections = 0",
+            "network.max_connections",
+            "1 to 4096",
+        ),
+        (
+            "[network]\nmax_bytes_per_sec = 10",
+            "network.max_bytes_per_sec",
+            "at least 1024",
+        ),
     ] {
         let (f, detail) = field_error(text);
         assert_eq!(f, field, "{text}: {detail}");
