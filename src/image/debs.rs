@@ -41,7 +41,7 @@ fn candidate(debian: &Debian, spec: &str) -> Result<Package, ImageError> {
         // apt-cache prints nothing, successfully, for an unknown version.
         _ => Err(ImageError::DebianUnresolvable {
             packages: spec.to_owned(),
-            detail: "no such package version in bookworm".into(),
+            detail: "no such version".into(),
         }),
     }
 }
