@@ -1,7 +1,7 @@
 //! Finding a Linux guest image for tests that boot one, and skipping (or,
 //! with `ZEROBOOT_REQUIRE_LINUX=1`, failing) when there is none.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub fn require_linux() -> bool {
     std::env::var("ZEROBOOT_REQUIRE_LINUX").as_deref() == Ok("1")
@@ -25,7 +25,9 @@ pub fn kernel() -> Option<PathBuf> {
     env_path("ZEROBOOT_LINUX_KERNEL")
         .or_else(|| env_path("ZEROBOOT_LANE_KERNEL"))
         .or_else(|| {
-            let boot = Path::new("/var/cache/zeroboot-lane/kernel/boot");
+            let cache = env_path("ZEROBOOT_LANE_CACHE")
+                .unwrap_or_else(|| PathBuf::from("/var/cache/zeroboot-lane"));
+            let boot = cache.join("bookworm/kernel/boot");
             let mut found: Vec<PathBuf> = std::fs::read_dir(boot)
                 .ok()?
                 .filter_map(|e| e.ok().map(|e| e.path()))
