@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zeroboot::agent::ExecRequest;
-use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecOptions};
+use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecRequest};
 
 use super::stats::summarize;
 use super::{EngineArgs, report};
@@ -68,7 +67,7 @@ fn echo() -> ExecRequest {
 }
 
 fn exec(engine: &Engine, sandbox: &str, req: &ExecRequest) -> Result<(), EngineError> {
-    let r = engine.exec(sandbox, req, &ExecOptions::default(), &mut |_, _| {})?;
+    let r = engine.exec(sandbox, req, &CancelToken::new(), &mut |_, _| {})?;
     if r.exit_code != Some(0) {
         return Err(EngineError::InvalidRequest(format!(
             "bench exec exited with {:?}",

@@ -7,21 +7,22 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zeroboot::agent::{ExecRequest, Program};
-use zeroboot::engine::{DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecOptions};
+use zeroboot::engine::{
+    CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecRequest, Program,
+};
 
 use super::stats::{summarize, summarize_values};
 
 fn python_print() -> ExecRequest {
     ExecRequest {
         argv: vec!["print(1+1)".into()],
-        program: Some(Program::Python),
+        program: Program::Python,
         ..Default::default()
     }
 }
 
 fn exec_python(engine: &Engine, sandbox: &str, req: &ExecRequest) -> Result<(), EngineError> {
-    let r = engine.exec(sandbox, req, &ExecOptions::default(), &mut |_, _| {})?;
+    let r = engine.exec(sandbox, req, &CancelToken::new(), &mut |_, _| {})?;
     if r.exit_code != Some(0) || r.stdout != b"2\n" {
         return Err(EngineError::InvalidRequest(format!(
             "bench exec gave exit {:?}, stdout {:?}, stderr {:?}",

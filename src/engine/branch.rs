@@ -17,8 +17,7 @@ impl Engine {
             id,
             self.timeout_or_default(None),
             &CancelToken::new(),
-            &mut |_, _| {},
-            Box::new(move |vm, tpl, _| {
+            move |vm, tpl| {
                 let mut capture = || {
                     // A stopped vCPU may owe the guest the end of its last
                     // doorbell write; finish it so the state is self-consistent.
@@ -34,7 +33,7 @@ impl Engine {
                     })
                 };
                 capture().map_err(AgentError::Vmm)
-            }),
+            },
         )?;
         let parent = self.sandbox(id)?.template.id.clone();
         self.register(format!("sandbox:{id} (from {parent})"), snap)

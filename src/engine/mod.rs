@@ -8,7 +8,9 @@
 
 mod branch;
 mod cancel;
+mod config;
 mod converse;
+mod deadline;
 mod error;
 mod exec;
 mod file;
@@ -16,6 +18,7 @@ mod files;
 mod linux;
 mod pool;
 mod recycle;
+mod request;
 mod sandbox;
 mod template;
 
@@ -25,46 +28,22 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use cancel::CancelToken;
+pub use config::{EngineConfig, MAX_TIMEOUT_MS};
+pub use converse::Done;
 pub use error::EngineError;
-pub use exec::{ExecOptions, ExecResult};
+pub use exec::ExecSink;
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
+pub use request::{ExecRequest, ExecResult, OutputStream, Program};
 pub use template::{BARE_GUEST, Template};
 
 use crate::vmm::{Flavor, Hypervisor, memory};
+use deadline::Deadlines;
 use pool::{Health, Shell};
 use sandbox::{Counters, Sandbox};
 use template::Snapshot;
 
-/// Limits and sizes chosen by the operator.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct EngineConfig {
-    /// Idle VMs kept ready per template.
-    pub pool_size: usize,
-    /// Most sandboxes alive at once.
-    pub max_sandboxes: usize,
-    /// Deadline of an exec that names none.
-    pub default_timeout_ms: u64,
-    /// Output bytes (stdout + stderr) kept per exec by default.
-    pub default_output_cap: usize,
-    /// Largest file `write_file` sends and `read_file` accepts (the guest
-    /// may set a lower limit of its own).
-    pub max_file_bytes: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            pool_size: 8,
-            max_sandboxes: 4096,
-            default_timeout_ms: 30_000,
-            default_output_cap: 1 << 20,
-            max_file_bytes: 16 << 20,
-        }
-    }
-}
-
 /// Public facts about a template.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct TemplateInfo {
     /// Its id.
     pub template: String,
@@ -79,20 +58,33 @@ pub struct TemplateInfo {
 }
 
 /// Public facts about a sandbox.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct SandboxInfo {
     /// Its id.
     pub sandbox: String,
     /// Its template.
     pub template: String,
-    /// Whether it can run an exec ("ready", "busy", "broken").
-    pub state: String,
-    /// Why it is broken, if it is.
-    pub reason: Option<String>,
+    /// Whether it can run an exec.
+    pub state: SandboxState,
+}
+
+/// Whether a sandbox can run an exec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SandboxState {
+    /// Idle and healthy.
+    Ready,
+    /// Running a call.
+    Busy,
+    /// Stopped mid-request (timeout, cancel, crash, protocol violation); only
+    /// kill remains.
+    Broken {
+        /// What happened.
+        reason: String,
+    },
 }
 
 /// Resource use of one sandbox.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct SandboxStats {
     /// Its id.
     pub sandbox: String,
@@ -113,7 +105,7 @@ pub struct SandboxStats {
 }
 
 /// A fork's result.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct Forked {
     /// The new sandbox.
     pub sandbox: String,
@@ -142,12 +134,16 @@ struct Inner {
     next_id: AtomicU64,
     shut: AtomicBool,
     refillers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    deadlines: Deadlines,
 }
 
 impl Engine {
     /// Opens KVM and starts an empty engine.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         let hv = Hypervisor::open().map_err(EngineError::KvmUnavailable)?;
+        let deadlines = Deadlines::start().map_err(|e| {
+            EngineError::ResourceLimit(format!("cannot start the deadline thread: {e}"))
+        })?;
         crate::vmm::raise_nofile();
         crate::vmm::one_malloc_arena();
         Ok(Engine(Arc::new(Inner {
@@ -158,6 +154,7 @@ impl Engine {
             next_id: AtomicU64::new(1),
             shut: AtomicBool::new(false),
             refillers: Mutex::new(Vec::new()),
+            deadlines,
         })))
     }
 
@@ -336,9 +333,30 @@ impl Engine {
         Ok(children.len())
     }
 
-    /// Forks one sandbox from a template.
+    /// Forks one sandbox from a template: a pooled VM if one is ready, else
+    /// a VM created now (a cold fork, 0.5-10 ms).
     pub fn fork(&self, template: &str) -> Result<Forked, EngineError> {
         let start = Instant::now();
+        let tpl = self.fork_allowed(template)?;
+        let (shell, pooled) = match tpl.pool.take() {
+            Some(shell) => (shell, true),
+            None => (Shell::new(tpl.spawn_shell(&self.0.hv)?), false),
+        };
+        Ok(self.adopt(tpl, shell, pooled, start))
+    }
+
+    /// Forks one sandbox from a template only if a pooled VM is ready:
+    /// `Ok(None)` when the pool is empty. Never creates a VM, so it takes
+    /// about a microsecond whatever the pool holds.
+    pub fn fork_pooled(&self, template: &str) -> Result<Option<Forked>, EngineError> {
+        let start = Instant::now();
+        let tpl = self.fork_allowed(template)?;
+        let shell = tpl.pool.take();
+        Ok(shell.map(|shell| self.adopt(tpl, shell, true, start)))
+    }
+
+    /// The template to fork, if a fork is allowed now.
+    fn fork_allowed(&self, template: &str) -> Result<Arc<Template>, EngineError> {
         let tpl = self.template(template)?;
         if self.0.shut.load(Ordering::SeqCst) {
             return Err(EngineError::ResourceLimit(
@@ -358,10 +376,11 @@ impl Engine {
                 self.0.config.max_sandboxes
             )));
         }
-        let (shell, pooled) = match tpl.pool.take() {
-            Some(shell) => (shell, true),
-            None => (Shell::new(tpl.spawn_shell(&self.0.hv)?), false),
-        };
+        Ok(tpl)
+    }
+
+    /// Registers a new sandbox on `shell`.
+    fn adopt(&self, tpl: Arc<Template>, shell: Shell, pooled: bool, start: Instant) -> Forked {
         let id = self.next_id("sb");
         let sandbox = Arc::new(Sandbox {
             id: id.clone(),
@@ -369,6 +388,7 @@ impl Engine {
             shell: Some(shell),
             busy: AtomicBool::new(false),
             killed: AtomicBool::new(false),
+            ran: AtomicBool::new(false),
             created: Instant::now(),
             execs: AtomicU64::new(0),
             counters: Arc::new(Mutex::new(Counters::default())),
@@ -378,15 +398,23 @@ impl Engine {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), sandbox);
-        Ok(Forked {
+        Forked {
             sandbox: id,
             fork_us: start.elapsed().as_micros() as u64,
             pooled,
-        })
+        }
     }
 
-    /// Forks `count` sandboxes, creating VMs on all cores in parallel.
+    /// Forks `count` sandboxes (1 to `max_fork_count`), creating VMs on all
+    /// cores in parallel. All or nothing: on a failure the forks made are
+    /// killed.
     pub fn fork_many(&self, template: &str, count: usize) -> Result<Vec<Forked>, EngineError> {
+        let max = self.0.config.max_fork_count;
+        if count == 0 || count > max {
+            return Err(EngineError::InvalidRequest(format!(
+                "count must be between 1 and {max}"
+            )));
+        }
         self.template(template)?;
         let workers = (std::thread::available_parallelism().map_or(2, |n| n.get())
             * CREATORS_PER_CORE)
@@ -446,16 +474,15 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .map(|s| {
-                let (state, reason) = match s.health() {
-                    Health::Broken { reason, .. } => ("broken", Some(reason)),
-                    Health::Ready if s.busy.load(Ordering::SeqCst) => ("busy", None),
-                    Health::Ready => ("ready", None),
+                let state = match s.health() {
+                    Health::Broken { reason, .. } => SandboxState::Broken { reason },
+                    Health::Ready if s.busy.load(Ordering::SeqCst) => SandboxState::Busy,
+                    Health::Ready => SandboxState::Ready,
                 };
                 SandboxInfo {
                     sandbox: s.id.clone(),
                     template: s.template.id.clone(),
-                    state: state.into(),
-                    reason,
+                    state,
                 }
             })
             .collect();

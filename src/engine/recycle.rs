@@ -8,6 +8,12 @@
 //! freed. Then the full machine state is restored, as for a cold fork. No page,
 //! register or device state of the previous tenant survives
 //! (tests/engine_isolation.rs checks both paths).
+//!
+//! A sandbox killed before it ran anything goes back as it is: no guest
+//! instruction ran and no page was written since its last reset. Resetting
+//! it anyway queued one reset per fork on the VM's thread, and a loop of
+//! forks and kills piled hundreds of them up in front of the next exec
+//! (a 190 ms `exec_echo_us` maximum in the bench).
 
 use std::sync::Arc;
 
@@ -19,8 +25,8 @@ use super::pool::{Health, Shell};
 const IN_PLACE_RESET_PAGES: usize = 256;
 
 /// Recycles `shell` into the pool of `tpl`, or tears it down when the pool is
-/// full or the VM crashed.
-pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell) {
+/// full or the VM crashed. `ran` says whether the sandbox ran anything.
+pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell, ran: bool) {
     let recyclable = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
         Health::Ready => true,
         Health::Broken { recyclable, .. } => *recyclable,
@@ -29,11 +35,21 @@ pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell) {
         drop(shell.thread.stop());
         return;
     }
+    if ran && !reset(tpl, &shell) {
+        return;
+    }
+    if let Err(shell) = tpl.pool.offer(shell) {
+        drop(shell.thread.stop());
+    }
+}
+
+/// Queues the reset on the VM's thread; false if the thread is gone.
+fn reset(tpl: &Arc<Template>, shell: &Shell) -> bool {
     *shell.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Ready;
     shell.thread.kicker().clear();
     let health = Arc::clone(&shell.health);
     let t = Arc::clone(tpl);
-    let queued = shell.thread.submit(move |vm| {
+    shell.thread.submit(move |vm| {
         let reset = vm
             .ram()
             .reset_private(&t.memfd, IN_PLACE_RESET_PAGES)
@@ -46,11 +62,5 @@ pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell) {
                 recyclable: false,
             };
         }
-    });
-    if !queued {
-        return;
-    }
-    if let Err(shell) = tpl.pool.offer(shell) {
-        drop(shell.thread.stop());
-    }
+    })
 }

@@ -96,12 +96,12 @@ impl Template {
         let ram = GuestRam::map(&self.memfd, Sharing::Private)?;
         let mut vm = Vm::new(hv, ram, &self.cpuid)?;
         vm.restore(&self.state)?;
-        let req = agent::ExecRequest {
+        let probe = super::ExecRequest {
             argv: vec!["pass".into()],
-            program: Some(agent::Program::Python),
+            program: super::Program::Python,
             ..Default::default()
         };
-        let frame = agent::encode_exec(&req, 0, [0; 32]).map_err(EngineError::from_agent)?;
+        let frame = probe.frame(std::time::Duration::ZERO)?;
         match agent::exec(&mut vm, &self.mailbox, &frame, 0, &mut |_, _| {}) {
             Ok(_) | Err(agent::AgentError::Agent { .. }) => {}
             Err(e) => return Err(EngineError::from_agent(e)),
