@@ -127,7 +127,7 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
 
     // Measured next to the in-process figures, before the fleet's teardown
     // (kernel work that outlives the kill) can skew either.
-    let (rpc_fork, rpc_exec) = super::bench_rpc::measure(samples, config.pool_size)?;
+    let rpc = super::bench_rpc::measure(samples, config.pool_size)?;
     let fleet = fleet(&engine, &t, vms, config.pool_size)?;
     engine.shutdown();
     let cold = cold_forks(&config, (samples / 4).max(1))?;
@@ -146,10 +146,16 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         "write_file_1mib_us": summary(&write_mib),
         "read_file_1mib_us": summary(&read_mib),
         "fork_cold_us": summary(&cold),
-        "rpc_fork_us": summary(&rpc_fork),
-        "rpc_exec_echo_us": summary(&rpc_exec),
-        "rpc_overhead_fork_p50_us": p50(&rpc_fork) - p50(&fork),
-        "rpc_overhead_exec_p50_us": p50(&rpc_exec) - p50(&exec_echo),
+        "stdio_floor_us": summary(&rpc.floor),
+        "rpc_ping_us": summary(&rpc.ping),
+        "rpc_fork_us": summary(&rpc.fork),
+        "rpc_exec_echo_us": summary(&rpc.exec),
+        "rpc_run_echo_us": summary(&rpc.run),
+        "rpc_kill_us": summary(&rpc.kill),
+        "rpc_ping_after_kill_us": summary(&rpc.ping_after_kill),
+        "rpc_overhead_fork_p50_us": p50(&rpc.fork) - p50(&fork),
+        "rpc_overhead_exec_p50_us": p50(&rpc.exec) - p50(&exec_echo),
+        "rpc_overhead_run_p50_us": p50(&rpc.run) - p50(&fork_exec),
         "create_vms": vms,
         "create_1000_ms": fleet.create_ms,
         "create_1000_cpu_ms": fleet.create_cpu_ms,
@@ -336,10 +342,17 @@ fn print_table(v: &Value) {
         "fork_exec_echo_us",
         "write_file_1mib_us",
         "read_file_1mib_us",
+        "stdio_floor_us",
+        "rpc_ping_us",
+        "rpc_fork_us",
+        "rpc_exec_echo_us",
+        "rpc_run_echo_us",
+        "rpc_kill_us",
+        "rpc_ping_after_kill_us",
     ] {
         let s = &v[key];
         println!(
-            "  {key:<20} p50 {:>9} us   p99 {:>9} us   max {:>9} us   (n={})",
+            "  {key:<22} p50 {:>9} us   p99 {:>9} us   max {:>9} us   (n={})",
             s["p50"], s["p99"], s["max"], s["n"]
         );
     }
@@ -355,6 +368,7 @@ fn print_table(v: &Value) {
         "template_mib",
         "rpc_overhead_fork_p50_us",
         "rpc_overhead_exec_p50_us",
+        "rpc_overhead_run_p50_us",
     ] {
         println!("  {key:<26} {}", v[key]);
     }
