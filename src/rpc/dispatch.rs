@@ -37,6 +37,7 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
         Call::RpcDiscover(Empty {}) => reply.ok(info::openrpc()),
         Call::Shutdown(Empty {}) => {
             s.shutting_down.store(true, Ordering::SeqCst);
+            s.pool.close();
             if let Ok(engine) = &s.engine {
                 engine.shutdown();
             }
