@@ -121,7 +121,7 @@ export type WorkerInfo = {
     max_output_cap: number;
     /** How long past `timeout_ms` the host waits before it stops the vCPU itself. */
     exec_host_grace_ms: number;
-    /** Largest `count` of one `sandbox.fork`. */
+    /** Largest `count` of one `sandbox.fork` or `sandbox.run`. */
     max_fork_count: number;
     /** Largest `max_bytes` of one `sandbox.read_file` (the worker's `--max-file-bytes`, 16 MiB by default). */
     max_read_bytes: number;
@@ -129,6 +129,12 @@ export type WorkerInfo = {
     max_write_bytes: number;
     /** Largest request body accepted (`--max-message-bytes`); larger ones are skipped unread and answered with -32600 `message_too_large`. */
     max_message_bytes: number;
+    /** The worker stops reading input while more than this many bytes of answers and notifications wait to be written (the peer is not reading). */
+    output_backlog_bytes: number;
+    /** Threads that run slow calls (template loads, builds, saves, snapshots, stats, forks that create VMs). */
+    slow_threads: number;
+    /** Slow calls that may wait for a thread; one more is refused with 1011 `resource_limit`. */
+    slow_queue: number;
   };
   capabilities: {
     framings: Array<"lsp" | "ndjson">;
@@ -162,6 +168,9 @@ export type InvalidRequestData = {
   limit: number;
 } | {
   kind: "shutting_down";
+} | {
+  kind: "duplicate_id";
+  id: RequestId;
 };
 
 export type MethodNotFoundData = {
@@ -367,6 +376,44 @@ export type ErrorObject = {
   data: FileTooLargeData;
 };
 
+/** RunResult */
+export type RunResult = {
+  /** The sandbox the program ran in; already killed. */
+  sandbox: SandboxId;
+  /** Time the fork took inside the engine, in microseconds. */
+  fork_us: number;
+  /** Standard output in `encoding`. */
+  stdout: string;
+  /** Standard error in `encoding`. */
+  stderr: string;
+  encoding: Encoding;
+  /** Exit code; null when a signal ended the program. */
+  exit_code: number | null;
+  /** Terminating signal, if any. */
+  signal: number | null;
+  /** The guest agent's own deadline (`timeout_ms`) killed the program; the sandbox stays usable. (A guest that ignores the deadline is stopped by the host instead: error 1007.) */
+  timed_out: boolean;
+  /** Output beyond `output_cap` was dropped. */
+  truncated: boolean;
+  /** Wall time of the call on the host, in microseconds. */
+  duration_us: number;
+};
+
+/** RunFailure */
+export type RunFailure = {
+  /** The sandbox it was to run in; already killed. */
+  sandbox: SandboxId;
+  error: ErrorObject;
+};
+
+/** RunMany */
+export type RunMany = {
+  /** One outcome per run, in no particular order. */
+  results: Array<RunResult | RunFailure>;
+  /** Wall time of the whole call, in microseconds. */
+  total_us: number;
+};
+
 /** Params of `template.load`: Load a template. */
 export type TemplateLoadParams = {
   /** A built-in template. */
@@ -474,6 +521,39 @@ export type SandboxExecParams = {
 /** Result of `sandbox.exec` */
 export type SandboxExecResult = ExecResult;
 
+/** Params of `sandbox.run`: Fork, run a program, kill: one call. */
+export type SandboxRunParams = {
+  /** The template. */
+  template: TemplateId;
+  /** Program and arguments; with `program: "python"`, `argv[0]` is Python source. */
+  argv: string[];
+  /** Run this many at once, each in its own fork (the result is then `RunMany`). */
+  count?: number;
+  /** Standard input as UTF-8 text. */
+  stdin?: string;
+  /** Standard input as base64 (exclusive with `stdin`). */
+  stdin_base64?: string;
+  /** Environment variables. */
+  env?: {
+    [key: string]: string;
+  };
+  /** Working directory (default: the agent's). */
+  cwd?: string;
+  /** Deadline in milliseconds (default: `limits.default_timeout_ms`). */
+  timeout_ms?: number;
+  /** Output bytes kept, stdout and stderr together (default: `limits.default_output_cap`; at most `limits.max_output_cap`). */
+  output_cap?: number;
+  /** Send output chunks as `sandbox.output` notifications (default false). */
+  stream?: boolean;
+  /** Encoding of `stdout`/`stderr` and of notification `data` (default utf8). */
+  encoding?: Encoding;
+  /** How `argv` is interpreted (default argv). `python` needs a guest with the Python zygote. */
+  program?: "argv" | "python";
+};
+
+/** Result of `sandbox.run` */
+export type SandboxRunResult = RunResult | RunMany;
+
 /** Params of `sandbox.kill`: Kill a sandbox. */
 export type SandboxKillParams = {
   /** The sandbox. */
@@ -552,6 +632,12 @@ export type SandboxReadFileResult = {
   bytes: number;
 };
 
+/** Params of `worker.ping`: Do nothing. */
+export type WorkerPingParams = Record<string, never>;
+
+/** Result of `worker.ping` */
+export type WorkerPingResult = Empty;
+
 /** Params of `worker.info`: Describe the worker. */
 export type WorkerInfoParams = Record<string, never>;
 
@@ -583,7 +669,7 @@ export type CancelRequestParams = {
 export type SandboxOutputParams = {
   /** The sandbox. */
   sandbox: SandboxId;
-  /** Id of the `sandbox.exec` call that produced the chunk. */
+  /** Id of the `sandbox.exec` or `sandbox.run` call that produced the chunk. */
   request: RequestId;
   /** Which stream. */
   stream: "stdout" | "stderr";
@@ -602,12 +688,14 @@ export interface Methods {
   "template.save": { params: TemplateSaveParams; result: TemplateSaveResult };
   "sandbox.fork": { params: SandboxForkParams; result: SandboxForkResult };
   "sandbox.exec": { params: SandboxExecParams; result: SandboxExecResult };
+  "sandbox.run": { params: SandboxRunParams; result: SandboxRunResult };
   "sandbox.kill": { params: SandboxKillParams; result: SandboxKillResult };
   "sandbox.list": { params: SandboxListParams; result: SandboxListResult };
   "sandbox.stats": { params: SandboxStatsParams; result: SandboxStatsResult };
   "sandbox.snapshot": { params: SandboxSnapshotParams; result: SandboxSnapshotResult };
   "sandbox.write_file": { params: SandboxWriteFileParams; result: SandboxWriteFileResult };
   "sandbox.read_file": { params: SandboxReadFileParams; result: SandboxReadFileResult };
+  "worker.ping": { params: WorkerPingParams; result: WorkerPingResult };
   "worker.info": { params: WorkerInfoParams; result: WorkerInfoResult };
   "rpc.discover": { params: RpcDiscoverParams; result: RpcDiscoverResult };
   "shutdown": { params: ShutdownParams; result: ShutdownResult };
@@ -620,7 +708,7 @@ export interface Notifications {
   "sandbox.output": SandboxOutputParams;
 }
 
-export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown"] as const;
+export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.run","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.ping","worker.info","rpc.discover","shutdown"] as const;
 export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output"] as const;
 
 /** Error codes the worker documents. */
@@ -729,7 +817,7 @@ export class AgentFailedError extends ZerobootRpcError {
   static readonly code = 1010;
 }
 
-/** 1011: Resource limit reached (max sandboxes, threads, engine shutting down). data: ResourceLimitData. */
+/** 1011: Resource limit reached (max sandboxes, threads, slow-call queue full, engine shutting down). data: ResourceLimitData. */
 export class ResourceLimitError extends ZerobootRpcError {
   static readonly code = 1011;
 }
