@@ -159,7 +159,7 @@ fn streaming_guests_wait_while_their_output_has_nowhere_to_go() {
         during < before + (48 << 10),
         "RSS grew from {before} to {during} KiB while nobody read"
     );
-    let mut streamed = vec![0usize; SANDBOXES];
+    let mut streamed = [0usize; SANDBOXES];
     let mut done = 0;
     while done < SANDBOXES {
         let m = w.read();

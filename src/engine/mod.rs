@@ -115,6 +115,13 @@ pub struct Forked {
     pub pooled: bool,
 }
 
+/// A killed sandbox, gone from every list; dropping this hands its VM to be
+/// recycled (which wakes the VM's thread) unless a call still running on it
+/// holds it longer.
+pub struct Killed {
+    _sandbox: Arc<Sandbox>,
+}
+
 /// VM creators per core in [`Engine::fork_many`]. Creating a VM sleeps in
 /// the kernel for part of its time (SRCU grace periods when the memory slot
 /// and the irqchip are installed, longer the more VMs are alive), so more
@@ -449,8 +456,9 @@ impl Engine {
     }
 
     /// Kills a sandbox. Returns at once: a running exec is stopped, and the VM
-    /// is recycled or torn down on its own thread.
-    pub fn kill(&self, id: &str) -> Result<(), EngineError> {
+    /// is recycled or torn down on its own thread once the returned [`Killed`]
+    /// is dropped (a caller with an answer to give can give it first).
+    pub fn kill(&self, id: &str) -> Result<Killed, EngineError> {
         let sb = self
             .0
             .sandboxes
@@ -462,7 +470,7 @@ impl Engine {
         if sb.busy.load(Ordering::SeqCst) {
             sb.shell().thread.kicker().kick();
         }
-        Ok(())
+        Ok(Killed { _sandbox: sb })
     }
 
     /// Lists sandboxes.

@@ -62,8 +62,13 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
                 }),
             );
         }),
-        Call::SandboxKill(p) => with_engine(s, reply, |e, reply| {
-            answer(reply, e.kill(&p.sandbox).map(|()| Empty {}));
+        Call::SandboxKill(p) => with_engine(s, reply, |e, reply| match e.kill(&p.sandbox) {
+            // Answer first; then hand the VM over to be recycled.
+            Ok(killed) => {
+                reply.ok(&Empty {});
+                drop(killed);
+            }
+            Err(err) => answer::<Empty>(reply, Err(err)),
         }),
         Call::SandboxList(p) => with_engine(s, reply, |e, reply| {
             let mut sandboxes = e.list_sandboxes();
