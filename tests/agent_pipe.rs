@@ -31,6 +31,11 @@ struct Agent {
 
 impl Agent {
     fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    /// An agent with extra arguments (`--template PATH`).
+    fn start_with(extra: &[&std::ffi::OsStr]) -> Agent {
         let python = PathBuf::from("/usr/bin/python3");
         assert!(
             python.is_file(),
@@ -39,6 +44,7 @@ impl Agent {
         let mut child = Command::new(agent_binary())
             .args(["--transport", "stdio", "--python"])
             .arg(&python)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -70,6 +76,59 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn sh(script: &str) -> ExecSpec {
     ExecSpec::argv(&["/bin/sh", "-c", script])
+}
+
+#[test]
+fn the_template_settings_are_every_execs_defaults() {
+    let dir = temp_dir("template");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let conf = dir.join("agent.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "preload xml.dom.minidom
+env GREETING=hello
+env SHADOWED=default
+cwd {}
+{}",
+            work.display(),
+            if root {
+                "user 4242 4343
+"
+            } else {
+                ""
+            }
+        ),
+    )
+    .unwrap();
+    let mut a = Agent::start_with(&["--template".as_ref(), conf.as_os_str()]);
+    let probe = "import os, sys
+print(os.environ['GREETING'], os.environ['SHADOWED'], os.getcwd(),                  'xml.dom.minidom' in sys.modules, os.getuid(), os.getgid(), os.getgroups())";
+    let run = a.exec(&ExecSpec::python(probe).env("SHADOWED", "request"));
+    let ids = if root { "4242 4343 []" } else { "" };
+    let want = format!("hello request {} True {ids}", work.display());
+    assert!(
+        run.stdout_str().starts_with(want.trim()),
+        "{} / {}",
+        run.stdout_str(),
+        run.stderr_str()
+    );
+    let run = a.exec(&sh("echo $GREETING $(pwd) $(id -u)"));
+    let uid = if root { "4242" } else { "" };
+    assert!(
+        run.stdout_str()
+            .starts_with(&format!("hello {} {uid}", work.display())),
+        "{}",
+        run.stdout_str()
+    );
+    // A request's own directory wins.
+    let run = a.exec(&sh("pwd").cwd("/tmp"));
+    assert_eq!(run.stdout_str(), "/tmp\n");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use zeroboot::engine::{CancelToken, EngineConfig, EngineError, SandboxState};
+use zeroboot::engine::{CancelToken, EngineConfig, EngineError, SandboxState, Unload};
 
 #[test]
 fn spinning_guest_is_stopped_on_time_and_others_keep_working() {
@@ -179,9 +179,9 @@ fn unknown_ids_and_limits_are_typed_errors() {
         Err(EngineError::SandboxNotFound(_))
     ));
     assert!(matches!(
-        e.unload_template(&t, false),
+        e.unload_template(&t, Unload::IfUnused),
         Err(EngineError::TemplateInUse { sandboxes: 1, .. })
     ));
-    assert_eq!(e.unload_template(&t, true).unwrap(), 1);
+    assert_eq!(e.unload_template(&t, Unload::KillSandboxes).unwrap(), 1);
     assert!(e.list_sandboxes().is_empty() && e.list_templates().is_empty());
 }

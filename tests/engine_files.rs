@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError};
+use zeroboot::engine::{Branching, CancelToken, Engine, EngineConfig, EngineError};
 use zeroboot_proto::{MAX_PAYLOAD, WriteFile};
 
 const PATH: &str = "/data/file.bin";
@@ -147,7 +147,10 @@ fn forks_cannot_see_each_others_files_and_snapshots_carry_them() {
         Err(EngineError::AgentFailed { .. })
     ));
     // A branch of `a` starts with a's files; what either writes afterwards stays its own.
-    let branch = e.snapshot_sandbox(&a).unwrap().template;
+    let branch = e
+        .snapshot_sandbox(&a, Branching::Layer, &CancelToken::new())
+        .unwrap()
+        .template;
     let c = e.fork(&branch).unwrap().sandbox;
     assert_eq!(read(&e, &c, "/a", 1 << 20).unwrap(), pattern(200_000, 1));
     write(&e, &c, "/a", b"changed in c".to_vec()).unwrap();

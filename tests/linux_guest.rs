@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use support::kvm_or_skip;
 use zeroboot::engine::{
-    CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecRequest,
-    ExecResult, Program,
+    Branching, CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError,
+    ExecRequest, ExecResult, Program,
 };
 use zeroboot::vmm::Flavor;
 
@@ -95,7 +95,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 #[test]
 fn kernel_loads_into_guest_memory() {
-    use zeroboot::vmm::memory::{GuestRam, Memfd, Sharing};
+    use zeroboot::vmm::memory::{GuestRam, MemoryFile, Sharing};
     let Some(kernel) = kernel() else {
         skip(
             "kernel_loads_into_guest_memory",
@@ -108,7 +108,7 @@ fn kernel_loads_into_guest_memory() {
     let initramfs = dir.join("initramfs.cpio");
     let pattern: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     std::fs::write(&initramfs, &pattern).unwrap();
-    let memfd = Memfd::create("linux-load-test", 256 << 20).unwrap();
+    let memfd = MemoryFile::create("linux-load-test", 256 << 20).unwrap();
     let ram = GuestRam::map(&memfd, Sharing::Private).unwrap();
     let boot = zeroboot::vmm::linux::load(&ram, &kernel, &initramfs, "console=ttyS0 quiet")
         .unwrap_or_else(|e| panic!("{}", chain(&e)));
@@ -172,6 +172,7 @@ fn pvm_refuses_linux_at_once() {
         Path::new("/nonexistent/initramfs"),
         DEFAULT_LINUX_MEMORY_MIB,
         None,
+        &CancelToken::new(),
     );
     assert!(
         matches!(r, Err(EngineError::LinuxNeedsHardwareKvm)),
@@ -242,7 +243,13 @@ fn linux_template_forks_run_python() {
         .try_init();
     let t = Instant::now();
     let tpl = engine
-        .build_template(&kernel, &initramfs, DEFAULT_LINUX_MEMORY_MIB, None)
+        .build_template(
+            &kernel,
+            &initramfs,
+            DEFAULT_LINUX_MEMORY_MIB,
+            None,
+            &CancelToken::new(),
+        )
         .unwrap_or_else(|e| match &e {
             EngineError::LinuxBoot { console, .. } => {
                 panic!("{}\n--- guest console ---\n{console}", chain(&e))
@@ -356,6 +363,61 @@ fn linux_template_forks_run_python() {
     assert_eq!(text(&r.stdout), format!("{} 0o640\n", 3 << 20));
     let back = engine.read_file(&a, "/tmp/big.bin", 3 << 20, timeout, &cancel);
     assert!(back.unwrap() == data, "3 MiB came back different");
+
+    // Branches. Each Python exec is a fresh process forked from the agent's
+    // zygote, so state that outlives an exec lives in guest memory: a tmpfs
+    // file set by Python before the branch, changed differently in two forks
+    // of it, and in the parent after it.
+    let state = |v: &str| python(&format!("open('/tmp/state', 'w').write('{v}')"));
+    let read = python("print(open('/tmp/state').read())");
+    exec(&engine, &b, &state("before"));
+    let t = Instant::now();
+    let branch = engine
+        .snapshot_sandbox(&b, Branching::Layer, &CancelToken::new())
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let snapshot_ms = t.elapsed().as_millis();
+    assert_eq!(branch.depth, 1);
+    exec(&engine, &b, &state("parent"));
+    let t = Instant::now();
+    let (x, y) = (
+        engine.fork(&branch.template).unwrap().sandbox,
+        engine.fork(&branch.template).unwrap().sandbox,
+    );
+    assert_eq!(text(&exec(&engine, &x, &read).stdout), "before\n");
+    let branch_fork_exec_ms = t.elapsed().as_millis();
+    exec(&engine, &x, &state("x"));
+    exec(&engine, &y, &state("y"));
+    assert_eq!(text(&exec(&engine, &x, &read).stdout), "x\n");
+    assert_eq!(text(&exec(&engine, &y, &read).stdout), "y\n");
+    assert_eq!(text(&exec(&engine, &b, &read).stdout), "parent\n");
+    // A branch of a branch, saved to a file and loaded back.
+    let deeper = engine
+        .snapshot_sandbox(&x, Branching::Layer, &CancelToken::new())
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("zeroboot-linux-{}.zbt", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    engine
+        .save_template(&deeper.template, &path, &CancelToken::new())
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let loaded = engine
+        .load_file(&path, &CancelToken::new())
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    std::fs::remove_file(&path).unwrap();
+    let z = engine.fork(&loaded.template).unwrap().sandbox;
+    assert_eq!(text(&exec(&engine, &z, &read).stdout), "x\n");
+    let r = exec(&engine, &z, &python("print(6*7)"));
+    assert_eq!(text(&r.stdout), "42\n");
+    let z2 = engine.fork(&deeper.template).unwrap().sandbox;
+    assert_eq!(text(&exec(&engine, &z2, &read).stdout), "x\n");
+    eprintln!(
+        "{TEST}: branch of a {} MiB guest: snapshot {snapshot_ms} ms holding {} KiB, \
+         first fork + Python exec of it {branch_fork_exec_ms} ms",
+        DEFAULT_LINUX_MEMORY_MIB,
+        branch.memory.own_bytes / 1024
+    );
+    for sb in [x, y, z, z2] {
+        engine.kill(&sb).unwrap();
+    }
 
     engine.kill(&a).unwrap();
     engine.kill(&b).unwrap();

@@ -656,3 +656,33 @@ fn template_build_needs_hardware_kvm_and_real_files() {
     assert_eq!(e["code"], -32602);
     w.shutdown();
 }
+
+#[test]
+fn template_build_from_a_spec_names_the_bad_field_and_needs_hardware_kvm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut w = Worker::spawn(Framing::Ndjson, &[]);
+    let info = w.ok("worker.info", json!({}));
+    // The spec is checked before anything is built, whatever the host.
+    let e = w.err_unchecked(
+        "template.build",
+        json!({"spec": {"python": {"packages": ["numpy", 3]}}}),
+    );
+    assert_eq!(e["code"], 1017, "{e}");
+    assert_eq!(e["data"]["kind"], "spec_invalid");
+    assert_eq!(e["data"]["field"], "python.packages[1]");
+    let e = w.err_unchecked("template.build", json!({"spec": {"memroy_mib": 512}}));
+    assert_eq!(
+        (e["code"].clone(), e["data"]["field"].clone()),
+        (json!(1017), json!("memroy_mib"))
+    );
+    // A spec with a kernel is ambiguous.
+    let e = w.err_unchecked("template.build", json!({"spec": {}, "kernel": "k"}));
+    assert_eq!(e["code"], -32602);
+    if info["kvm"]["flavor"] == "pvm" {
+        let e = w.err("template.build", json!({"spec": {"memory_mib": 256}}));
+        assert_eq!(e["code"], 1014, "{e}");
+    }
+    w.shutdown();
+}

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::kvm_or_skip;
-use zeroboot::vmm::memory::{GuestRam, Memfd, Sharing};
+use zeroboot::vmm::memory::{GuestRam, MemoryFile, Sharing};
 use zeroboot::vmm::{Flavor, Hypervisor, MachineState, Vm};
 
 const MSR_IA32_TSC: u32 = 0x10;
@@ -38,7 +38,7 @@ fn a_second_restore_within_a_second_sets_the_snapshot_tsc() {
         "this KVM cannot set a vCPU's TSC offset (KVM_VCPU_TSC_OFFSET, Linux >= 5.16)"
     );
     let ram = GuestRam::map(
-        &Memfd::create("tsc-test", 2 << 20).unwrap(),
+        &MemoryFile::create("tsc-test", 2 << 20).unwrap(),
         Sharing::Private,
     )
     .unwrap();

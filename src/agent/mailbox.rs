@@ -37,6 +37,25 @@ impl Mailbox {
         })
     }
 
+    /// Checks a mailbox read from a template file against guest memory of
+    /// `memory_bytes`, as registration checked the guest's page list.
+    pub fn check(&self, memory_bytes: usize) -> Result<(), String> {
+        if self.count == 0 || self.count > zeroboot_proto::MAILBOX_MAX_PAGES {
+            return Err(format!(
+                "{} pages (1 to {})",
+                self.count,
+                zeroboot_proto::MAILBOX_MAX_PAGES
+            ));
+        }
+        match self.pages[..self.count]
+            .iter()
+            .find(|&&gpa| !gpa.is_multiple_of(PAGE_SIZE as u64) || gpa >= memory_bytes as u64)
+        {
+            Some(gpa) => Err(format!("page {gpa:#x} is not a page of guest memory")),
+            None => Ok(()),
+        }
+    }
+
     /// Bytes the mailbox holds.
     pub fn capacity(&self) -> usize {
         self.count * PAGE_SIZE
@@ -96,12 +115,12 @@ mod tests {
     use zeroboot_proto::{Kind, MAILBOX_MAX_PAGES, Output, Stream, encode_frame};
 
     use super::*;
-    use crate::vmm::memory::{Memfd, Sharing};
+    use crate::vmm::memory::{MemoryFile, Sharing};
 
     const LIST: u64 = 0x1000;
 
-    fn ram() -> (Memfd, GuestRam) {
-        let memfd = Memfd::create("mailbox-test", 1 << 20).unwrap();
+    fn ram() -> (MemoryFile, GuestRam) {
+        let memfd = MemoryFile::create("mailbox-test", 1 << 20).unwrap();
         let ram = GuestRam::map(&memfd, Sharing::Private).unwrap();
         (memfd, ram)
     }
@@ -129,6 +148,23 @@ mod tests {
             Mailbox::register(&ram, 0x00ff_ffff),
             Err(AgentError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn mailboxes_from_files_are_range_checked() {
+        let (_m, ram) = ram();
+        let mb = register(&ram, &[0x5000, 0x3000]).unwrap();
+        assert_eq!(mb.check(1 << 20), Ok(()));
+        assert!(mb.check(0x4000).is_err(), "a page beyond memory");
+        let mut bad = mb;
+        bad.count = usize::MAX;
+        assert!(bad.check(1 << 20).is_err(), "a count beyond the page list");
+        let mut bad = mb;
+        bad.count = 0;
+        assert!(bad.check(1 << 20).is_err());
+        let mut bad = mb;
+        bad.pages[1] = 0x3001;
+        assert!(bad.check(1 << 20).is_err(), "an unaligned page");
     }
 
     #[test]

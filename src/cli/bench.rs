@@ -18,7 +18,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Fewer repetitions (200 samples, 100 VMs): for slow, emulated hosts.
+    /// Fewer repetitions (200 samples, 100 VMs; smaller branch figures): for
+    /// slow, emulated hosts.
     #[arg(long)]
     quick: bool,
     /// Samples per latency figure (default 2000, or 200 with --quick).
@@ -27,18 +28,26 @@ pub struct BenchArgs {
     /// Sandboxes created at once for the create/kill/memory figures (default 1000).
     #[arg(long)]
     vms: Option<usize>,
+    /// Nodes of the branching search tree (default 1000, or 30 with --quick).
+    #[arg(long)]
+    tree_nodes: Option<usize>,
     /// Measure a Linux guest instead (hardware KVM only): template build, and
     /// fork + Python exec (default 200 samples, or 20 with --quick).
     #[arg(long, num_args = 2, value_names = ["KERNEL", "INITRAMFS"])]
     linux: Option<Vec<std::path::PathBuf>>,
+    /// Measure a template built from a spec (hardware KVM only): its build,
+    /// and fork + an exec using its preloads, beside a plain Python exec.
+    #[arg(long, value_name = "SPEC", conflicts_with = "linux")]
+    linux_spec: Option<std::path::PathBuf>,
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
-    let result = match args.linux.as_deref() {
-        Some([kernel, initramfs]) => {
-            let samples = args.samples.unwrap_or(if args.quick { 20 } else { 200 });
-            super::bench_linux::run(&args.engine.config(), kernel, initramfs, samples)
+    let linux_samples = args.samples.unwrap_or(if args.quick { 20 } else { 200 });
+    let result = match (args.linux.as_deref(), &args.linux_spec) {
+        (Some([kernel, initramfs]), _) => {
+            super::bench_linux::run(&args.engine.config(), kernel, initramfs, linux_samples)
         }
+        (_, Some(spec)) => super::bench_linux::run_spec(&args.engine.config(), spec, linux_samples),
         _ => run(&args),
     };
     match result {
@@ -47,6 +56,11 @@ pub fn main(args: BenchArgs) -> ExitCode {
                 println!("{report_json}");
             } else if args.linux.is_some() {
                 super::bench_linux::print_table(&report_json);
+            } else if args.linux_spec.is_some() {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report_json).unwrap_or_default()
+                );
             } else {
                 print_table(&report_json);
             }
@@ -133,8 +147,13 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
     engine.shutdown();
     let cold = cold_forks(&config, (samples / 4).max(1))?;
     let p50 = |v: &[Duration]| summarize(v).map_or(0.0, |s| s.p50);
+    let nodes = args
+        .tree_nodes
+        .unwrap_or(if args.quick { 30 } else { 1000 });
+    let branches =
+        super::bench_branch::measure(&config, (samples / 10).max(10), nodes, args.quick)?;
 
-    Ok(json!({
+    let mut report = json!({
         "kvm": engine.flavor().as_str(),
         "samples": samples,
         "pool_size": config.pool_size,
@@ -166,7 +185,11 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         "private_dirty_kib_idle": fleet.idle_kib,
         "private_dirty_kib_dirty10": fleet.dirty10_kib,
         "kernel_kib_per_vm": fleet.kernel_kib_per_vm,
-    }))
+    });
+    if let (Value::Object(all), Value::Object(more)) = (&mut report, branches) {
+        all.extend(more);
+    }
+    Ok(report)
 }
 
 /// Writes then reads back a 1 MiB file `n` times (16 chunks each way).
@@ -350,6 +373,9 @@ fn print_table(v: &Value) {
         "rpc_run_echo_us",
         "rpc_kill_us",
         "rpc_ping_after_kill_us",
+        "fork_branch_exec_echo_us",
+        "fork_template_exec_echo_us",
+        "template_load_us",
     ] {
         let s = &v[key];
         println!(
@@ -370,7 +396,20 @@ fn print_table(v: &Value) {
         "rpc_overhead_fork_p50_us",
         "rpc_overhead_exec_p50_us",
         "rpc_overhead_run_p50_us",
+        "snapshot_us_per_page",
+        "fork_branch_over_template_p50",
+        "branch_kib",
+        "branch_rss_kib",
     ] {
+        println!("  {key:<26} {}", v[key]);
+    }
+    for (pages, s) in v["snapshot_us"].as_object().into_iter().flatten() {
+        println!(
+            "  snapshot_us ({pages:>4} dirtied pages) p50 {:>9} us   p99 {:>9} us   (n={})",
+            s["p50"], s["p99"], s["n"]
+        );
+    }
+    for key in ["depth_fork_exec_echo_us", "tree_bench", "template_load"] {
         println!("  {key:<26} {}", v[key]);
     }
     println!(

@@ -31,6 +31,10 @@ pub struct BuildArgs {
     /// Your own initramfs, used as is.
     #[arg(long)]
     initramfs: Option<PathBuf>,
+    /// Assemble the image of a template spec (zeroboot.toml) instead; prints
+    /// its manifest too. `zeroboot template build` then finds it cached.
+    #[arg(long, conflicts_with_all = ["profile", "kernel", "initramfs"])]
+    spec: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -39,8 +43,42 @@ enum ProfileArg {
     Full,
 }
 
+/// Builds the image of the spec at `path`; prints kernel, initramfs and manifest.
+fn build_spec(path: &std::path::Path, a: &BuildArgs) -> ExitCode {
+    let spec = match zeroboot::spec::Spec::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            super::report(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = zeroboot::image::spec_image::SpecBuildOptions {
+        cache_dir: a.cache_dir.clone(),
+        agent: a.agent.clone(),
+    };
+    let mut bar = super::progress::Renderer::default();
+    let built = zeroboot::image::spec_image::build(&spec, &opts, &mut |p| bar.show(p));
+    bar.finish();
+    match built {
+        Ok(img) => {
+            println!(
+                "{}",
+                serde_json::json!({"kernel": img.kernel, "initramfs": img.initramfs, "cmdline": image::KERNEL_CMDLINE, "manifest": img.manifest})
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            super::report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn main(cmd: ImageCommand) -> ExitCode {
     let ImageCommand::Build(a) = cmd;
+    if let Some(spec) = &a.spec {
+        return build_spec(spec, &a);
+    }
     let opts = BuildOptions {
         cache_dir: a.cache_dir,
         profile: match a.profile {

@@ -2,12 +2,15 @@
 //! own file and calls the engine (or the RPC worker) and nothing lower.
 
 mod bench;
+mod bench_branch;
 mod bench_linux;
 mod bench_rpc;
 mod doctor;
 mod image;
+mod progress;
 mod run;
 mod stats;
+mod template;
 
 use std::process::ExitCode;
 
@@ -27,6 +30,8 @@ pub struct Args {
 enum Command {
     /// Speak JSON-RPC 2.0 on stdin/stdout (the default).
     Serve(ServeArgs),
+    /// Speak MCP on stdin/stdout: sandboxes as tools for agent hosts.
+    Mcp(McpArgs),
     /// Fork a sandbox from the bare template, run ARGV in it, print output and timings.
     Run(run::RunArgs),
     /// Measure fork, exec, kill and memory figures.
@@ -36,6 +41,9 @@ enum Command {
     /// Linux guest images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Templates built from a spec (zeroboot.toml), and what a template file holds.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
 }
 
 /// Engine knobs shared by every command that starts an engine.
@@ -84,6 +92,15 @@ struct ServeArgs {
     max_message_bytes: usize,
 }
 
+#[derive(clap::Args, Debug)]
+struct McpArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The sessions' template: `bare` (built in) or a file saved by template.save.
+    #[arg(long, default_value = "bare", value_parser = zeroboot::mcp::TemplateSource::parse)]
+    template: zeroboot::mcp::TemplateSource,
+}
+
 /// Logs go to stderr only: stdout belongs to the protocol. The level comes
 /// from ZEROBOOT_LOG, else RUST_LOG, else "warn".
 pub fn init_logging() {
@@ -110,10 +127,15 @@ pub fn dispatch(args: Args) -> ExitCode {
             engine: a.engine.config(),
             max_message_bytes: a.max_message_bytes,
         }),
+        Command::Mcp(a) => zeroboot::mcp::serve(zeroboot::mcp::McpOptions {
+            engine: a.engine.config(),
+            template: a.template,
+        }),
         Command::Run(a) => run::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Doctor => doctor::main(),
         Command::Image(c) => image::main(c),
+        Command::Template(c) => template::main(c),
     }
 }
 

@@ -39,7 +39,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let t = Instant::now();
     let engine = Engine::new(args.engine.config())?;
     let tpl = match &args.template {
-        Some(path) => engine.load_file(path)?,
+        Some(path) => engine.load_file(path, &CancelToken::new())?,
         None => engine.load_builtin("bare")?,
     };
     let load = t.elapsed();

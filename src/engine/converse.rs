@@ -95,7 +95,8 @@ impl Engine {
         let (cancel, health) = (cancel.clone(), Arc::clone(&shell.health));
         sb.ran.store(true, Ordering::SeqCst);
         shell.thread.submit(move |vm| {
-            // A failed recycling reset is only known here, on the VM's thread.
+            // A failed recycling reset or branch placement is only known
+            // here, on the VM's thread.
             let broken = match &*health.lock().unwrap_or_else(|e| e.into_inner()) {
                 Health::Broken { reason, .. } => Some(reason.clone()),
                 Health::Ready => None,

@@ -84,6 +84,23 @@ pub enum EngineError {
         /// What went wrong.
         detail: String,
     },
+    /// A template file was captured on a host whose CPU this host cannot
+    /// stand in for (another vendor, or features this host's KVM lacks).
+    #[error("template file {path} cannot run on this host: {detail}")]
+    TemplateIncompatible {
+        /// The file.
+        path: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A template's guest did not answer a probe exec (checked when a
+    /// template is built or loaded): it spun past the deadline, crashed, or
+    /// broke the protocol. Nothing of it was registered.
+    #[error("template rejected: {detail}")]
+    TemplateUnresponsive {
+        /// What the guest did, and where its vCPU was.
+        detail: String,
+    },
     /// Linux guests need hardware virtualisation, and this host's KVM is kvm-pvm.
     #[error(
         "a Linux guest needs hardware KVM (Intel VT-x or AMD-V): this /dev/kvm is kvm-pvm, \
@@ -97,6 +114,28 @@ pub enum EngineError {
         reason: String,
         /// The end of the guest's serial console.
         console: String,
+    },
+    /// The template spec was refused.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// The spec's image could not be built.
+    #[error("cannot build the template's image")]
+    Image(#[source] crate::image::ImageError),
+    /// A `python.preload` module raised when imported.
+    #[error("a preloaded module failed to import:\n{traceback}")]
+    PreloadFailed {
+        /// Python's traceback.
+        traceback: String,
+    },
+    /// A warm-up command failed.
+    #[error("warm-up command {command:?} failed (exit {}): {stderr}", exit_code.map_or("by a signal".to_owned(), |c| c.to_string()))]
+    WarmupFailed {
+        /// The command.
+        command: String,
+        /// Its exit code (`None`: a signal or the deadline ended it).
+        exit_code: Option<i32>,
+        /// Its stderr.
+        stderr: String,
     },
     /// The KVM layer failed.
     #[error(transparent)]
@@ -121,7 +160,7 @@ impl EngineError {
     }
 
     /// True when the failure leaves the sandbox's vCPU in an unknown state.
-    pub(crate) fn breaks_sandbox(&self) -> bool {
+    pub fn breaks_sandbox(&self) -> bool {
         matches!(
             self,
             EngineError::ExecTimeout { .. }

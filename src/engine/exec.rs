@@ -56,7 +56,7 @@ impl Engine {
             cancel,
             collect,
             move |vm, tpl, c: &mut Collect| {
-                agent::exec(vm, &tpl.mailbox, &frame, cap, &mut |stream, data| {
+                agent::exec(vm, &tpl.layer.mailbox, &frame, cap, &mut |stream, data| {
                     let stream = OutputStream::from_agent(stream);
                     c.sink.output(stream, data);
                     match stream {

@@ -107,7 +107,7 @@ impl Engine {
             move |vm, tpl, ()| {
                 transfer(&mut VmLink {
                     vm,
-                    mailbox: &tpl.mailbox,
+                    mailbox: &tpl.layer.mailbox,
                 })
             },
             move |(), result| done(result),

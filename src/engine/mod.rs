@@ -15,11 +15,14 @@ mod error;
 mod exec;
 mod file;
 mod files;
+mod layer;
 mod linux;
 mod pool;
 mod recycle;
 mod request;
 mod sandbox;
+mod session;
+mod spec;
 mod template;
 
 use std::collections::HashMap;
@@ -27,20 +30,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+pub use branch::Branching;
 pub use cancel::CancelToken;
 pub use config::{EngineConfig, MAX_TIMEOUT_MS};
 pub use converse::Done;
 pub use error::EngineError;
 pub use exec::ExecSink;
+pub use file::FileInfo;
+pub use layer::LayerMemory;
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
 pub use request::{ExecRequest, ExecResult, OutputStream, Program};
+pub use spec::SpecTemplate;
 pub use template::{BARE_GUEST, Template};
 
+use crate::image::spec_image::Manifest;
 use crate::vmm::{Flavor, Hypervisor, memory};
 use deadline::Deadlines;
-use pool::{Health, Shell};
+use layer::Layer;
+use pool::{Health, Pool, Shell};
 use sandbox::{Counters, Sandbox};
-use template::Snapshot;
+use template::Family;
 
 /// Public facts about a template.
 #[derive(Clone, Debug)]
@@ -53,8 +62,26 @@ pub struct TemplateInfo {
     pub memory_bytes: usize,
     /// Live sandboxes forked from it.
     pub sandboxes: usize,
-    /// Idle VMs ready for forks.
+    /// Idle VMs ready for its forks: a root's pool (which also feeds its
+    /// branches), or the few a branch keeps restored to itself.
     pub pooled: usize,
+    /// Branches between it and the template its memory comes from (0: a
+    /// built, loaded or flattened template).
+    pub depth: u32,
+    /// The pages it holds above its base, in bytes.
+    pub memory: LayerMemory,
+}
+
+/// What [`Engine::unload_template`] does with the template's live sandboxes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unload {
+    /// Refuse while any live ([`EngineError::TemplateInUse`]).
+    IfUnused,
+    /// Kill them first.
+    KillSandboxes,
+    /// Leave them running: they keep the memory they were forked from until
+    /// they are killed.
+    KeepSandboxes,
 }
 
 /// Public facts about a sandbox.
@@ -122,12 +149,34 @@ pub struct Killed {
     _sandbox: Arc<Sandbox>,
 }
 
+/// Smallest guest memory of the bare template: all its program touches.
+pub const BARE_MEMORY_MIB: usize = crate::vmm::layout::BARE_MEMORY >> 20;
+/// Largest: what its 1 GiB identity map reaches.
+pub const MAX_BARE_MEMORY_MIB: usize = 1024;
+
 /// VM creators per core in [`Engine::fork_many`]. Creating a VM sleeps in
 /// the kernel for part of its time (SRCU grace periods when the memory slot
 /// and the irqchip are installed, longer the more VMs are alive), so more
 /// creators than cores keep the cores busy: 1000 forks + execs took 0.92-1.02 s
 /// with 4 per core against 1.21-1.45 s with 1, at the same CPU time (2 cores).
 const CREATORS_PER_CORE: usize = 4;
+
+/// A ready VM for a fork of `tpl`, if there is one: one its branch keeps
+/// restored to itself, else one from its family's pool (a fork of the root,
+/// which a branch goes over on the VM's thread before any request). Forks of
+/// a root skip the branch pool's lock.
+fn take_pooled(tpl: &Template) -> Option<Shell> {
+    if tpl.is_branch()
+        && let Some(shell) = tpl.ready.take()
+    {
+        return Some(shell);
+    }
+    let shell = tpl.family.pool.take()?;
+    if tpl.is_branch() {
+        tpl.adopt(&shell);
+    }
+    Some(shell)
+}
 
 /// The engine (cheap to clone; clones share everything).
 #[derive(Clone)]
@@ -204,61 +253,132 @@ impl Engine {
 
     /// Loads a built-in template ("bare").
     pub fn load_builtin(&self, name: &str) -> Result<TemplateInfo, EngineError> {
-        let snap = match name {
-            "bare" => Snapshot::boot_bare(&self.0.hv)?,
+        self.load_builtin_sized(name, None)
+    }
+
+    /// Loads a built-in template with `memory_mib` MiB of guest memory
+    /// (default: the guest's own size; the bare guest takes 32 to 1024).
+    pub fn load_builtin_sized(
+        &self,
+        name: &str,
+        memory_mib: Option<usize>,
+    ) -> Result<TemplateInfo, EngineError> {
+        let cancel = CancelToken::new();
+        let layer = match name {
+            "bare" => {
+                let mib = memory_mib.unwrap_or(crate::vmm::layout::BARE_MEMORY >> 20);
+                if !(BARE_MEMORY_MIB..=MAX_BARE_MEMORY_MIB).contains(&mib) {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "the bare guest takes {BARE_MEMORY_MIB} to {MAX_BARE_MEMORY_MIB} MiB, not {mib}"
+                    )));
+                }
+                template::boot_bare(&self.0.hv, mib << 20, &cancel)?
+            }
             other => {
                 return Err(EngineError::InvalidRequest(format!(
                     "unknown builtin template {other:?}"
                 )));
             }
         };
-        self.register(format!("builtin:{name}"), snap)
+        self.register_root(format!("builtin:{name}"), layer, None, &cancel)
     }
 
-    /// Loads a template saved by [`Engine::save_template`].
-    pub fn load_file(&self, path: &std::path::Path) -> Result<TemplateInfo, EngineError> {
-        let snap = file::read(path)?;
-        self.register(path.display().to_string(), snap)
+    /// Loads a template saved by [`Engine::save_template`]: its memory is
+    /// mapped from the file, copy-on-write, not copied.
+    pub fn load_file(
+        &self,
+        path: &std::path::Path,
+        cancel: &CancelToken,
+    ) -> Result<TemplateInfo, EngineError> {
+        let (layer, manifest) = file::read(path, &self.0.hv)?;
+        self.register_root(path.display().to_string(), layer, manifest, cancel)
     }
 
-    /// Writes a template to a file that [`Engine::load_file`] can read.
-    pub fn save_template(&self, id: &str, path: &std::path::Path) -> Result<u64, EngineError> {
+    /// What a template file holds (its header only: no KVM, no guest memory).
+    pub fn inspect_file(path: &std::path::Path) -> Result<FileInfo, EngineError> {
+        file::inspect(path)
+    }
+
+    /// Writes a template (a branch included: the file holds its whole
+    /// memory) to a new file that [`Engine::load_file`] can read; returns the
+    /// file's size.
+    pub fn save_template(
+        &self,
+        id: &str,
+        path: &std::path::Path,
+        cancel: &CancelToken,
+    ) -> Result<u64, EngineError> {
         let tpl = self.template(id)?;
-        file::write(&tpl, path)
+        file::write(&tpl.layer, tpl.family.manifest.as_ref(), path, cancel)
     }
 
-    fn register(&self, source: String, snap: Snapshot) -> Result<TemplateInfo, EngineError> {
+    /// Registers a new root layer: its own family, whose probe must answer.
+    fn register_root(
+        &self,
+        source: String,
+        layer: Layer,
+        manifest: Option<Manifest>,
+        cancel: &CancelToken,
+    ) -> Result<TemplateInfo, EngineError> {
         let id = self.next_id("tpl");
-        let mut tpl = Template::new(id.clone(), source, snap, self.0.config.pool_size)?;
-        tpl.learn_hot_pages(&self.0.hv)?;
-        let tpl = Arc::new(tpl);
+        let family = Arc::new(Family::new(
+            &self.0.hv,
+            id.clone(),
+            layer,
+            manifest,
+            self.0.config.pool_size,
+            self.timeout_or_default(None),
+            cancel,
+        )?);
+        let layer = Arc::clone(&family.root);
+        let info = self.register(id, source, layer, Arc::clone(&family));
+        self.start_refiller(&family)?;
+        Ok(info)
+    }
+
+    /// Adds a template of `family` to the registry.
+    fn register(
+        &self,
+        id: String,
+        source: String,
+        layer: Arc<Layer>,
+        family: Arc<Family>,
+    ) -> TemplateInfo {
+        family.join();
+        let branch = !Arc::ptr_eq(&layer, &family.root);
+        let tpl = Arc::new(Template {
+            id: id.clone(),
+            source,
+            layer,
+            family,
+            ready: Pool::new(if branch { template::BRANCH_READY } else { 0 }),
+        });
         self.0
             .templates
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), Arc::clone(&tpl));
-        self.start_refiller(&tpl)?;
-        Ok(self.template_info(&tpl))
+            .insert(id, Arc::clone(&tpl));
+        self.template_info(&tpl)
     }
 
-    /// Keeps the template's pool full in the background.
-    fn start_refiller(&self, tpl: &Arc<Template>) -> Result<(), EngineError> {
+    /// Keeps the family's pool full in the background.
+    fn start_refiller(&self, family: &Arc<Family>) -> Result<(), EngineError> {
         if self.0.config.pool_size == 0 {
             return Ok(());
         }
-        let (tpl, hv) = (Arc::clone(tpl), Arc::clone(&self.0.hv));
+        let (family, hv) = (Arc::clone(family), Arc::clone(&self.0.hv));
         let handle = std::thread::Builder::new()
-            .name(format!("pool-{}", tpl.id))
+            .name(format!("pool-{}", family.name))
             .spawn(move || {
-                while tpl.pool.wait_for_room() {
-                    match tpl.spawn_shell(&hv) {
+                while family.pool.wait_for_room() {
+                    match family.spawn_shell(&hv) {
                         Ok(thread) => {
-                            if let Err(shell) = tpl.pool.offer(Shell::new(thread)) {
+                            if let Err(shell) = family.pool.offer(Shell::new(thread)) {
                                 drop(shell.thread.stop());
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(template = %tpl.id, error = %e, "cannot refill the pool");
+                            tracing::warn!(template = %family.name, error = %e, "cannot refill the pool");
                             std::thread::sleep(Duration::from_millis(100));
                         }
                     }
@@ -287,7 +407,13 @@ impl Engine {
             source: tpl.source.clone(),
             memory_bytes: tpl.memory_bytes(),
             sandboxes,
-            pooled: tpl.pool.len(),
+            pooled: if tpl.is_branch() {
+                tpl.ready.len()
+            } else {
+                tpl.family.pool.len()
+            },
+            depth: tpl.layer.depth,
+            memory: tpl.layer.memory(),
         }
     }
 
@@ -306,9 +432,10 @@ impl Engine {
         out
     }
 
-    /// Unloads a template; refused while sandboxes of it live unless `force`,
-    /// which kills them.
-    pub fn unload_template(&self, id: &str, force: bool) -> Result<usize, EngineError> {
+    /// Unloads a template; `how` says what happens to its live sandboxes.
+    /// Returns how many were killed. Its memory is freed once no sandbox and
+    /// no branch of it needs it any more.
+    pub fn unload_template(&self, id: &str, how: Unload) -> Result<usize, EngineError> {
         let tpl = self.template(id)?;
         let children: Vec<String> = self
             .0
@@ -319,19 +446,29 @@ impl Engine {
             .filter(|s| Arc::ptr_eq(&s.template, &tpl))
             .map(|s| s.id.clone())
             .collect();
-        if !children.is_empty() && !force {
+        if !children.is_empty() && how == Unload::IfUnused {
             return Err(EngineError::TemplateInUse {
                 template: id.to_string(),
                 sandboxes: children.len(),
             });
         }
-        self.0
+        if self
+            .0
             .templates
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        for shell in tpl.pool.close() {
-            drop(shell.thread.stop());
+            .remove(id)
+            .is_none()
+        {
+            // Unloaded concurrently.
+            return Err(EngineError::TemplateNotFound(id.to_string()));
+        }
+        for shell in tpl.ready.close() {
+            recycle::recycle(&tpl.family, None, shell, true);
+        }
+        tpl.family.leave();
+        if how != Unload::KillSandboxes {
+            return Ok(0);
         }
         for child in &children {
             // A child killed concurrently is already gone: nothing to do.
@@ -345,21 +482,26 @@ impl Engine {
     pub fn fork(&self, template: &str) -> Result<Forked, EngineError> {
         let start = Instant::now();
         let tpl = self.fork_allowed(template)?;
-        let (shell, pooled) = match tpl.pool.take() {
+        let (shell, pooled) = match take_pooled(&tpl) {
             Some(shell) => (shell, true),
-            None => (Shell::new(tpl.spawn_shell(&self.0.hv)?), false),
+            None => {
+                let shell = Shell::new(tpl.family.spawn_shell(&self.0.hv)?);
+                if tpl.is_branch() {
+                    tpl.adopt(&shell);
+                }
+                (shell, false)
+            }
         };
-        Ok(self.adopt(tpl, shell, pooled, start))
+        Ok(self.enroll(tpl, shell, pooled, start))
     }
 
     /// Forks one sandbox from a template only if a pooled VM is ready:
-    /// `Ok(None)` when the pool is empty. Never creates a VM, so it takes
-    /// about a microsecond whatever the pool holds.
+    /// `Ok(None)` when none is. Never creates a VM, so it takes about a
+    /// microsecond whatever the pool holds.
     pub fn fork_pooled(&self, template: &str) -> Result<Option<Forked>, EngineError> {
         let start = Instant::now();
         let tpl = self.fork_allowed(template)?;
-        let shell = tpl.pool.take();
-        Ok(shell.map(|shell| self.adopt(tpl, shell, true, start)))
+        Ok(take_pooled(&tpl).map(|shell| self.enroll(tpl, shell, true, start)))
     }
 
     /// The template to fork, if a fork is allowed now.
@@ -386,8 +528,11 @@ impl Engine {
         Ok(tpl)
     }
 
-    /// Registers a new sandbox on `shell`.
-    fn adopt(&self, tpl: Arc<Template>, shell: Shell, pooled: bool, start: Instant) -> Forked {
+    /// Registers a new sandbox of `tpl` on `shell`.
+    fn enroll(&self, tpl: Arc<Template>, shell: Shell, pooled: bool, start: Instant) -> Forked {
+        if tpl.is_branch() {
+            tpl.prepare();
+        }
         let id = self.next_id("sb");
         let sandbox = Arc::new(Sandbox {
             id: id.clone(),
@@ -502,8 +647,9 @@ impl Engine {
     pub fn stats(&self, id: &str) -> Result<SandboxStats, EngineError> {
         let sb = self.sandbox(id)?;
         let (addr, size) = sb.shell().thread.ram_range();
-        let dirty_pages = memory::private_pages(addr, size)
-            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?;
+        let dirty_pages = memory::private_page_addrs(addr, size)
+            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?
+            .len() as u64;
         let c = *sb.counters.lock().unwrap_or_else(|e| e.into_inner());
         Ok(SandboxStats {
             sandbox: sb.id.clone(),
@@ -548,9 +694,10 @@ impl Engine {
             .drain()
             .collect();
         for (_, tpl) in tpls {
-            for shell in tpl.pool.close() {
+            for shell in tpl.ready.close() {
                 drop(shell.thread.stop());
             }
+            tpl.family.leave();
         }
         for h in self
             .0

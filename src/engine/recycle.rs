@@ -1,11 +1,12 @@
-//! Returning a killed sandbox's VM to its template's pool.
+//! Returning a killed sandbox's VM to a pool: its branch's, or its family's.
 //!
-//! The reset makes every page the template's again: a tenant that dirtied
-//! few pages gets them copied back in place (the VM keeps its warm KVM
-//! mappings, so the next tenant's first run takes no page faults on them); one
-//! that dirtied many gets the template mapped privately again over the same
-//! host address (MAP_FIXED), so the slot need not change while the old pages are
-//! freed. Then the full machine state is restored, as for a cold fork. No page,
+//! The reset makes the VM a fresh fork of the branch or of the family's root
+//! again, by the one restore path (`Layer::restore`): a tenant that dirtied few pages gets them
+//! copied back in place (the VM keeps its warm KVM mappings, so the next
+//! tenant's first run takes no page faults on them); one that dirtied many
+//! gets the base mapped privately again over the same host address
+//! (MAP_FIXED), so the slot need not change while the old pages are freed.
+//! Then the full machine state is restored, as for a cold fork. No page,
 //! register or device state of the previous tenant survives
 //! (tests/engine_isolation.rs checks both paths).
 //!
@@ -17,46 +18,48 @@
 
 use std::sync::Arc;
 
-use super::Template;
+use super::layer::{Layer, Ram};
 use super::pool::{Health, Shell};
+use super::template::{Family, Template};
 
-/// Most dirty pages a reset copies back in place (1 MiB); more are dropped
-/// by mapping the template again.
-const IN_PLACE_RESET_PAGES: usize = 256;
-
-/// Recycles `shell` into the pool of `tpl`, or tears it down when the pool is
-/// full or the VM crashed. `ran` says whether the sandbox ran anything.
-pub(crate) fn recycle(tpl: &Arc<Template>, shell: Shell, ran: bool) {
-    let recyclable = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
-        Health::Ready => true,
-        Health::Broken { recyclable, .. } => *recyclable,
+/// Recycles `shell`: back into the ready VMs of `branch` (the branch its
+/// sandbox was forked from) while that branch wants more, so a branch forked
+/// and killed in a loop restores its own state once per cycle, not the root's
+/// and then its own; otherwise into the pool of `family`, reset to the root.
+/// Torn down when neither has room or the VM crashed. `ran` says whether the
+/// sandbox ran anything: one that did not, going back to the layer it was
+/// forked from, needs no reset.
+pub(crate) fn recycle(family: &Arc<Family>, branch: Option<&Template>, shell: Shell, ran: bool) {
+    let (healthy, recyclable) = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
+        Health::Ready => (true, true),
+        Health::Broken { recyclable, .. } => (false, *recyclable),
     };
-    if !recyclable || !tpl.pool.has_room() {
-        drop(shell.thread.stop());
+    let (pool, layer) = match branch {
+        Some(t) if recyclable && t.is_branch() && t.ready.has_room() => (&t.ready, &t.layer),
+        _ if recyclable && family.pool.has_room() => (&family.pool, &family.root),
+        _ => {
+            drop(shell.thread.stop());
+            return;
+        }
+    };
+    let unchanged = healthy && !ran && branch.is_some_and(|t| Arc::ptr_eq(&t.layer, layer));
+    if !unchanged && !reset(family, layer, &shell) {
         return;
     }
-    if ran && !reset(tpl, &shell) {
-        return;
-    }
-    if let Err(shell) = tpl.pool.offer(shell) {
+    if let Err(shell) = pool.offer(shell) {
         drop(shell.thread.stop());
     }
 }
 
-/// Queues the reset on the VM's thread; false if the thread is gone.
-fn reset(tpl: &Arc<Template>, shell: &Shell) -> bool {
+/// Queues the reset to `layer` on the VM's thread; false if the thread is gone.
+fn reset(family: &Arc<Family>, layer: &Arc<Layer>, shell: &Shell) -> bool {
     *shell.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Ready;
     shell.thread.kicker().clear();
     let health = Arc::clone(&shell.health);
-    let t = Arc::clone(tpl);
+    let (f, l) = (Arc::clone(family), Arc::clone(layer));
     shell.thread.submit(move |vm| {
-        let reset = vm
-            .ram()
-            .reset_private(&t.memfd, IN_PLACE_RESET_PAGES)
-            .and_then(|_| vm.ram().precopy(&t.hot_pages))
-            .and_then(|()| vm.restore(&t.state));
-        if let Err(e) = reset {
-            tracing::warn!(template = %t.id, error = %e, "recycling a VM failed");
+        if let Err(e) = l.restore(vm, &f.hot_pages, Ram::Used) {
+            tracing::warn!(template = %f.name, error = %e, "recycling a VM failed");
             *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
                 reason: format!("reset after recycling failed: {e}"),
                 recyclable: false,

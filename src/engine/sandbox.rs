@@ -1,6 +1,8 @@
 //! A sandbox: one forked VM, its template, and what it has done. When the last
 //! reference goes (after kill, and after any exec still unwinding), its VM is
-//! recycled into the template's pool or torn down on its own thread.
+//! recycled into its family's pool or torn down on its own thread; the
+//! template's layer (and the pages it holds) lives as long as a sandbox or a
+//! registered template needs it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,7 +62,7 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(shell) = self.shell.take() {
             let ran = self.ran.load(Ordering::SeqCst);
-            super::recycle::recycle(&self.template, shell, ran);
+            super::recycle::recycle(&self.template.family, Some(&self.template), shell, ran);
         }
     }
 }

@@ -1,133 +1,340 @@
-//! A template: sealed memory plus the captured machine state and the guest's
-//! mailbox. Forks map the memory privately and restore the state; nothing a
-//! fork does can reach the template (the memfd is sealed against writes).
+//! Templates and their families.
+//!
+//! A template is a [`Layer`] with an id. Every template built, loaded or
+//! branched from one root belongs to that root's [`Family`]: the same base
+//! file and the same CPUID, so one pool of ready VMs serves them all. A
+//! pooled VM is a fork of the root; a fork of a branch takes one and gets the
+//! branch's pages and state written over it on its own thread, and a killed
+//! sandbox's VM returns to the pool reset to the root. So a branch costs no
+//! VM, no thread and no learning pass: only the pages it changed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use kvm_bindings::CpuId;
 
-use super::EngineError;
-use super::pool::Pool;
-use crate::agent::{self, Mailbox};
-use crate::vmm::memory::{self, GuestRam, Memfd, Sharing};
-use crate::vmm::{Hypervisor, MachineState, VcpuThread, Vm, VmmError, layout};
+use super::layer::{Layer, Over, Ram};
+use super::pool::{Health, Pool, Shell};
+use super::{CancelToken, EngineError, session};
+use crate::agent::{self, AgentError};
+use crate::image::spec_image::Manifest;
+use crate::vmm::memory::{GuestRam, MemoryFile, Sharing};
+use crate::vmm::{Hypervisor, VcpuThread, Vm, VmmError, layout};
 
 /// The bare guest image, built from guest/bare by build.rs.
 pub static BARE_GUEST: &[u8] = include_bytes!(env!("ZEROBOOT_BARE_GUEST"));
+
+/// How long the bare guest may take to boot to Ready (it takes milliseconds).
+const BARE_BOOT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A loaded template.
 pub struct Template {
     /// Id given by the engine.
     pub id: String,
-    /// Where it came from: "builtin:bare" or a file path.
+    /// Where it came from: "builtin:bare", a file path, "linux:KERNEL" or a sandbox.
     pub source: String,
-    pub(crate) memfd: Memfd,
-    pub(crate) state: MachineState,
-    pub(crate) mailbox: Mailbox,
-    pub(crate) cpuid: CpuId,
-    pub(crate) pool: Pool,
-    /// Pages a first exec dirties, copied ahead of time in pooled VMs.
-    pub(crate) hot_pages: Vec<u64>,
+    pub(crate) layer: Arc<Layer>,
+    pub(crate) family: Arc<Family>,
+    /// A branch's VMs already restored to it (none for a root, whose forks
+    /// take the family's pool).
+    pub(crate) ready: Pool,
 }
 
-/// What a template is made of, before it gets an id and a pool.
-pub(crate) struct Snapshot {
-    pub memfd: Memfd,
-    pub state: MachineState,
-    pub mailbox: Mailbox,
-}
+/// VMs a branch keeps restored to itself once it has been forked: its next
+/// forks pay no restore on the request path (~0.1 ms of state ioctls). A
+/// branch's first fork restores on the request path and starts these, so a
+/// branch nobody forks costs no VM; each fork that takes one starts another.
+pub(crate) const BRANCH_READY: usize = 2;
 
-impl Snapshot {
-    /// Boots the bare guest to its Ready point and captures it.
-    pub fn boot_bare(hv: &Hypervisor) -> Result<Snapshot, EngineError> {
-        let memfd = Memfd::create("zeroboot-bare", layout::BARE_MEMORY)?;
-        let ram = GuestRam::map(&memfd, Sharing::Shared)?;
-        layout::write_bare_boot(&ram, BARE_GUEST)?;
-        let mut vm = Vm::new(hv, ram, hv.cpuid())?;
-        let sregs = layout::bare_entry_sregs(vm.sregs()?);
-        vm.set_entry(&layout::bare_entry_regs(), &sregs)?;
-        let (mailbox, _ready) = agent::boot(&mut vm).map_err(|e| match e {
-            agent::AgentError::Vmm(v) => EngineError::Vmm(v),
-            other => EngineError::GuestProtocol {
-                detail: format!("bare guest failed to boot: {other}"),
-            },
-        })?;
-        vm.complete_pending_io()?;
-        let state = vm.capture(hv, hv.cpuid())?;
-        // Dropping the VM unmaps the shared view, after which sealing can succeed.
-        drop(vm);
-        memfd.seal()?;
-        Ok(Snapshot {
-            memfd,
-            state,
-            mailbox,
-        })
+impl Template {
+    /// True for a branch (a layer over its family's root).
+    pub(crate) fn is_branch(&self) -> bool {
+        !Arc::ptr_eq(&self.layer, &self.family.root)
+    }
+
+    /// Restores `shell` (a fork of the family's root) to this branch, on its
+    /// own thread: queued before any request, so none can see the root.
+    pub(crate) fn adopt(&self, shell: &Shell) {
+        let (layer, family, health) = (
+            Arc::clone(&self.layer),
+            Arc::clone(&self.family),
+            Arc::clone(&shell.health),
+        );
+        shell.thread.submit(move |vm| {
+            if let Err(e) = layer.restore(vm, &family.hot_pages, Ram::Clean) {
+                *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
+                    reason: format!("restoring the branch failed: {e}"),
+                    recyclable: true,
+                };
+            }
+        });
+    }
+
+    /// Tops a branch's ready VMs up from the family's pool, without waiting.
+    pub(crate) fn prepare(&self) {
+        while self.ready.has_room() {
+            let Some(shell) = self.family.pool.take() else {
+                return;
+            };
+            self.adopt(&shell);
+            if let Err(shell) = self.ready.offer(shell) {
+                super::recycle::recycle(&self.family, None, shell, true);
+                return;
+            }
+        }
+    }
+
+    /// Guest memory size in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.layer.memory_bytes()
     }
 }
 
-impl Template {
-    /// Wraps a snapshot with its id and an empty pool of `pool_size`.
-    pub(crate) fn new(
-        id: String,
-        source: String,
-        snap: Snapshot,
+/// What a root template and all its branches share.
+pub(crate) struct Family {
+    /// The root's id, for thread names and logs.
+    pub name: String,
+    /// The layer pooled VMs are forks of.
+    pub root: Arc<Layer>,
+    pub cpuid: CpuId,
+    pub pool: Pool,
+    /// Pages a first exec dirties, copied ahead of time in pooled VMs.
+    pub hot_pages: Vec<u64>,
+    /// What the root's image holds, when it was built from a spec; every
+    /// branch of the family runs that image, and its files record it.
+    pub manifest: Option<Manifest>,
+    /// Templates of the family still registered; the pool closes at zero.
+    members: AtomicUsize,
+}
+
+impl Family {
+    /// A family for a new root layer, with an empty pool of `pool_size`. Its
+    /// hot pages are learnt by running a probe in a throwaway VM, which is
+    /// also the proof that the guest answers at all: one that does not within
+    /// `timeout` is refused with [`EngineError::TemplateUnresponsive`].
+    pub fn new(
+        hv: &Arc<Hypervisor>,
+        name: String,
+        root: Layer,
+        manifest: Option<Manifest>,
         pool_size: usize,
-    ) -> Result<Template, EngineError> {
-        let cpuid = snap.state.vcpu.cpuid()?;
-        Ok(Template {
-            id,
-            source,
-            memfd: snap.memfd,
-            state: snap.state,
-            mailbox: snap.mailbox,
+        timeout: Duration,
+        cancel: &CancelToken,
+    ) -> Result<Family, EngineError> {
+        let cpuid = root.state.vcpu.cpuid()?;
+        let mut family = Family {
+            name,
+            root: Arc::new(root),
             cpuid,
             pool: Pool::new(pool_size),
             hot_pages: Vec::new(),
-        })
+            manifest,
+            members: AtomicUsize::new(0),
+        };
+        family.hot_pages = family.learn_hot_pages(hv, timeout, cancel)?;
+        Ok(family)
     }
 
-    /// Learns which pages a first exec dirties by running a probe in a
-    /// throwaway VM, so pooled VMs can copy them before a request arrives.
-    /// The probe is Python `pass`: a Linux guest's hot path (its zygote), and
-    /// on the bare guest, which has no Python, an unknown command answered on
-    /// the same request/response path as any other. An agent that refuses it
-    /// (no Python in the image) has still answered through that path.
-    pub(crate) fn learn_hot_pages(&mut self, hv: &Hypervisor) -> Result<(), EngineError> {
-        let ram = GuestRam::map(&self.memfd, Sharing::Private)?;
-        let mut vm = Vm::new(hv, ram, &self.cpuid)?;
-        vm.restore(&self.state)?;
+    /// Runs the probe: Python `pass`, a Linux guest's hot path (its zygote),
+    /// and on the bare guest, which has no Python, an unknown command
+    /// answered on the same request/response path as any other. An agent that
+    /// refuses it (no Python in the image) has still answered.
+    fn learn_hot_pages(
+        &self,
+        hv: &Arc<Hypervisor>,
+        timeout: Duration,
+        cancel: &CancelToken,
+    ) -> Result<Vec<u64>, EngineError> {
         let probe = super::ExecRequest {
             argv: vec!["pass".into()],
             program: super::Program::Python,
             ..Default::default()
         };
-        let frame = probe.frame(std::time::Duration::ZERO)?;
-        match agent::exec(&mut vm, &self.mailbox, &frame, 0, &mut |_, _| {}) {
-            Ok(_) | Err(agent::AgentError::Agent { .. }) => {}
-            Err(e) => return Err(EngineError::from_agent(e)),
+        let frame = probe.frame(Duration::ZERO)?;
+        let (root, cpuid, h) = (Arc::clone(&self.root), self.cpuid.clone(), Arc::clone(hv));
+        let thread = VcpuThread::spawn(format!("probe-{}", self.name), move || {
+            let ram = GuestRam::map(root.base(), Sharing::Private)?;
+            let mut vm = Vm::new(&h, ram, &cpuid)?;
+            root.restore(&mut vm, &[], Ram::Clean)?;
+            Ok(vm)
+        })
+        .map_err(|e| EngineError::TemplateUnresponsive {
+            detail: format!("its state cannot be restored: {}", crate::error_chain(&e)),
+        })?;
+        let mailbox = self.root.mailbox;
+        let outcome = session::run(&thread, timeout, cancel, &mut |_, _| {}, move |vm, out| {
+            let answer = agent::exec(vm, &mailbox, &frame, 0, out);
+            let rip = vm.regs().map(|r| r.rip).ok();
+            let hot = vm.ram().private_pages();
+            (answer, rip, hot)
+        });
+        drop(thread.stop());
+        let at = |rip: Option<u64>| rip.map_or(String::new(), |r| format!(" (vCPU at rip {r:#x})"));
+        let unresponsive = |detail: String| EngineError::TemplateUnresponsive { detail };
+        match outcome.value {
+            None => Err(unresponsive(format!(
+                "the guest neither answered a probe exec within {} ms nor stopped when kicked",
+                timeout.as_millis()
+            ))),
+            Some((Err(AgentError::Interrupted), _, _)) if cancel.is_cancelled() => {
+                Err(EngineError::Cancelled)
+            }
+            Some((Err(AgentError::Interrupted), rip, _)) if outcome.timed_out => {
+                Err(unresponsive(format!(
+                    "the guest did not answer a probe exec within {} ms{}",
+                    timeout.as_millis(),
+                    at(rip)
+                )))
+            }
+            Some((Err(AgentError::Vmm(e)), rip, _)) => Err(unresponsive(format!(
+                "running the guest failed{}: {}",
+                at(rip),
+                crate::error_chain(&e)
+            ))),
+            Some((Ok(_) | Err(AgentError::Agent { .. }), _, hot)) => hot
+                .map_err(|e| EngineError::ResourceLimit(format!("cannot read the page map: {e}"))),
+            Some((Err(e), rip, _)) => Err(unresponsive(format!(
+                "the guest did not answer a probe exec{}: {e}",
+                at(rip)
+            ))),
         }
-        self.hot_pages = memory::private_page_addrs(vm.ram().host_addr(), vm.ram().size())
-            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?;
-        Ok(())
     }
 
-    /// Guest memory size in bytes.
-    pub fn memory_bytes(&self) -> usize {
-        self.memfd.size()
+    /// Counts one more registered template of this family.
+    pub fn join(&self) {
+        self.members.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Starts a new VM thread restored to this template (a cold fork).
-    pub(crate) fn spawn_shell(
-        self: &Arc<Self>,
-        hv: &Arc<Hypervisor>,
-    ) -> Result<VcpuThread, VmmError> {
-        let (tpl, hv) = (Arc::clone(self), Arc::clone(hv));
-        VcpuThread::spawn(format!("vcpu-{}", self.id), move || {
-            let ram = GuestRam::map(&tpl.memfd, Sharing::Private)?;
-            ram.precopy(&tpl.hot_pages)?;
-            let mut vm = Vm::new(&hv, ram, &tpl.cpuid)?;
-            vm.restore(&tpl.state)?;
+    /// Counts one template fewer; the last one out closes the pool and
+    /// returns its idle VMs to be stopped.
+    pub fn leave(&self) {
+        if self.members.fetch_sub(1, Ordering::SeqCst) == 1 {
+            for shell in self.pool.close() {
+                drop(shell.thread.stop());
+            }
+        }
+    }
+
+    /// Starts a new VM thread restored to the root (a cold fork).
+    pub fn spawn_shell(self: &Arc<Self>, hv: &Arc<Hypervisor>) -> Result<VcpuThread, VmmError> {
+        let (family, hv) = (Arc::clone(self), Arc::clone(hv));
+        VcpuThread::spawn(format!("vcpu-{}", self.name), move || {
+            let ram = GuestRam::map(family.root.base(), Sharing::Private)?;
+            let mut vm = Vm::new(&hv, ram, &family.cpuid)?;
+            family
+                .root
+                .restore(&mut vm, &family.hot_pages, Ram::Clean)?;
             Ok(vm)
         })
     }
+}
+
+/// Builds a booting guest's VM over its memory, with its CPUID.
+pub(crate) type MakeVm =
+    Box<dyn FnOnce(&Hypervisor, GuestRam, &CpuId) -> Result<Vm, VmmError> + Send>;
+
+/// A guest booting on its own vCPU thread: `make` builds its VM over a
+/// shared mapping of `base`.
+pub(crate) struct Boot<'a> {
+    pub base: MemoryFile,
+    pub cpuid: CpuId,
+    pub deadline: Duration,
+    pub cancel: &'a CancelToken,
+    pub make: MakeVm,
+}
+
+/// Why a boot failed.
+pub(crate) enum BootFailure {
+    /// KVM itself failed.
+    Vmm(VmmError),
+    /// The caller cancelled.
+    Cancelled,
+    /// The guest did not reach Ready: what happened, and where its vCPU was.
+    Guest(String),
+}
+
+impl Boot<'_> {
+    /// Runs the guest until its agent registers its mailbox and says Ready,
+    /// under the deadline, then captures it as a root layer over the sealed base.
+    pub fn run(self, hv: &Arc<Hypervisor>, name: &str) -> Result<Layer, BootFailure> {
+        let base = Arc::new(self.base);
+        let ram = GuestRam::map(&base, Sharing::Shared).map_err(BootFailure::Vmm)?;
+        let (h, cpuid, make) = (Arc::clone(hv), self.cpuid.clone(), self.make);
+        let thread = VcpuThread::spawn(format!("boot-{name}"), move || make(&h, ram, &cpuid))
+            .map_err(BootFailure::Vmm)?;
+        let (h, b, cpuid) = (Arc::clone(hv), Arc::clone(&base), self.cpuid);
+        let outcome = session::run(
+            &thread,
+            self.deadline,
+            self.cancel,
+            &mut |_, _| {},
+            move |vm, _| {
+                agent::boot(vm)
+                    .and_then(|(mailbox, _ready)| {
+                        let over = Over::Boot { base: b, mailbox };
+                        Ok(Layer::capture(vm, &h, &cpuid, over)?)
+                    })
+                    // A failed boot also says where the vCPU stopped: the one
+                    // clue left when a kernel spins with nothing on its console.
+                    .map_err(|e| (e, vm.regs().ok().map(|r| r.rip)))
+            },
+        );
+        // Tearing the VM down removes the last shared mapping, so sealing can succeed.
+        thread.stop().join();
+        let at = |rip: Option<u64>| rip.map_or(String::new(), |r| format!(" (vCPU at rip {r:#x})"));
+        let layer = match outcome.value {
+            Some(Ok(layer)) => layer,
+            Some(Err((AgentError::Interrupted, _))) if self.cancel.is_cancelled() => {
+                return Err(BootFailure::Cancelled);
+            }
+            Some(Err((AgentError::Interrupted, rip))) if outcome.timed_out => {
+                return Err(BootFailure::Guest(format!(
+                    "the agent did not report Ready within {} s{}",
+                    self.deadline.as_secs(),
+                    at(rip)
+                )));
+            }
+            Some(Err((AgentError::Vmm(e), _))) => return Err(BootFailure::Vmm(e)),
+            Some(Err((e, rip))) => return Err(BootFailure::Guest(format!("{e}{}", at(rip)))),
+            None if outcome.timed_out => {
+                return Err(BootFailure::Guest(format!(
+                    "the agent did not report Ready within {} s, and the vCPU did not stop",
+                    self.deadline.as_secs()
+                )));
+            }
+            None => return Err(BootFailure::Guest("the vCPU thread is gone".into())),
+        };
+        base.seal().map_err(BootFailure::Vmm)?;
+        Ok(layer)
+    }
+}
+
+/// Boots the bare guest in `memory_bytes` of memory to its Ready point and captures it.
+pub(crate) fn boot_bare(
+    hv: &Arc<Hypervisor>,
+    memory_bytes: usize,
+    cancel: &CancelToken,
+) -> Result<Layer, EngineError> {
+    let base = MemoryFile::create("zeroboot-bare", memory_bytes)?;
+    let boot = Boot {
+        base,
+        cpuid: hv.cpuid().clone(),
+        deadline: BARE_BOOT_DEADLINE,
+        cancel,
+        make: Box::new(|hv, ram, cpuid| {
+            layout::write_bare_boot(&ram, BARE_GUEST)?;
+            let vm = Vm::new(hv, ram, cpuid)?;
+            let sregs = layout::bare_entry_sregs(vm.sregs()?);
+            vm.set_entry(&layout::bare_entry_regs(), &sregs)?;
+            Ok(vm)
+        }),
+    };
+    boot.run(hv, "bare").map_err(|f| match f {
+        BootFailure::Vmm(e) => EngineError::Vmm(e),
+        BootFailure::Cancelled => EngineError::Cancelled,
+        BootFailure::Guest(why) => EngineError::GuestProtocol {
+            detail: format!("bare guest failed to boot: {why}"),
+        },
+    })
 }

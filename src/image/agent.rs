@@ -78,10 +78,13 @@ pub fn build(source: &Path) -> Result<PathBuf, ImageError> {
         .join("zeroboot-agent"))
 }
 
-/// The agent to pack: `explicit` if given, else built from the source tree.
-/// Either way it must be static.
+/// The agent to pack: `explicit` if given, else `$ZEROBOOT_AGENT`, else
+/// built from the source tree. Either way it must be static.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {
-    let path = match explicit {
+    let from_env = std::env::var_os("ZEROBOOT_AGENT")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let path = match explicit.or(from_env.as_deref()) {
         Some(p) if !p.is_file() => {
             return Err(ImageError::Missing {
                 what: "agent",

@@ -5,21 +5,27 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// `$ZEROBOOT_CACHE/image`, else `$XDG_CACHE_HOME/zeroboot/image`, else
-/// `~/.cache/zeroboot/image`.
-pub fn default_dir() -> Result<PathBuf, ImageError> {
+/// zeroboot's cache root: `$ZEROBOOT_CACHE`, else `$XDG_CACHE_HOME/zeroboot`,
+/// else `~/.cache/zeroboot` (the same root `scripts/pyenv` uses for the
+/// project's Python environments).
+pub fn root() -> Result<PathBuf, ImageError> {
     let env = |k| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
     if let Some(root) = env("ZEROBOOT_CACHE") {
-        return Ok(root.join("image"));
+        return Ok(root);
     }
     let base = env("XDG_CACHE_HOME")
         .or_else(|| env("HOME").map(|h| h.join(".cache")))
         .ok_or(ImageError::NoCacheDir)?;
-    Ok(base.join("zeroboot").join("image"))
+    Ok(base.join("zeroboot"))
+}
+
+/// Where images are built and kept: `<root>/image`.
+pub fn default_dir() -> Result<PathBuf, ImageError> {
+    Ok(root()?.join("image"))
 }
 
 /// An exclusive lock on a cache directory, held for a whole build so that

@@ -1,6 +1,6 @@
 //! A writer for the "newc" cpio format, the one the kernel unpacks as an
-//! initramfs. Entries carry fixed owners (root) and timestamps (0), so the
-//! same inputs give the same archive byte for byte.
+//! initramfs. Entries carry the owners given (root unless said otherwise)
+//! and timestamp 0, so the same inputs give the same archive byte for byte.
 
 use std::io::{self, Write};
 
@@ -12,6 +12,11 @@ const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
 const S_IFCHR: u32 = 0o020000;
+
+/// (uid, gid) of an entry.
+pub type Owner = (u32, u32);
+/// Root's.
+pub const ROOT: Owner = (0, 0);
 
 /// Streams an archive into `out`.
 pub struct CpioWriter<W: Write> {
@@ -41,7 +46,14 @@ impl<W: Write> CpioWriter<W> {
         Ok(())
     }
 
-    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) -> io::Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        data: &[u8],
+        rdev: (u32, u32),
+        owner: Owner,
+    ) -> io::Result<()> {
         let name = name.trim_start_matches('/');
         let size = u32::try_from(data.len()).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("{name} exceeds 4 GiB"))
@@ -52,8 +64,8 @@ impl<W: Write> CpioWriter<W> {
         let fields = [
             ino,
             mode,
-            0,
-            0,
+            owner.0,
+            owner.1,
             nlink,
             0,
             size,
@@ -78,28 +90,28 @@ impl<W: Write> CpioWriter<W> {
     }
 
     /// Adds a directory.
-    pub fn dir(&mut self, name: &str, perm: u32) -> io::Result<()> {
-        self.entry(name, S_IFDIR | perm, &[], (0, 0))
+    pub fn dir(&mut self, name: &str, perm: u32, owner: Owner) -> io::Result<()> {
+        self.entry(name, S_IFDIR | perm, &[], (0, 0), owner)
     }
 
     /// Adds a regular file.
-    pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> io::Result<()> {
-        self.entry(name, S_IFREG | perm, data, (0, 0))
+    pub fn file(&mut self, name: &str, perm: u32, data: &[u8], owner: Owner) -> io::Result<()> {
+        self.entry(name, S_IFREG | perm, data, (0, 0), owner)
     }
 
     /// Adds a symbolic link to `target`.
-    pub fn symlink(&mut self, name: &str, target: &str) -> io::Result<()> {
-        self.entry(name, S_IFLNK | 0o777, target.as_bytes(), (0, 0))
+    pub fn symlink(&mut self, name: &str, target: &str, owner: Owner) -> io::Result<()> {
+        self.entry(name, S_IFLNK | 0o777, target.as_bytes(), (0, 0), owner)
     }
 
-    /// Adds a character device node.
+    /// Adds a character device node (root's).
     pub fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
-        self.entry(name, S_IFCHR | perm, &[], (major, minor))
+        self.entry(name, S_IFCHR | perm, &[], (major, minor), ROOT)
     }
 
     /// Writes the trailer and returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
-        self.entry(TRAILER, 0, &[], (0, 0))?;
+        self.entry(TRAILER, 0, &[], (0, 0), ROOT)?;
         self.out.flush()?;
         Ok(self.out)
     }
@@ -117,10 +129,11 @@ mod tests {
     #[test]
     fn file_entry_has_newc_header_name_and_aligned_data() {
         let mut w = CpioWriter::new(Vec::new());
-        w.file("/init", 0o755, b"hello").unwrap();
+        w.file("/init", 0o755, b"hello", (1000, 100)).unwrap();
         let out = w.finish().unwrap();
         assert_eq!(&out[..6], b"070701");
         assert_eq!(field(&out, 1), S_IFREG | 0o755);
+        assert_eq!((field(&out, 2), field(&out, 3)), (1000, 100));
         assert_eq!(field(&out, 6), 5); // file size
         assert_eq!(field(&out, 11), 5); // "init" + NUL
         // 110-byte header + "init\0" = 115, padded to 116; data then padded to 124.
@@ -136,7 +149,7 @@ mod tests {
         let mut w = CpioWriter::new(Vec::new());
         w.char_dev("dev/console", 0o600, 5, 1).unwrap();
         let dev_len = w.written as usize;
-        w.symlink("bin/python3", "python3.11").unwrap();
+        w.symlink("bin/python3", "python3.11", ROOT).unwrap();
         let out = w.finish().unwrap();
         assert_eq!(field(&out, 1), S_IFCHR | 0o600);
         assert_eq!((field(&out, 9), field(&out, 10)), (5, 1));

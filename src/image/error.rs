@@ -6,12 +6,35 @@ use std::path::PathBuf;
 /// there is something to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The host has no apt: Debian's kernel and Python cannot be fetched.
+    /// The host has no apt: Debian's packages cannot be fetched.
     #[error(
-        "apt-get not found: this host cannot fetch Debian's kernel and Python packages; \
-         build the image on a Debian 12 host, or pass your own --kernel and --initramfs"
+        "apt-get and dpkg-deb not found: zeroboot fetches Debian bookworm's packages with the \
+         host's apt on its own configuration (any Debian or Ubuntu host has both); \
+         or pass your own --kernel and --initramfs"
     )]
     NoApt,
+    /// `apt-get update` on zeroboot's configuration failed.
+    #[error(
+        "cannot fetch Debian bookworm's package lists (network? ZEROBOOT_DEBIAN_MIRROR?): {detail}"
+    )]
+    DebianUpdate {
+        /// What apt said.
+        detail: String,
+    },
+    /// apt cannot satisfy the requested Debian packages.
+    #[error("Debian bookworm cannot provide {packages}: {detail}")]
+    DebianUnresolvable {
+        /// The packages asked for.
+        packages: String,
+        /// What apt said.
+        detail: String,
+    },
+    /// A Debian package could not be downloaded.
+    #[error("downloading Debian packages failed: {detail}")]
+    DebianDownload {
+        /// What apt said.
+        detail: String,
+    },
     /// A user-supplied file does not exist.
     #[error("{what} {path} does not exist")]
     Missing {
@@ -19,14 +42,6 @@ pub enum ImageError {
         what: &'static str,
         /// Its path.
         path: PathBuf,
-    },
-    /// `apt-get download` failed.
-    #[error("apt-get download {package} failed (run `apt-get update` as root?): {stderr}")]
-    AptDownload {
-        /// The package.
-        package: String,
-        /// What apt said.
-        stderr: String,
     },
     /// A helper program could not run or failed.
     #[error("`{command}` failed: {detail}")]
@@ -67,6 +82,70 @@ pub enum ImageError {
     /// No cache directory could be chosen.
     #[error("no cache directory: set ZEROBOOT_CACHE or HOME")]
     NoCacheDir,
+    /// The base image is not a readable OCI layout or docker save archive.
+    #[error("{path} is not a usable OCI image: {detail}")]
+    OciInvalid {
+        /// The image given.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A layer could not be applied (a name escaping the root, a bad link,
+    /// a broken tar).
+    #[error("layer {layer}")]
+    Layer {
+        /// The layer file.
+        layer: PathBuf,
+        /// Why.
+        #[source]
+        source: super::layers::LayerError,
+    },
+    /// No uv to resolve `python.packages` with.
+    #[error(
+        "python.packages needs uv (a Python package resolver): `pip install uv`, or set ZEROBOOT_UV"
+    )]
+    NoUv,
+    /// A requirement exists but has no wheel the guest's Python can use.
+    #[error(
+        "{requirement} has no wheel for the guest (cp311, manylinux x86_64, glibc 2.36): {detail}"
+    )]
+    PythonNoWheel {
+        /// The requirement.
+        requirement: String,
+        /// What the resolver said.
+        detail: String,
+    },
+    /// The requirements cannot be satisfied.
+    #[error("cannot resolve python.packages{}: {detail}", requirement.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    PythonUnresolvable {
+        /// The requirement that fails on its own, when one does.
+        requirement: Option<String>,
+        /// What the resolver said.
+        detail: String,
+    },
+    /// The image would not fit the spec's memory.
+    #[error(
+        "the image ({image_mib} MiB) needs {needed_mib} MiB of guest memory; memory_mib is {memory_mib}"
+    )]
+    ImageTooLarge {
+        /// The initramfs size.
+        image_mib: u64,
+        /// The spec's memory.
+        memory_mib: u32,
+        /// What the image needs.
+        needed_mib: u64,
+    },
+    /// The spec's (or the image's) user does not exist in the image.
+    #[error("user {user:?} is not in the image's /etc/passwd (give UID:GID instead)")]
+    UnknownUser {
+        /// The user asked for.
+        user: String,
+    },
+    /// `python.preload` without a Python in the image.
+    #[error(
+        "python.preload needs a Python in the image (/usr/bin/python3 or /usr/local/bin/python3)"
+    )]
+    NoPython,
     /// Filesystem work failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -2,7 +2,8 @@
 //! console node the kernel and agent expect, and a staged tree (Python).
 
 use super::ImageError;
-use super::cpio::CpioWriter;
+use super::cpio::{CpioWriter, ROOT};
+use super::layers::Owners;
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::os::unix::fs::PermissionsExt;
@@ -18,11 +19,13 @@ const DIRS: &[(&str, u32)] = &[
     ("root", 0o700),
 ];
 
-/// Adds `dir`'s contents under archive path `prefix`, sorted (reproducible).
+/// Adds `dir`'s contents under archive path `prefix`, sorted (reproducible),
+/// with the owners `owners` records (relative to the tree's root).
 fn add_tree(
     w: &mut CpioWriter<BufWriter<File>>,
     dir: &Path,
     prefix: &str,
+    owners: &Owners,
 ) -> Result<(), ImageError> {
     let mut entries: Vec<_> = fs::read_dir(dir)
         .map_err(ImageError::io("cannot list", dir))?
@@ -32,6 +35,10 @@ fn add_tree(
     for entry in entries {
         let path = entry.path();
         let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        if name == "init" {
+            continue; // the agent is /init, whatever the tree holds
+        }
+        let owner = owners.get(Path::new(&name)).copied().unwrap_or(ROOT);
         let meta = fs::symlink_metadata(&path).map_err(ImageError::io("cannot stat", &path))?;
         let perm = meta.permissions().mode() & 0o7777;
         let write = |e| ImageError::Io {
@@ -41,13 +48,14 @@ fn add_tree(
         };
         if meta.file_type().is_symlink() {
             let target = fs::read_link(&path).map_err(ImageError::io("cannot read link", &path))?;
-            w.symlink(&name, &target.to_string_lossy()).map_err(write)?;
+            w.symlink(&name, &target.to_string_lossy(), owner)
+                .map_err(write)?;
         } else if meta.is_dir() {
-            w.dir(&name, perm).map_err(write)?;
-            add_tree(w, &path, &format!("{name}/"))?;
-        } else {
+            w.dir(&name, perm, owner).map_err(write)?;
+            add_tree(w, &path, &format!("{name}/"), owners)?;
+        } else if meta.is_file() {
             let data = fs::read(&path).map_err(ImageError::io("cannot read", &path))?;
-            w.file(&name, perm, &data).map_err(write)?;
+            w.file(&name, perm, &data, owner).map_err(write)?;
         }
     }
     Ok(())
@@ -55,7 +63,7 @@ fn add_tree(
 
 /// Writes the initramfs to `out` (through a temporary file, so a cached
 /// image is never half written).
-pub fn write(agent: &Path, tree: &Path, out: &Path) -> Result<(), ImageError> {
+pub fn write(agent: &Path, tree: &Path, owners: &Owners, out: &Path) -> Result<(), ImageError> {
     let tmp = out.with_extension("partial");
     let file = File::create(&tmp).map_err(ImageError::io("cannot create", &tmp))?;
     let mut w = CpioWriter::new(BufWriter::new(file));
@@ -65,13 +73,13 @@ pub fn write(agent: &Path, tree: &Path, out: &Path) -> Result<(), ImageError> {
         source: e,
     };
     for (dir, perm) in DIRS {
-        w.dir(dir, *perm).map_err(io)?;
+        w.dir(dir, *perm, ROOT).map_err(io)?;
     }
     // The kernel opens /dev/console for init's stdio before devtmpfs exists.
     w.char_dev("dev/console", 0o600, 5, 1).map_err(io)?;
     let agent_bytes = fs::read(agent).map_err(ImageError::io("cannot read", agent))?;
-    w.file("init", 0o755, &agent_bytes).map_err(io)?;
-    add_tree(&mut w, tree, "")?;
+    w.file("init", 0o755, &agent_bytes, ROOT).map_err(io)?;
+    add_tree(&mut w, tree, "", owners)?;
     w.finish().map_err(io)?;
     fs::rename(&tmp, out).map_err(ImageError::io("cannot move the image to", out))
 }

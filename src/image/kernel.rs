@@ -3,43 +3,61 @@
 //! versioned kernel package and unpacked into the cache.
 
 use super::ImageError;
-use super::apt::Apt;
+use super::debian::{Debian, Package};
+use super::progress::Reporter;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The meta-package that always depends on the current cloud kernel.
 const META: &str = "linux-image-cloud-amd64";
 
-/// The kernel package named in the meta-package's `Depends` field.
-fn kernel_package(depends: &str) -> Option<&str> {
-    depends
-        .split(',')
-        .filter_map(|dep| dep.split_whitespace().next())
-        .find(|name| name.starts_with("linux-image-") && *name != META)
+/// The kernel package named in the meta-package's `Depends` field, with
+/// the version it pins (`name (= version)`).
+fn kernel_package(depends: &str) -> Option<Package> {
+    depends.split(',').find_map(|dep| {
+        let mut words = dep.split_whitespace();
+        let name = words.next()?;
+        if !name.starts_with("linux-image-") || name == META {
+            return None;
+        }
+        let rest: String = words.collect::<Vec<_>>().join(" ");
+        let version = rest
+            .strip_prefix("(=")
+            .and_then(|v| v.strip_suffix(')'))
+            .map(|v| v.trim().to_owned())?;
+        Some(Package {
+            name: name.to_owned(),
+            version,
+        })
+    })
 }
 
-/// Returns the cached kernel image, fetching it first if needed.
-pub fn fetch(apt: &Apt, cache: &Path) -> Result<PathBuf, ImageError> {
-    let meta = apt.fetch(META)?;
-    let depends = Apt::field(&meta, "Depends")?;
-    let package = kernel_package(&depends)
+/// Returns the cached kernel image, fetching it first if needed. Only the
+/// kernel package itself is downloaded: its dependencies (initramfs-tools,
+/// kmod, ...) are for installing it, which never happens.
+pub fn fetch(debian: &Debian, cache: &Path, progress: Reporter<'_>) -> Result<PathBuf, ImageError> {
+    let fields = debian.show(META)?;
+    let package = fields
+        .get("Depends")
+        .and_then(|d| kernel_package(d))
         .ok_or_else(|| ImageError::PackageContents {
             package: META.into(),
-            what: "kernel dependency",
-        })?
-        .to_owned();
-    let dir = cache.join("kernel").join(&package);
+            what: "versioned kernel dependency",
+        })?;
+    let dir = cache.join("kernel").join(&package.name);
     let vmlinuz = dir.join("vmlinuz");
     if vmlinuz.is_file() {
         return Ok(vmlinuz);
     }
-    let deb = apt.fetch(&package)?;
+    let debs = debian.fetch(std::slice::from_ref(&package), progress)?;
+    let deb = &debs[0].path;
+    let package = package.name;
     eprintln!("zeroboot image: unpacking {package}");
     let staging = cache.join("kernel").join(format!("{package}.unpack"));
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(ImageError::io("cannot remove", &staging))?;
     }
-    Apt::extract(&deb, &staging)?;
+    Debian::extract(deb, &staging)?;
     let boot = staging.join("boot");
     let image = fs::read_dir(&boot)
         .map_err(ImageError::io("cannot list", &boot))?
@@ -68,12 +86,17 @@ mod tests {
         let depends = "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)";
         assert_eq!(
             kernel_package(depends),
-            Some("linux-image-6.1.0-56-cloud-amd64")
+            Some(Package {
+                name: "linux-image-6.1.0-56-cloud-amd64".into(),
+                version: "6.1.192-2".into()
+            })
         );
         assert_eq!(
-            kernel_package("initramfs-tools, linux-image-6.1.0-9-cloud-amd64"),
-            Some("linux-image-6.1.0-9-cloud-amd64")
+            kernel_package("initramfs-tools, linux-image-6.1.0-9-cloud-amd64 (= 6.1.27-1)")
+                .map(|p| p.name),
+            Some("linux-image-6.1.0-9-cloud-amd64".into())
         );
         assert_eq!(kernel_package("libc6"), None);
+        assert_eq!(kernel_package("linux-image-6.1.0-9-cloud-amd64"), None);
     }
 }

@@ -1,63 +1,177 @@
-//! The shared libraries the guest's Python needs, as `ldd` names them. The
-//! guest image is built on Debian 12 from Debian 12 packages, so the host's
-//! copies are the right ones.
+//! The shared libraries a set of ELF files needs, found in a *sysroot*: the
+//! Debian bookworm packages unpacked for the image, never the host's own
+//! libraries (an Ubuntu host's glibc is not the guest's). Each file's
+//! `DT_NEEDED` entries are looked up in its own `RPATH`/`RUNPATH` (so a
+//! wheel's bundled `.libs` are found where they are) and then in Debian's
+//! library directories, as the guest's loader will; the loader named by
+//! `PT_INTERP` comes along too. Symlinks resolve inside the sysroot.
 
-use super::{ImageError, command};
-use std::collections::BTreeSet;
+use super::ImageError;
+use super::scoped;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// The library paths in one `ldd` report, or the first soname it could not
-/// resolve. The vDSO (no path) is skipped.
-fn parse_ldd(report: &str) -> Result<Vec<PathBuf>, String> {
-    let mut paths = Vec::new();
-    for line in report.lines().map(str::trim) {
-        let resolved = match line.split_once("=>") {
-            Some((name, rest)) => {
-                let rest = rest.trim();
-                if rest.starts_with("not found") {
-                    return Err(name.trim().to_owned());
+/// Where Debian's loader looks (multiarch first), relative to the root.
+const LIB_DIRS: &[&str] = &[
+    "lib/x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu",
+    "lib64",
+    "lib",
+    "usr/lib",
+];
+/// ELF files larger than this are not parsed (no library is this big).
+const MAX_ELF: u64 = 1 << 30;
+
+/// What one ELF file asks of the loader.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `PT_INTERP`, if any.
+    pub interpreter: Option<String>,
+    /// `DT_NEEDED` sonames.
+    pub libraries: Vec<String>,
+    /// `DT_RUNPATH` and `DT_RPATH` entries, `$ORIGIN` unexpanded.
+    pub search: Vec<String>,
+}
+
+/// Parses what `bytes` (an ELF file) needs; `None` if it is not ELF.
+pub fn needs(bytes: &[u8]) -> Option<Needs> {
+    let elf = goblin::elf::Elf::parse(bytes).ok()?;
+    let mut search: Vec<String> = Vec::new();
+    for list in elf.runpaths.iter().chain(&elf.rpaths) {
+        search.extend(list.split(':').filter(|s| !s.is_empty()).map(str::to_owned));
+    }
+    Some(Needs {
+        interpreter: elf.interpreter.map(str::to_owned),
+        libraries: elf.libraries.iter().map(|s| (*s).to_owned()).collect(),
+        search,
+    })
+}
+
+/// True when `path` starts with the ELF magic.
+pub fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == b"\x7fELF")
+}
+
+/// The libraries (paths relative to `sysroot`) that `elves` (host paths of
+/// files already in the image) load, transitively. Libraries found beside
+/// an ELF file through its `$ORIGIN` search path are in the image already
+/// and are only walked, not returned.
+pub fn closure(sysroot: &Path, elves: &[PathBuf]) -> Result<BTreeSet<PathBuf>, ImageError> {
+    let mut out = BTreeSet::new();
+    let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut queue: VecDeque<PathBuf> = elves.iter().cloned().collect();
+    while let Some(file) = queue.pop_front() {
+        if !seen.insert(file.clone()) {
+            continue;
+        }
+        let meta = std::fs::metadata(&file).map_err(ImageError::io("cannot stat", &file))?;
+        if meta.len() > MAX_ELF {
+            continue;
+        }
+        let bytes = std::fs::read(&file).map_err(ImageError::io("cannot read", &file))?;
+        let Some(n) = needs(&bytes) else { continue };
+        if let Some(interp) = &n.interpreter {
+            let chain = sysroot_file(sysroot, Path::new(interp))?.ok_or_else(|| {
+                ImageError::MissingLibrary {
+                    binary: file.clone(),
+                    library: interp.clone(),
                 }
-                rest
+            })?;
+            queue.extend(chain.last().map(|f| sysroot.join(f)));
+            out.extend(chain);
+        }
+        let origin = file.parent().unwrap_or(Path::new("/")).to_owned();
+        for lib in &n.libraries {
+            let beside = n.search.iter().find_map(|dir| {
+                let dir = dir
+                    .strip_prefix("$ORIGIN")
+                    .or_else(|| dir.strip_prefix("${ORIGIN}"))?;
+                let p = origin.join(dir.trim_start_matches('/')).join(lib);
+                p.is_file().then_some(p)
+            });
+            if let Some(p) = beside {
+                queue.push_back(p);
+                continue;
             }
-            None => line,
-        };
-        if let Some(path) = resolved
-            .split_whitespace()
-            .next()
-            .filter(|p| p.starts_with('/'))
-        {
-            paths.push(PathBuf::from(path));
+            let found = LIB_DIRS
+                .iter()
+                .map(|d| sysroot_file(sysroot, &Path::new(d).join(lib)))
+                .find_map(|r| r.transpose())
+                .transpose()?;
+            let chain = found.ok_or_else(|| ImageError::MissingLibrary {
+                binary: file.clone(),
+                library: lib.clone(),
+            })?;
+            queue.extend(chain.last().map(|f| sysroot.join(f)));
+            out.extend(chain);
         }
     }
-    Ok(paths)
+    Ok(out)
 }
 
-/// Every library (loader included) that any of `binaries` loads.
-pub fn closure(binaries: &[PathBuf]) -> Result<BTreeSet<PathBuf>, ImageError> {
-    let mut libs = BTreeSet::new();
-    for binary in binaries {
-        let out = command::run(Command::new("ldd").arg(binary))?;
-        let found = parse_ldd(&String::from_utf8_lossy(&out.stdout)).map_err(|library| {
-            ImageError::MissingLibrary {
-                binary: binary.clone(),
-                library,
+/// `path` in the sysroot, relative to it, if it names a file: the path
+/// itself and, when it is a symlink, every link on the way and the file it
+/// ends at (all resolved inside the sysroot), so the image gets Debian's
+/// layout: links stay links and no library is copied twice.
+fn sysroot_file(sysroot: &Path, path: &Path) -> Result<Option<Vec<PathBuf>>, ImageError> {
+    let scope = |p: &Path| {
+        scoped::resolve(sysroot, p, false).map_err(|e| ImageError::Io {
+            action: "cannot resolve",
+            path: p.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    let mut chain = Vec::new();
+    let mut here = scope(path)?;
+    for _ in 0..40 {
+        let rel = here.strip_prefix(sysroot).unwrap_or(&here).to_owned();
+        match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target =
+                    std::fs::read_link(&here).map_err(ImageError::io("cannot read link", &here))?;
+                let next = match target.is_absolute() {
+                    true => target,
+                    false => Path::new("/")
+                        .join(rel.parent().unwrap_or(Path::new("")))
+                        .join(target),
+                };
+                chain.push(rel);
+                here = scope(&next)?;
             }
-        })?;
-        libs.extend(found);
+            Ok(m) if m.is_file() => {
+                chain.push(rel);
+                return Ok(Some(chain));
+            }
+            _ => return Ok(None),
+        }
     }
-    Ok(libs)
+    Ok(None)
 }
 
-/// Copies each library to the same path under `root`, following symlinks
-/// (the guest gets the file under the name the loader asks for).
-pub fn install(libs: &BTreeSet<PathBuf>, root: &Path) -> Result<(), ImageError> {
+/// Copies each library (relative to `sysroot`) to the same path under
+/// `root`; symlinks are recreated as they are.
+pub fn install(libs: &BTreeSet<PathBuf>, sysroot: &Path, root: &Path) -> Result<(), ImageError> {
     for lib in libs {
-        let dest = root.join(lib.strip_prefix("/").unwrap_or(lib));
+        let (src, dest) = (sysroot.join(lib), root.join(lib));
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(ImageError::io("cannot create", dir))?;
         }
-        std::fs::copy(lib, &dest).map_err(ImageError::io("cannot copy library", lib))?;
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            continue; // already there (an unpacked package put it)
+        }
+        let meta = std::fs::symlink_metadata(&src).map_err(ImageError::io("cannot stat", &src))?;
+        if meta.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(&src).map_err(ImageError::io("cannot read link", &src))?;
+            std::os::unix::fs::symlink(&target, &dest)
+                .map_err(ImageError::io("cannot link", &dest))?;
+        } else {
+            std::fs::copy(&src, &dest).map_err(ImageError::io("cannot copy library", &src))?;
+        }
     }
     Ok(())
 }
@@ -66,30 +180,79 @@ pub fn install(libs: &BTreeSet<PathBuf>, root: &Path) -> Result<(), ImageError> 
 mod tests {
     use super::*;
 
-    const REPORT: &str = "\tlinux-vdso.so.1 (0x00007ffd)\n\
-        \tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f12)\n\
-        \tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f13)\n\
-        \t/lib64/ld-linux-x86-64.so.2 (0x00007f14)\n";
-
     #[test]
-    fn ldd_report_yields_paths_and_the_loader() {
-        let paths = parse_ldd(REPORT).unwrap();
+    fn this_test_binary_needs_libc_through_the_loader() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let n = needs(&me).unwrap();
         assert_eq!(
-            paths,
-            [
-                "/lib/x86_64-linux-gnu/libm.so.6",
-                "/lib/x86_64-linux-gnu/libz.so.1",
-                "/lib64/ld-linux-x86-64.so.2"
-            ]
-            .map(PathBuf::from)
+            n.interpreter.as_deref(),
+            Some("/lib64/ld-linux-x86-64.so.2")
         );
+        assert!(n.libraries.iter().any(|l| l == "libc.so.6"), "{n:?}");
+        assert_eq!(needs(b"#!/bin/sh\n"), None);
     }
 
     #[test]
-    fn unresolved_library_is_named_and_static_binaries_need_nothing() {
-        let report =
-            "\tlibmpdec.so.3 => not found\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n";
-        assert_eq!(parse_ldd(report), Err("libmpdec.so.3".to_owned()));
-        assert_eq!(parse_ldd("\tstatically linked\n"), Ok(vec![]));
+    fn closure_is_found_in_the_sysroot_and_a_missing_library_is_named() {
+        // A sysroot holding this host's loader and libc under Debian's
+        // layout (with bookworm's absolute loader symlink).
+        let root = std::env::temp_dir().join(format!("zeroboot-libs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let multiarch = root.join("lib/x86_64-linux-gnu");
+        std::fs::create_dir_all(&multiarch).unwrap();
+        std::fs::create_dir_all(root.join("lib64")).unwrap();
+        let me = std::env::current_exe().unwrap();
+        let n = needs(&std::fs::read(&me).unwrap()).unwrap();
+        // Where this process really mapped its libraries from: the host's
+        // layout differs between distributions (and in the lane's L1).
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let mapped = |name: &str| {
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .find(|p| Path::new(p).file_name() == Some(name.as_ref()))
+                .unwrap_or_else(|| panic!("{name} is not mapped"))
+                .to_owned()
+        };
+        for lib in &n.libraries {
+            std::fs::copy(mapped(lib), multiarch.join(lib)).unwrap();
+        }
+        std::fs::copy(
+            mapped("ld-linux-x86-64.so.2"),
+            multiarch.join("ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            root.join("lib64/ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
+        let libs = closure(&root, std::slice::from_ref(&me)).unwrap();
+        assert!(
+            libs.contains(Path::new("lib64/ld-linux-x86-64.so.2")),
+            "{libs:?}"
+        );
+        assert!(
+            libs.contains(Path::new("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")),
+            "{libs:?}"
+        );
+        assert!(
+            libs.contains(Path::new("lib/x86_64-linux-gnu/libc.so.6")),
+            "{libs:?}"
+        );
+        let image = root.join("image");
+        install(&libs, &root, &image).unwrap();
+        let loader = image.join("lib64/ld-linux-x86-64.so.2");
+        assert!(loader.is_symlink(), "the loader link stays a link");
+        assert!(
+            image
+                .join("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+                .is_file()
+        );
+        std::fs::remove_file(multiarch.join("libc.so.6")).unwrap();
+        match closure(&root, &[me]) {
+            Err(ImageError::MissingLibrary { library, .. }) => assert_eq!(library, "libc.so.6"),
+            other => panic!("expected a missing library, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

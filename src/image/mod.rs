@@ -2,14 +2,20 @@
 //! zeroboot agent (`guest/agent`) next to a precompiled Python 3.11.
 //!
 //! Why it is built this way:
-//! - **Debian's packages, never installed.** The kernel
-//!   (`linux-image-cloud-amd64`, 6.1: a bzImage with the 8250 serial driver
-//!   built in) and Python (`python3.11-minimal`, `libpython3.11-minimal`,
-//!   `libpython3.11-stdlib`) come from `apt-get download` and are unpacked
+//! - **Debian bookworm's packages, never installed, whatever the host.**
+//!   The kernel (`linux-image-cloud-amd64`, 6.1: a bzImage with the 8250
+//!   serial driver built in) and Python (`python3.11-minimal`,
+//!   `libpython3.11-minimal`, `libpython3.11-stdlib`, with their dependency
+//!   closure) come from zeroboot's own apt configuration ([`debian`]: its own
+//!   sources list, keys, lists and cache; never the host's) and are unpacked
 //!   with `dpkg-deb -x` into the cache: the host's `/boot` and package
 //!   database are never touched, and the versions are Debian's security-
-//!   maintained ones. Hosts without apt get [`ImageError::NoApt`] and can pass
-//!   their own kernel and initramfs instead.
+//!   maintained ones. The shared libraries the guest gets come from those
+//!   packages too ([`libs`] reads the ELF files; the host's own libraries
+//!   are never copied), and the staged interpreter runs on the host through
+//!   the staged loader, so an Ubuntu host builds the same image as a Debian
+//!   one. Hosts without apt get [`ImageError::NoApt`] and can pass their own
+//!   kernel and initramfs instead.
 //! - **Python is precompiled.** The packages ship no `.pyc`; a fork that had
 //!   to compile what it imports would pay for it on every exec. The staged
 //!   interpreter compiles the tree with `unchecked-hash` pycs (see
@@ -44,15 +50,21 @@
 //! (`zeroboot.transport=serial:/dev/ttyS1`, see the agent's `config.rs`).
 
 mod agent;
-mod apt;
 pub mod cache;
 mod command;
 mod cpio;
+pub mod debian;
 mod error;
 mod initramfs;
 mod kernel;
+pub mod layers;
 mod libs;
+pub mod oci;
+pub mod progress;
 mod python;
+mod scoped;
+pub mod spec_image;
+pub mod wheels;
 
 pub use agent::{build as build_agent, is_static, source_tree};
 pub use error::ImageError;
@@ -115,27 +127,63 @@ fn given(what: &'static str, path: &Path) -> Result<PathBuf, ImageError> {
 
 /// Version of the image layout, part of every initramfs digest: bump it when
 /// the build changes what it packs.
-const LAYOUT_VERSION: &[u8] = b"zeroboot-image-2";
+const LAYOUT_VERSION: &[u8] = b"zeroboot-image-3";
 
-fn build_initramfs(
-    apt: &apt::Apt,
-    cache: &Path,
-    opts: &BuildOptions,
-) -> Result<PathBuf, ImageError> {
-    let agent = agent::locate(opts.agent.as_deref())?;
-    let debs = python::fetch(apt)?;
-    let agent_bytes = std::fs::read(&agent).map_err(ImageError::io("cannot read", &agent))?;
-    let mut digest = python::fingerprint(cache::Fingerprint::default())
-        .mix(LAYOUT_VERSION)
-        .mix(format!("{:?}", opts.profile).as_bytes())
-        .mix(&agent_bytes);
-    for deb in &debs {
+/// Mixes the `.deb` files' names (package, version, architecture) into `digest`.
+fn mix_debs(mut digest: cache::Fingerprint, debs: &[debian::Deb]) -> cache::Fingerprint {
+    for deb in debs {
         digest = digest.mix(
-            deb.file_name()
+            deb.path
+                .file_name()
                 .map(|n| n.as_encoded_bytes())
                 .unwrap_or_default(),
         );
     }
+    digest
+}
+
+/// Unpacks every package of `debs` into `sysroot` (emptied first): where
+/// the image's shared libraries are looked up.
+fn unpack_sysroot(debs: &[debian::Deb], sysroot: &Path) -> Result<(), ImageError> {
+    if sysroot.exists() {
+        std::fs::remove_dir_all(sysroot).map_err(ImageError::io("cannot remove", sysroot))?;
+    }
+    for deb in debs {
+        debian::Debian::extract(&deb.path, sysroot)?;
+    }
+    Ok(())
+}
+
+/// The three Python packages among `debs`.
+fn python_debs(debs: &[debian::Deb]) -> Vec<PathBuf> {
+    debs.iter()
+        .filter(|d| python::PACKAGES.contains(&d.package.name.as_str()))
+        .map(|d| d.path.clone())
+        .collect()
+}
+
+/// An emptied work directory.
+fn fresh_dir(dir: &Path) -> Result<(), ImageError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(ImageError::io("cannot remove", dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(ImageError::io("cannot create", dir))
+}
+
+fn build_initramfs(
+    debian: &debian::Debian,
+    cache: &Path,
+    opts: &BuildOptions,
+) -> Result<PathBuf, ImageError> {
+    let agent = agent::locate(opts.agent.as_deref())?;
+    let packages = debian.closure(&python::PACKAGES.map(String::from))?;
+    let debs = debian.fetch(&packages, &mut |_| {})?;
+    let agent_bytes = std::fs::read(&agent).map_err(ImageError::io("cannot read", &agent))?;
+    let digest = python::fingerprint(cache::Fingerprint::default())
+        .mix(LAYOUT_VERSION)
+        .mix(format!("{:?}", opts.profile).as_bytes())
+        .mix(&agent_bytes);
+    let digest = mix_debs(digest, &debs);
     let dir = cache.join("initramfs");
     let out = dir.join(format!("{:?}-{}.cpio", opts.profile, digest.hex()).to_lowercase());
     if out.is_file() {
@@ -144,9 +192,12 @@ fn build_initramfs(
     }
     std::fs::create_dir_all(&dir).map_err(ImageError::io("cannot create", &dir))?;
     let work = cache.join("work");
-    let tree = python::stage(&debs, opts.profile, &work)?;
+    fresh_dir(&work)?;
+    let sysroot = work.join("sysroot");
+    unpack_sysroot(&debs, &sysroot)?;
+    let tree = python::stage(&python_debs(&debs), &sysroot, opts.profile, &work)?;
     eprintln!("zeroboot image: packing {}", out.display());
-    initramfs::write(&agent, &tree, &out)?;
+    initramfs::write(&agent, &tree, &layers::Owners::new(), &out)?;
     std::fs::remove_dir_all(&work).map_err(ImageError::io("cannot remove", &work))?;
     prune(&dir, &out)?;
     Ok(out)
@@ -188,14 +239,14 @@ pub fn build(opts: &BuildOptions) -> Result<ImagePaths, ImageError> {
         None => cache::default_dir()?,
     };
     let _lock = cache::lock(&cache)?;
-    let apt = apt::Apt::new(&cache.join("debs"))?;
+    let debian = debian::Debian::open(&cache.join("debian"))?;
     let kernel = match &opts.kernel {
         Some(k) => given("kernel", k)?,
-        None => kernel::fetch(&apt, &cache)?,
+        None => kernel::fetch(&debian, &cache, &mut |_| {})?,
     };
     let initramfs = match &opts.initramfs {
         Some(i) => given("initramfs", i)?,
-        None => build_initramfs(&apt, &cache, opts)?,
+        None => build_initramfs(&debian, &cache, opts)?,
     };
     Ok(ImagePaths { kernel, initramfs })
 }

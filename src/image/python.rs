@@ -31,8 +31,8 @@
 //! tree (`stdlib.py check`), and fails if one is missing: a module trimmed
 //! away by mistake stops the build, not a user's program.
 
-use super::apt::Apt;
 use super::cache::Fingerprint;
+use super::debian::Debian;
 use super::{ImageError, Profile, command, libs};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ use std::process::Command;
 
 /// The interpreter, the "minimal" half of the standard library, the rest of
 /// it (and its extension modules).
-const PACKAGES: [&str; 3] = [
+pub const PACKAGES: [&str; 3] = [
     "python3.11-minimal",
     "libpython3.11-minimal",
     "libpython3.11-stdlib",
@@ -149,11 +149,6 @@ pub fn fingerprint(digest: Fingerprint) -> Fingerprint {
         .mix(MINIMAL_EXTENSIONS.join(",").as_bytes())
 }
 
-/// The `.deb` files a build uses, downloaded if needed.
-pub fn fetch(apt: &Apt) -> Result<Vec<PathBuf>, ImageError> {
-    PACKAGES.iter().map(|p| apt.fetch(p)).collect()
-}
-
 fn remove(path: &Path) -> Result<(), ImageError> {
     let result = if path.is_dir() && !path.is_symlink() {
         fs::remove_dir_all(path)
@@ -196,7 +191,7 @@ fn drop_dangling_links(dir: &Path) -> Result<(), ImageError> {
 fn unpack(debs: &[PathBuf], work: &Path) -> Result<PathBuf, ImageError> {
     let root = work.join("root");
     for deb in debs {
-        Apt::extract(deb, &root)?;
+        Debian::extract(deb, &root)?;
     }
     keep_only(&root, |n| n == "usr")?;
     keep_only(&root.join("usr"), |n| ["bin", "lib"].contains(&n))?;
@@ -219,11 +214,30 @@ fn unpack(debs: &[PathBuf], work: &Path) -> Result<PathBuf, ImageError> {
     Ok(root)
 }
 
-/// Compiles the whole staged standard library next to its sources (the
-/// full profile) with the staged interpreter (same version, same magic
-/// number), recording guest paths in the code objects.
-fn compile(root: &Path) -> Result<(), ImageError> {
-    let mut cmd = Command::new(root.join(BIN));
+/// The staged interpreter as a host command, run by the staged loader on
+/// the staged libraries: Debian's Python on Debian's glibc whatever the
+/// host's is (its libraries must be installed in `root` first).
+pub fn interpreter(root: &Path) -> Command {
+    let lib_path = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
+        .map(|d| root.join(d).display().to_string())
+        .join(":");
+    // The loader's path is an absolute symlink: resolve it inside the tree.
+    let loader = super::scoped::resolve(root, Path::new("/lib64/ld-linux-x86-64.so.2"), true)
+        .unwrap_or_else(|_| root.join("lib64/ld-linux-x86-64.so.2"));
+    let mut cmd = Command::new(loader);
+    cmd.arg("--inhibit-cache")
+        .arg("--library-path")
+        .arg(lib_path)
+        .arg(root.join(BIN));
+    cmd
+}
+
+/// Compiles `dir` (the whole staged standard library for the full
+/// profile, or site-packages) next to its sources with the staged
+/// interpreter (same version, same magic number), recording guest paths in
+/// the code objects.
+pub fn compile(root: &Path, dir: &Path) -> Result<(), ImageError> {
+    let mut cmd = interpreter(root);
     cmd.args([
         "-I",
         "-m",
@@ -235,7 +249,7 @@ fn compile(root: &Path) -> Result<(), ImageError> {
     ])
     .arg(root)
     .args(["-p", "/"])
-    .arg(root.join(LIB));
+    .arg(dir);
     command::run(&mut cmd).map(drop)
 }
 
@@ -243,7 +257,7 @@ fn compile(root: &Path) -> Result<(), ImageError> {
 fn stdlib_script(root: &Path, work: &Path, args: &[&Path]) -> Result<(), ImageError> {
     let script = work.join("stdlib.py");
     fs::write(&script, STDLIB_SCRIPT).map_err(ImageError::io("cannot write", &script))?;
-    let mut cmd = Command::new(root.join(BIN));
+    let mut cmd = interpreter(root);
     cmd.args(["-I", "-B"])
         .arg(&script)
         .args(args)
@@ -251,16 +265,20 @@ fn stdlib_script(root: &Path, work: &Path, args: &[&Path]) -> Result<(), ImageEr
     command::run(&mut cmd).map(drop)
 }
 
+/// Removes the extension modules the minimal profile does not keep.
+fn prune_extensions(root: &Path) -> Result<(), ImageError> {
+    keep_only(&root.join(LIB).join("lib-dynload"), |n| {
+        MINIMAL_EXTENSIONS
+            .iter()
+            .any(|e| n.split('.').next() == Some(e))
+    })
+}
+
 /// Replaces the staged standard library with the minimal profile's zip (see
 /// the module docs) and [`MINIMAL_EXTENSIONS`], then checks that every
 /// module of [`minimal_modules`] imports from what is left.
 fn pack_minimal(root: &Path, work: &Path) -> Result<(), ImageError> {
     let lib = root.join(LIB);
-    keep_only(&lib.join("lib-dynload"), |n| {
-        MINIMAL_EXTENSIONS
-            .iter()
-            .any(|e| n.split('.').next() == Some(e))
-    })?;
     stdlib_script(root, work, &[Path::new("pack"), &root.join(ZIP)])?;
     // lib-dynload stays even when empty: it is how Python finds its
     // exec_prefix from its own location (else it takes the compiled-in /usr,
@@ -284,21 +302,28 @@ fn elf_files(root: &Path) -> Result<Vec<PathBuf>, ImageError> {
     Ok(files)
 }
 
-/// Stages Python for `profile` under `work` (emptied first); returns the
-/// tree's root, to be packed into the initramfs as `/`.
-pub fn stage(debs: &[PathBuf], profile: Profile, work: &Path) -> Result<PathBuf, ImageError> {
-    if work.exists() {
-        remove(work)?;
-    }
+/// Stages Python for `profile` under `work/root` from the three Python
+/// packages' `debs`, with the shared libraries it loads taken from
+/// `sysroot` (Debian's packages unpacked); returns the tree's root, to be
+/// packed into the initramfs as `/`.
+pub fn stage(
+    debs: &[PathBuf],
+    sysroot: &Path,
+    profile: Profile,
+    work: &Path,
+) -> Result<PathBuf, ImageError> {
     eprintln!("zeroboot image: staging Python ({profile:?} profile)");
     let root = unpack(debs, work)?;
+    if profile == Profile::Minimal {
+        prune_extensions(&root)?;
+    }
+    let libs = libs::closure(sysroot, &elf_files(&root)?)?;
+    libs::install(&libs, sysroot, &root)?;
     eprintln!("zeroboot image: precompiling the standard library");
     match profile {
-        Profile::Full => compile(&root)?,
+        Profile::Full => compile(&root, &root.join(LIB))?,
         Profile::Minimal => pack_minimal(&root, work)?,
     }
-    let libs = libs::closure(&elf_files(&root)?)?;
-    libs::install(&libs, &root)?;
     Ok(root)
 }
 

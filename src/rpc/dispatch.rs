@@ -13,6 +13,7 @@
 //! - **on the slow-work pool** ([`pool`](super::pool)): anything that may
 //!   take long on the calling thread.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -27,7 +28,9 @@ use super::output::{Streamer, WireSink};
 use super::params::*;
 use super::reply::Reply;
 use super::session::Session;
-use crate::engine::{self, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineError};
+use crate::engine::{
+    self, Branching, CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineError, Unload,
+};
 
 /// Runs `call` and answers through `reply`, now or later.
 pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
@@ -53,7 +56,17 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
             });
         }),
         Call::TemplateUnload(p) => with_engine(s, reply, |e, reply| {
-            let killed = e.unload_template(&p.template, p.force);
+            let how = match (p.force, p.keep_sandboxes) {
+                (false, false) => Unload::IfUnused,
+                (true, false) => Unload::KillSandboxes,
+                (false, true) => Unload::KeepSandboxes,
+                (true, true) => {
+                    return reply.err(errors::invalid_params(
+                        "give at most one of `force` or `keep_sandboxes`",
+                    ));
+                }
+            };
+            let killed = e.unload_template(&p.template, how);
             answer(
                 reply,
                 killed.map(|killed| Unloaded {
@@ -80,36 +93,52 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
             });
         }),
         Call::TemplateLoad(p) => with_engine(s, reply, |e, reply| {
-            let load: Box<dyn FnOnce() -> Result<engine::TemplateInfo, EngineError> + Send> =
-                match (p.builtin, p.path) {
-                    (Some(name), None) => Box::new(move || e.load_builtin(&name)),
-                    (None, Some(path)) => {
-                        Box::new(move || e.load_file(std::path::Path::new(&path)))
-                    }
-                    _ => {
-                        return reply.err(errors::invalid_params(
-                            "give exactly one of `builtin` or `path`",
-                        ));
-                    }
-                };
+            type Load =
+                Box<dyn FnOnce(&CancelToken) -> Result<engine::TemplateInfo, EngineError> + Send>;
+            let load: Load = match (p.builtin, p.path, p.memory_mib) {
+                (Some(name), None, mib) => Box::new(move |_| e.load_builtin_sized(&name, mib)),
+                (None, Some(path), None) => {
+                    Box::new(move |cancel| e.load_file(Path::new(&path), cancel))
+                }
+                (None, Some(_), Some(_)) => {
+                    return reply.err(errors::invalid_params(
+                        "`memory_mib` is for built-in templates: a file says its own size",
+                    ));
+                }
+                _ => {
+                    return reply.err(errors::invalid_params(
+                        "give exactly one of `builtin` or `path`",
+                    ));
+                }
+            };
             slow(s, reply, move |reply| {
-                answer(reply, load().map(TemplateInfo::from))
+                let loaded = load(reply.cancel_token());
+                answer(reply, loaded.map(TemplateInfo::from));
             });
         }),
-        Call::TemplateBuild(p) => with_engine(s, reply, |e, reply| {
-            slow(s, reply, move |reply| {
-                let built = e.build_template(
-                    std::path::Path::new(&p.kernel),
-                    std::path::Path::new(&p.initramfs),
-                    p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB),
-                    p.cmdline.as_deref(),
-                );
-                answer(reply, built.map(TemplateInfo::from));
-            });
-        }),
+        Call::TemplateBuild(p) => {
+            with_engine(s, reply, |e, reply| match (p.kernel, p.initramfs, p.spec) {
+                (None, None, Some(spec)) if p.memory_mib.is_none() && p.cmdline.is_none() => {
+                    slow(s, reply, move |reply| build_from_spec(&e, &spec, reply));
+                }
+                (Some(kernel), Some(initramfs), None) => slow(s, reply, move |reply| {
+                    let built = e.build_template(
+                        Path::new(&kernel),
+                        Path::new(&initramfs),
+                        p.memory_mib.unwrap_or(DEFAULT_LINUX_MEMORY_MIB),
+                        p.cmdline.as_deref(),
+                        reply.cancel_token(),
+                    );
+                    answer(reply, built.map(TemplateInfo::from));
+                }),
+                _ => reply.err(errors::invalid_params(
+                    "give `kernel` and `initramfs` (with `memory_mib`, `cmdline`), or `spec` alone",
+                )),
+            })
+        }
         Call::TemplateSave(p) => with_engine(s, reply, |e, reply| {
             slow(s, reply, move |reply| {
-                let saved = e.save_template(&p.template, std::path::Path::new(&p.path));
+                let saved = e.save_template(&p.template, Path::new(&p.path), reply.cancel_token());
                 answer(
                     reply,
                     saved.map(|bytes| Saved {
@@ -163,10 +192,13 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
         }),
         Call::SandboxSnapshot(p) => with_engine(s, reply, |e, reply| {
             slow(s, reply, move |reply| {
-                answer(
-                    reply,
-                    e.snapshot_sandbox(&p.sandbox).map(TemplateInfo::from),
-                );
+                let how = if p.full_copy {
+                    Branching::FullCopy
+                } else {
+                    Branching::Layer
+                };
+                let branched = e.snapshot_sandbox(&p.sandbox, how, reply.cancel_token());
+                answer(reply, branched.map(TemplateInfo::from));
             });
         }),
         Call::SandboxWriteFile(p) => with_engine(s, reply, |e, reply| {
@@ -213,6 +245,43 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
             );
         }),
     }
+}
+
+/// `template.build {spec}`: relative host paths in the spec are the
+/// worker's (its working directory); progress goes out as
+/// `template.progress` notifications before the answer.
+fn build_from_spec(e: &Engine, spec: &serde_json::Value, reply: Reply) {
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(err) => return reply.err(errors::internal(err.to_string())),
+    };
+    let spec = match crate::spec::Spec::from_json(spec, &cwd) {
+        Ok(spec) => spec,
+        Err(err) => return answer::<Empty>(reply, Err(EngineError::Spec(err))),
+    };
+    let notifier = reply.notifier();
+    let mut progress = |p: &crate::image::progress::Progress| {
+        notifier.notify(
+            "template.progress",
+            BuildProgress {
+                request: notifier.request().raw(),
+                progress: p,
+            },
+        );
+    };
+    let built = e.build_from_spec(
+        &spec,
+        &Default::default(),
+        &mut progress,
+        reply.cancel_token(),
+    );
+    answer(
+        reply,
+        built.map(|b| SpecBuilt {
+            template: b.info.into(),
+            manifest: b.manifest,
+        }),
+    );
 }
 
 /// `sandbox.run`: a fork from the pool on this thread (or a cold fork, or

@@ -55,6 +55,18 @@ pub const LINUX_NEEDS_HARDWARE_KVM: i32 = 1014;
 pub const LINUX_BOOT_FAILED: i32 = 1015;
 /// A file exceeds the host's, the call's or the guest's size limit.
 pub const FILE_TOO_LARGE: i32 = 1016;
+/// A template spec was refused: `data.field` names the field.
+pub const SPEC_INVALID: i32 = 1017;
+/// A spec's image could not be built; `data.kind` says why.
+pub const IMAGE_BUILD_FAILED: i32 = 1018;
+/// A spec's `python.preload` module raised when imported.
+pub const PRELOAD_FAILED: i32 = 1019;
+/// A spec's warm-up command failed.
+pub const WARMUP_FAILED: i32 = 1020;
+/// A template file was captured on a CPU this host cannot stand in for.
+pub const TEMPLATE_INCOMPATIBLE: i32 = 1021;
+/// A template's guest did not answer its probe (spun, crashed, broke the protocol).
+pub const TEMPLATE_UNRESPONSIVE: i32 = 1022;
 
 fn error(code: i32, message: impl Into<String>, data: Value) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(code, message.into(), Some(data))
@@ -138,6 +150,16 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             msg,
             json!({"kind": "template_file", "path": path, "detail": detail}),
         ),
+        EngineError::TemplateIncompatible { path, detail } => error(
+            TEMPLATE_INCOMPATIBLE,
+            msg,
+            json!({"kind": "template_incompatible", "path": path, "detail": detail}),
+        ),
+        EngineError::TemplateUnresponsive { detail } => error(
+            TEMPLATE_UNRESPONSIVE,
+            msg,
+            json!({"kind": "template_unresponsive", "detail": detail}),
+        ),
         EngineError::Vmm(_) => error(
             VMM_ERROR,
             msg.clone(),
@@ -153,6 +175,73 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             msg,
             json!({"kind": "linux_boot_failed", "reason": reason, "console": console}),
         ),
+        EngineError::Spec(s) => error(SPEC_INVALID, msg.clone(), spec_data(s)),
+        EngineError::Image(i) => error(IMAGE_BUILD_FAILED, msg.clone(), image_data(i)),
+        EngineError::PreloadFailed { traceback } => error(
+            PRELOAD_FAILED,
+            msg,
+            json!({"kind": "preload_failed", "traceback": traceback}),
+        ),
+        EngineError::WarmupFailed {
+            command,
+            exit_code,
+            stderr,
+        } => error(
+            WARMUP_FAILED,
+            msg,
+            json!({"kind": "warmup_failed", "command": command, "exit_code": exit_code, "stderr": stderr}),
+        ),
+    }
+}
+
+/// `data` of a refused spec: the field and what was expected.
+fn spec_data(e: &crate::spec::SpecError) -> Value {
+    use crate::spec::SpecError;
+    match e {
+        SpecError::Field { field, detail } => {
+            json!({"kind": "spec_invalid", "field": field, "detail": detail})
+        }
+        other => json!({"kind": "spec_invalid", "field": ".", "detail": other.to_string()}),
+    }
+}
+
+/// `data` of a failed image build: `kind` names the case.
+fn image_data(e: &crate::image::ImageError) -> Value {
+    use crate::image::ImageError as I;
+    use crate::image::layers::LayerError;
+    let detail = crate::error_chain(e);
+    match e {
+        I::PythonNoWheel { requirement, .. } => {
+            json!({"kind": "python_no_wheel", "requirement": requirement, "detail": detail})
+        }
+        I::PythonUnresolvable { requirement, .. } => {
+            json!({"kind": "python_unresolvable", "requirement": requirement, "detail": detail})
+        }
+        I::DebianUnresolvable { packages, .. } => {
+            json!({"kind": "debian_unresolvable", "packages": packages, "detail": detail})
+        }
+        I::Missing { path, .. } => {
+            json!({"kind": "host_file_missing", "path": path, "detail": detail})
+        }
+        I::OciInvalid { path, .. } => {
+            json!({"kind": "oci_invalid", "path": path, "detail": detail})
+        }
+        I::Layer {
+            layer,
+            source: LayerError::Escape(_) | LayerError::BadLink { .. },
+        } => json!({"kind": "layer_path_escape", "layer": layer, "detail": detail}),
+        I::Layer { layer, .. } => {
+            json!({"kind": "layer_invalid", "layer": layer, "detail": detail})
+        }
+        I::ImageTooLarge {
+            image_mib,
+            memory_mib,
+            needed_mib,
+        } => json!({"kind": "image_too_large", "image_mib": image_mib, "memory_mib": memory_mib,
+                    "needed_mib": needed_mib, "detail": detail}),
+        I::UnknownUser { user } => json!({"kind": "unknown_user", "user": user, "detail": detail}),
+        I::NoPython => json!({"kind": "no_python", "detail": detail}),
+        _ => json!({"kind": "build_environment", "detail": detail}),
     }
 }
 
@@ -307,11 +396,34 @@ pub(crate) mod tests {
                 path: "/x".into(),
                 detail: "bad magic".into(),
             },
+            EngineError::TemplateIncompatible {
+                path: "/x".into(),
+                detail: "AuthenticAMD".into(),
+            },
+            EngineError::TemplateUnresponsive {
+                detail: "spun".into(),
+            },
             EngineError::Vmm(VmmError::OpenKvm(kvm_ioctls::Error::new(libc::EIO))),
             EngineError::LinuxNeedsHardwareKvm,
             EngineError::LinuxBoot {
                 reason: "triple fault".into(),
                 console: "Kernel panic".into(),
+            },
+            EngineError::Spec(crate::spec::SpecError::Field {
+                field: "memory_mib".into(),
+                detail: "expected 128 to 3072".into(),
+            }),
+            EngineError::Image(crate::image::ImageError::PythonNoWheel {
+                requirement: "numpy==1.21.0".into(),
+                detail: "no cp311 wheel".into(),
+            }),
+            EngineError::PreloadFailed {
+                traceback: "Traceback ...".into(),
+            },
+            EngineError::WarmupFailed {
+                command: "false".into(),
+                exit_code: Some(1),
+                stderr: "".into(),
             },
         ];
         for e in &all {
@@ -332,9 +444,15 @@ pub(crate) mod tests {
                 | EngineError::ResourceLimit(_)
                 | EngineError::InvalidRequest(_)
                 | EngineError::TemplateFile { .. }
+                | EngineError::TemplateIncompatible { .. }
+                | EngineError::TemplateUnresponsive { .. }
                 | EngineError::Vmm(_)
                 | EngineError::LinuxNeedsHardwareKvm
-                | EngineError::LinuxBoot { .. } => {}
+                | EngineError::LinuxBoot { .. }
+                | EngineError::Spec(_)
+                | EngineError::Image(_)
+                | EngineError::PreloadFailed { .. }
+                | EngineError::WarmupFailed { .. } => {}
             }
         }
         all

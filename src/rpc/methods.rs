@@ -71,7 +71,7 @@ methods! {
     /// Resource use of a sandbox.
     "sandbox.stats" => SandboxStats(SandboxRef);
     /// A live sandbox becomes a template.
-    "sandbox.snapshot" => SandboxSnapshot(SandboxRef);
+    "sandbox.snapshot" => SandboxSnapshot(SandboxSnapshot);
     /// Write a file into a sandbox.
     "sandbox.write_file" => SandboxWriteFile(SandboxWriteFile);
     /// Read a file from a sandbox.

@@ -56,7 +56,7 @@ pub fn serve(opts: ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let output = match process::protocol_stdout() {
+    let output = match crate::stdio::protocol_stdout() {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, "cannot take over stdout");

@@ -22,16 +22,20 @@ pub struct TemplateLoad {
     pub builtin: Option<String>,
     /// A file written by `template.save`.
     pub path: Option<String>,
+    /// Guest memory of a built-in template, in MiB (default: its own size).
+    pub memory_mib: Option<usize>,
 }
 
-/// `template.build`.
+/// `template.build`: `kernel` and `initramfs`, or `spec`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateBuild {
     /// A Linux kernel (bzImage) on the worker's host.
-    pub kernel: String,
+    pub kernel: Option<String>,
     /// An initramfs whose `/init` is the zeroboot agent.
-    pub initramfs: String,
+    pub initramfs: Option<String>,
+    /// A template spec (schema/template-spec.json), checked by the engine.
+    pub spec: Option<serde_json::Value>,
     /// Guest memory in MiB.
     pub memory_mib: Option<usize>,
     /// Kernel command line (default: the image's).
@@ -47,6 +51,9 @@ pub struct TemplateUnload {
     /// Kill its live sandboxes instead of refusing.
     #[serde(default)]
     pub force: bool,
+    /// Leave its live sandboxes running instead of refusing.
+    #[serde(default)]
+    pub keep_sandboxes: bool,
 }
 
 /// `template.save`.
@@ -75,6 +82,17 @@ pub struct SandboxFork {
 pub struct SandboxRef {
     /// The sandbox id.
     pub sandbox: String,
+}
+
+/// `sandbox.snapshot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSnapshot {
+    /// The sandbox id.
+    pub sandbox: String,
+    /// Copy its whole memory into a template of its own instead of a layer.
+    #[serde(default)]
+    pub full_copy: bool,
 }
 
 /// `sandbox.list`.
@@ -299,8 +317,24 @@ pub struct TemplateInfo {
     pub memory_bytes: usize,
     /// Live sandboxes forked from it.
     pub sandboxes: usize,
-    /// Idle VMs ready for forks.
+    /// Idle VMs ready for its forks: a root's pool (which also feeds its
+    /// branches), or the few a branch keeps restored to itself.
     pub pooled: usize,
+    /// Branches between it and the template its memory is mapped from.
+    pub depth: u32,
+    /// Memory it holds above the memory it maps.
+    pub memory: TemplateMemory,
+}
+
+/// `memory` of a [`TemplateInfo`], in bytes.
+#[derive(Serialize)]
+pub struct TemplateMemory {
+    /// Pages it captured itself.
+    pub own_bytes: u64,
+    /// Pages every fork of it gets written over the mapped memory.
+    pub view_bytes: u64,
+    /// Memory its page stores hold, shared with its ancestors and branches.
+    pub held_bytes: u64,
 }
 
 impl From<engine::TemplateInfo> for TemplateInfo {
@@ -311,6 +345,12 @@ impl From<engine::TemplateInfo> for TemplateInfo {
             memory_bytes: t.memory_bytes,
             sandboxes: t.sandboxes,
             pooled: t.pooled,
+            depth: t.depth,
+            memory: TemplateMemory {
+                own_bytes: t.memory.own_bytes,
+                view_bytes: t.memory.view_bytes,
+                held_bytes: t.memory.held_bytes,
+            },
         }
     }
 }
@@ -517,6 +557,26 @@ pub struct RunMany {
     pub results: Vec<RunOutcome>,
     /// Wall time of the whole call.
     pub total_us: u64,
+}
+
+/// Params of the `template.progress` notification.
+#[derive(Serialize)]
+pub struct BuildProgress<'a> {
+    /// Id of the `template.build` call.
+    pub request: &'a serde_json::value::RawValue,
+    /// The phase and how far it got.
+    #[serde(flatten)]
+    pub progress: &'a crate::image::progress::Progress,
+}
+
+/// Result of `template.build` with a spec: the template and what its image holds.
+#[derive(Serialize)]
+pub struct SpecBuilt {
+    /// The template.
+    #[serde(flatten)]
+    pub template: TemplateInfo,
+    /// Base, packages with versions, preloads, sizes, the spec.
+    pub manifest: crate::image::spec_image::Manifest,
 }
 
 /// Params of the `sandbox.output` notification.

@@ -1,27 +1,47 @@
-//! Guest RAM: a memfd holds the template's pages; the template VM maps it
-//! shared while it boots, every fork maps it private (copy-on-write), and a
-//! recycled fork maps it again over the same address so its KVM slot stays valid
-//! while its dirty pages are dropped.
+//! Guest RAM and the files behind it.
+//!
+//! A [`MemoryFile`] holds a template's base memory: a sealed memfd (templates
+//! built in this worker) or the body of a template file (mapped straight from
+//! the page cache, so every worker on a host shares one copy). Every fork maps
+//! it private (copy-on-write); a recycled fork maps it again over the same
+//! address so its KVM slot stays valid while its dirty pages are dropped.
+//!
+//! Layers above the base (branches) keep the pages they changed in a
+//! [`PageStore`]; a fork of a branch gets them written over its private
+//! mapping with [`GuestRam::place`].
+//!
+//! The host never reads a template file through a mapping: a file cut short
+//! while loaded would turn that read into SIGBUS. It reads with `pread`, and
+//! it writes into a fork's mapping only after `MADV_POPULATE_WRITE` made the
+//! pages private, which reports a vanished page as an error instead.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use super::VmmError;
 
-/// The file holding a template's memory.
+/// Bytes in a guest page.
+pub const PAGE: usize = 4096;
+
+/// The file holding a template's base memory: `size` bytes at `offset`.
 #[derive(Debug)]
-pub struct Memfd {
+pub struct MemoryFile {
     file: File,
+    offset: u64,
     size: usize,
+    /// Which pages hold data (not holes), computed once, after sealing.
+    data: OnceLock<Vec<bool>>,
 }
 
-impl Memfd {
+impl MemoryFile {
     /// Creates an empty (all-zero, no pages allocated) memfd of `size` bytes.
-    pub fn create(name: &str, size: usize) -> Result<Memfd, VmmError> {
+    pub fn create(name: &str, size: usize) -> Result<MemoryFile, VmmError> {
         let err = |source| VmmError::CreateMemory { size, source };
         let cname = std::ffi::CString::new(name).expect("memfd names have no NUL");
         // SAFETY: cname is a valid C string; the flags are valid for memfd_create.
@@ -34,12 +54,24 @@ impl Memfd {
         // SAFETY: fd was just returned by memfd_create and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size as u64).map_err(err)?;
-        Ok(Memfd { file, size })
+        Ok(MemoryFile {
+            file,
+            offset: 0,
+            size,
+            data: OnceLock::new(),
+        })
     }
 
-    /// Wraps an existing file (a loaded template) of `size` bytes.
-    pub fn from_file(file: File, size: usize) -> Memfd {
-        Memfd { file, size }
+    /// The guest memory held at `offset` of an opened template file. The
+    /// caller checked that the file is regular and long enough, and that
+    /// `offset` is page-aligned.
+    pub fn from_file(file: File, offset: u64, size: usize) -> MemoryFile {
+        MemoryFile {
+            file,
+            offset,
+            size,
+            data: OnceLock::new(),
+        }
     }
 
     /// Size in bytes.
@@ -47,9 +79,9 @@ impl Memfd {
         self.size
     }
 
-    /// The underlying file.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// Pages of guest memory.
+    pub fn pages(&self) -> usize {
+        self.size / PAGE
     }
 
     /// Forbids any further change to the contents or size: once a template is
@@ -64,12 +96,72 @@ impl Memfd {
         }
         Ok(())
     }
+
+    /// Reads guest bytes at `gpa` with `pread`: a hole reads as zeros without
+    /// allocating, and a file cut short is an error, never a signal.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> io::Result<()> {
+        if gpa + buf.len() as u64 > self.size as u64 {
+            return Err(io::Error::other(format!("{gpa:#x} is beyond guest memory")));
+        }
+        self.file.read_exact_at(buf, self.offset + gpa)
+    }
+
+    /// Writes guest bytes at `gpa` (a memfd being filled, before sealing).
+    pub fn write(&self, gpa: u64, buf: &[u8]) -> io::Result<()> {
+        if gpa + buf.len() as u64 > self.size as u64 {
+            return Err(io::Error::other(format!("{gpa:#x} is beyond guest memory")));
+        }
+        self.file.write_all_at(buf, self.offset + gpa)
+    }
+
+    /// Whether page `index` may hold data (false: a hole, all zeros).
+    pub fn has_data(&self, index: usize) -> io::Result<bool> {
+        if self.data.get().is_none() {
+            let pages = data_pages(&self.file, self.offset, self.size)?;
+            // Another thread may have won the race with the same answer.
+            let _ = self.data.set(pages);
+        }
+        Ok(self.data.get().and_then(|d| d.get(index).copied()) == Some(true))
+    }
 }
 
-/// How a mapping shares its pages with the memfd.
+/// Pages of `size` bytes at `offset` of `file` that hold data (not holes), by
+/// SEEK_DATA/SEEK_HOLE. A file system without holes reports everything as data.
+fn data_pages(file: &File, offset: u64, size: usize) -> io::Result<Vec<bool>> {
+    let mut pages = vec![false; size / PAGE];
+    let fd = file.as_raw_fd();
+    let end = offset + size as u64;
+    let mut at = offset as libc::off_t;
+    while (at as u64) < end {
+        // SAFETY: lseek on a descriptor we own; it reads no memory of ours.
+        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if start < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(pages)
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: as above.
+        let stop = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        if stop < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let first = (start as u64).saturating_sub(offset) as usize / PAGE;
+        let last = ((stop as u64).min(end) - offset).div_ceil(PAGE as u64) as usize;
+        for p in first..last.min(pages.len()) {
+            pages[p] = true;
+        }
+        at = stop;
+    }
+    Ok(pages)
+}
+
+/// How a mapping shares its pages with the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sharing {
-    /// Writes go to the memfd (the template while it boots).
+    /// Writes go to the file (a template while it boots).
     Shared,
     /// Writes stay in this mapping (a fork).
     Private,
@@ -91,15 +183,15 @@ unsafe impl Send for GuestRam {}
 unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
-    /// Maps the whole memfd.
-    pub fn map(memfd: &Memfd, sharing: Sharing) -> Result<GuestRam, VmmError> {
-        let addr = map_at(None, memfd, sharing)?;
+    /// Maps the whole file.
+    pub fn map(file: &MemoryFile, sharing: Sharing) -> Result<GuestRam, VmmError> {
+        let addr = map_at(None, file, sharing)?;
         // SAFETY: addr..addr+size was just mapped readable and writable, stays
         // mapped until this value drops, and the region does not unmap it.
         let region = unsafe {
             MmapRegion::build_raw(
                 addr.as_ptr(),
-                memfd.size(),
+                file.size(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_NORESERVE | flags(sharing),
             )
@@ -108,34 +200,33 @@ impl GuestRam {
         let region =
             GuestRegionMmap::new(region, GuestAddress(0)).ok_or(VmmError::GuestAddress {
                 addr: 0,
-                len: memfd.size(),
+                len: file.size(),
             })?;
         let mem = GuestMemoryMmap::from_regions(vec![region])
             .map_err(|e| VmmError::MapMemory(io::Error::other(e.to_string())))?;
         Ok(GuestRam {
             addr,
-            size: memfd.size(),
+            size: file.size(),
             mem,
         })
     }
 
-    /// Makes every page equal to the memfd's again. With at most `in_place`
+    /// Makes every page equal to the file's again. With at most `in_place`
     /// private pages, their contents are copied back over them: the mapping and
     /// KVM's view of it stay warm, so the next tenant takes no page faults on
-    /// them. Beyond that, the memfd is mapped again privately at the same host
+    /// them. Beyond that, the file is mapped again privately at the same host
     /// address: the private pages are freed and KVM's MMU notifier forgets them.
     /// Returns whether the reset happened in place.
-    pub fn reset_private(&self, memfd: &Memfd, in_place: usize) -> Result<bool, VmmError> {
-        use std::os::unix::fs::FileExt;
-        assert_eq!(memfd.size(), self.size, "a reset keeps the size");
+    pub fn reset_private(&self, file: &MemoryFile, in_place: usize) -> Result<bool, VmmError> {
+        assert_eq!(file.size(), self.size, "a reset keeps the size");
         let io = |e: io::Error| VmmError::MapMemory(e);
-        let private = private_page_addrs(self.host_addr(), self.size).map_err(io)?;
+        let private = self.private_pages().map_err(io)?;
         if private.len() > in_place {
-            return map_at(Some(self.addr), memfd, Sharing::Private).map(|_| false);
+            return map_at(Some(self.addr), file, Sharing::Private).map(|_| false);
         }
-        let mut page = [0u8; 4096];
+        let mut page = [0u8; PAGE];
         for gpa in private {
-            memfd.file().read_exact_at(&mut page, gpa).map_err(io)?;
+            file.read(gpa, &mut page).map_err(io)?;
             self.write(gpa, &page)?;
         }
         Ok(true)
@@ -175,81 +266,56 @@ impl GuestRam {
                 len: buf.len(),
             })
     }
+
+    /// Guest-physical addresses of the pages this mapping holds privately.
+    pub fn private_pages(&self) -> io::Result<Vec<u64>> {
+        private_page_addrs(self.host_addr(), self.size)
+    }
 }
 
-/// Which pages of a mapping of this process are held privately (copied on
-/// write), from /proc/self/pagemap: a present page that is neither
-/// file-backed nor shared is a private copy.
-fn private_page_map(host_addr: u64, size: usize) -> io::Result<Vec<bool>> {
-    use std::os::unix::fs::FileExt;
-    let pagemap = File::open("/proc/self/pagemap")?;
-    let mut buf = vec![0u8; size / 4096 * 8];
-    pagemap.read_exact_at(&mut buf, host_addr / 4096 * 8)?;
-    const PRESENT: u64 = 1 << 63;
-    const FILE_OR_SHARED: u64 = 1 << 61;
-    Ok(buf
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-        .map(|e| e & PRESENT != 0 && e & FILE_OR_SHARED == 0)
-        .collect())
-}
+/// Pagemap entries read per system call: 512 KiB of buffer, 256 MiB of guest
+/// memory, so a huge guest costs time in proportion but bounded memory.
+const PAGEMAP_CHUNK: usize = 64 << 10;
 
-/// Guest-physical addresses of the pages of a mapping held privately.
+/// Guest-physical addresses of the pages of a mapping of this process held
+/// privately (copied on write), from /proc/self/pagemap: a present page that
+/// is neither file-backed nor shared, or a swapped-out one (in a private
+/// mapping of a file only an anonymous copy can be swapped).
 pub fn private_page_addrs(host_addr: u64, size: usize) -> io::Result<Vec<u64>> {
-    Ok(private_page_map(host_addr, size)?
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.then_some((i * 4096) as u64))
-        .collect())
-}
-
-/// Counts the pages of a mapping of this process held privately.
-pub fn private_pages(host_addr: u64, size: usize) -> io::Result<u64> {
-    Ok(private_page_map(host_addr, size)?
-        .into_iter()
-        .filter(|p| *p)
-        .count() as u64)
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const FILE_OR_SHARED: u64 = 1 << 61;
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let pages = size / PAGE;
+    let mut buf = vec![0u8; PAGEMAP_CHUNK.min(pages) * 8];
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < pages {
+        let n = PAGEMAP_CHUNK.min(pages - done);
+        let chunk = &mut buf[..n * 8];
+        pagemap.read_exact_at(chunk, (host_addr / PAGE as u64 + done as u64) * 8)?;
+        for (i, e) in chunk.chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes(e.try_into().expect("8-byte chunk"));
+            if (e & PRESENT != 0 && e & FILE_OR_SHARED == 0) || e & SWAPPED != 0 {
+                out.push(((done + i) * PAGE) as u64);
+            }
+        }
+        done += n;
+    }
+    Ok(out)
 }
 
 /// Sorted page addresses grouped into (first address, page count) runs of
 /// adjacent pages, so each run takes one system call.
-fn page_runs(pages: &[u64]) -> Vec<(u64, usize)> {
+fn page_runs(pages: impl IntoIterator<Item = u64>) -> Vec<(u64, usize)> {
     let mut runs: Vec<(u64, usize)> = Vec::new();
-    for &gpa in pages {
+    for gpa in pages {
         match runs.last_mut() {
-            Some((start, count)) if *start + *count as u64 * 4096 == gpa => *count += 1,
+            Some((start, count)) if *start + (*count * PAGE) as u64 == gpa => *count += 1,
             _ => runs.push((gpa, 1)),
         }
     }
     runs
-}
-
-/// Pages of `memfd` that hold data (not holes), by SEEK_DATA/SEEK_HOLE.
-fn data_pages(memfd: &Memfd) -> io::Result<Vec<bool>> {
-    let mut pages = vec![false; memfd.size() / 4096];
-    let fd = memfd.file().as_raw_fd();
-    let mut at: libc::off_t = 0;
-    loop {
-        // SAFETY: lseek on a descriptor we own; it reads no memory of ours.
-        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if start < 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::ENXIO) {
-                Ok(pages)
-            } else {
-                Err(e)
-            };
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        for p in (start as usize / 4096)..(end as usize).div_ceil(4096).min(pages.len()) {
-            pages[p] = true;
-        }
-        at = end;
-    }
 }
 
 impl GuestRam {
@@ -259,16 +325,16 @@ impl GuestRam {
     ///
     /// The pages are populated *writable* (MADV_POPULATE_WRITE), never read
     /// first. A write fault on a page not yet mapped copies it straight into a
-    /// private page; reading first would map the memfd's page read-only, and
+    /// private page; reading first would map the file's page read-only, and
     /// the write after it must then replace a present PTE, which runs every
     /// MMU notifier registered on this process: one per live VM. Measured
     /// here, that made each precopied page cost ~0.27 us per live VM (1.1 ms
     /// for 4 pages with 1000 VMs alive). On a kernel without
     /// MADV_POPULATE_WRITE (before 5.14) nothing is copied ahead: the guest
-    /// takes those faults itself.
-    pub fn precopy(&self, pages: &[u64]) -> Result<(), VmmError> {
-        for (start, count) in page_runs(pages) {
-            let len = count * 4096;
+    /// takes those faults itself. Returns whether the pages were populated.
+    pub fn precopy(&self, pages: &[u64]) -> Result<bool, VmmError> {
+        for (start, count) in page_runs(pages.iter().copied()) {
+            let len = count * PAGE;
             if start
                 .checked_add(len as u64)
                 .is_none_or(|end| end > self.size as u64)
@@ -287,40 +353,28 @@ impl GuestRam {
             if r != 0 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EINVAL) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 return Err(VmmError::MapMemory(e));
             }
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Copies this mapping's contents into `dst` (same size), reading only the
-    /// pages that can differ from zero: data pages of `base` (the memfd this
-    /// mapping is a private view of) and pages this mapping copied on write.
-    /// Returns the number of pages copied.
-    pub fn copy_into(&self, base: &Memfd, dst: &Memfd) -> Result<u64, VmmError> {
-        use std::os::unix::fs::FileExt;
-        let io = |e: io::Error| VmmError::CreateMemory {
-            size: dst.size(),
-            source: e,
-        };
-        let private = private_page_map(self.host_addr(), self.size).map_err(io)?;
-        let data = data_pages(base).map_err(io)?;
-        let mut page = vec![0u8; 4096];
-        let mut copied = 0;
-        for (i, _) in private
-            .iter()
-            .zip(&data)
-            .enumerate()
-            .filter(|(_, (p, d))| **p || **d)
-        {
-            let gpa = (i * 4096) as u64;
-            self.read(gpa, &mut page)?;
-            dst.file().write_all_at(&page, gpa).map_err(io)?;
-            copied += 1;
+    /// Writes whole pages over this mapping: a branch's pages placed over the
+    /// base a fork maps. `pages` yields (guest address, page) in ascending
+    /// order. The pages are first made private by [`GuestRam::precopy`], so
+    /// a base file that lost them is an error here, not a SIGBUS later.
+    pub fn place<'a>(
+        &self,
+        pages: impl Iterator<Item = (u64, &'a [u8])> + Clone,
+    ) -> Result<(), VmmError> {
+        let addrs: Vec<u64> = pages.clone().map(|(gpa, _)| gpa).collect();
+        self.precopy(&addrs)?;
+        for (gpa, page) in pages {
+            self.write(gpa, page)?;
         }
-        Ok(copied)
+        Ok(())
     }
 }
 
@@ -340,29 +394,152 @@ fn flags(sharing: Sharing) -> i32 {
 
 fn map_at(
     at: Option<NonNull<u8>>,
-    memfd: &Memfd,
+    file: &MemoryFile,
     sharing: Sharing,
 ) -> Result<NonNull<u8>, VmmError> {
     let (hint, fixed) = match at {
         Some(p) => (p.as_ptr().cast(), libc::MAP_FIXED),
         None => (std::ptr::null_mut(), 0),
     };
+    let offset = libc::off_t::try_from(file.offset)
+        .map_err(|_| VmmError::MapMemory(io::Error::from_raw_os_error(libc::EOVERFLOW)))?;
     // SAFETY: maps a file we own; with MAP_FIXED the target range is a mapping
     // owned by the caller's GuestRam, replaced atomically with the same size.
     let p = unsafe {
         libc::mmap(
             hint,
-            memfd.size(),
+            file.size(),
             libc::PROT_READ | libc::PROT_WRITE,
             flags(sharing) | libc::MAP_NORESERVE | fixed,
-            memfd.file().as_raw_fd(),
-            0,
+            file.file.as_raw_fd(),
+            offset,
         )
     };
     if p == libc::MAP_FAILED {
         return Err(VmmError::MapMemory(io::Error::last_os_error()));
     }
     Ok(NonNull::new(p.cast()).expect("mmap never returns NULL on success"))
+}
+
+/// Whole pages in anonymous memory of their own: what a branch changed. Its
+/// own mapping (not the malloc heap) so that dropping it gives the memory back
+/// to the system at once, where the worker's RSS shows it.
+pub struct PageStore {
+    addr: NonNull<u8>,
+    capacity: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value; shared references only read it.
+unsafe impl Send for PageStore {}
+// SAFETY: as above: after construction (`&mut self`), the pages never change.
+unsafe impl Sync for PageStore {}
+
+impl PageStore {
+    /// Room for `capacity` pages; costs memory only for the pages pushed.
+    pub fn with_capacity(capacity: usize) -> Result<PageStore, VmmError> {
+        let bytes = capacity.max(1) * PAGE;
+        // SAFETY: a new anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(VmmError::CreateMemory {
+                size: bytes,
+                source: io::Error::last_os_error(),
+            });
+        }
+        // Fault the pages in with one call rather than one fault each (they
+        // are about to be written); a kernel without it faults them one by one.
+        // SAFETY: advice on the mapping just made; its contents stay zero.
+        unsafe { libc::madvise(p, bytes, libc::MADV_POPULATE_WRITE) };
+        Ok(PageStore {
+            addr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+            capacity: capacity.max(1),
+            len: 0,
+        })
+    }
+
+    /// Pages stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of memory the stored pages hold.
+    pub fn bytes(&self) -> usize {
+        self.len * PAGE
+    }
+
+    /// Appends a page; returns its slot.
+    pub fn push(&mut self, page: &[u8]) -> usize {
+        self.spare().copy_from_slice(page);
+        self.keep()
+    }
+
+    /// The next free slot, to be filled in place and then kept with
+    /// [`PageStore::keep`] (or left for the next page).
+    pub fn spare(&mut self) -> &mut [u8] {
+        assert!(self.len < self.capacity, "page store is full");
+        // SAFETY: slot `len` lies inside the mapping (checked above), which is
+        // exclusively borrowed through `self` for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(self.len), PAGE) }
+    }
+
+    /// Keeps the spare slot's page; returns its slot.
+    pub fn keep(&mut self) -> usize {
+        assert!(self.len < self.capacity, "page store is full");
+        self.len += 1;
+        self.len - 1
+    }
+
+    /// Gives the unused tail of the mapping back.
+    pub fn shrink(&mut self) {
+        let keep = self.len.max(1);
+        if keep < self.capacity {
+            // SAFETY: the tail [keep, capacity) belongs to this mapping and
+            // holds no page handed out (only slots below `len` are readable).
+            unsafe { libc::munmap(self.slot_ptr(keep).cast(), (self.capacity - keep) * PAGE) };
+            self.capacity = keep;
+        }
+    }
+
+    /// The page in `slot`.
+    pub fn page(&self, slot: usize) -> &[u8] {
+        assert!(slot < self.len, "slot {slot} of {}", self.len);
+        // SAFETY: the slot was written by `push`, lies inside the mapping, and
+        // is never written again while shared.
+        unsafe { std::slice::from_raw_parts(self.slot_ptr(slot), PAGE) }
+    }
+
+    fn slot_ptr(&self, slot: usize) -> *mut u8 {
+        // SAFETY: callers pass slot <= capacity: within or one past the mapping.
+        unsafe { self.addr.as_ptr().add(slot * PAGE) }
+    }
+}
+
+impl Drop for PageStore {
+    fn drop(&mut self) {
+        // SAFETY: this value owns the mapping of `capacity` pages.
+        unsafe { libc::munmap(self.addr.as_ptr().cast(), self.capacity * PAGE) };
+    }
+}
+
+impl std::fmt::Debug for PageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PageStore({} pages)", self.len)
+    }
 }
 
 #[cfg(test)]
@@ -372,27 +549,63 @@ mod tests {
     #[test]
     fn adjacent_pages_form_one_run() {
         assert_eq!(
-            page_runs(&[0, 4096, 8192, 5 * 4096, 9 * 4096, 10 * 4096]),
+            page_runs([0, 4096, 8192, 5 * 4096, 9 * 4096, 10 * 4096]),
             vec![(0, 3), (5 * 4096, 1), (9 * 4096, 2)]
         );
-        assert!(page_runs(&[]).is_empty());
+        assert!(page_runs([]).is_empty());
     }
 
     #[test]
-    fn precopy_makes_private_copies_with_the_memfd_contents() {
-        let memfd = Memfd::create("precopy-test", 16 * 4096).unwrap();
-        let shared = GuestRam::map(&memfd, Sharing::Shared).unwrap();
+    fn precopy_makes_private_copies_with_the_file_contents() {
+        let file = MemoryFile::create("precopy-test", 16 * 4096).unwrap();
+        let shared = GuestRam::map(&file, Sharing::Shared).unwrap();
         shared.write(2 * 4096 + 7, b"template").unwrap();
         drop(shared);
-        let ram = GuestRam::map(&memfd, Sharing::Private).unwrap();
+        let ram = GuestRam::map(&file, Sharing::Private).unwrap();
         ram.precopy(&[2 * 4096, 3 * 4096, 9 * 4096]).unwrap();
         assert_eq!(
-            private_page_addrs(ram.host_addr(), ram.size()).unwrap(),
+            ram.private_pages().unwrap(),
             vec![2 * 4096, 3 * 4096, 9 * 4096]
         );
         let mut buf = [0u8; 8];
         ram.read(2 * 4096 + 7, &mut buf).unwrap();
         assert_eq!(&buf, b"template");
         assert!(ram.precopy(&[16 * 4096]).is_err());
+    }
+
+    #[test]
+    fn placed_pages_are_private_and_hold_what_was_placed() {
+        let file = MemoryFile::create("place-test", 16 * 4096).unwrap();
+        let ram = GuestRam::map(&file, Sharing::Private).unwrap();
+        let (a, b) = ([1u8; PAGE], [2u8; PAGE]);
+        ram.place([(4096, &a[..]), (3 * 4096, &b[..])].into_iter())
+            .unwrap();
+        assert_eq!(ram.private_pages().unwrap(), vec![4096, 3 * 4096]);
+        let mut buf = [0u8; PAGE];
+        ram.read(3 * 4096, &mut buf).unwrap();
+        assert_eq!(buf, b);
+        // The file itself is unchanged.
+        file.read(4096, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; PAGE]);
+    }
+
+    #[test]
+    fn holes_are_told_apart_from_data() {
+        let file = MemoryFile::create("holes-test", 64 * 4096).unwrap();
+        file.write(5 * 4096, &[7u8; 10]).unwrap();
+        assert!(file.has_data(5).unwrap());
+        assert!(!file.has_data(4).unwrap());
+        assert!(!file.has_data(63).unwrap());
+    }
+
+    #[test]
+    fn a_page_store_keeps_what_was_pushed() {
+        let mut store = PageStore::with_capacity(8).unwrap();
+        let slot = store.push(&[9u8; PAGE]);
+        store.push(&[3u8; PAGE]);
+        store.shrink();
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.page(slot), &[9u8; PAGE][..]);
+        assert_eq!(store.bytes(), 2 * PAGE);
     }
 }

@@ -6,6 +6,7 @@
 //! cannot check.
 
 mod bus;
+mod compat;
 mod error;
 mod hypervisor;
 mod kick;
@@ -24,6 +25,7 @@ mod vm;
 mod x86;
 
 pub use bus::{Bus, BusStats, DeviceState};
+pub use compat::incompatibility as cpuid_incompatibility;
 pub use error::VmmError;
 pub use hypervisor::{Flavor, Hypervisor};
 pub use kick::Kicker;

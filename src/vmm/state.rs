@@ -13,27 +13,41 @@ use serde::{Deserialize, Serialize};
 use super::{DeviceState, Quirks, VmmError, tsc};
 
 /// State of the one vCPU.
+///
+/// Each KVM structure is stored as its bytes and read back only when it has
+/// exactly its size: kvm-bindings' own deserializer pads a short one with
+/// zeros and drops the excess of a long one (see [`exact`]).
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
     /// CPUID the vCPU was created with (set on a new vCPU before anything else).
+    #[serde(with = "exact::list")]
     pub cpuid: Vec<kvm_cpuid_entry2>,
     /// General registers.
+    #[serde(with = "exact")]
     pub regs: kvm_regs,
     /// Segment, control and descriptor-table registers, EFER, APIC base.
+    #[serde(with = "exact")]
     pub sregs: kvm_sregs,
     /// FPU/SSE/AVX state.
+    #[serde(with = "exact")]
     pub xsave: kvm_xsave,
     /// Extended control registers (XCR0).
+    #[serde(with = "exact")]
     pub xcrs: kvm_xcrs,
     /// Local APIC registers.
+    #[serde(with = "exact")]
     pub lapic: kvm_lapic_state,
     /// Model-specific registers, every one KVM could read.
+    #[serde(with = "exact::list")]
     pub msrs: Vec<kvm_msr_entry>,
     /// Pending exceptions, interrupts, NMIs, SMIs.
+    #[serde(with = "exact")]
     pub events: kvm_vcpu_events,
     /// Runnable, halted, waiting for SIPI...
+    #[serde(with = "exact")]
     pub mp_state: kvm_mp_state,
     /// Debug registers.
+    #[serde(with = "exact")]
     pub debugregs: kvm_debugregs,
 }
 
@@ -41,8 +55,10 @@ pub struct VcpuState {
 #[derive(Serialize, Deserialize)]
 pub struct VmState {
     /// PIC master, PIC slave, IOAPIC.
+    #[serde(with = "exact::list")]
     pub irqchips: Vec<kvm_irqchip>,
     /// kvmclock.
+    #[serde(with = "exact")]
     pub clock: kvm_clock_data,
 }
 
@@ -56,6 +72,98 @@ pub struct MachineState {
     /// Emulated devices (none for the bare guest; absent in older files).
     #[serde(default)]
     pub devices: DeviceState,
+}
+
+/// Serde for KVM structures as their exact bytes.
+mod exact {
+    use serde::de::{Error, value::BytesDeserializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: for<'a> Deserialize<'a>,
+        D: Deserializer<'de>,
+    {
+        from_bytes(&Vec::<u8>::deserialize(d)?)
+    }
+
+    fn from_bytes<T: for<'a> Deserialize<'a>, E: Error>(bytes: &[u8]) -> Result<T, E> {
+        let want = size_of::<T>();
+        if bytes.len() != want {
+            return Err(E::custom(format!(
+                "{} of {} bytes, not {want}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("state"),
+                bytes.len()
+            )));
+        }
+        T::deserialize(BytesDeserializer::<E>::new(bytes))
+    }
+
+    /// The same for a list of structures.
+    pub mod list {
+        use super::*;
+
+        pub fn serialize<T: Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v)
+        }
+
+        pub fn deserialize<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
+        where
+            T: for<'a> Deserialize<'a>,
+            D: Deserializer<'de>,
+        {
+            Vec::<Vec<u8>>::deserialize(d)?
+                .iter()
+                .map(|b| from_bytes(b))
+                .collect()
+        }
+    }
+}
+
+impl MachineState {
+    /// Checks a state read from a file against what this host's KVM can take,
+    /// before any of it reaches an ioctl: list lengths within KVM's limits,
+    /// only MSRs this host saves, the three irqchips in order. Returns what is
+    /// wrong, in words.
+    pub fn check(&self, hv: &super::Hypervisor) -> Result<(), String> {
+        let v = &self.vcpu;
+        if v.cpuid.is_empty() || v.cpuid.len() > kvm_bindings::KVM_MAX_CPUID_ENTRIES {
+            return Err(format!("{} CPUID entries", v.cpuid.len()));
+        }
+        if v.msrs.len() > hv.msrs().len() {
+            return Err(format!(
+                "{} MSRs, this host saves {}",
+                v.msrs.len(),
+                hv.msrs().len()
+            ));
+        }
+        if let Some(m) = v.msrs.iter().find(|m| !hv.msrs().contains(&m.index)) {
+            return Err(format!(
+                "MSR {:#x}, which this host's KVM cannot restore",
+                m.index
+            ));
+        }
+        let chips: Vec<u32> = self.vm.irqchips.iter().map(|c| c.chip_id).collect();
+        if chips
+            != [
+                KVM_IRQCHIP_PIC_MASTER,
+                KVM_IRQCHIP_PIC_SLAVE,
+                KVM_IRQCHIP_IOAPIC,
+            ]
+        {
+            return Err(format!(
+                "irqchips {chips:?}, expected PIC master, PIC slave, IOAPIC"
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn get<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmmError> {

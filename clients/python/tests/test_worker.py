@@ -64,6 +64,28 @@ def test_files(zb, bare):
         zb.unload_template(branch)
 
 
+def test_branches(zb, bare):
+    with zb.fork(bare) as sb:
+        sb.exec(["poke", "0x42"])
+        t = sb.snapshot()
+        assert t.depth == 1 and 0 < t.own_bytes <= 64 * 1024
+        kids = zb.fork_many(t, 3)
+        for i, k in enumerate(kids):
+            assert k.exec(["peek"]).stdout == "0x0000000000000042\n"
+            k.exec(["poke", str(i)])
+        # branch(n): n running copies; the snapshot between is released at once.
+        copies = kids[1].branch(2)
+        assert [c.exec(["peek"]).stdout for c in copies] == ["0x0000000000000001\n"] * 2
+        assert all(x["template"] != copies[0].template for x in zb.templates())
+        assert sb.exec(["peek"]).stdout == "0x0000000000000042\n"
+        for k in kids + copies:
+            k.kill()
+        zb.unload_template(t)
+        full = sb.snapshot(full_copy=True)
+        assert full.depth == 0
+        zb.unload_template(full)
+
+
 def test_typed_errors(zb, bare):
     with pytest.raises(TemplateNotFoundError) as ei:
         zb.fork("no-such-template")
@@ -196,6 +218,9 @@ def test_asyncio_api():
                 async with await zb.fork(branch) as child:
                     assert await child.read_file("/f", max_bytes=80_000) == b"\x00\xff" * 40_000
                 await zb.unload_template(branch)
+                copies = await sb.branch(2)
+                assert [await c.read_file("/f") for c in copies] == [b"\x00\xff" * 40_000] * 2
+                await asyncio.gather(*(c.kill() for c in copies))
             # cancellation: cancelling the task sends $/cancelRequest
             sb = await zb.fork(t)
             task = asyncio.ensure_future(sb.exec(["spin"], timeout_ms=120_000))

@@ -25,6 +25,10 @@ from ._generated import RequestCancelledError, error_from_code
 class Template:
     id: str
     memory_bytes: int
+    depth: int = 0
+    """Branches between it and the template its memory is mapped from (0: built, loaded or full copy)."""
+    own_bytes: int = 0
+    """Memory it holds itself: for a branch, the pages its sandbox changed."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,21 @@ def _read_params(sandbox: str, path: str, max_bytes: Optional[int]) -> Dict[str,
 
 
 def _template(r: Dict[str, Any]) -> Template:
-    return Template(r["template"], r["memory_bytes"])
+    return Template(r["template"], r["memory_bytes"], r.get("depth", 0), r.get("memory", {}).get("own_bytes", 0))
+
+
+def _unload_params(template: str, force: bool, keep_sandboxes: bool) -> Dict[str, Any]:
+    p: Dict[str, Any] = {"template": template, "force": force}
+    if keep_sandboxes:
+        p["keep_sandboxes"] = True
+    return p
+
+
+def _snapshot_params(sandbox: str, full_copy: bool) -> Dict[str, Any]:
+    p: Dict[str, Any] = {"sandbox": sandbox}
+    if full_copy:
+        p["full_copy"] = True
+    return p
 
 
 def _load_params(builtin: Optional[str], path: Optional[str]) -> Dict[str, Any]:
@@ -270,8 +288,11 @@ class Zeroboot(_Worker):
     def templates(self) -> List[Dict[str, Any]]:
         return self.call("template.list")["templates"]
 
-    def unload_template(self, template: TemplateLike, force: bool = False) -> Dict[str, Any]:
-        return self.call("template.unload", {"template": _tid(template), "force": force})
+    def unload_template(self, template: TemplateLike, force: bool = False, *,
+                        keep_sandboxes: bool = False) -> Dict[str, Any]:
+        """Unloads a template; refused while its sandboxes live unless `force` (kills them) or
+        `keep_sandboxes` (they run on and keep the memory they were forked from)."""
+        return self.call("template.unload", _unload_params(_tid(template), force, keep_sandboxes))
 
     def save_template(self, template: TemplateLike, path: str) -> Dict[str, Any]:
         return self.call("template.save", {"template": _tid(template), "path": path})
@@ -387,9 +408,20 @@ class Sandbox:
         r = self.worker.call("sandbox.read_file", _read_params(self.id, path, max_bytes), cancel=cancel)
         return base64.b64decode(r["data"])
 
-    def snapshot(self) -> Template:
-        """Captures this sandbox's current state as a new template (a branch point); the sandbox carries on."""
-        return _template(self.worker.call("sandbox.snapshot", {"sandbox": self.id}))
+    def snapshot(self, *, full_copy: bool = False) -> Template:
+        """Branches this sandbox: its state and the pages it changed become a new template layered over
+        its own (fork it like any template: `worker.fork_many(sb.snapshot(), n)`); the sandbox carries on.
+        `full_copy` copies its whole memory into a template of its own instead."""
+        return _template(self.worker.call("sandbox.snapshot", _snapshot_params(self.id, full_copy)))
+
+    def branch(self, count: int = 1) -> List["Sandbox"]:
+        """`count` running copies of this sandbox as it is now: a snapshot forked `count` times. The
+        snapshot is released at once; the copies keep what they need of it until they are killed."""
+        t = self.snapshot()
+        try:
+            return self.worker.fork_many(t, count)
+        finally:
+            self.worker.unload_template(t, keep_sandboxes=True)
 
     def stats(self) -> Dict[str, Any]:
         return self.worker.call("sandbox.stats", {"sandbox": self.id})
@@ -507,8 +539,10 @@ class AsyncZeroboot(_Worker):
     async def templates(self) -> List[Dict[str, Any]]:
         return (await self.call("template.list"))["templates"]
 
-    async def unload_template(self, template: TemplateLike, force: bool = False) -> Dict[str, Any]:
-        return await self.call("template.unload", {"template": _tid(template), "force": force})
+    async def unload_template(self, template: TemplateLike, force: bool = False, *,
+                              keep_sandboxes: bool = False) -> Dict[str, Any]:
+        """See Zeroboot.unload_template."""
+        return await self.call("template.unload", _unload_params(_tid(template), force, keep_sandboxes))
 
     async def save_template(self, template: TemplateLike, path: str) -> Dict[str, Any]:
         return await self.call("template.save", {"template": _tid(template), "path": path})
@@ -606,9 +640,17 @@ class AsyncSandbox:
         r = await self.worker.call("sandbox.read_file", _read_params(self.id, path, max_bytes))
         return base64.b64decode(r["data"])
 
-    async def snapshot(self) -> Template:
+    async def snapshot(self, *, full_copy: bool = False) -> Template:
         """See Sandbox.snapshot."""
-        return _template(await self.worker.call("sandbox.snapshot", {"sandbox": self.id}))
+        return _template(await self.worker.call("sandbox.snapshot", _snapshot_params(self.id, full_copy)))
+
+    async def branch(self, count: int = 1) -> List["AsyncSandbox"]:
+        """See Sandbox.branch."""
+        t = await self.snapshot()
+        try:
+            return await self.worker.fork_many(t, count)
+        finally:
+            await self.worker.unload_template(t, keep_sandboxes=True)
 
     async def stats(self) -> Dict[str, Any]:
         return await self.worker.call("sandbox.stats", {"sandbox": self.id})

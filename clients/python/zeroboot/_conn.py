@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import importlib.metadata
 import itertools
 import json
 import os
@@ -32,19 +33,37 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from ._errors import WorkerExitedError, WorkerSpawnError
 from ._generated import error_from_code
 
-_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # clients/python
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # clients/python in a source checkout
+
+
+def _bundled_binary() -> Optional[Path]:
+    """The `zeroboot` binary installed by the same wheel as this package (the wheel puts it in the
+    environment's scripts directory), or None when this package did not come from such a wheel."""
+    try:
+        dist = importlib.metadata.distribution("zeroboot")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    # Another installation of the distribution (not this copy of the package) does not count.
+    if Path(dist.locate_file("zeroboot/__init__.py")).resolve() != Path(__file__).resolve().parent / "__init__.py":
+        return None
+    for f in dist.files or ():
+        if f.name == "zeroboot" and f.parent.name in ("bin", "Scripts"):
+            return Path(dist.locate_file(f)).resolve()
+    return None
 
 
 def find_binary(explicit: Optional[str] = None) -> str:
-    """The worker binary: `explicit`, then $ZEROBOOT_BIN, then `zeroboot` next to the package, then
+    """The worker binary: `explicit`, then $ZEROBOOT_BIN, then the binary installed with this package
+    (`pip install zeroboot-*.whl`), then `zeroboot` next to the package, then
     `../../target/release/zeroboot` relative to the package (a source checkout), then PATH."""
     if explicit:
         return explicit
     env = os.environ.get("ZEROBOOT_BIN")
     if env:
         return env
-    for candidate in (_PACKAGE_DIR / "zeroboot", _PACKAGE_DIR.parent.parent / "target" / "release" / "zeroboot"):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
+    bundled = _bundled_binary()
+    for candidate in (bundled, _PACKAGE_DIR / "zeroboot", _PACKAGE_DIR.parent.parent / "target" / "release" / "zeroboot"):
+        if candidate is not None and candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return shutil.which("zeroboot") or "zeroboot"
 

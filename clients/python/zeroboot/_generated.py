@@ -14,7 +14,7 @@ else:  # pragma: no cover
 from ._errors import RpcError
 
 METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.fork', 'sandbox.exec', 'sandbox.run', 'sandbox.kill', 'sandbox.list', 'sandbox.stats', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.ping', 'worker.info', 'rpc.discover', 'shutdown')
-NOTIFICATION_NAMES = ('exit', '$/cancelRequest', 'sandbox.output')
+NOTIFICATION_NAMES = ('exit', '$/cancelRequest', 'sandbox.output', 'template.progress')
 
 TemplateId = str
 
@@ -24,12 +24,21 @@ RequestId = Union[str, float, None]
 
 Encoding = Literal['utf8', 'base64']
 
+# Memory it holds above the memory it maps (what a branch costs).
+TemplateInfoMemory = TypedDict("TemplateInfoMemory", {
+    'own_bytes': int,  # Pages it captured itself: those its sandbox changed.
+    'view_bytes': int,  # Pages every fork of it gets written over the mapped memory (its own and its ancestors').
+    'held_bytes': int,  # Memory its page stores hold, shared with its ancestors and branches.
+})
+
 TemplateInfo = TypedDict("TemplateInfo", {
     'template': "TemplateId",
     'source': str,  # Where it came from: "builtin:bare", a file path, "linux:KERNEL" or "sandbox:ID (from TEMPLATE)".
     'memory_bytes': int,  # Guest memory size.
     'sandboxes': int,  # Live sandboxes forked from it.
-    'pooled': int,  # Idle VMs ready for forks.
+    'pooled': int,  # Idle VMs ready for its forks: a root template's pool (which also feeds its branches), or the few VMs a branch keeps restored to itself.
+    'depth': int,  # Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch.
+    'memory': "TemplateInfoMemory",  # Memory it holds above the memory it maps (what a branch costs).
 })
 
 Forked = TypedDict("Forked", {
@@ -267,21 +276,21 @@ FileTooLargeData = TypedDict("FileTooLargeData", {
 })
 
 ErrorObject1 = TypedDict("ErrorObject1", {
+    'code': Literal[-32800],
+    'message': str,
+    'data': "CancelledData",
+})
+
+ErrorObject2 = TypedDict("ErrorObject2", {
     'code': Literal[-32700],
     'message': str,
     'data': "ParseErrorData",
 })
 
-ErrorObject2 = TypedDict("ErrorObject2", {
-    'code': Literal[-32600],
-    'message': str,
-    'data': "InvalidRequestData",
-})
-
 ErrorObject3 = TypedDict("ErrorObject3", {
-    'code': Literal[-32601],
+    'code': Literal[-32603],
     'message': str,
-    'data': "MethodNotFoundData",
+    'data': "InternalErrorData",
 })
 
 ErrorObject4 = TypedDict("ErrorObject4", {
@@ -291,15 +300,15 @@ ErrorObject4 = TypedDict("ErrorObject4", {
 })
 
 ErrorObject5 = TypedDict("ErrorObject5", {
-    'code': Literal[-32603],
+    'code': Literal[-32601],
     'message': str,
-    'data': "InternalErrorData",
+    'data': "MethodNotFoundData",
 })
 
 ErrorObject6 = TypedDict("ErrorObject6", {
-    'code': Literal[-32800],
+    'code': Literal[-32600],
     'message': str,
-    'data': "CancelledData",
+    'data': "InvalidRequestData",
 })
 
 ErrorObject7 = TypedDict("ErrorObject7", {
@@ -398,7 +407,43 @@ ErrorObject22 = TypedDict("ErrorObject22", {
     'data': "FileTooLargeData",
 })
 
-ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19", "ErrorObject20", "ErrorObject21", "ErrorObject22"]
+ErrorObject23 = TypedDict("ErrorObject23", {
+    'code': Literal[1017],
+    'message': str,
+    'data': "SpecInvalidData",
+})
+
+ErrorObject24 = TypedDict("ErrorObject24", {
+    'code': Literal[1018],
+    'message': str,
+    'data': "ImageBuildFailedData",
+})
+
+ErrorObject25 = TypedDict("ErrorObject25", {
+    'code': Literal[1019],
+    'message': str,
+    'data': "PreloadFailedData",
+})
+
+ErrorObject26 = TypedDict("ErrorObject26", {
+    'code': Literal[1020],
+    'message': str,
+    'data': "WarmupFailedData",
+})
+
+ErrorObject27 = TypedDict("ErrorObject27", {
+    'code': Literal[1021],
+    'message': str,
+    'data': "TemplateIncompatibleData",
+})
+
+ErrorObject28 = TypedDict("ErrorObject28", {
+    'code': Literal[1022],
+    'message': str,
+    'data': "TemplateUnresponsiveData",
+})
+
+ErrorObject = Union["ErrorObject1", "ErrorObject2", "ErrorObject3", "ErrorObject4", "ErrorObject5", "ErrorObject6", "ErrorObject7", "ErrorObject8", "ErrorObject9", "ErrorObject10", "ErrorObject11", "ErrorObject12", "ErrorObject13", "ErrorObject14", "ErrorObject15", "ErrorObject16", "ErrorObject17", "ErrorObject18", "ErrorObject19", "ErrorObject20", "ErrorObject21", "ErrorObject22", "ErrorObject23", "ErrorObject24", "ErrorObject25", "ErrorObject26", "ErrorObject27", "ErrorObject28"]
 
 RunResult = TypedDict("RunResult", {
     'sandbox': "SandboxId",  # The sandbox the program ran in; already killed.
@@ -423,23 +468,134 @@ RunMany = TypedDict("RunMany", {
     'total_us': int,  # Wall time of the whole call, in microseconds.
 })
 
+TemplateSpecBase2 = TypedDict("TemplateSpecBase2", {
+    'oci': str,
+})
+
+TemplateSpecPython = TypedDict("TemplateSpecPython", {
+    'packages': NotRequired[List[str]],  # Requirement strings (PEP 508), resolved with uv on the host for the guest's Python (CPython 3.11, cp311, manylinux x86_64, glibc 2.36) into wheels unpacked into its site-packages. The resolved versions are recorded in the template. Needs base "python" (an OCI image brings its own Python).
+    'preload': NotRequired[List[str]],  # Modules imported in the zygote before the snapshot: a fork finds them imported. A preload that raises fails the build with its traceback.
+    'stdlib': NotRequired[Literal['minimal', 'full']],  # How much of the standard library the image carries; default "full" when `packages` is set, else "minimal".
+    'index_url': NotRequired[str],  # A package index instead of PyPI.
+    'find_links': NotRequired[str],  # A host directory of wheels searched besides the index.
+    'no_index': NotRequired[bool],  # Use no index: only `find_links` (which is then required when `packages` is set).
+})
+
+TemplateSpecDebian = TypedDict("TemplateSpecDebian", {
+    'packages': NotRequired[List[str]],  # Debian bookworm packages (`name` or `name=version`), installed with their dependency closure (Depends and Pre-Depends, no Recommends) through zeroboot's own apt configuration, whatever the host's distribution. Maintainer scripts are not run.
+})
+
+TemplateSpecFilesItem = TypedDict("TemplateSpecFilesItem", {
+    'from': str,  # Host path.
+    'to': str,  # Absolute guest path.
+    'mode': NotRequired[str],  # Permission bits of every regular file copied, octal (default: the host file's).
+})
+
+# What a Linux template holds: `zeroboot.toml`, or `template.build {spec}` over JSON-RPC (the same object). Relative host paths are resolved against the spec file's directory (over JSON-RPC: the worker's working directory). Unknown fields are refused with an error naming them.
+TemplateSpec = TypedDict("TemplateSpec", {
+    'base': NotRequired[Union[Literal['python'], "TemplateSpecBase2"]],  # The root filesystem's starting point: "python" (default: Debian bookworm's python3 3.11 and busybox for `sh` and the common applets) or {oci: PATH}, an OCI image layout directory or a `docker save` / `podman save` tar; its config's Env, WorkingDir and User become the sandbox defaults and the zeroboot agent becomes /init.
+    'python': NotRequired["TemplateSpecPython"],
+    'debian': NotRequired["TemplateSpecDebian"],
+    'files': NotRequired[List["TemplateSpecFilesItem"]],  # Host files or directories (recursive) copied into the image.
+    'env': NotRequired[Dict[str, str]],  # Environment of every exec; a request's own `env` wins.
+    'cwd': NotRequired[str],  # Working directory of every exec that names none (absolute).
+    'user': NotRequired[str],  # The guest user every exec runs as: a name (created in the python base; looked up in an OCI image's /etc/passwd), UID or UID:GID. Default root. The agent stays root.
+    'warmup': NotRequired[List[str]],  # Shell commands (`sh -c`) run once in the booted guest before the snapshot; their output is logged, a failure fails the build with its stderr.
+    'memory_mib': NotRequired[int],  # Guest memory in MiB (default 512). The image must fit: a spec whose image needs more is refused.
+})
+
+ImageManifestPythonItem = TypedDict("ImageManifestPythonItem", {
+    'name': str,
+    'version': str,
+})
+
+ImageManifestDebianItem = TypedDict("ImageManifestDebianItem", {
+    'name': str,
+    'version': str,
+})
+
+# What a spec-built template's image holds (recorded in its file; `zeroboot template inspect` shows it).
+ImageManifest = TypedDict("ImageManifest", {
+    'base': str,  # "python" or "oci:PATH".
+    'python': List["ImageManifestPythonItem"],  # Python packages installed, with the versions resolved.
+    'debian': List["ImageManifestDebianItem"],  # Debian packages installed for `debian.packages` (their closure), with versions.
+    'preload': List[str],
+    'initramfs_bytes': int,
+    'spec': "TemplateSpec",
+})
+
+# TemplateInfo, and for a spec build the image manifest.
+TemplateBuilt = TypedDict("TemplateBuilt", {
+    'template': "TemplateId",
+    'source': str,  # Where it came from: "builtin:bare", a file path, "linux:KERNEL" or "sandbox:ID (from TEMPLATE)".
+    'memory_bytes': int,  # Guest memory size.
+    'sandboxes': int,  # Live sandboxes forked from it.
+    'pooled': int,  # Idle VMs ready for forks.
+    'manifest': NotRequired["ImageManifest"],
+})
+
+SpecInvalidData = TypedDict("SpecInvalidData", {
+    'kind': Literal['spec_invalid'],
+    'field': str,  # Path of the field (`python.packages[1]`; `.` for the whole document).
+    'detail': str,  # What was wrong and what was expected.
+})
+
+# `kind`: python_no_wheel (requirement), python_unresolvable (requirement or null), debian_unresolvable (packages), host_file_missing (path: a spec's file, OCI image or wheel directory), oci_invalid (path: not an OCI layout or docker save archive), layer_path_escape (layer: an entry escaping the root or a hard link to outside it), layer_invalid (layer), image_too_large (image_mib, memory_mib, needed_mib), unknown_user (user), no_python (preloads without a Python), build_environment (this host cannot build: no apt or uv, network, disk).
+ImageBuildFailedData = TypedDict("ImageBuildFailedData", {
+    'kind': Literal['python_no_wheel', 'python_unresolvable', 'debian_unresolvable', 'host_file_missing', 'oci_invalid', 'layer_path_escape', 'layer_invalid', 'image_too_large', 'unknown_user', 'no_python', 'build_environment'],
+    'detail': str,
+    'requirement': NotRequired[Union[str, None]],
+    'packages': NotRequired[str],
+    'path': NotRequired[str],
+    'layer': NotRequired[str],
+    'image_mib': NotRequired[int],
+    'memory_mib': NotRequired[int],
+    'needed_mib': NotRequired[int],
+    'user': NotRequired[str],
+})
+
+PreloadFailedData = TypedDict("PreloadFailedData", {
+    'kind': Literal['preload_failed'],
+    'traceback': str,  # Python's traceback of the failing import.
+})
+
+WarmupFailedData = TypedDict("WarmupFailedData", {
+    'kind': Literal['warmup_failed'],
+    'command': str,
+    'exit_code': Union[int, None],  # null: a signal or the deadline ended it.
+    'stderr': str,
+})
+
+TemplateIncompatibleData = TypedDict("TemplateIncompatibleData", {
+    'kind': Literal['template_incompatible'],
+    'path': str,
+    'detail': str,  # What this host lacks: another CPU vendor, CPUID feature bits (leaf, register, bits).
+})
+
+TemplateUnresponsiveData = TypedDict("TemplateUnresponsiveData", {
+    'kind': Literal['template_unresponsive'],
+    'detail': str,  # What the guest did when probed (spun past the deadline, crashed, broke the protocol) and where its vCPU was.
+})
+
 # Params of template.load
 TemplateLoadParams = TypedDict("TemplateLoadParams", {
     'builtin': NotRequired[Literal['bare']],  # A built-in template.
     'path': NotRequired[str],  # A template file on the worker's host.
+    'memory_mib': NotRequired[int],  # Guest memory of a built-in template in MiB ("bare": 32 to 1024, default 32). Not with `path`: a file says its own size.
 })
 
 TemplateLoadResult = "TemplateInfo"
 
 # Params of template.build
 TemplateBuildParams = TypedDict("TemplateBuildParams", {
-    'kernel': str,  # Path of a bzImage on the worker's host.
-    'initramfs': str,  # Path of the initramfs on the worker's host.
+    'kernel': NotRequired[str],  # Path of a bzImage on the worker's host. Required without `spec`.
+    'initramfs': NotRequired[str],  # Path of the initramfs on the worker's host. Required without `spec`.
     'memory_mib': NotRequired[int],  # Guest memory in MiB (default 512).
     'cmdline': NotRequired[str],  # Kernel command line (default: zeroboot's, with the serial console on ttyS0).
+    'spec': NotRequired["TemplateSpec"],  # A template spec (the JSON form of zeroboot.toml); given alone. Relative host paths are resolved against the worker's working directory.
 })
 
-TemplateBuildResult = "TemplateInfo"
+TemplateBuildResult = "TemplateBuilt"
 
 # Params of template.list
 TemplateListParams = TypedDict("TemplateListParams", {
@@ -453,6 +609,7 @@ TemplateListResult = TypedDict("TemplateListResult", {
 TemplateUnloadParams = TypedDict("TemplateUnloadParams", {
     'template': "TemplateId",  # The template.
     'force': NotRequired[bool],  # Kill its live sandboxes instead of refusing (default false).
+    'keep_sandboxes': NotRequired[bool],  # Leave its live sandboxes running instead of refusing (default false; not with `force`).
 })
 
 TemplateUnloadResult = TypedDict("TemplateUnloadResult", {
@@ -541,6 +698,7 @@ SandboxStatsResult = "SandboxStats"
 # Params of sandbox.snapshot
 SandboxSnapshotParams = TypedDict("SandboxSnapshotParams", {
     'sandbox': "SandboxId",  # The sandbox.
+    'full_copy': NotRequired[bool],  # Copy the sandbox's whole memory into a template of its own instead of a layer (default false).
 })
 
 SandboxSnapshotResult = "TemplateInfo"
@@ -612,6 +770,15 @@ SandboxOutputParams = TypedDict("SandboxOutputParams", {
     'stream': Literal['stdout', 'stderr'],  # Which stream.
     'data': str,  # The chunk in `encoding` (never empty).
     'encoding': "Encoding",  # The encoding of `data` (the call's `encoding`).
+})
+
+# Params of the template.progress notification
+TemplateProgressParams = TypedDict("TemplateProgressParams", {
+    'request': "RequestId",  # Id of the `template.build` call.
+    'phase': Literal['resolve', 'download', 'assemble', 'boot', 'warmup', 'capture'],  # resolve, download, assemble, boot, warmup or capture, in that order.
+    'done': int,  # Units done: bytes while downloading, commands while warming up.
+    'total': NotRequired[int],  # Units in all, when known.
+    'message': str,  # What is happening, for people.
 })
 
 # Error codes the worker documents, one exception class each.
@@ -749,6 +916,42 @@ class FileTooLargeError(RpcError):
     code = 1016
 
 
+class SpecInvalidError(RpcError):
+    """1017: The template spec was refused. data: SpecInvalidData."""
+
+    code = 1017
+
+
+class ImageBuildFailedError(RpcError):
+    """1018: The spec's image could not be built; data.kind says why. data: ImageBuildFailedData."""
+
+    code = 1018
+
+
+class PreloadFailedError(RpcError):
+    """1019: A python.preload module raised when imported. data: PreloadFailedData."""
+
+    code = 1019
+
+
+class WarmupFailedError(RpcError):
+    """1020: A warm-up command failed. data: WarmupFailedData."""
+
+    code = 1020
+
+
+class TemplateIncompatibleError(RpcError):
+    """1021: A template file was captured on a CPU this host cannot stand in for: another vendor, or CPU features this host's KVM lacks (checked before the guest runs). data: TemplateIncompatibleData."""
+
+    code = 1021
+
+
+class TemplateUnresponsiveError(RpcError):
+    """1022: A template's guest did not answer the probe exec every new template gets before it is registered: it spun past the deadline, crashed or broke the protocol. Nothing was registered. data: TemplateUnresponsiveData."""
+
+    code = 1022
+
+
 ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     -32800: RequestCancelledError,
     -32700: ParseError,
@@ -772,6 +975,12 @@ ERROR_CLASSES: Dict[int, Type[RpcError]] = {
     1014: LinuxNeedsHardwareKvmError,
     1015: LinuxBootFailedError,
     1016: FileTooLargeError,
+    1017: SpecInvalidError,
+    1018: ImageBuildFailedError,
+    1019: PreloadFailedError,
+    1020: WarmupFailedError,
+    1021: TemplateIncompatibleError,
+    1022: TemplateUnresponsiveError,
 }
 
 

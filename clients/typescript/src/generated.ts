@@ -24,8 +24,19 @@ export type TemplateInfo = {
   memory_bytes: number;
   /** Live sandboxes forked from it. */
   sandboxes: number;
-  /** Idle VMs ready for forks. */
+  /** Idle VMs ready for its forks: a root template's pool (which also feeds its branches), or the few VMs a branch keeps restored to itself. */
   pooled: number;
+  /** Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch. */
+  depth: number;
+  /** Memory it holds above the memory it maps (what a branch costs). */
+  memory: {
+    /** Pages it captured itself: those its sandbox changed. */
+    own_bytes: number;
+    /** Pages every fork of it gets written over the mapped memory (its own and its ancestors'). */
+    view_bytes: number;
+    /** Memory its page stores hold, shared with its ancestors and branches. */
+    held_bytes: number;
+  };
 };
 
 /** Forked */
@@ -287,29 +298,29 @@ export type FileTooLargeData = {
 
 /** Every error this worker sends: `code` selects the shape of `data`. */
 export type ErrorObject = {
+  code: -32800;
+  message: string;
+  data: CancelledData;
+} | {
   code: -32700;
   message: string;
   data: ParseErrorData;
-} | {
-  code: -32600;
-  message: string;
-  data: InvalidRequestData;
-} | {
-  code: -32601;
-  message: string;
-  data: MethodNotFoundData;
-} | {
-  code: -32602;
-  message: string;
-  data: InvalidParamsData;
 } | {
   code: -32603;
   message: string;
   data: InternalErrorData;
 } | {
-  code: -32800;
+  code: -32602;
   message: string;
-  data: CancelledData;
+  data: InvalidParamsData;
+} | {
+  code: -32601;
+  message: string;
+  data: MethodNotFoundData;
+} | {
+  code: -32600;
+  message: string;
+  data: InvalidRequestData;
 } | {
   code: 1001;
   message: string;
@@ -374,6 +385,30 @@ export type ErrorObject = {
   code: 1016;
   message: string;
   data: FileTooLargeData;
+} | {
+  code: 1017;
+  message: string;
+  data: SpecInvalidData;
+} | {
+  code: 1018;
+  message: string;
+  data: ImageBuildFailedData;
+} | {
+  code: 1019;
+  message: string;
+  data: PreloadFailedData;
+} | {
+  code: 1020;
+  message: string;
+  data: WarmupFailedData;
+} | {
+  code: 1021;
+  message: string;
+  data: TemplateIncompatibleData;
+} | {
+  code: 1022;
+  message: string;
+  data: TemplateUnresponsiveData;
 };
 
 /** RunResult */
@@ -414,31 +449,164 @@ export type RunMany = {
   total_us: number;
 };
 
+/** What a Linux template holds: `zeroboot.toml`, or `template.build {spec}` over JSON-RPC (the same object). Relative host paths are resolved against the spec file's directory (over JSON-RPC: the worker's working directory). Unknown fields are refused with an error naming them. */
+export type TemplateSpec = {
+  /** The root filesystem's starting point: "python" (default: Debian bookworm's python3 3.11 and busybox for `sh` and the common applets) or {oci: PATH}, an OCI image layout directory or a `docker save` / `podman save` tar; its config's Env, WorkingDir and User become the sandbox defaults and the zeroboot agent becomes /init. */
+  base?: "python" | {
+    oci: string;
+  };
+  python?: {
+    /** Requirement strings (PEP 508), resolved with uv on the host for the guest's Python (CPython 3.11, cp311, manylinux x86_64, glibc 2.36) into wheels unpacked into its site-packages. The resolved versions are recorded in the template. Needs base "python" (an OCI image brings its own Python). */
+    packages?: string[];
+    /** Modules imported in the zygote before the snapshot: a fork finds them imported. A preload that raises fails the build with its traceback. */
+    preload?: string[];
+    /** How much of the standard library the image carries; default "full" when `packages` is set, else "minimal". */
+    stdlib?: "minimal" | "full";
+    /** A package index instead of PyPI. */
+    index_url?: string;
+    /** A host directory of wheels searched besides the index. */
+    find_links?: string;
+    /** Use no index: only `find_links` (which is then required when `packages` is set). */
+    no_index?: boolean;
+  };
+  debian?: {
+    /** Debian bookworm packages (`name` or `name=version`), installed with their dependency closure (Depends and Pre-Depends, no Recommends) through zeroboot's own apt configuration, whatever the host's distribution. Maintainer scripts are not run. */
+    packages?: string[];
+  };
+  /** Host files or directories (recursive) copied into the image. */
+  files?: Array<{
+    /** Host path. */
+    from: string;
+    /** Absolute guest path. */
+    to: string;
+    /** Permission bits of every regular file copied, octal (default: the host file's). */
+    mode?: string;
+  }>;
+  /** Environment of every exec; a request's own `env` wins. */
+  env?: {
+    [key: string]: string;
+  };
+  /** Working directory of every exec that names none (absolute). */
+  cwd?: string;
+  /** The guest user every exec runs as: a name (created in the python base; looked up in an OCI image's /etc/passwd), UID or UID:GID. Default root. The agent stays root. */
+  user?: string;
+  /** Shell commands (`sh -c`) run once in the booted guest before the snapshot; their output is logged, a failure fails the build with its stderr. */
+  warmup?: string[];
+  /** Guest memory in MiB (default 512). The image must fit: a spec whose image needs more is refused. */
+  memory_mib?: number;
+};
+
+/** What a spec-built template's image holds (recorded in its file; `zeroboot template inspect` shows it). */
+export type ImageManifest = {
+  /** "python" or "oci:PATH". */
+  base: string;
+  /** Python packages installed, with the versions resolved. */
+  python: Array<{
+    name: string;
+    version: string;
+  }>;
+  /** Debian packages installed for `debian.packages` (their closure), with versions. */
+  debian: Array<{
+    name: string;
+    version: string;
+  }>;
+  preload: string[];
+  initramfs_bytes: number;
+  spec: TemplateSpec;
+};
+
+/** TemplateInfo, and for a spec build the image manifest. */
+export type TemplateBuilt = {
+  template: TemplateId;
+  /** Where it came from: "builtin:bare", a file path, "linux:KERNEL" or "sandbox:ID (from TEMPLATE)". */
+  source: string;
+  /** Guest memory size. */
+  memory_bytes: number;
+  /** Live sandboxes forked from it. */
+  sandboxes: number;
+  /** Idle VMs ready for forks. */
+  pooled: number;
+  manifest?: ImageManifest;
+};
+
+export type SpecInvalidData = {
+  kind: "spec_invalid";
+  /** Path of the field (`python.packages[1]`; `.` for the whole document). */
+  field: string;
+  /** What was wrong and what was expected. */
+  detail: string;
+};
+
+/** `kind`: python_no_wheel (requirement), python_unresolvable (requirement or null), debian_unresolvable (packages), host_file_missing (path: a spec's file, OCI image or wheel directory), oci_invalid (path: not an OCI layout or docker save archive), layer_path_escape (layer: an entry escaping the root or a hard link to outside it), layer_invalid (layer), image_too_large (image_mib, memory_mib, needed_mib), unknown_user (user), no_python (preloads without a Python), build_environment (this host cannot build: no apt or uv, network, disk). */
+export type ImageBuildFailedData = {
+  kind: "python_no_wheel" | "python_unresolvable" | "debian_unresolvable" | "host_file_missing" | "oci_invalid" | "layer_path_escape" | "layer_invalid" | "image_too_large" | "unknown_user" | "no_python" | "build_environment";
+  detail: string;
+  requirement?: string | null;
+  packages?: string;
+  path?: string;
+  layer?: string;
+  image_mib?: number;
+  memory_mib?: number;
+  needed_mib?: number;
+  user?: string;
+};
+
+export type PreloadFailedData = {
+  kind: "preload_failed";
+  /** Python's traceback of the failing import. */
+  traceback: string;
+};
+
+export type WarmupFailedData = {
+  kind: "warmup_failed";
+  command: string;
+  /** null: a signal or the deadline ended it. */
+  exit_code: number | null;
+  stderr: string;
+};
+
+export type TemplateIncompatibleData = {
+  kind: "template_incompatible";
+  path: string;
+  /** What this host lacks: another CPU vendor, CPUID feature bits (leaf, register, bits). */
+  detail: string;
+};
+
+export type TemplateUnresponsiveData = {
+  kind: "template_unresponsive";
+  /** What the guest did when probed (spun past the deadline, crashed, broke the protocol) and where its vCPU was. */
+  detail: string;
+};
+
 /** Params of `template.load`: Load a template. */
 export type TemplateLoadParams = {
   /** A built-in template. */
   builtin?: "bare";
   /** A template file on the worker's host. */
   path?: string;
+  /** Guest memory of a built-in template in MiB ("bare": 32 to 1024, default 32). Not with `path`: a file says its own size. */
+  memory_mib?: number;
 };
 
 /** Result of `template.load` */
 export type TemplateLoadResult = TemplateInfo;
 
-/** Params of `template.build`: Boot a Linux guest into a template. */
+/** Params of `template.build`: Build a Linux template: from a kernel and an initramfs, or from a template spec. */
 export type TemplateBuildParams = {
-  /** Path of a bzImage on the worker's host. */
-  kernel: string;
-  /** Path of the initramfs on the worker's host. */
-  initramfs: string;
+  /** Path of a bzImage on the worker's host. Required without `spec`. */
+  kernel?: string;
+  /** Path of the initramfs on the worker's host. Required without `spec`. */
+  initramfs?: string;
   /** Guest memory in MiB (default 512). */
   memory_mib?: number;
   /** Kernel command line (default: zeroboot's, with the serial console on ttyS0). */
   cmdline?: string;
+  /** A template spec (the JSON form of zeroboot.toml); given alone. Relative host paths are resolved against the worker's working directory. */
+  spec?: TemplateSpec;
 };
 
 /** Result of `template.build` */
-export type TemplateBuildResult = TemplateInfo;
+export type TemplateBuildResult = TemplateBuilt;
 
 /** Params of `template.list`: List templates. */
 export type TemplateListParams = Record<string, never>;
@@ -454,6 +622,8 @@ export type TemplateUnloadParams = {
   template: TemplateId;
   /** Kill its live sandboxes instead of refusing (default false). */
   force?: boolean;
+  /** Leave its live sandboxes running instead of refusing (default false; not with `force`). */
+  keep_sandboxes?: boolean;
 };
 
 /** Result of `template.unload` */
@@ -583,10 +753,12 @@ export type SandboxStatsParams = {
 /** Result of `sandbox.stats` */
 export type SandboxStatsResult = SandboxStats;
 
-/** Params of `sandbox.snapshot`: Turn a live sandbox into a template. */
+/** Params of `sandbox.snapshot`: Branch a live sandbox into a template. */
 export type SandboxSnapshotParams = {
   /** The sandbox. */
   sandbox: SandboxId;
+  /** Copy the sandbox's whole memory into a template of its own instead of a layer (default false). */
+  full_copy?: boolean;
 };
 
 /** Result of `sandbox.snapshot` */
@@ -679,6 +851,20 @@ export type SandboxOutputParams = {
   encoding: Encoding;
 };
 
+/** Params of the `template.progress` notification: Progress of a `template.build` with a spec. */
+export type TemplateProgressParams = {
+  /** Id of the `template.build` call. */
+  request: RequestId;
+  /** resolve, download, assemble, boot, warmup or capture, in that order. */
+  phase: "resolve" | "download" | "assemble" | "boot" | "warmup" | "capture";
+  /** Units done: bytes while downloading, commands while warming up. */
+  done: number;
+  /** Units in all, when known. */
+  total?: number;
+  /** What is happening, for people. */
+  message: string;
+};
+
 /** Every request method: params and result. */
 export interface Methods {
   "template.load": { params: TemplateLoadParams; result: TemplateLoadResult };
@@ -706,10 +892,11 @@ export interface Notifications {
   "exit": ExitParams;
   "$/cancelRequest": CancelRequestParams;
   "sandbox.output": SandboxOutputParams;
+  "template.progress": TemplateProgressParams;
 }
 
 export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.run","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.ping","worker.info","rpc.discover","shutdown"] as const;
-export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output"] as const;
+export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output","template.progress"] as const;
 
 /** Error codes the worker documents. */
 export const ErrorCode = {
@@ -735,6 +922,12 @@ export const ErrorCode = {
   LinuxNeedsHardwareKvm: 1014,
   LinuxBootFailed: 1015,
   FileTooLarge: 1016,
+  SpecInvalid: 1017,
+  ImageBuildFailed: 1018,
+  PreloadFailed: 1019,
+  WarmupFailed: 1020,
+  TemplateIncompatible: 1021,
+  TemplateUnresponsive: 1022,
 } as const;
 
 /** -32800: Request cancelled by $/cancelRequest. data: CancelledData. */
@@ -847,6 +1040,36 @@ export class FileTooLargeError extends ZerobootRpcError {
   static readonly code = 1016;
 }
 
+/** 1017: The template spec was refused. data: SpecInvalidData. */
+export class SpecInvalidError extends ZerobootRpcError {
+  static readonly code = 1017;
+}
+
+/** 1018: The spec's image could not be built; data.kind says why. data: ImageBuildFailedData. */
+export class ImageBuildFailedError extends ZerobootRpcError {
+  static readonly code = 1018;
+}
+
+/** 1019: A python.preload module raised when imported. data: PreloadFailedData. */
+export class PreloadFailedError extends ZerobootRpcError {
+  static readonly code = 1019;
+}
+
+/** 1020: A warm-up command failed. data: WarmupFailedData. */
+export class WarmupFailedError extends ZerobootRpcError {
+  static readonly code = 1020;
+}
+
+/** 1021: A template file was captured on a CPU this host cannot stand in for: another vendor, or CPU features this host's KVM lacks (checked before the guest runs). data: TemplateIncompatibleData. */
+export class TemplateIncompatibleError extends ZerobootRpcError {
+  static readonly code = 1021;
+}
+
+/** 1022: A template's guest did not answer the probe exec every new template gets before it is registered: it spun past the deadline, crashed or broke the protocol. Nothing was registered. data: TemplateUnresponsiveData. */
+export class TemplateUnresponsiveError extends ZerobootRpcError {
+  static readonly code = 1022;
+}
+
 const ERROR_CLASSES: Record<number, typeof ZerobootRpcError> = {
   [-32800]: RequestCancelledError,
   [-32700]: ParseError,
@@ -870,6 +1093,12 @@ const ERROR_CLASSES: Record<number, typeof ZerobootRpcError> = {
   [1014]: LinuxNeedsHardwareKvmError,
   [1015]: LinuxBootFailedError,
   [1016]: FileTooLargeError,
+  [1017]: SpecInvalidError,
+  [1018]: ImageBuildFailedError,
+  [1019]: PreloadFailedError,
+  [1020]: WarmupFailedError,
+  [1021]: TemplateIncompatibleError,
+  [1022]: TemplateUnresponsiveError,
 };
 
 /** The typed error for a JSON-RPC error object (ZerobootRpcError for codes the schema does not list). */

@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
 import { PassThrough } from "node:stream";
 import { dirname, join, resolve, delimiter } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,7 +31,8 @@ export type OutputNotification = Notifications["sandbox.output"];
 
 /** Options of {@link Zeroboot.start}. */
 export interface StartOptions {
-  /** Path of the zeroboot binary. Default: $ZEROBOOT_BIN, then `zeroboot` next to this package, then
+  /** Path of the zeroboot binary. Default: $ZEROBOOT_BIN, then the binary of the platform package
+   * ({@link platformPackage}, installed with this one), then `zeroboot` next to this package, then
    * `../../target/release/zeroboot` relative to the package (a source checkout), then `zeroboot` on PATH. */
   binary?: string;
   /** Arguments after the binary. Default: `["serve"]`. */
@@ -150,15 +152,53 @@ export interface ExecStream extends AsyncIterable<OutputChunk> {
 export interface Template {
   readonly id: string;
   readonly memoryBytes: number;
+  /** Branches between it and the template its memory is mapped from (0: built, loaded or full copy). */
+  readonly depth: number;
+  /** Memory it holds itself: for a branch, the pages its sandbox changed. */
+  readonly ownBytes: number;
+}
+
+function toTemplate(r: ResultOf<"template.load">): Template {
+  return { id: r.template, memoryBytes: r.memory_bytes, depth: r.depth, ownBytes: r.memory.own_bytes };
+}
+
+/** Options of {@link Sandbox.snapshot}. */
+export interface SnapshotOptions extends CallOptions {
+  /** Copy the whole memory into a template of its own instead of a layer. */
+  fullCopy?: boolean;
+}
+
+/** Options of {@link Zeroboot.unloadTemplate}. */
+export interface UnloadOptions extends CallOptions {
+  /** Leave its live sandboxes running (they keep the memory they were forked from). */
+  keepSandboxes?: boolean;
 }
 
 const packageDir = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+/** Name of the package that carries the worker binary for this platform (the esbuild/biome pattern:
+ * one package per platform, each with `os` and `cpu` set, named in the main package's
+ * `optionalDependencies`, so npm installs only the one that fits). */
+export const platformPackage = `@zeroboot/${process.platform}-${process.arch}`;
+
+/** The binary of the installed platform package, or undefined when there is none. */
+function platformBinary(): string | undefined {
+  try {
+    const manifest = createRequire(import.meta.url).resolve(`${platformPackage}/package.json`);
+    const binary = join(dirname(manifest), "bin", "zeroboot");
+    return existsSync(binary) ? binary : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Resolves the worker binary as documented in {@link StartOptions.binary}. */
 export function findBinary(explicit?: string): string {
   if (explicit) return explicit;
   const env = process.env.ZEROBOOT_BIN;
   if (env) return env;
+  const shipped = platformBinary();
+  if (shipped) return shipped;
   for (const candidate of [join(packageDir, "zeroboot"), join(packageDir, "..", "..", "target", "release", "zeroboot")]) {
     if (existsSync(candidate)) return candidate;
   }
@@ -355,8 +395,7 @@ export class Zeroboot implements AsyncDisposable {
 
   /** Loads a template: `{builtin: "bare"}` or `{path}`. */
   async loadTemplate(spec: ParamsOf<"template.load">, opts?: CallOptions): Promise<Template> {
-    const r = await this.call("template.load", spec, opts);
-    return { id: r.template, memoryBytes: r.memory_bytes };
+    return toTemplate(await this.call("template.load", spec, opts));
   }
 
   /** Lists the loaded templates. */
@@ -364,9 +403,11 @@ export class Zeroboot implements AsyncDisposable {
     return (await this.call("template.list", {} as ParamsOf<"template.list">, opts)).templates;
   }
 
-  /** Unloads a template (`force` kills its sandboxes). */
-  async unloadTemplate(template: Template | string, force = false, opts?: CallOptions): Promise<ResultOf<"template.unload">> {
-    return this.call("template.unload", { template: templateId(template), force }, opts);
+  /** Unloads a template; refused while its sandboxes live unless `force` (kills them) or `keepSandboxes`. */
+  async unloadTemplate(template: Template | string, force = false, opts: UnloadOptions = {}): Promise<ResultOf<"template.unload">> {
+    const params: ParamsOf<"template.unload"> = { template: templateId(template), force };
+    if (opts.keepSandboxes) params.keep_sandboxes = true;
+    return this.call("template.unload", params, { signal: opts.signal });
   }
 
   /** Saves a template to a file. */
@@ -532,10 +573,27 @@ export class Sandbox implements AsyncDisposable {
     return new Uint8Array(Buffer.from(r.data, "base64"));
   }
 
-  /** Captures this sandbox's current memory and state as a new template (a branch point); the sandbox carries on. */
-  async snapshot(opts?: CallOptions): Promise<Template> {
-    const r = await this.worker.call("sandbox.snapshot", { sandbox: this.id }, opts);
-    return { id: r.template, memoryBytes: r.memory_bytes };
+  /**
+   * Branches this sandbox: its state and the pages it changed become a new template layered over its
+   * own (fork it like any template: `worker.forkMany(await sb.snapshot(), n)`); the sandbox carries on.
+   */
+  async snapshot(opts: SnapshotOptions = {}): Promise<Template> {
+    const params: ParamsOf<"sandbox.snapshot"> = { sandbox: this.id };
+    if (opts.fullCopy) params.full_copy = true;
+    return toTemplate(await this.worker.call("sandbox.snapshot", params, { signal: opts.signal }));
+  }
+
+  /**
+   * `count` running copies of this sandbox as it is now: a snapshot forked `count` times. The snapshot
+   * is released at once; the copies keep what they need of it until they are killed.
+   */
+  async branch(count = 1, opts?: CallOptions): Promise<Sandbox[]> {
+    const t = await this.snapshot(opts);
+    try {
+      return await this.worker.forkMany(t, count, opts);
+    } finally {
+      await this.worker.unloadTemplate(t, false, { keepSandboxes: true });
+    }
   }
 
   /** Resource usage of the sandbox. */

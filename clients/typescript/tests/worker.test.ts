@@ -43,6 +43,29 @@ describe("zeroboot worker", { skip }, () => {
     assert.ok(stats);
   });
 
+  it("branches: snapshot then forkMany, branch(n), full copies", async () => {
+    await using sb = await zb.fork(bare);
+    await sb.exec(["poke", "0x42"]);
+    const t = await sb.snapshot();
+    assert.equal(t.depth, 1);
+    assert.ok(t.ownBytes > 0 && t.ownBytes <= 64 * 1024);
+    const kids = await zb.forkMany(t, 3);
+    for (const [i, k] of kids.entries()) {
+      assert.equal((await k.exec(["peek"])).stdout, "0x0000000000000042\n");
+      await k.exec(["poke", String(i)]);
+    }
+    // branch(n): n running copies; the snapshot between them is released at once.
+    const copies = await kids[1].branch(2);
+    for (const c of copies) assert.equal((await c.exec(["peek"])).stdout, "0x0000000000000001\n");
+    assert.ok(!(await zb.templates()).some((x) => x.template === copies[0].template));
+    assert.equal((await sb.exec(["peek"])).stdout, "0x0000000000000042\n");
+    for (const k of [...kids, ...copies]) await k.kill();
+    await zb.unloadTemplate(t);
+    const full = await sb.snapshot({ fullCopy: true });
+    assert.equal(full.depth, 0);
+    await zb.unloadTemplate(full);
+  });
+
   it("typed errors for application error codes", async () => {
     await assert.rejects(zb.fork("no-such-template"), (e: unknown) => e instanceof TemplateNotFoundError && e.code === TemplateNotFoundError.code);
     const sb = await zb.fork(bare);

@@ -23,10 +23,12 @@ pub struct Config {
     pub python: Option<PathBuf>,
     /// Act as a guest's system: set the clock, require the entropy reseed, reap orphans.
     pub system: bool,
+    /// The template's settings file ([`crate::template::PATH`] in a guest).
+    pub template: Option<PathBuf>,
 }
 
 /// The usage line printed on bad arguments.
-pub const USAGE: &str = "usage: zeroboot-agent [--transport stdio|mailbox|serial[:PATH]] [--python PATH|none] [--system]";
+pub const USAGE: &str = "usage: zeroboot-agent [--transport stdio|mailbox|serial[:PATH]] [--python PATH|none] [--system] [--template PATH]";
 
 /// Interpreter used in a guest when none is named.
 const GUEST_PYTHON: &str = "/usr/bin/python3";
@@ -67,6 +69,7 @@ impl Config {
                 .is_file()
                 .then(|| GUEST_PYTHON.into()),
             system: true,
+            template: Some(crate::template::PATH.into()),
         };
         for word in cmdline.split_whitespace() {
             if let Some(v) = word.strip_prefix("zeroboot.transport=") {
@@ -84,6 +87,7 @@ impl Config {
             transport: TransportChoice::Stdio,
             python: python_on_path(),
             system: false,
+            template: None,
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -92,6 +96,7 @@ impl Config {
                 "--transport" => config.transport = parse_transport(&value()?)?,
                 "--python" => config.python = parse_python(&value()?),
                 "--system" => config.system = true,
+                "--template" => config.template = Some(value()?.into()),
                 _ => return Err(format!("unknown argument {arg:?}")),
             }
         }

@@ -15,11 +15,13 @@ mod reaper;
 mod server;
 mod sys;
 mod system;
+mod template;
 mod transport;
 
 use config::{Config, TransportChoice};
 use exec::{Runner, Zygote};
 use std::time::Duration;
+use template::TemplateConfig;
 use transport::{Mailbox, Stream, Transport, TransportError};
 
 fn open_transport(choice: &TransportChoice) -> std::io::Result<Box<dyn Transport>> {
@@ -36,11 +38,27 @@ fn open_transport(choice: &TransportChoice) -> std::io::Result<Box<dyn Transport
     })
 }
 
+/// The template's settings (none when the file is absent or unreadable:
+/// the host checks a template's preloads before its snapshot).
+fn template_config(config: &Config) -> TemplateConfig {
+    let Some(path) = &config.template else {
+        return TemplateConfig::default();
+    };
+    TemplateConfig::load(path).unwrap_or_else(|e| {
+        eprintln!("zeroboot-agent: {e}; running without the template's settings");
+        TemplateConfig::default()
+    })
+}
+
 fn start_runner(config: &Config) -> Runner {
-    let zygote = config
-        .python
+    let spec = template_config(config);
+    let python = match spec.python {
+        Some(choice) => choice,
+        None => config.python.clone(),
+    };
+    let zygote = python
         .as_deref()
-        .and_then(|python| match Zygote::start(python) {
+        .and_then(|python| match Zygote::start(python, &spec.preload) {
             Ok(z) => Some(z),
             Err(e) => {
                 eprintln!(
@@ -53,6 +71,7 @@ fn start_runner(config: &Config) -> Runner {
     Runner {
         zygote,
         system: config.system,
+        defaults: spec.defaults,
     }
 }
 

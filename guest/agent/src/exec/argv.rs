@@ -31,6 +31,10 @@ pub fn spawn(req: &ExecRequest) -> io::Result<(ArgvProgram, Stdio)> {
     if let Some(cwd) = &req.cwd {
         cmd.current_dir(cwd);
     }
+    if let Some((uid, gid)) = req.user {
+        // std drops the supplementary groups too when root changes user.
+        cmd.uid(uid).gid(gid);
+    }
     let mut child = cmd.spawn()?;
     let pidfd = match sys::pidfd_open(child.id()) {
         Ok(fd) => fd,

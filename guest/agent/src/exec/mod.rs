@@ -9,6 +9,7 @@ mod request;
 pub use python::Zygote;
 pub use request::ExecRequest;
 
+use crate::template::Defaults;
 use crate::transport::{Transport, TransportError};
 use crate::{entropy, frames};
 use std::fs::File;
@@ -43,6 +44,8 @@ pub struct Runner {
     /// Acting as a guest's system: set the clock per exec, and treat a
     /// refused entropy reseed as an error (a test process does neither).
     pub system: bool,
+    /// The template's defaults for every exec.
+    pub defaults: Defaults,
 }
 
 impl Runner {
@@ -53,6 +56,7 @@ impl Runner {
         t: &mut dyn Transport,
         req: ExecRequest,
     ) -> Result<usize, TransportError> {
+        let req = req.with_defaults(&self.defaults);
         if let Err(e) = entropy::refresh(&req, self.system) {
             let msg = format!("cannot refresh guest entropy and clock: {e}");
             return Ok(frames::error(t.buf(), AgentErrorCode::Io, &msg));

@@ -20,6 +20,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A warmed Python interpreter waiting for exec requests.
 pub struct Zygote {
     python: PathBuf,
+    preload: Vec<String>,
     process: Child,
     /// SOCK_SEQPACKET control channel (the zygote's fd 0).
     ctl: File,
@@ -29,17 +30,25 @@ pub struct Zygote {
 }
 
 impl Zygote {
-    /// Starts `python` with the zygote script and waits until it has preloaded.
-    pub fn start(python: &Path) -> io::Result<Zygote> {
+    /// Starts `python` with the zygote script and waits until it has
+    /// preloaded the built-in list and `extra` (the template's).
+    pub fn start(python: &Path, extra: &[String]) -> io::Result<Zygote> {
         let (ours, theirs) = sys::seqpacket_pair()?;
+        let mut preload = zeroboot_proto::PYTHON_PRELOAD.to_owned();
+        for module in extra {
+            preload.push(',');
+            preload.push_str(module);
+        }
         let process = Command::new(python)
-            // Modules missing from the image are skipped (and logged).
-            .args(["-I", "-c", SCRIPT, zeroboot_proto::PYTHON_PRELOAD])
+            // Modules missing from the image are skipped (and logged); the
+            // host checks a template's own preloads before its snapshot.
+            .args(["-I", "-c", SCRIPT, &preload])
             .stdin(theirs)
             .stdout(std::process::Stdio::null())
             .spawn()?;
         let mut zygote = Zygote {
             python: python.to_owned(),
+            preload: extra.to_vec(),
             process,
             ctl: File::from(ours),
             broken: false,
@@ -69,7 +78,7 @@ impl Zygote {
         {
             eprintln!("zeroboot-agent: old python zygote was already reaped");
         }
-        *self = Zygote::start(&self.python.clone())?;
+        *self = Zygote::start(&self.python.clone(), &self.preload.clone())?;
         Ok(())
     }
 
@@ -161,6 +170,9 @@ fn encode_request(req: &ExecRequest) -> Vec<u8> {
             .map(|p| p.as_os_str().as_bytes())
             .unwrap_or_default(),
     );
+    let (uid, gid) = req.user.unwrap_or((u32::MAX, u32::MAX));
+    out.extend(uid.to_le_bytes());
+    out.extend(gid.to_le_bytes());
     out
 }
 
@@ -218,6 +230,7 @@ mod tests {
             env: vec![("K".into(), "V".into())],
             cwd: None,
             stdin: Vec::new(),
+            user: Some((1000, 7)),
         };
         let body = encode_request(&req);
         let mut want = vec![2, 0, 0, 0, 8, 0, 0, 0];
@@ -225,6 +238,7 @@ mod tests {
         want.extend([
             1, 0, 0, 0, b'a', 1, 0, 0, 0, 1, 0, 0, 0, b'K', 1, 0, 0, 0, b'V', 0, 0, 0, 0,
         ]);
+        want.extend([0xe8, 3, 0, 0, 7, 0, 0, 0]);
         assert_eq!(body, want);
     }
 }

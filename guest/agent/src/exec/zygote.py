@@ -7,6 +7,7 @@
 #                    (stdin, stdout, stderr of the run) and the body
 #                    u32 argc, argc x bytes (argv[0] is the source),
 #                    u32 envc, envc x (key bytes, value bytes), cwd bytes,
+#                    u32 uid, u32 gid (0xffffffff: stay root),
 #                    where "bytes" is a u32 little-endian length then the bytes.
 #   zygote -> agent: b"R" once warmed; per request b"P" + u32 child pid,
 #                    then b"S" + i32 raw wait status (or b"E" + message).
@@ -48,7 +49,8 @@ def _parse(body):
     argv = [blob() for _ in range(u32())]
     env = [(blob(), blob()) for _ in range(u32())]
     cwd = blob()
-    return argv, env, cwd
+    uid, gid = u32(), u32()
+    return argv, env, cwd, uid, gid
 
 
 def _exit_code(e):
@@ -68,9 +70,14 @@ def _child(body, fds):
     for fd in fds:
         if fd > 2:
             os.close(fd)
-    argv, env, cwd = _parse(body)
+    argv, env, cwd, uid, gid = _parse(body)
     for key, value in env:
         os.environb[key] = value
+    if uid != 0xFFFFFFFF:
+        # The template's user: the zygote stays root, its child does not.
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
     if cwd:
         os.chdir(cwd)
     # The kernel CRNG was reseeded with host randomness before this fork;

@@ -1,0 +1,336 @@
+//! Layers: what a template's memory is, and the one way a machine is captured
+//! and restored.
+//!
+//! A root layer is a base file (a sealed memfd, or a template file mapped from
+//! the page cache) plus the machine state captured with it. A branch is its
+//! parent plus the pages the sandbox changed: only those are copied, into a
+//! [`PageStore`] of its own, and the base stays shared. Each layer carries a
+//! flattened index of every page above the base (its own and its ancestors',
+//! the newest copy of each), so a fork of a branch at depth 100 does exactly
+//! what one at depth 1 does: map the base copy-on-write, write the indexed
+//! pages over it, restore the state.
+//!
+//! Pages are reference-counted per store: a layer holds the stores its index
+//! points into, and nothing else, so a store whose every page was rewritten
+//! further down a chain is freed as soon as the layers that still show it
+//! are gone. A chain that would pin more than twice the memory its index
+//! shows is compacted instead (its live pages copied into one store), which
+//! bounds what any branch costs by what it shows.
+//!
+//! This is the shape of Firecracker's `Persist` (save a state, restore a thing
+//! from it): [`Layer::capture`] is the only way a running VM becomes a
+//! template (the bare guest's boot, a Linux boot, a branch), and
+//! [`Layer::restore`] the only way a VM becomes a fork of one (a cold VM, a
+//! recycled VM, a pooled VM handed to a branch, the hot-page probe).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kvm_bindings::CpuId;
+
+use crate::agent::Mailbox;
+use crate::vmm::memory::{MemoryFile, PAGE, PageStore};
+use crate::vmm::{Hypervisor, MachineState, Vm, VmmError};
+
+/// A chain may hold at most this many times the pages its index shows
+/// (plus [`COMPACT_SLACK`]) before the next branch compacts it.
+const COMPACT_RATIO: usize = 2;
+/// Pages of waste always tolerated, so small branches never compact.
+const COMPACT_SLACK: usize = 256;
+/// Most private pages a reset copies back in place (1 MiB); more are dropped
+/// by mapping the base again.
+const IN_PLACE_RESET_PAGES: usize = 256;
+
+/// Where one indexed page lives.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    gpa: u64,
+    store: u32,
+    slot: u32,
+}
+
+/// A machine's memory and state: a base file, pages above it, and the state.
+pub(crate) struct Layer {
+    base: Arc<MemoryFile>,
+    /// Every page above the base, sorted by address.
+    index: Vec<Entry>,
+    /// The stores `index` points into.
+    stores: Vec<Arc<PageStore>>,
+    /// Pages this layer itself added (its share of `stores`).
+    own_pages: usize,
+    pub state: MachineState,
+    pub mailbox: Mailbox,
+    /// Branches between this layer and its base (0 for a root).
+    pub depth: u32,
+}
+
+/// What a captured VM's memory is relative to.
+pub(crate) enum Over<'a> {
+    /// It booted over a shared mapping of `base`, which now holds its memory.
+    Boot {
+        /// The file the VM wrote into.
+        base: Arc<MemoryFile>,
+        /// The mailbox its agent registered.
+        mailbox: Mailbox,
+    },
+    /// It is a fork of this layer.
+    Layer(&'a Layer),
+}
+
+/// How a VM's mapping stands before [`Layer::restore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ram {
+    /// A fresh mapping of the base, or one already reset to it.
+    Clean,
+    /// A previous tenant's pages may be in it.
+    Used,
+}
+
+/// Memory a layer accounts for, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerMemory {
+    /// Pages this layer added itself.
+    pub own_bytes: u64,
+    /// Pages every fork of it gets written over the base (its and its ancestors').
+    pub view_bytes: u64,
+    /// Memory its page stores hold, shared with its ancestors and descendants.
+    pub held_bytes: u64,
+}
+
+impl Layer {
+    /// A root layer: `base` as captured with `state`.
+    pub fn root(base: Arc<MemoryFile>, state: MachineState, mailbox: Mailbox) -> Layer {
+        Layer {
+            base,
+            index: Vec::new(),
+            stores: Vec::new(),
+            own_pages: 0,
+            state,
+            mailbox,
+            depth: 0,
+        }
+    }
+
+    /// The base file every fork of this layer maps.
+    pub fn base(&self) -> &Arc<MemoryFile> {
+        &self.base
+    }
+
+    /// Guest memory size.
+    pub fn memory_bytes(&self) -> usize {
+        self.base.size()
+    }
+
+    /// What this layer costs (one place, for accounting and reports).
+    pub fn memory(&self) -> LayerMemory {
+        LayerMemory {
+            own_bytes: (self.own_pages * PAGE) as u64,
+            view_bytes: (self.index.len() * PAGE) as u64,
+            held_bytes: self.stores.iter().map(|s| s.bytes() as u64).sum(),
+        }
+    }
+
+    /// The indexed page at `gpa`, if the layer has one above the base.
+    fn indexed(&self, gpa: u64) -> Option<&[u8]> {
+        let i = self.index.binary_search_by_key(&gpa, |e| e.gpa).ok()?;
+        Some(self.page(&self.index[i]))
+    }
+
+    fn page(&self, e: &Entry) -> &[u8] {
+        self.stores[e.store as usize].page(e.slot as usize)
+    }
+
+    /// Whether this layer shows exactly `page` at `gpa`.
+    fn shows(&self, gpa: u64, page: &[u8]) -> std::io::Result<bool> {
+        static ZERO: [u8; PAGE] = [0; PAGE];
+        match self.indexed(gpa) {
+            Some(p) => Ok(p == page),
+            None if !self.base.has_data(gpa as usize / PAGE)? => Ok(page == ZERO),
+            None => {
+                let mut buf = [0u8; PAGE];
+                self.base.read(gpa, &mut buf)?;
+                Ok(buf == page)
+            }
+        }
+    }
+
+    /// Reads page `gpa` as this layer shows it into `buf`.
+    pub fn read_page(&self, gpa: u64, buf: &mut [u8; PAGE]) -> std::io::Result<()> {
+        match self.indexed(gpa) {
+            Some(p) => {
+                buf.copy_from_slice(p);
+                Ok(())
+            }
+            None if !self.base.has_data(gpa as usize / PAGE)? => {
+                buf.fill(0);
+                Ok(())
+            }
+            None => self.base.read(gpa, buf),
+        }
+    }
+
+    /// Whether page `gpa` of this layer may hold something other than zeros
+    /// (false: certainly zero).
+    pub fn may_have_data(&self, gpa: u64) -> std::io::Result<bool> {
+        Ok(self.indexed(gpa).is_some() || self.base.has_data(gpa as usize / PAGE)?)
+    }
+
+    /// Captures the stopped machine in `vm`: its state (with `cpuid`, the
+    /// CPUID its vCPU was created with) and its memory. A VM that booted over
+    /// a shared mapping of `base` wrote straight into it ([`Over::Boot`]): the
+    /// result is a root layer over that base. A fork of a layer
+    /// ([`Over::Layer`]) gives a branch of it holding only the pages that now
+    /// differ from what the layer shows. The VM is untouched and runs on.
+    pub fn capture(
+        vm: &mut Vm,
+        hv: &Hypervisor,
+        cpuid: &CpuId,
+        over: Over<'_>,
+    ) -> Result<Layer, VmmError> {
+        // A vCPU stopped in an I/O exit owes the guest the end of that
+        // instruction; finish it so the state is self-consistent.
+        vm.complete_pending_io()?;
+        let state = vm.capture(hv, cpuid)?;
+        let parent = match over {
+            Over::Boot { base, mailbox } => return Ok(Layer::root(base, state, mailbox)),
+            Over::Layer(parent) => parent,
+        };
+        let io = |e: std::io::Error| VmmError::MapMemory(e);
+        let private = vm.ram().private_pages().map_err(io)?;
+        let mut store = PageStore::with_capacity(private.len())?;
+        let mut added = Vec::new();
+        for gpa in private {
+            // Each page is read once, straight into the store's next slot,
+            // which is kept only if the page differs from the parent's.
+            let page = store.spare();
+            vm.ram().read(gpa, page)?;
+            if !parent.shows(gpa, page).map_err(io)? {
+                added.push((gpa, store.keep() as u32));
+            }
+        }
+        store.shrink();
+        let own_pages = store.len();
+        let mut layer = parent.stack(store, &added, state);
+        layer.own_pages = own_pages;
+        if layer.wasteful() {
+            layer.compact()?;
+        }
+        Ok(layer)
+    }
+
+    /// A child of `self`: its index overridden by `added` (address, slot in
+    /// `store`), holding only the stores the result still points into.
+    fn stack(&self, store: PageStore, added: &[(u64, u32)], state: MachineState) -> Layer {
+        let new_store = self.stores.len() as u32;
+        let mut index = Vec::with_capacity(self.index.len() + added.len());
+        let (mut old, mut new) = (self.index.iter().peekable(), added.iter().peekable());
+        loop {
+            let take_new = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(o), Some(n)) => n.0 <= o.gpa,
+            };
+            if take_new {
+                let &(gpa, slot) = new.next().expect("peeked");
+                if old.peek().is_some_and(|o| o.gpa == gpa) {
+                    old.next();
+                }
+                index.push(Entry {
+                    gpa,
+                    store: new_store,
+                    slot,
+                });
+            } else {
+                index.push(*old.next().expect("peeked"));
+            }
+        }
+        let mut stores = self.stores.clone();
+        stores.push(Arc::new(store));
+        let (index, stores) = keep_used(index, stores);
+        Layer {
+            base: Arc::clone(&self.base),
+            index,
+            stores,
+            own_pages: 0,
+            state,
+            mailbox: self.mailbox,
+            depth: self.depth + 1,
+        }
+    }
+
+    /// True when the stores held pin far more pages than the index shows.
+    fn wasteful(&self) -> bool {
+        let held: usize = self.stores.iter().map(|s| s.len()).sum();
+        held > COMPACT_RATIO * self.index.len() + COMPACT_SLACK
+    }
+
+    /// Copies every indexed page into one store of this layer's own.
+    fn compact(&mut self) -> Result<(), VmmError> {
+        let mut store = PageStore::with_capacity(self.index.len())?;
+        let mut index = Vec::with_capacity(self.index.len());
+        for e in &self.index {
+            let slot = store.push(self.page(e)) as u32;
+            index.push(Entry {
+                gpa: e.gpa,
+                store: 0,
+                slot,
+            });
+        }
+        self.own_pages = store.len();
+        self.index = index;
+        self.stores = vec![Arc::new(store)];
+        Ok(())
+    }
+
+    /// This layer's memory copied whole into a new sealed memfd: a root with
+    /// the same state, sharing nothing with its ancestors.
+    pub fn flatten(self) -> Result<Layer, VmmError> {
+        let io = |e: std::io::Error| VmmError::CreateMemory {
+            size: self.memory_bytes(),
+            source: e,
+        };
+        let base = MemoryFile::create("zeroboot-flat", self.memory_bytes())?;
+        let mut page = [0u8; PAGE];
+        for gpa in (0..self.memory_bytes() as u64).step_by(PAGE) {
+            if self.may_have_data(gpa).map_err(io)? {
+                self.read_page(gpa, &mut page).map_err(io)?;
+                if page.iter().any(|&b| b != 0) {
+                    base.write(gpa, &page).map_err(io)?;
+                }
+            }
+        }
+        base.seal()?;
+        Ok(Layer::root(Arc::new(base), self.state, self.mailbox))
+    }
+
+    /// Makes `vm` a fresh fork of this layer: its memory shows exactly what
+    /// this layer shows (base, `hot` pages copied ahead, indexed pages written
+    /// over it) and its machine state is this layer's.
+    pub fn restore(&self, vm: &mut Vm, hot: &[u64], ram: Ram) -> Result<(), VmmError> {
+        if ram == Ram::Used {
+            vm.ram().reset_private(&self.base, IN_PLACE_RESET_PAGES)?;
+        }
+        vm.ram().precopy(hot)?;
+        vm.ram()
+            .place(self.index.iter().map(|e| (e.gpa, self.page(e))))?;
+        vm.restore(&self.state)
+    }
+}
+
+/// Drops the stores no entry points into and renumbers the rest.
+fn keep_used(
+    mut index: Vec<Entry>,
+    stores: Vec<Arc<PageStore>>,
+) -> (Vec<Entry>, Vec<Arc<PageStore>>) {
+    let mut renumber = HashMap::new();
+    let mut kept = Vec::new();
+    for e in &mut index {
+        let n = *renumber.entry(e.store).or_insert_with(|| {
+            kept.push(Arc::clone(&stores[e.store as usize]));
+            kept.len() as u32 - 1
+        });
+        e.store = n;
+    }
+    (index, kept)
+}

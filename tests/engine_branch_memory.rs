@@ -1,0 +1,83 @@
+//! Memory a branch holds is given back when nothing needs it, and the
+//! worker's RSS shows it. Alone in its own test binary (its own process), so
+//! no other test's memory moves the RSS it reads.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use zeroboot::engine::{Branching, CancelToken, Engine, TemplateInfo, Unload};
+
+fn branch(e: &Engine, sb: &str) -> TemplateInfo {
+    e.snapshot_sandbox(sb, Branching::Layer, &CancelToken::new())
+        .expect("snapshot")
+}
+
+fn fork(e: &Engine, t: &str) -> String {
+    e.fork(t).expect("fork").sandbox
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Waits (up to 5 s) for `cond` on the worker's RSS.
+fn rss_settles(cond: impl Fn(u64) -> bool) -> u64 {
+    for _ in 0..500 {
+        let r = rss_kib();
+        if cond(r) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rss_kib()
+}
+
+#[test]
+fn memory_is_given_back_when_no_template_or_sandbox_needs_it() {
+    if !kvm_or_skip("memory_is_given_back_when_no_template_or_sandbox_needs_it") {
+        return;
+    }
+    const MIB: u64 = 1024;
+    let (e, root) = engine();
+    let a = fork(&e, &root);
+    stdout(&e, &a, &["dirty", "4096"]);
+    let base = rss_settles(|_| true);
+    let b = branch(&e, &a);
+    assert!(b.memory.own_bytes >= 16 << 20);
+    let with_branch = rss_kib();
+    assert!(
+        with_branch >= base + 14 * MIB,
+        "the branch's 16 MiB show in RSS: {base} -> {with_branch} KiB"
+    );
+    // Unloading the branch frees it: nothing else needs its pages.
+    e.unload_template(&b.template, Unload::IfUnused).unwrap();
+    let after_unload = rss_settles(|r| r < base + 4 * MIB);
+    assert!(
+        after_unload < base + 4 * MIB,
+        "unloaded: {base} -> {with_branch} -> {after_unload} KiB"
+    );
+    // A fork keeps its branch alive after the unload; killing it frees both
+    // the branch and the fork's copy (its VM is recycled: pages dropped).
+    let b = branch(&e, &a);
+    let c = fork(&e, &b.template);
+    assert_eq!(stdout(&e, &c, &["echo", "ok"]), "ok\n");
+    e.unload_template(&b.template, Unload::KeepSandboxes)
+        .unwrap();
+    let held = rss_kib();
+    assert!(held >= base + 28 * MIB, "branch and fork: {held} KiB");
+    assert_eq!(stdout(&e, &c, &["echo", "still"]), "still\n");
+    e.kill(&c).unwrap();
+    let after_kill = rss_settles(|r| r < base + 4 * MIB);
+    assert!(
+        after_kill < base + 4 * MIB,
+        "last fork killed: {base} -> {held} -> {after_kill} KiB"
+    );
+}
