@@ -96,7 +96,7 @@ struct ServeArgs {
 struct McpArgs {
     #[command(flatten)]
     engine: EngineArgs,
-    /// The sessions' template: `bare` (built in) or a file saved by template.save.
+    /// The sessions' template: `bare` (built in), a file saved by template.save, or a template spec (`.toml`/`.json`, built at first use).
     #[arg(long, default_value = "bare", value_parser = zeroboot::mcp::TemplateSource::parse)]
     template: zeroboot::mcp::TemplateSource,
 }

@@ -32,18 +32,23 @@ fn kernel_package(depends: &str) -> Option<Package> {
     })
 }
 
-/// Returns the cached kernel image, fetching it first if needed. Only the
-/// kernel package itself is downloaded: its dependencies (initramfs-tools,
-/// kmod, ...) are for installing it, which never happens.
-pub fn fetch(debian: &Debian, cache: &Path, progress: Reporter<'_>) -> Result<PathBuf, ImageError> {
+/// The kernel package the meta-package currently names. Only that package
+/// is ever downloaded: its dependencies (initramfs-tools, kmod, ...) are for
+/// installing it, which never happens.
+pub fn package(debian: &Debian) -> Result<Package, ImageError> {
     let fields = debian.show(META)?;
-    let package = fields
+    fields
         .get("Depends")
         .and_then(|d| kernel_package(d))
         .ok_or_else(|| ImageError::PackageContents {
             package: META.into(),
             what: "versioned kernel dependency",
-        })?;
+        })
+}
+
+/// Returns the cached kernel image, fetching it first if needed.
+pub fn fetch(debian: &Debian, cache: &Path, progress: Reporter<'_>) -> Result<PathBuf, ImageError> {
+    let package = package(debian)?;
     let dir = cache.join("kernel").join(&package.name);
     let vmlinuz = dir.join("vmlinuz");
     if vmlinuz.is_file() {

@@ -54,6 +54,7 @@ pub mod cache;
 mod command;
 mod cpio;
 pub mod debian;
+pub mod debs;
 mod error;
 mod initramfs;
 mod kernel;

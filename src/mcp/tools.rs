@@ -485,6 +485,9 @@ impl ServerHandler for Server {
         let template = match self.session.source() {
             TemplateSource::Builtin(name) => format!("the built-in `{name}` template"),
             TemplateSource::File(path) => format!("the template file {}", path.display()),
+            TemplateSource::Spec(path, _) => {
+                format!("the template built from the spec {}", path.display())
+            }
         };
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("zeroboot", env!("CARGO_PKG_VERSION")))
