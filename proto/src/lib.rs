@@ -200,6 +200,16 @@ pub fn encode_frame(
     Ok(HEADER_LEN + len)
 }
 
+/// The length of the frame `body` would build, header included, whatever
+/// its size (nothing is stored).
+pub fn frame_len(
+    body: impl FnOnce(&mut Writer<'_>) -> Result<(), WireError>,
+) -> Result<usize, WireError> {
+    let mut w = Writer::counting();
+    body(&mut w)?;
+    Ok(HEADER_LEN + w.position())
+}
+
 /// Splits a buffer holding a frame into its validated header and payload.
 pub fn decode_frame(buf: &[u8]) -> Result<(Header, &[u8]), WireError> {
     let header = Header::decode(buf)?;

@@ -12,7 +12,7 @@ use super::transfer::{FrameLink, request};
 
 /// Asks the agent to bring the interface up as `up` says.
 pub fn net_up(link: &mut dyn FrameLink, up: &NetUp) -> Result<(), AgentError> {
-    let frame = encode(Kind::NetUp, 0, 0, |w| up.encode(w))?;
+    let frame = encode(Kind::NetUp, 0, |w| up.encode(w))?;
     request(link, &frame, Kind::Done, &mut Vec::new()).map(drop)
 }
 

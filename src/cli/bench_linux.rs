@@ -12,9 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zeroboot::agent::{ExecRequest, Program};
 use zeroboot::engine::{
-    CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecOptions,
+    CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, ExecRequest, Program,
 };
 
 use super::stats::{summarize, summarize_values};
@@ -22,13 +21,13 @@ use super::stats::{summarize, summarize_values};
 fn python_print() -> ExecRequest {
     ExecRequest {
         argv: vec!["print(1+1)".into()],
-        program: Some(Program::Python),
+        program: Program::Python,
         ..Default::default()
     }
 }
 
 fn exec_python(engine: &Engine, sandbox: &str, req: &ExecRequest) -> Result<(), EngineError> {
-    let r = engine.exec(sandbox, req, &ExecOptions::default(), &mut |_, _| {})?;
+    let r = engine.exec(sandbox, req, &CancelToken::new(), &mut |_, _| {})?;
     if r.exit_code != Some(0) || !r.stdout.ends_with(b"2\n") {
         return Err(EngineError::InvalidRequest(format!(
             "bench exec gave exit {:?}, stdout {:?}, stderr {:?}",
@@ -151,7 +150,7 @@ pub fn run_spec(config: &EngineConfig, spec: &Path, samples: usize) -> Result<Va
     code.push_str("print(1+1)\n");
     let preloaded = ExecRequest {
         argv: vec![code],
-        program: Some(Program::Python),
+        program: Program::Python,
         ..Default::default()
     };
     let warm = fork_exec(&engine, &template, &preloaded, samples)?;

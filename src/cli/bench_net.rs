@@ -10,8 +10,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 
 use serde_json::{Value, json};
-use zeroboot::agent::{ExecRequest, NetLink, Program};
-use zeroboot::engine::{Engine, EngineError, ExecOptions, ForkNetwork, ForkOptions, NetworkSpec};
+use zeroboot::agent::NetLink;
+use zeroboot::engine::{
+    CancelToken, Engine, EngineError, ExecRequest, ForkNetwork, ForkOptions, NetworkSpec, Program,
+};
 
 use super::stats::summarize_values;
 
@@ -48,14 +50,11 @@ fn server() -> Result<SocketAddr, EngineError> {
 fn measure(engine: &Engine, sandbox: &str, source: String) -> Result<Vec<f64>, EngineError> {
     let req = ExecRequest {
         argv: vec![source],
-        program: Some(Program::Python),
-        ..Default::default()
-    };
-    let opts = ExecOptions {
+        program: Program::Python,
         timeout: Some(std::time::Duration::from_secs(600)),
         ..Default::default()
     };
-    let r = engine.exec(sandbox, &req, &opts, &mut |_, _| {})?;
+    let r = engine.exec(sandbox, &req, &CancelToken::new(), &mut |_, _| {})?;
     let out = String::from_utf8_lossy(&r.stdout);
     let values: Option<Vec<f64>> = out.split_whitespace().map(|v| v.parse().ok()).collect();
     match values {

@@ -75,6 +75,7 @@ impl EngineArgs {
             default_timeout_ms: self.default_timeout_ms,
             default_output_cap: self.output_cap,
             max_file_bytes: self.max_file_bytes,
+            ..EngineConfig::default()
         }
     }
 }

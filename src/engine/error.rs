@@ -157,9 +157,7 @@ impl EngineError {
                 message,
             } => EngineError::FileTooLarge { detail: message },
             AgentError::Agent { message, .. } => EngineError::AgentFailed { message },
-            AgentError::RequestTooLarge(n) => EngineError::InvalidRequest(format!(
-                "request of {n} bytes exceeds the guest mailbox"
-            )),
+            e @ AgentError::RequestTooLarge { .. } => EngineError::InvalidRequest(e.to_string()),
             AgentError::Vmm(v) => EngineError::Vmm(v),
         }
     }

@@ -87,7 +87,7 @@ pub(crate) enum Ram {
 }
 
 /// Memory a layer accounts for, in bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LayerMemory {
     /// Pages this layer added itself.
     pub own_bytes: u64,

@@ -8,7 +8,9 @@
 
 mod branch;
 mod cancel;
+mod config;
 mod converse;
+mod deadline;
 mod error;
 mod exec;
 mod file;
@@ -18,6 +20,7 @@ mod linux;
 mod network;
 mod pool;
 mod recycle;
+mod request;
 mod sandbox;
 mod session;
 mod spec;
@@ -30,52 +33,28 @@ use std::time::{Duration, Instant};
 
 pub use branch::Branching;
 pub use cancel::CancelToken;
+pub use config::{EngineConfig, MAX_TIMEOUT_MS};
+pub use converse::Done;
 pub use error::EngineError;
-pub use exec::{EXEC_HOST_GRACE_MS, ExecOptions, ExecResult};
+pub use exec::ExecSink;
 pub use file::FileInfo;
 pub use layer::LayerMemory;
 pub use linux::DEFAULT_LINUX_MEMORY_MIB;
 pub use network::{ForkNetwork, NetworkSpec};
+pub use request::{ExecRequest, ExecResult, OutputStream, Program};
 pub use spec::SpecTemplate;
 pub use template::{BARE_GUEST, Template};
 
 use crate::image::spec_image::Manifest;
 use crate::vmm::{Flavor, Hypervisor, memory};
+use deadline::Deadlines;
 use layer::Layer;
 use pool::{Health, Pool, Shell};
 use sandbox::{Counters, Sandbox};
 use template::Family;
 
-/// Limits and sizes chosen by the operator.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct EngineConfig {
-    /// Idle VMs kept ready per template.
-    pub pool_size: usize,
-    /// Most sandboxes alive at once.
-    pub max_sandboxes: usize,
-    /// Deadline of an exec that names none.
-    pub default_timeout_ms: u64,
-    /// Output bytes (stdout + stderr) kept per exec by default.
-    pub default_output_cap: usize,
-    /// Largest file `write_file` sends and `read_file` accepts (the guest
-    /// may set a lower limit of its own).
-    pub max_file_bytes: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            pool_size: 8,
-            max_sandboxes: 4096,
-            default_timeout_ms: 30_000,
-            default_output_cap: 1 << 20,
-            max_file_bytes: 16 << 20,
-        }
-    }
-}
-
 /// Public facts about a template.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct TemplateInfo {
     /// Its id.
     pub template: String,
@@ -108,20 +87,33 @@ pub enum Unload {
 }
 
 /// Public facts about a sandbox.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct SandboxInfo {
     /// Its id.
     pub sandbox: String,
     /// Its template.
     pub template: String,
-    /// Whether it can run an exec ("ready", "busy", "broken").
-    pub state: String,
-    /// Why it is broken, if it is.
-    pub reason: Option<String>,
+    /// Whether it can run an exec.
+    pub state: SandboxState,
+}
+
+/// Whether a sandbox can run an exec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SandboxState {
+    /// Idle and healthy.
+    Ready,
+    /// Running a call.
+    Busy,
+    /// Stopped mid-request (timeout, cancel, crash, protocol violation); only
+    /// kill remains.
+    Broken {
+        /// What happened.
+        reason: String,
+    },
 }
 
 /// Resource use of one sandbox.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct SandboxStats {
     /// Its id.
     pub sandbox: String,
@@ -151,7 +143,7 @@ pub struct ForkOptions {
 }
 
 /// A fork's result.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct Forked {
     /// The new sandbox.
     pub sandbox: String,
@@ -159,6 +151,13 @@ pub struct Forked {
     pub fork_us: u64,
     /// Whether a pooled VM was used (false: created on the request path).
     pub pooled: bool,
+}
+
+/// A killed sandbox, gone from every list; dropping this hands its VM to be
+/// recycled (which wakes the VM's thread) unless a call still running on it
+/// holds it longer.
+pub struct Killed {
+    _sandbox: Arc<Sandbox>,
 }
 
 /// Smallest guest memory of the bare template: all its program touches.
@@ -173,6 +172,23 @@ pub const MAX_BARE_MEMORY_MIB: usize = 1024;
 /// with 4 per core against 1.21-1.45 s with 1, at the same CPU time (2 cores).
 const CREATORS_PER_CORE: usize = 4;
 
+/// A ready VM for a fork of `tpl`, if there is one: one its branch keeps
+/// restored to itself, else one from its family's pool (a fork of the root,
+/// which a branch goes over on the VM's thread before any request). Forks of
+/// a root skip the branch pool's lock.
+fn take_pooled(tpl: &Template) -> Option<Shell> {
+    if tpl.is_branch()
+        && let Some(shell) = tpl.ready.take()
+    {
+        return Some(shell);
+    }
+    let shell = tpl.family.pool.take()?;
+    if tpl.is_branch() {
+        tpl.adopt(&shell);
+    }
+    Some(shell)
+}
+
 /// The engine (cheap to clone; clones share everything).
 #[derive(Clone)]
 pub struct Engine(Arc<Inner>);
@@ -186,12 +202,16 @@ struct Inner {
     shut: AtomicBool,
     refillers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     networking: network::Networking,
+    deadlines: Deadlines,
 }
 
 impl Engine {
     /// Opens KVM and starts an empty engine.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         let hv = Hypervisor::open().map_err(EngineError::KvmUnavailable)?;
+        let deadlines = Deadlines::start().map_err(|e| {
+            EngineError::ResourceLimit(format!("cannot start the deadline thread: {e}"))
+        })?;
         crate::vmm::raise_nofile();
         crate::vmm::one_malloc_arena();
         Ok(Engine(Arc::new(Inner {
@@ -203,6 +223,7 @@ impl Engine {
             shut: AtomicBool::new(false),
             refillers: Mutex::new(Vec::new()),
             networking: network::Networking::default(),
+            deadlines,
         })))
     }
 
@@ -456,7 +477,7 @@ impl Engine {
             return Err(EngineError::TemplateNotFound(id.to_string()));
         }
         for shell in tpl.ready.close() {
-            recycle::recycle(&tpl.family, None, shell);
+            recycle::recycle(&tpl.family, None, shell, true);
         }
         tpl.family.leave();
         if how != Unload::KillSandboxes {
@@ -470,7 +491,8 @@ impl Engine {
     }
 
     /// Forks one sandbox from a template, with the template's network (see
-    /// [`ForkNetwork::Template`]).
+    /// [`ForkNetwork::Template`]): a pooled VM if one is ready, else a VM
+    /// created now (a cold fork, 0.5-10 ms).
     pub fn fork(&self, template: &str) -> Result<Forked, EngineError> {
         self.fork_with(template, &ForkOptions::default())
     }
@@ -478,6 +500,39 @@ impl Engine {
     /// Forks one sandbox from a template as `opts` say.
     pub fn fork_with(&self, template: &str, opts: &ForkOptions) -> Result<Forked, EngineError> {
         let start = Instant::now();
+        let tpl = self.fork_allowed(template)?;
+        let (shell, pooled) = match take_pooled(&tpl) {
+            Some(shell) => (shell, true),
+            None => {
+                let shell = Shell::new(tpl.family.spawn_shell(&self.0.hv)?);
+                if tpl.is_branch() {
+                    // A VM of the family is a fork of its root: the branch
+                    // goes over it before any request (on the request path).
+                    tpl.adopt(&shell);
+                }
+                (shell, false)
+            }
+        };
+        self.enroll(tpl, shell, pooled, start, opts)
+    }
+
+    /// Forks one sandbox from a template as `opts` say, only if a pooled VM
+    /// is ready: `Ok(None)` when none is. Never creates a VM, so it takes
+    /// about a microsecond whatever the pool holds.
+    pub fn fork_pooled(
+        &self,
+        template: &str,
+        opts: &ForkOptions,
+    ) -> Result<Option<Forked>, EngineError> {
+        let start = Instant::now();
+        let tpl = self.fork_allowed(template)?;
+        take_pooled(&tpl)
+            .map(|shell| self.enroll(tpl, shell, true, start, opts))
+            .transpose()
+    }
+
+    /// The template to fork, if a fork is allowed now.
+    fn fork_allowed(&self, template: &str) -> Result<Arc<Template>, EngineError> {
         let tpl = self.template(template)?;
         if self.0.shut.load(Ordering::SeqCst) {
             return Err(EngineError::ResourceLimit(
@@ -497,32 +552,25 @@ impl Engine {
                 self.0.config.max_sandboxes
             )));
         }
+        Ok(tpl)
+    }
+
+    /// Registers a new sandbox of `tpl` on `shell`, with the network `opts`
+    /// resolve to.
+    fn enroll(
+        &self,
+        tpl: Arc<Template>,
+        shell: Shell,
+        pooled: bool,
+        start: Instant,
+        opts: &ForkOptions,
+    ) -> Result<Forked, EngineError> {
         let id = self.next_id("sb");
         let net = opts
             .network
             .resolve(tpl.family.network.as_ref())
             .map(|spec| self.sandbox_net(spec, &id))
             .transpose()?;
-        let ready = if tpl.is_branch() {
-            tpl.ready.take()
-        } else {
-            None
-        };
-        let (shell, pooled) = match ready {
-            Some(shell) => (shell, true),
-            None => {
-                let (shell, pooled) = match tpl.family.pool.take() {
-                    Some(shell) => (shell, true),
-                    None => (Shell::new(tpl.family.spawn_shell(&self.0.hv)?), false),
-                };
-                if tpl.is_branch() {
-                    // A VM of the family is a fork of its root: the branch
-                    // goes over it before any request (on the request path).
-                    tpl.adopt(&shell);
-                }
-                (shell, pooled)
-            }
-        };
         if tpl.is_branch() {
             tpl.prepare();
         }
@@ -537,6 +585,7 @@ impl Engine {
             net,
             busy: AtomicBool::new(false),
             killed: AtomicBool::new(false),
+            ran: AtomicBool::new(false),
             created: Instant::now(),
             execs: AtomicU64::new(0),
             counters: Arc::new(Mutex::new(Counters::default())),
@@ -559,13 +608,21 @@ impl Engine {
         self.fork_many_with(template, count, &ForkOptions::default())
     }
 
-    /// Forks `count` sandboxes as `opts` say, creating VMs on all cores in parallel.
+    /// Forks `count` sandboxes (1 to `max_fork_count`) as `opts` say,
+    /// creating VMs on all cores in parallel. All or nothing: on a failure
+    /// the forks made are killed.
     pub fn fork_many_with(
         &self,
         template: &str,
         count: usize,
         opts: &ForkOptions,
     ) -> Result<Vec<Forked>, EngineError> {
+        let max = self.0.config.max_fork_count;
+        if count == 0 || count > max {
+            return Err(EngineError::InvalidRequest(format!(
+                "count must be between 1 and {max}"
+            )));
+        }
         self.template(template)?;
         let workers = (std::thread::available_parallelism().map_or(2, |n| n.get())
             * CREATORS_PER_CORE)
@@ -604,8 +661,9 @@ impl Engine {
     }
 
     /// Kills a sandbox. Returns at once: a running exec is stopped, and the VM
-    /// is recycled or torn down on its own thread.
-    pub fn kill(&self, id: &str) -> Result<(), EngineError> {
+    /// is recycled or torn down on its own thread once the returned [`Killed`]
+    /// is dropped (a caller with an answer to give can give it first).
+    pub fn kill(&self, id: &str) -> Result<Killed, EngineError> {
         let sb = self
             .0
             .sandboxes
@@ -617,7 +675,7 @@ impl Engine {
         if sb.busy.load(Ordering::SeqCst) {
             sb.shell().thread.kicker().kick();
         }
-        Ok(())
+        Ok(Killed { _sandbox: sb })
     }
 
     /// Lists sandboxes.
@@ -629,16 +687,15 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .map(|s| {
-                let (state, reason) = match s.health() {
-                    Health::Broken { reason, .. } => ("broken", Some(reason)),
-                    Health::Ready if s.busy.load(Ordering::SeqCst) => ("busy", None),
-                    Health::Ready => ("ready", None),
+                let state = match s.health() {
+                    Health::Broken { reason, .. } => SandboxState::Broken { reason },
+                    Health::Ready if s.busy.load(Ordering::SeqCst) => SandboxState::Busy,
+                    Health::Ready => SandboxState::Ready,
                 };
                 SandboxInfo {
                     sandbox: s.id.clone(),
                     template: s.template.id.clone(),
-                    state: state.into(),
-                    reason,
+                    state,
                 }
             })
             .collect();

@@ -13,11 +13,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::converse::Job;
+use super::template::Template;
 use super::{Engine, EngineError};
-use crate::agent::{self, FramePort, NetLink, NetUp, VmLink};
+use crate::agent::{self, AgentError, FramePort, NetLink, NetUp, VmLink};
 use crate::net::{self, Endpoint, EndpointConfig, GuestLink, Limits, NetStats, Network, Policy};
-use crate::vmm::{NetBackend, NetHandle, VcpuThread};
+use crate::vmm::{NetBackend, NetHandle, VcpuThread, Vm};
 
 /// How the guest's interface reaches its endpoint by default. Both links
 /// are built while they are measured against each other
@@ -149,25 +149,21 @@ impl SandboxNet {
         });
     }
 
-    /// `job`, preceded by bringing the guest's interface up if it is not.
-    pub fn around<T: Send + 'static>(&self, job: Job<T>) -> Job<T> {
+    /// Brings the guest's interface up if it is not yet: on the VM's thread,
+    /// ahead of the sandbox's request.
+    pub fn ensure_up(&self, vm: &mut Vm, tpl: &Template) -> Result<(), AgentError> {
         if self.up.load(Ordering::SeqCst) {
-            return job;
+            return Ok(());
         }
-        let (up, link) = (Arc::clone(&self.up), self.link);
-        Box::new(move |vm, tpl, out| {
-            if !up.load(Ordering::SeqCst) {
-                agent::net_up(
-                    &mut VmLink {
-                        vm,
-                        mailbox: &tpl.layer.mailbox,
-                    },
-                    &net_up_request(link),
-                )?;
-                up.store(true, Ordering::SeqCst);
-            }
-            job(vm, tpl, out)
-        })
+        agent::net_up(
+            &mut VmLink {
+                vm,
+                mailbox: &tpl.layer.mailbox,
+            },
+            &net_up_request(self.link),
+        )?;
+        self.up.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 

@@ -19,8 +19,9 @@
 
 use std::time::Duration;
 
-use super::{Branching, CancelToken, Engine, EngineError, ExecOptions, TemplateInfo, Unload};
-use crate::agent::{ExecRequest, Program};
+use super::{
+    Branching, CancelToken, Engine, EngineError, ExecRequest, Program, TemplateInfo, Unload,
+};
 use crate::image::progress::{Phase, Progress, Reporter};
 use crate::image::spec_image::{self, Manifest, SpecBuildOptions};
 use crate::spec::Spec;
@@ -115,21 +116,18 @@ impl Engine {
         progress: Reporter<'_>,
         cancel: &CancelToken,
     ) -> Result<Option<TemplateInfo>, EngineError> {
-        let opts = ExecOptions {
-            timeout: Some(WARMUP_TIMEOUT),
-            output_cap: Some(WARMUP_OUTPUT),
-            cancel: cancel.clone(),
-        };
         if !spec.python.preload.is_empty() {
             progress(&Progress::step(Phase::Warmup, "checking preloads"));
             let mut argv = vec![PRELOAD_CHECK.to_owned()];
             argv.extend(spec.python.preload.iter().cloned());
             let req = ExecRequest {
                 argv,
-                program: Some(Program::Python),
+                program: Program::Python,
+                timeout: Some(WARMUP_TIMEOUT),
+                output_cap: Some(WARMUP_OUTPUT),
                 ..Default::default()
             };
-            let run = self.exec(sandbox, &req, &opts, &mut |_, _| {})?;
+            let run = self.exec(sandbox, &req, cancel, &mut |_, _| {})?;
             if run.exit_code != Some(0) {
                 return Err(EngineError::PreloadFailed {
                     traceback: String::from_utf8_lossy(&run.stderr).into_owned(),
@@ -148,9 +146,11 @@ impl Engine {
             });
             let req = ExecRequest {
                 argv: vec!["/bin/sh".into(), "-c".into(), command.clone()],
+                timeout: Some(WARMUP_TIMEOUT),
+                output_cap: Some(WARMUP_OUTPUT),
                 ..Default::default()
             };
-            let run = self.exec(sandbox, &req, &opts, &mut |_, _| {})?;
+            let run = self.exec(sandbox, &req, cancel, &mut |_, _| {})?;
             tracing::info!(
                 command,
                 exit_code = ?run.exit_code,

@@ -79,7 +79,7 @@ impl Template {
             };
             self.adopt(&shell);
             if let Err(shell) = self.ready.offer(shell) {
-                super::recycle::recycle(&self.family, None, shell);
+                super::recycle::recycle(&self.family, None, shell, true);
                 return;
             }
         }
@@ -149,12 +149,12 @@ impl Family {
         timeout: Duration,
         cancel: &CancelToken,
     ) -> Result<Vec<u64>, EngineError> {
-        let req = agent::ExecRequest {
+        let probe = super::ExecRequest {
             argv: vec!["pass".into()],
-            program: Some(agent::Program::Python),
+            program: super::Program::Python,
             ..Default::default()
         };
-        let frame = agent::encode_exec(&req, 0, [0; 32]).map_err(EngineError::from_agent)?;
+        let frame = probe.frame(Duration::ZERO)?;
         let (root, cpuid, h) = (Arc::clone(&self.root), self.cpuid.clone(), Arc::clone(hv));
         let thread = VcpuThread::spawn(format!("probe-{}", self.name), move || {
             let ram = GuestRam::map(root.base(), Sharing::Private)?;

@@ -22,8 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::progress::{Progress, excerpt};
 use super::session::Session;
 use super::{TemplateSource, ToolError};
-use crate::agent::{ExecRequest, Stream};
-use crate::engine::{Branching, EXEC_HOST_GRACE_MS, ExecOptions};
+use crate::engine::{Branching, ExecRequest, OutputStream, SandboxState};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -241,24 +240,15 @@ impl Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ExecOutput>, ToolError> {
         let progress = Progress::new(&ctx);
-        let timeout_ms = match a.timeout_ms {
-            None => None,
-            Some(t @ 1..=0xffff_ffff) => Some(t),
-            Some(_) => {
-                return Err(ToolError::InvalidArgument(format!(
-                    "timeout_ms must be between 1 and {}",
-                    u32::MAX
-                )));
-            }
-        };
         let sandbox = self.session.sandbox(a.sandbox, &ctx, &progress).await?;
+        // The engine checks the deadline against its limits.
         let req = ExecRequest {
             argv: a.argv,
             env: a.env.into_iter().collect(),
             cwd: a.cwd.unwrap_or_default(),
             stdin: a.stdin.unwrap_or_default().into_bytes(),
-            timeout_ms: timeout_ms.unwrap_or(0) as u32,
-            program: None,
+            timeout: a.timeout_ms.map(Duration::from_millis),
+            ..Default::default()
         };
         let (tx, forwarding) = progress.forwarder().unzip();
         let forwarding = async {
@@ -268,19 +258,14 @@ impl Server {
         };
         let id = sandbox.clone();
         let running = self.session.run_on(&sandbox, &ctx, move |engine, cancel| {
-            let timeout_ms = timeout_ms.unwrap_or(engine.config().default_timeout_ms);
-            let mut req = req;
-            req.timeout_ms = timeout_ms as u32;
-            let opts = ExecOptions {
-                timeout: Some(Duration::from_millis(timeout_ms + EXEC_HOST_GRACE_MS)),
-                output_cap: None,
-                cancel: cancel.clone(),
-            };
-            let result = engine.exec(&id, &req, &opts, &mut |stream, data| {
+            let timeout_ms = req
+                .timeout
+                .map_or(engine.config().default_timeout_ms, |t| t.as_millis() as u64);
+            let result = engine.exec(&id, &req, cancel, &mut |stream, data| {
                 if let Some(tx) = &tx {
                     let label = match stream {
-                        Stream::Stdout => "stdout",
-                        Stream::Stderr => "stderr",
+                        OutputStream::Stdout => "stdout",
+                        OutputStream::Stderr => "stderr",
                     };
                     // The receiver lives until the call returns.
                     let _ = tx.send(format!("{label}: {}", excerpt(data)));
@@ -446,7 +431,11 @@ impl Server {
                 default: default_sandbox.as_deref() == Some(&s.sandbox),
                 sandbox: s.sandbox,
                 from: s.template,
-                state: s.state,
+                state: match s.state {
+                    SandboxState::Ready => "ready".into(),
+                    SandboxState::Busy => "busy".into(),
+                    SandboxState::Broken { .. } => "broken".into(),
+                },
             })
             .collect();
         let branches = engine

@@ -290,6 +290,30 @@ pub fn invalid_request(detail: impl Into<String>) -> ErrorObjectOwned {
     )
 }
 
+/// A request whose id is the id of a request still running: refused, so
+/// that every answer and every cancel names one call.
+pub fn duplicate_id(id: &serde_json::value::RawValue) -> ErrorObjectOwned {
+    error(
+        INVALID_REQUEST,
+        format!(
+            "invalid request: a request with id {} is still running",
+            id.get()
+        ),
+        json!({"kind": "duplicate_id", "id": id}),
+    )
+}
+
+/// The slow-work pool is full.
+pub fn busy(threads: usize, queue: usize) -> ErrorObjectOwned {
+    let detail =
+        format!("{threads} slow calls are running and {queue} more are waiting; try again later");
+    error(
+        RESOURCE_LIMIT,
+        format!("resource limit: {detail}"),
+        json!({"kind": "resource_limit", "detail": detail}),
+    )
+}
+
 /// A message over `max_message_bytes`, skipped unread.
 pub fn message_too_large(length: u64, limit: usize) -> ErrorObjectOwned {
     error(

@@ -7,8 +7,8 @@ import pytest
 
 import zeroboot
 from zeroboot import (
-    AgentFailedError, AsyncZeroboot, CancelToken, ExecTimeoutError, FileTooLargeError, RequestCancelledError,
-    SandboxNotFoundError, TemplateNotFoundError, WorkerExitedError, Zeroboot,
+    AgentFailedError, AsyncZeroboot, CancelToken, ExecTimeoutError, FileTooLargeError, GuestCrashedError,
+    RequestCancelledError, SandboxNotFoundError, TemplateNotFoundError, WorkerExitedError, Zeroboot,
 )
 
 pytestmark = pytest.mark.kvm
@@ -117,6 +117,24 @@ def test_streaming(zb, bare):
         assert "streamed" in text and s.result.exit_code == 0
 
 
+def test_run_and_ping(zb, bare):
+    zb.ping()
+    r = zb.run(bare, ["echo", "once"], env={"A": "1"})
+    assert r.stdout == "once\n" and r.exit_code == 0 and r.sandbox.startswith("sb-") and r.fork_us >= 0
+    assert not any(x["sandbox"] == r.sandbox for x in zb.sandboxes()), "killed before the answer"
+    chunks = []
+    r = zb.run(bare, ["flood", "20000"], on_output=chunks.append)
+    assert "".join(c.data for c in chunks) == r.stdout and len(r.stdout) == 20000
+    assert {c.sandbox for c in chunks} == {r.sandbox}
+    with pytest.raises(ExecTimeoutError):
+        zb.run(bare, ["spin"], timeout_ms=100)
+    outs = zb.run_many(bare, ["echo", "many"], 4)
+    assert [o.stdout for o in outs] == ["many\n"] * 4 and len({o.sandbox for o in outs}) == 4
+    crashed = zb.run_many(bare, ["crash"], 2)
+    assert all(isinstance(e, GuestCrashedError) for e in crashed)
+    assert not zb.sandboxes()
+
+
 def test_cancel(zb, bare):
     sb = zb.fork(bare)
     tok = CancelToken()
@@ -190,6 +208,14 @@ def test_asyncio_api():
     async def main():
         async with await AsyncZeroboot.start() as zb:
             t = await zb.load_template(builtin="bare")
+            await zb.ping()
+            r = await zb.run(t, ["echo", "run"])
+            assert r.stdout == "run\n" and r.sandbox.startswith("sb-")
+            chunks = []
+            r = await zb.run(t, ["flood", "10000"], on_output=chunks.append)
+            assert "".join(c.data for c in chunks) == r.stdout
+            outs = await zb.run_many(t, ["echo", "m"], 3)
+            assert [o.stdout for o in outs] == ["m\n"] * 3
             async with await zb.fork(t) as sb:
                 r = await sb.exec(["echo", "hi"])
                 assert r.stdout == "hi\n" and r.exit_code == 0

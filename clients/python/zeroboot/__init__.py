@@ -5,8 +5,8 @@ synchronous API, `AsyncZeroboot` the asyncio one; wire types and one exception c
 code are generated from schema/openrpc.json into `zeroboot._generated`."""
 
 from ._client import (
-    AsyncExecStream, AsyncSandbox, AsyncZeroboot, CancelToken, ExecResult, ExecStream, OutputChunk, Sandbox,
-    Template, Zeroboot,
+    AsyncExecStream, AsyncSandbox, AsyncZeroboot, CancelToken, ExecResult, ExecStream, OutputChunk, RunResult,
+    Sandbox, Template, Zeroboot,
 )
 from ._conn import find_binary
 from ._errors import RpcError, WorkerExitedError, WorkerSpawnError, ZerobootError
@@ -15,7 +15,7 @@ from ._generated import ERROR_CLASSES, METHOD_NAMES, NOTIFICATION_NAMES, error_f
 
 __all__ = [
     "AsyncExecStream", "AsyncSandbox", "AsyncZeroboot", "CancelToken", "ExecResult", "ExecStream", "OutputChunk",
-    "Sandbox", "Template", "Zeroboot", "find_binary", "RpcError", "WorkerExitedError", "WorkerSpawnError",
+    "RunResult", "Sandbox", "Template", "Zeroboot", "find_binary", "RpcError", "WorkerExitedError", "WorkerSpawnError",
     "ZerobootError", "ERROR_CLASSES", "METHOD_NAMES", "NOTIFICATION_NAMES", "error_from_code",
     *(cls.__name__ for cls in ERROR_CLASSES.values()),
 ]

@@ -13,7 +13,7 @@ else:  # pragma: no cover
 
 from ._errors import RpcError
 
-METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.fork', 'sandbox.exec', 'sandbox.kill', 'sandbox.list', 'sandbox.stats', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown')
+METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.fork', 'sandbox.exec', 'sandbox.kill', 'sandbox.list', 'sandbox.stats', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown', 'sandbox.run', 'worker.ping')
 NOTIFICATION_NAMES = ('exit', '$/cancelRequest', 'sandbox.output', 'template.progress')
 
 TemplateId = str
@@ -142,10 +142,13 @@ WorkerInfoLimits = TypedDict("WorkerInfoLimits", {
     'default_output_cap': Union[int, None],  # `output_cap` of an exec that names none.
     'max_output_cap': int,  # Largest `output_cap` accepted.
     'exec_host_grace_ms': int,  # How long past `timeout_ms` the host waits before it stops the vCPU itself.
-    'max_fork_count': int,  # Largest `count` of one `sandbox.fork`.
+    'max_fork_count': int,  # Largest `count` of one `sandbox.fork` or `sandbox.run`.
     'max_read_bytes': int,  # Largest `max_bytes` of one `sandbox.read_file` (the worker's `--max-file-bytes`, 16 MiB by default).
     'max_write_bytes': int,  # Largest content of one `sandbox.write_file` (`--max-file-bytes`); larger is error 1016. A request must also fit `max_message_bytes` (base64 is 4/3 of the bytes).
     'max_message_bytes': int,  # Largest request body accepted (`--max-message-bytes`); larger ones are skipped unread and answered with -32600 `message_too_large`.
+    'output_backlog_bytes': int,  # The worker stops reading input while more than this many bytes of answers and notifications wait to be written (the peer is not reading).
+    'slow_threads': int,  # Threads that run slow calls (template loads, builds, saves, snapshots, stats, forks that create VMs).
+    'slow_queue': int,  # Slow calls that may wait for a thread; one more is refused with 1011 `resource_limit`.
 })
 
 WorkerInfoCapabilities = TypedDict("WorkerInfoCapabilities", {
@@ -194,7 +197,13 @@ InvalidRequestData3 = TypedDict("InvalidRequestData3", {
     'kind': Literal['shutting_down'],
 })
 
-InvalidRequestData = Union["InvalidRequestData1", "InvalidRequestData2", "InvalidRequestData3"]
+# A request whose id is the id of a request still running; the running one goes on.
+InvalidRequestData4 = TypedDict("InvalidRequestData4", {
+    'kind': Literal['duplicate_id'],
+    'id': "RequestId",
+})
+
+InvalidRequestData = Union["InvalidRequestData1", "InvalidRequestData2", "InvalidRequestData3", "InvalidRequestData4"]
 
 MethodNotFoundData = TypedDict("MethodNotFoundData", {
     'kind': Literal['method_not_found'],
@@ -591,6 +600,29 @@ NetStats = TypedDict("NetStats", {
     'dropped_frames': int,  # Malformed or unsupported frames from the guest, and frames a full queue dropped.
 })
 
+RunResult = TypedDict("RunResult", {
+    'sandbox': "SandboxId",  # The sandbox the program ran in; already killed.
+    'fork_us': int,  # Time the fork took inside the engine, in microseconds.
+    'stdout': str,  # Standard output in `encoding`.
+    'stderr': str,  # Standard error in `encoding`.
+    'encoding': "Encoding",
+    'exit_code': Union[int, None],  # Exit code; null when a signal ended the program.
+    'signal': Union[int, None],  # Terminating signal, if any.
+    'timed_out': bool,  # The guest agent's own deadline (`timeout_ms`) killed the program; the sandbox stays usable. (A guest that ignores the deadline is stopped by the host instead: error 1007.)
+    'truncated': bool,  # Output beyond `output_cap` was dropped.
+    'duration_us': int,  # Wall time of the call on the host, in microseconds.
+})
+
+RunFailure = TypedDict("RunFailure", {
+    'sandbox': "SandboxId",  # The sandbox it was to run in; already killed.
+    'error': "ErrorObject",
+})
+
+RunMany = TypedDict("RunMany", {
+    'results': List[Union["RunResult", "RunFailure"]],  # One outcome per run, in no particular order.
+    'total_us': int,  # Wall time of the whole call, in microseconds.
+})
+
 # Params of template.load
 TemplateLoadParams = TypedDict("TemplateLoadParams", {
     'builtin': NotRequired[Literal['bare']],  # A built-in template.
@@ -754,10 +786,35 @@ CancelRequestParams = TypedDict("CancelRequestParams", {
     'id': "RequestId",  # Id of the call to cancel.
 })
 
+# Params of sandbox.run
+SandboxRunParams = TypedDict("SandboxRunParams", {
+    'template': "TemplateId",  # The template.
+    'argv': List[str],  # Program and arguments; with `program: "python"`, `argv[0]` is Python source.
+    'count': NotRequired[int],  # Run this many at once, each in its own fork (the result is then `RunMany`).
+    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The forks' network, as for sandbox.fork: absent for the template's, `false` for none, or a policy.
+    'stdin': NotRequired[str],  # Standard input as UTF-8 text.
+    'stdin_base64': NotRequired[str],  # Standard input as base64 (exclusive with `stdin`).
+    'env': NotRequired[Dict[str, str]],  # Environment variables.
+    'cwd': NotRequired[str],  # Working directory (default: the agent's).
+    'timeout_ms': NotRequired[int],  # Deadline in milliseconds (default: `limits.default_timeout_ms`).
+    'output_cap': NotRequired[int],  # Output bytes kept, stdout and stderr together (default: `limits.default_output_cap`; at most `limits.max_output_cap`).
+    'stream': NotRequired[bool],  # Send output chunks as `sandbox.output` notifications (default false).
+    'encoding': NotRequired["Encoding"],  # Encoding of `stdout`/`stderr` and of notification `data` (default utf8).
+    'program': NotRequired[Literal['argv', 'python']],  # How `argv` is interpreted (default argv). `python` needs a guest with the Python zygote.
+})
+
+SandboxRunResult = Union["RunResult", "RunMany"]
+
+# Params of worker.ping
+WorkerPingParams = TypedDict("WorkerPingParams", {
+})
+
+WorkerPingResult = "Empty"
+
 # Params of the sandbox.output notification
 SandboxOutputParams = TypedDict("SandboxOutputParams", {
     'sandbox': "SandboxId",  # The sandbox.
-    'request': "RequestId",  # Id of the `sandbox.exec` call that produced the chunk.
+    'request': "RequestId",  # Id of the `sandbox.exec` or `sandbox.run` call that produced the chunk.
     'stream': Literal['stdout', 'stderr'],  # Which stream.
     'data': str,  # The chunk in `encoding` (never empty).
     'encoding': "Encoding",  # The encoding of `data` (the call's `encoding`).
@@ -872,7 +929,7 @@ class AgentFailedError(RpcError):
 
 
 class ResourceLimitError(RpcError):
-    """1011: Resource limit reached (max sandboxes, threads, engine shutting down). data: ResourceLimitData."""
+    """1011: Resource limit reached (max sandboxes, threads, slow-call queue full, engine shutting down). data: ResourceLimitData."""
 
     code = 1011
 

@@ -192,7 +192,7 @@ export type WorkerInfo = {
     max_output_cap: number;
     /** How long past `timeout_ms` the host waits before it stops the vCPU itself. */
     exec_host_grace_ms: number;
-    /** Largest `count` of one `sandbox.fork`. */
+    /** Largest `count` of one `sandbox.fork` or `sandbox.run`. */
     max_fork_count: number;
     /** Largest `max_bytes` of one `sandbox.read_file` (the worker's `--max-file-bytes`, 16 MiB by default). */
     max_read_bytes: number;
@@ -200,6 +200,12 @@ export type WorkerInfo = {
     max_write_bytes: number;
     /** Largest request body accepted (`--max-message-bytes`); larger ones are skipped unread and answered with -32600 `message_too_large`. */
     max_message_bytes: number;
+    /** The worker stops reading input while more than this many bytes of answers and notifications wait to be written (the peer is not reading). */
+    output_backlog_bytes: number;
+    /** Threads that run slow calls (template loads, builds, saves, snapshots, stats, forks that create VMs). */
+    slow_threads: number;
+    /** Slow calls that may wait for a thread; one more is refused with 1011 `resource_limit`. */
+    slow_queue: number;
   };
   capabilities: {
     framings: Array<"lsp" | "ndjson">;
@@ -233,6 +239,9 @@ export type InvalidRequestData = {
   limit: number;
 } | {
   kind: "shutting_down";
+} | {
+  kind: "duplicate_id";
+  id: RequestId;
 };
 
 export type MethodNotFoundData = {
@@ -592,6 +601,44 @@ export type NetStats = {
   dropped_frames: number;
 };
 
+/** RunResult */
+export type RunResult = {
+  /** The sandbox the program ran in; already killed. */
+  sandbox: SandboxId;
+  /** Time the fork took inside the engine, in microseconds. */
+  fork_us: number;
+  /** Standard output in `encoding`. */
+  stdout: string;
+  /** Standard error in `encoding`. */
+  stderr: string;
+  encoding: Encoding;
+  /** Exit code; null when a signal ended the program. */
+  exit_code: number | null;
+  /** Terminating signal, if any. */
+  signal: number | null;
+  /** The guest agent's own deadline (`timeout_ms`) killed the program; the sandbox stays usable. (A guest that ignores the deadline is stopped by the host instead: error 1007.) */
+  timed_out: boolean;
+  /** Output beyond `output_cap` was dropped. */
+  truncated: boolean;
+  /** Wall time of the call on the host, in microseconds. */
+  duration_us: number;
+};
+
+/** RunFailure */
+export type RunFailure = {
+  /** The sandbox it was to run in; already killed. */
+  sandbox: SandboxId;
+  error: ErrorObject;
+};
+
+/** RunMany */
+export type RunMany = {
+  /** One outcome per run, in no particular order. */
+  results: Array<RunResult | RunFailure>;
+  /** Wall time of the whole call, in microseconds. */
+  total_us: number;
+};
+
 /** Params of `template.load`: Load a template. */
 export type TemplateLoadParams = {
   /** A built-in template. */
@@ -814,11 +861,52 @@ export type CancelRequestParams = {
   id: RequestId;
 };
 
+/** Params of `sandbox.run`: Fork, run a program, kill: one call. */
+export type SandboxRunParams = {
+  /** The template. */
+  template: TemplateId;
+  /** Program and arguments; with `program: "python"`, `argv[0]` is Python source. */
+  argv: string[];
+  /** Run this many at once, each in its own fork (the result is then `RunMany`). */
+  count?: number;
+  /** The forks' network, as for sandbox.fork: absent for the template's, `false` for none, or a policy. */
+  network?: false | NetworkPolicy;
+  /** Standard input as UTF-8 text. */
+  stdin?: string;
+  /** Standard input as base64 (exclusive with `stdin`). */
+  stdin_base64?: string;
+  /** Environment variables. */
+  env?: {
+    [key: string]: string;
+  };
+  /** Working directory (default: the agent's). */
+  cwd?: string;
+  /** Deadline in milliseconds (default: `limits.default_timeout_ms`). */
+  timeout_ms?: number;
+  /** Output bytes kept, stdout and stderr together (default: `limits.default_output_cap`; at most `limits.max_output_cap`). */
+  output_cap?: number;
+  /** Send output chunks as `sandbox.output` notifications (default false). */
+  stream?: boolean;
+  /** Encoding of `stdout`/`stderr` and of notification `data` (default utf8). */
+  encoding?: Encoding;
+  /** How `argv` is interpreted (default argv). `python` needs a guest with the Python zygote. */
+  program?: "argv" | "python";
+};
+
+/** Result of `sandbox.run` */
+export type SandboxRunResult = RunResult | RunMany;
+
+/** Params of `worker.ping`: Do nothing. */
+export type WorkerPingParams = Record<string, never>;
+
+/** Result of `worker.ping` */
+export type WorkerPingResult = Empty;
+
 /** Params of the `sandbox.output` notification: An output chunk of a streaming exec. */
 export type SandboxOutputParams = {
   /** The sandbox. */
   sandbox: SandboxId;
-  /** Id of the `sandbox.exec` call that produced the chunk. */
+  /** Id of the `sandbox.exec` or `sandbox.run` call that produced the chunk. */
   request: RequestId;
   /** Which stream. */
   stream: "stdout" | "stderr";
@@ -860,6 +948,8 @@ export interface Methods {
   "worker.info": { params: WorkerInfoParams; result: WorkerInfoResult };
   "rpc.discover": { params: RpcDiscoverParams; result: RpcDiscoverResult };
   "shutdown": { params: ShutdownParams; result: ShutdownResult };
+  "sandbox.run": { params: SandboxRunParams; result: SandboxRunResult };
+  "worker.ping": { params: WorkerPingParams; result: WorkerPingResult };
 }
 
 /** Every notification (either direction): its params. */
@@ -870,7 +960,7 @@ export interface Notifications {
   "template.progress": TemplateProgressParams;
 }
 
-export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown"] as const;
+export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown","sandbox.run","worker.ping"] as const;
 export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output","template.progress"] as const;
 
 /** Error codes the worker documents. */
@@ -985,7 +1075,7 @@ export class AgentFailedError extends ZerobootRpcError {
   static readonly code = 1010;
 }
 
-/** 1011: Resource limit reached (max sandboxes, threads, engine shutting down). data: ResourceLimitData. */
+/** 1011: Resource limit reached (max sandboxes, threads, slow-call queue full, engine shutting down). data: ResourceLimitData. */
 export class ResourceLimitError extends ZerobootRpcError {
   static readonly code = 1011;
 }

@@ -2,7 +2,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
   Zeroboot, Sandbox, Template, WorkerExitedError, RequestCancelledError, ExecTimeoutError, SandboxNotFoundError,
-  TemplateNotFoundError, ZerobootRpcError, FileTooLargeError, AgentFailedError, type OutputChunk,
+  TemplateNotFoundError, ZerobootRpcError, FileTooLargeError, AgentFailedError, GuestCrashedError, type OutputChunk,
 } from "../src/index.js";
 import { kvmSkip } from "./helpers.js";
 
@@ -127,6 +127,27 @@ describe("zeroboot worker", { skip }, () => {
     for await (const c of s) if (c.stream === "stdout") text += c.data;
     assert.match(text, /streamed/);
     assert.equal((await s.result).exitCode, 0);
+  });
+
+  it("run, runMany and ping: fork, exec and kill in one round trip", async () => {
+    await zb.ping();
+    const r = await zb.run(bare, ["echo", "once"], { env: { A: "1" } });
+    assert.equal(r.stdout, "once\n");
+    assert.equal(r.exitCode, 0);
+    assert.match(r.sandbox, /^sb-/);
+    assert.ok(r.forkUs >= 0);
+    assert.ok(!JSON.stringify(await zb.sandboxes()).includes(`"${r.sandbox}"`), "killed before the answer");
+    const chunks: OutputChunk[] = [];
+    const f = await zb.run(bare, ["flood", "20000"], { onOutput: (c) => chunks.push(c) });
+    assert.equal(chunks.map((c) => c.data).join(""), f.stdout);
+    assert.equal(f.stdout.length, 20000);
+    assert.deepEqual([...new Set(chunks.map((c) => c.sandbox))], [f.sandbox]);
+    await assert.rejects(zb.run(bare, ["spin"], { timeoutMs: 100 }), ExecTimeoutError);
+    const many = await zb.runMany(bare, ["echo", "many"], 4, { onOutput: (c) => chunks.push(c) });
+    assert.deepEqual(many.map((m) => (m as { stdout: string }).stdout), Array(4).fill("many\n"));
+    const crashed = await zb.runMany(bare, ["crash"], 2);
+    assert.ok(crashed.every((e) => e instanceof GuestCrashedError));
+    assert.equal((await zb.sandboxes()).sandboxes.length, 0);
   });
 
   it("cancel: AbortSignal sends $/cancelRequest and the call rejects", async () => {
