@@ -10,6 +10,7 @@ pub mod agent;
 pub mod engine;
 pub mod image;
 pub mod mcp;
+pub mod net;
 pub mod rpc;
 pub mod spec;
 mod stdio;

@@ -141,7 +141,7 @@ fn a_hostile_guest_in_a_branch_is_contained() {
     let spinner = fork(&e, &b);
     let started = std::time::Instant::now();
     assert!(matches!(
-        run_with(&e, &spinner, &["spin"], &timeout(300)),
+        exec(&e, &spinner, &timeout(300, &["spin"])),
         Err(EngineError::ExecTimeout { .. })
     ));
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -263,4 +263,39 @@ fn a_vm_recycled_into_a_branch_keeps_nothing_of_its_previous_tenant() {
         stdout(&e, &sb, &["dirty", pages]);
         e.kill(&sb).unwrap();
     }
+}
+
+/// A fork of a branch that never ran still holds the branch. When its VM goes
+/// back to the root's pool (a branch keeps only a few ready) it must be reset
+/// to the root like any other, though a never-ran sandbox going back to its
+/// own layer skips the reset.
+#[test]
+fn a_branch_fork_that_never_ran_is_reset_before_the_root_pool_takes_it() {
+    if !kvm_or_skip("a_branch_fork_that_never_ran_is_reset_before_the_root_pool_takes_it") {
+        return;
+    }
+    let (e, root) = engine();
+    let fresh = fork(&e, &root);
+    let clean = stdout(&e, &fresh, &["peek"]);
+    e.kill(&fresh).unwrap();
+    let a = fork(&e, &root);
+    stdout(&e, &a, &["poke", "0x77"]);
+    let b = branch(&e, &a).template;
+    e.kill(&a).unwrap();
+    let n = e.config().pool_size * 2;
+    let idle: Vec<String> = (0..n).map(|_| fork(&e, &b)).collect();
+    for sb in &idle {
+        e.kill(sb).unwrap();
+    }
+    // Every VM the root's pool holds now, and more.
+    let forks: Vec<String> = (0..n).map(|_| fork(&e, &root)).collect();
+    for sb in &forks {
+        assert_eq!(
+            stdout(&e, sb, &["peek"]),
+            clean,
+            "a fork of the root saw a branch's memory"
+        );
+    }
+    let keep = fork(&e, &b);
+    assert_eq!(stdout(&e, &keep, &["peek"]), hex(0x77));
 }

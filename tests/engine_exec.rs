@@ -6,8 +6,7 @@ mod support;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use support::*;
-use zeroboot::agent::{ExecRequest, Stream};
-use zeroboot::engine::ExecOptions;
+use zeroboot::engine::{CancelToken, ExecRequest, OutputStream};
 
 #[test]
 fn stdout_stderr_and_exit_codes_are_real() {
@@ -39,10 +38,7 @@ fn stdin_env_and_cwd_reach_the_guest() {
     }
     let (e, t) = engine();
     let sb = e.fork(&t).unwrap().sandbox;
-    let exec = |r: ExecRequest| {
-        e.exec(&sb, &r, &ExecOptions::default(), &mut |_, _| {})
-            .unwrap()
-    };
+    let exec = |r: ExecRequest| exec(&e, &sb, &r).unwrap();
     let r = exec(ExecRequest {
         stdin: b"piped input".to_vec(),
         ..req(&["cat"])
@@ -73,9 +69,9 @@ fn output_streams_in_chunks_and_is_capped() {
         .exec(
             &sb,
             &req(&["flood", "300000"]),
-            &ExecOptions::default(),
+            &CancelToken::new(),
             &mut |s, d| {
-                assert_eq!(s, Stream::Stdout);
+                assert_eq!(s, OutputStream::Stdout);
                 chunks += 1;
                 streamed += d.len();
             },
@@ -89,11 +85,11 @@ fn output_streams_in_chunks_and_is_capped() {
         chunks >= 5,
         "64 KiB mailbox means several chunks, got {chunks}"
     );
-    let capped = ExecOptions {
+    let capped = ExecRequest {
         output_cap: Some(1000),
-        ..Default::default()
+        ..req(&["flood", "10000000"])
     };
-    let r = run_with(&e, &sb, &["flood", "10000000"], &capped).unwrap();
+    let r = exec(&e, &sb, &capped).unwrap();
     assert_eq!(
         (r.stdout.len(), r.truncated, r.exit_code),
         (1000, true, Some(0))

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use zeroboot::engine::{CancelToken, EngineConfig, EngineError, ExecOptions, Unload};
+use zeroboot::engine::{CancelToken, EngineConfig, EngineError, SandboxState, Unload};
 
 #[test]
 fn spinning_guest_is_stopped_on_time_and_others_keep_working() {
@@ -17,14 +17,17 @@ fn spinning_guest_is_stopped_on_time_and_others_keep_working() {
     let spinner = e.fork(&t).unwrap().sandbox;
     let other = e.fork(&t).unwrap().sandbox;
     let start = Instant::now();
-    let err = run_with(&e, &spinner, &["spin"], &timeout(300)).unwrap_err();
+    let err = exec(&e, &spinner, &timeout(300, &["spin"])).unwrap_err();
     let took = start.elapsed();
+    // The bare guest ignores the in-guest deadline: the host stops it after
+    // its grace.
+    let host = 300 + e.config().exec_host_grace_ms;
     assert!(
-        matches!(err, EngineError::ExecTimeout { timeout_ms: 300 }),
+        matches!(err, EngineError::ExecTimeout { timeout_ms } if timeout_ms == host),
         "{err:?}"
     );
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(host) && took < Duration::from_secs(3),
         "took {took:?}"
     );
     // Documented: after a host deadline the sandbox is unusable, only kill works.
@@ -78,8 +81,12 @@ fn second_exec_on_a_busy_sandbox_is_refused() {
     let (e, t) = engine();
     let sb = e.fork(&t).unwrap().sandbox;
     std::thread::scope(|s| {
-        let spin = s.spawn(|| run_with(&e, &sb, &["spin"], &timeout(1500)));
-        while e.list_sandboxes().iter().all(|i| i.state != "busy") {
+        let spin = s.spawn(|| exec(&e, &sb, &timeout(1500, &["spin"])));
+        while e
+            .list_sandboxes()
+            .iter()
+            .all(|i| i.state != SandboxState::Busy)
+        {
             std::thread::yield_now();
         }
         let err = run(&e, &sb, &["echo"]).unwrap_err();
@@ -99,14 +106,10 @@ fn cancel_stops_a_running_exec_at_once() {
     let (e, t) = engine();
     let sb = e.fork(&t).unwrap().sandbox;
     let token = CancelToken::new();
-    let opts = ExecOptions {
-        timeout: Some(Duration::from_secs(30)),
-        cancel: token.clone(),
-        ..Default::default()
-    };
+    let spin = timeout(30_000, &["spin"]);
     let start = Instant::now();
     std::thread::scope(|s| {
-        let h = s.spawn(|| run_with(&e, &sb, &["spin"], &opts));
+        let h = s.spawn(|| e.exec(&sb, &spin, &token, &mut |_, _| {}));
         std::thread::sleep(Duration::from_millis(100));
         token.cancel();
         assert!(matches!(h.join().unwrap(), Err(EngineError::Cancelled)));
@@ -122,8 +125,12 @@ fn kill_during_exec_ends_the_exec() {
     let (e, t) = engine();
     let sb = e.fork(&t).unwrap().sandbox;
     std::thread::scope(|s| {
-        let h = s.spawn(|| run_with(&e, &sb, &["spin"], &timeout(30_000)));
-        while e.list_sandboxes().iter().all(|i| i.state != "busy") {
+        let h = s.spawn(|| exec(&e, &sb, &timeout(30_000, &["spin"])));
+        while e
+            .list_sandboxes()
+            .iter()
+            .all(|i| i.state != SandboxState::Busy)
+        {
             std::thread::yield_now();
         }
         e.kill(&sb).unwrap();

@@ -5,11 +5,12 @@
 //! (numpy preloaded, busybox's `sh`, a non-root user; an OCI image's Env). Prints boot-to-ready and exec
 //! round-trip times. One test needs no QEMU: the minimal image's size budget.
 //!
-//! QEMU: `ZEROBOOT_QEMU` (a qemu-system-x86_64, possibly extracted from
-//! Debian packages: its `usr/lib` and firmware are found beside it), else the
-//! kvm-lane cache (`/var/cache/zeroboot-lane/qemu`), else `qemu-system-x86_64`
-//! on PATH. Without QEMU (or without apt to build the image) the test prints
-//! a skip message, or fails when `ZEROBOOT_REQUIRE_QEMU=1`.
+//! QEMU: `ZEROBOOT_QEMU` (a command that runs qemu-system-x86_64), else the
+//! kvm-lane's (`bookworm/bin/qemu-system-x86_64` in `ZEROBOOT_LANE_CACHE`,
+//! default `/var/cache/zeroboot-lane`: Debian bookworm's QEMU 7.2 through its
+//! own loader), else `qemu-system-x86_64` on PATH. Without QEMU (or without
+//! apt to build the image) the test prints a skip message, or fails when
+//! `ZEROBOOT_REQUIRE_QEMU=1`.
 
 mod agent_support;
 
@@ -32,11 +33,9 @@ fn skip(reason: &str) {
     eprintln!("SKIPPED guest_image: {reason} (set ZEROBOOT_REQUIRE_QEMU=1 to make this a failure)");
 }
 
-/// A QEMU binary and, when it was unpacked from .debs, the prefix holding its
-/// libraries, modules and firmware.
+/// A command that runs qemu-system-x86_64.
 struct Qemu {
     bin: PathBuf,
-    prefix: Option<PathBuf>,
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -47,23 +46,18 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 fn find_qemu() -> Option<Qemu> {
-    let lane = PathBuf::from("/var/cache/zeroboot-lane/qemu/usr/bin/qemu-system-x86_64");
+    let cache = std::env::var_os("ZEROBOOT_LANE_CACHE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/var/cache/zeroboot-lane"), PathBuf::from);
+    // The lane's wrapper: bookworm's QEMU through bookworm's loader, with its
+    // libraries, TCG module and firmware (tests/kvm-lane/README.md).
+    let lane = cache.join("bookworm/bin/qemu-system-x86_64");
     let bin = std::env::var_os("ZEROBOOT_QEMU")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| lane.is_file().then_some(lane))
         .or_else(|| on_path("qemu-system-x86_64"))?;
-    // <prefix>/usr/bin/qemu-system-x86_64 of an unpacked package tree.
-    let prefix = bin
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .filter(|p| {
-            p.join("usr/lib/x86_64-linux-gnu/qemu").is_dir()
-                && !p.as_os_str().is_empty()
-                && *p != Path::new("/")
-        })
-        .map(Path::to_owned);
-    Some(Qemu { bin, prefix })
+    Some(Qemu { bin })
 }
 
 /// The host's TSC rate in kHz: given to the guest kernel so it does not
@@ -113,18 +107,6 @@ impl Guest {
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }
         let mut cmd = Command::new(&qemu.bin);
-        if let Some(p) = &qemu.prefix {
-            let libs = format!(
-                "{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu",
-                p.display()
-            );
-            cmd.env("LD_LIBRARY_PATH", libs)
-                .env("QEMU_MODULE_DIR", p.join("usr/lib/x86_64-linux-gnu/qemu"))
-                .arg("-L")
-                .arg(p.join("usr/share/seabios"))
-                .arg("-L")
-                .arg(p.join("usr/share/qemu"));
-        }
         cmd.args([
             "-M",
             "microvm,isa-serial=on,rtc=on",

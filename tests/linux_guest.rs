@@ -20,10 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use support::kvm_or_skip;
 use support::linux::{chain, kernel, linux_template, skip};
-use zeroboot::agent::{ExecRequest, Program};
 use zeroboot::engine::{
     Branching, CancelToken, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError,
-    ExecOptions, ExecResult,
+    ExecRequest, ExecResult, Program,
 };
 use zeroboot::vmm::Flavor;
 
@@ -121,19 +120,19 @@ fn pvm_refuses_linux_at_once() {
 }
 
 fn exec(engine: &Engine, sb: &str, req: &ExecRequest) -> ExecResult {
-    let opts = ExecOptions {
-        timeout: Some(Duration::from_secs(120)),
-        ..Default::default()
+    let req = ExecRequest {
+        timeout: req.timeout.or(Some(Duration::from_secs(120))),
+        ..req.clone()
     };
     engine
-        .exec(sb, req, &opts, &mut |_, _| {})
+        .exec(sb, &req, &CancelToken::new(), &mut |_, _| {})
         .unwrap_or_else(|e| panic!("exec {:?}: {}", req.argv, chain(&e)))
 }
 
 fn python(source: &str) -> ExecRequest {
     ExecRequest {
         argv: vec![source.into()],
-        program: Some(Program::Python),
+        program: Program::Python,
         ..Default::default()
     }
 }

@@ -14,15 +14,11 @@ use std::time::{Duration, Instant};
 
 use support::kvm_or_skip;
 use support::linux::{chain, linux_template};
-use zeroboot::agent::{CodeRequest, Language};
-use zeroboot::engine::{Branching, CancelToken, CodeResult, Engine, ExecOptions};
+use zeroboot::engine::{Branching, CancelToken, CodeRequest, CodeResult, Engine, Language};
 
-fn opts(secs: u64) -> ExecOptions {
-    ExecOptions {
-        timeout: Some(Duration::from_secs(secs)),
-        ..Default::default()
-    }
-}
+/// The in-guest deadline of a run that is not about deadlines (emulated
+/// time is slow).
+const LONG: Duration = Duration::from_secs(120);
 
 fn request(language: Language, code: &str) -> CodeRequest {
     CodeRequest {
@@ -31,13 +27,14 @@ fn request(language: Language, code: &str) -> CodeRequest {
         context: None,
         env: Vec::new(),
         cwd: String::new(),
-        timeout_ms: 0,
+        timeout: Some(LONG),
+        output_cap: None,
     }
 }
 
 fn run(engine: &Engine, sb: &str, req: &CodeRequest) -> CodeResult {
     engine
-        .run_code(sb, req, &opts(120), &mut |_, _| {})
+        .run_code(sb, req, &CancelToken::new(), &mut |_, _| {})
         .unwrap_or_else(|e| panic!("run_code {:?}: {}", req.code, chain(&e)))
 }
 
@@ -67,7 +64,12 @@ fn result(r: &CodeResult) -> String {
 /// Whether the image has what `probe` (Python) imports; a missing one is
 /// skipped unless `ZEROBOOT_REQUIRE_RUNTIMES` names it.
 fn have(engine: &Engine, sb: &str, name: &str, language: Language, probe: &str) -> bool {
-    let r = engine.run_code(sb, &request(language, probe), &opts(120), &mut |_, _| {});
+    let r = engine.run_code(
+        sb,
+        &request(language, probe),
+        &CancelToken::new(),
+        &mut |_, _| {},
+    );
     if matches!(&r, Ok(r) if r.exec.exit_code == Some(0) && r.error.is_none()) {
         return true;
     }
@@ -323,12 +325,12 @@ fn deadlines_stop_busy_loops_and_the_sandbox_stays_usable() {
         // The in-guest deadline answers (emulated time is slow: a generous
         // host deadline, the guest's own is what is tested).
         let spinning = CodeRequest {
-            timeout_ms: 2000,
+            timeout: Some(Duration::from_millis(2000)),
             ..request(language, spin)
         };
         let t = Instant::now();
         let r = engine
-            .run_code(&sb, &spinning, &opts(120), &mut |_, _| {})
+            .run_code(&sb, &spinning, &CancelToken::new(), &mut |_, _| {})
             .unwrap();
         assert!(r.exec.timed_out, "{language:?}: {r:?}");
         eprintln!(
@@ -339,9 +341,9 @@ fn deadlines_stop_busy_loops_and_the_sandbox_stays_usable() {
         // In a context the cell is interrupted and the context lives on.
         // Contexts keep their language: one per language.
         let name = format!("spin-{language:?}");
-        let ctx = |code: &str, timeout_ms| CodeRequest {
+        let ctx = |code: &str, timeout| CodeRequest {
             context: Some(name.clone()),
-            timeout_ms,
+            timeout: Some(timeout),
             ..request(language, code)
         };
         let kept = if language == Language::Python {
@@ -349,12 +351,17 @@ fn deadlines_stop_busy_loops_and_the_sandbox_stays_usable() {
         } else {
             "var kept = 42"
         };
-        run(&engine, &sb, &ctx(kept, 0));
+        run(&engine, &sb, &ctx(kept, LONG));
         let r = engine
-            .run_code(&sb, &ctx(spin, 2000), &opts(120), &mut |_, _| {})
+            .run_code(
+                &sb,
+                &ctx(spin, Duration::from_millis(2000)),
+                &CancelToken::new(),
+                &mut |_, _| {},
+            )
             .unwrap();
         assert!(r.exec.timed_out && r.error.is_some(), "{language:?}: {r:?}");
-        assert_eq!(result(&run(&engine, &sb, &ctx("kept", 0))), "42");
+        assert_eq!(result(&run(&engine, &sb, &ctx("kept", LONG))), "42");
         let _ = engine.contexts(&sb).unwrap();
     }
     engine.shutdown();

@@ -35,6 +35,8 @@ fn parser_and_schema_accept_the_same_specs() {
         json!({"debian": {"packages": ["nodejs", "libc6=2.36-9+deb12u9"]}}),
         json!({"files": [{"from": "data", "to": "/data", "mode": "0644"}]}),
         json!({"env": {"A_B": "x y"}, "warmup": ["echo one\necho two"]}),
+        json!({"network": false}),
+        json!({"network": {"allow": ["pypi.org:443", "10.0.0.0/8"], "deny": ["10.9.0.0/16"], "max_connections": 8}}),
     ];
     for spec in good {
         assert!(v.is_valid(&spec), "schema refuses {spec}");
@@ -68,6 +70,12 @@ fn parser_and_schema_refuse_the_same_specs() {
         json!({"user": "Root!"}),
         json!({"warmup": [""]}),
         json!({"warmup": "echo"}),
+        json!({"network": true}),
+        json!({"network": {"allow": "pypi.org"}}),
+        json!({"network": {"allow": [""]}}),
+        json!({"network": {"max_connections": 0}}),
+        json!({"network": {"max_bytes_per_sec": 10}}),
+        json!({"network": {"alow": []}}),
     ];
     for spec in bad {
         assert!(!v.is_valid(&spec), "schema accepts {spec}");

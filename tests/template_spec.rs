@@ -19,8 +19,9 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use support::kvm_or_skip;
-use zeroboot::agent::{ExecRequest, Program};
-use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecOptions, ExecResult};
+use zeroboot::engine::{
+    CancelToken, Engine, EngineConfig, EngineError, ExecRequest, ExecResult, Program,
+};
 use zeroboot::spec::Spec;
 use zeroboot::vmm::Flavor;
 
@@ -43,14 +44,14 @@ fn spec_path() -> PathBuf {
 fn python(code: &str) -> ExecRequest {
     ExecRequest {
         argv: vec![code.into()],
-        program: Some(Program::Python),
+        program: Program::Python,
         ..Default::default()
     }
 }
 
 fn run(engine: &Engine, sandbox: &str, req: &ExecRequest) -> ExecResult {
     engine
-        .exec(sandbox, req, &ExecOptions::default(), &mut |_, _| {})
+        .exec(sandbox, req, &CancelToken::new(), &mut |_, _| {})
         .unwrap()
 }
 

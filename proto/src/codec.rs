@@ -103,12 +103,29 @@ impl<'a> Reader<'a> {
 pub struct Writer<'a> {
     buf: &'a mut [u8],
     pos: usize,
+    /// Counts what would be written without storing it (see [`Writer::counting`]).
+    counting: bool,
 }
 
 impl<'a> Writer<'a> {
     /// Starts writing at the beginning of `buf`.
     pub fn new(buf: &'a mut [u8]) -> Self {
-        Writer { buf, pos: 0 }
+        Writer {
+            buf,
+            pos: 0,
+            counting: false,
+        }
+    }
+
+    /// A writer with no buffer and no limit that only counts: what an
+    /// encoder writes into it is the exact size it needs, so a frame too
+    /// large for a mailbox can be reported with its real size.
+    pub fn counting() -> Writer<'static> {
+        Writer {
+            buf: &mut [],
+            pos: 0,
+            counting: true,
+        }
     }
 
     /// Bytes written so far.
@@ -118,6 +135,9 @@ impl<'a> Writer<'a> {
 
     /// Bytes still free.
     pub fn remaining(&self) -> usize {
+        if self.counting {
+            return usize::MAX - self.pos;
+        }
         self.buf.len() - self.pos
     }
 
@@ -127,6 +147,10 @@ impl<'a> Writer<'a> {
             .pos
             .checked_add(data.len())
             .ok_or(WireError::Truncated)?;
+        if self.counting {
+            self.pos = end;
+            return Ok(());
+        }
         self.buf
             .get_mut(self.pos..end)
             .ok_or(WireError::Truncated)?
@@ -139,7 +163,7 @@ impl<'a> Writer<'a> {
     /// caller) as written.
     pub fn skip(&mut self, n: usize) -> Result<(), WireError> {
         let end = self.pos.checked_add(n).ok_or(WireError::Truncated)?;
-        if end > self.buf.len() {
+        if !self.counting && end > self.buf.len() {
             return Err(WireError::Truncated);
         }
         self.pos = end;

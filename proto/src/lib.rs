@@ -30,10 +30,15 @@
 mod code;
 mod codec;
 mod messages;
+mod net;
 
 pub use code::*;
 pub use codec::{Reader, WireError, Writer};
 pub use messages::*;
+pub use net::{
+    NET_ACTIVE, NET_MODULE_DIR, NetLink, NetUp, TAP_NET_MODULES, VIRTIO_NET_MODULES,
+    decode_frame_list, module_depends,
+};
 
 /// Page size the mailbox is made of.
 pub const PAGE_SIZE: usize = 4096;
@@ -73,11 +78,17 @@ pub enum Kind {
     WriteFile = 0x03,
     /// Host: read one chunk of a file ([`ReadFile`] payload; flag [`FILE_CONTINUE`]).
     ReadFile = 0x04,
+    /// Host: bring the network interface up ([`NetUp`] payload).
+    NetUp = 0x05,
+    /// Host: frames for the guest's TAP device, answering
+    /// [`Kind::GuestFrames`] (a frame list, see [`encode_frame_list`]; flag
+    /// [`NET_ACTIVE`]).
+    NetFrames = 0x06,
     /// Host: run code with notebook semantics ([`RunCode`] payload); answered
     /// like an exec, but the final frame is [`Kind::CodeEnd`].
-    RunCode = 0x05,
+    RunCode = 0x07,
     /// Host: list the persistent contexts (no payload); answered by [`Kind::Contexts`].
-    ListContexts = 0x06,
+    ListContexts = 0x08,
     /// Guest: booted and waiting for work ([`Ready`] payload).
     Ready = 0x81,
     /// Guest: a chunk of output (stream id, then bytes).
@@ -90,10 +101,12 @@ pub enum Kind {
     FileData = 0x85,
     /// Guest: a request without output succeeded.
     Done = 0x86,
+    /// Guest: frames its TAP device sent, during an exec (a frame list).
+    GuestFrames = 0x87,
     /// Guest: a [`Kind::RunCode`] ended ([`CodeEnd`] payload).
-    CodeEnd = 0x87,
+    CodeEnd = 0x88,
     /// Guest: the persistent contexts ([`ContextList`] payload).
-    Contexts = 0x88,
+    Contexts = 0x89,
 }
 
 impl Kind {
@@ -104,16 +117,19 @@ impl Kind {
             0x02 => Kind::Resume,
             0x03 => Kind::WriteFile,
             0x04 => Kind::ReadFile,
-            0x05 => Kind::RunCode,
-            0x06 => Kind::ListContexts,
+            0x05 => Kind::NetUp,
+            0x06 => Kind::NetFrames,
+            0x07 => Kind::RunCode,
+            0x08 => Kind::ListContexts,
             0x81 => Kind::Ready,
             0x82 => Kind::Output,
             0x83 => Kind::Exit,
             0x84 => Kind::Error,
             0x85 => Kind::FileData,
             0x86 => Kind::Done,
-            0x87 => Kind::CodeEnd,
-            0x88 => Kind::Contexts,
+            0x87 => Kind::GuestFrames,
+            0x88 => Kind::CodeEnd,
+            0x89 => Kind::Contexts,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -198,6 +214,16 @@ pub fn encode_frame(
         .encode(),
     );
     Ok(HEADER_LEN + len)
+}
+
+/// The length of the frame `body` would build, header included, whatever
+/// its size (nothing is stored).
+pub fn frame_len(
+    body: impl FnOnce(&mut Writer<'_>) -> Result<(), WireError>,
+) -> Result<usize, WireError> {
+    let mut w = Writer::counting();
+    body(&mut w)?;
+    Ok(HEADER_LEN + w.position())
 }
 
 /// Splits a buffer holding a frame into its validated header and payload.

@@ -406,3 +406,50 @@ fn context_lists_round_trip_and_reject_bad_entries() {
     assert!(ContextList::decode(&bad[..n]).is_err());
     assert!(ContextList::decode(&[0, 0, 0, 0]).unwrap().is_empty());
 }
+
+#[test]
+fn net_up_round_trips_and_rejects_bad_values() {
+    let up = NetUp {
+        link: NetLink::VirtioMmio,
+        mac: [2, 0x5a, 0x42, 0, 0, 2],
+        addr: [192, 0, 2, 2],
+        prefix_len: 24,
+        gateway: [192, 0, 2, 1],
+        dns: [192, 0, 2, 1],
+        mtu: 1500,
+    };
+    let mut buf = [0u8; 64];
+    let mut w = Writer::new(&mut buf);
+    up.encode(&mut w).unwrap();
+    let n = w.position();
+    assert_eq!(NetUp::decode(&buf[..n]).unwrap(), up);
+    for cut in 0..n {
+        assert!(NetUp::decode(&buf[..cut]).is_err(), "cut at {cut}");
+    }
+    for bad in [
+        NetUp {
+            prefix_len: 33,
+            ..up
+        },
+        NetUp { mtu: 67, ..up },
+        NetUp { mtu: 65536, ..up },
+    ] {
+        let mut w = Writer::new(&mut buf);
+        bad.encode(&mut w).unwrap();
+        let n = w.position();
+        assert_eq!(NetUp::decode(&buf[..n]), Err(WireError::BadValue));
+    }
+    buf[0] = 9;
+    assert_eq!(NetUp::decode(&buf[..n]), Err(WireError::BadValue));
+}
+
+#[test]
+fn module_dependencies_come_from_modinfo() {
+    let ko = b"\x7fELF...\0license=GPL\0depends=virtio_ring,virtio\0intree=Y\0";
+    let deps: [&[u8]; 2] = [b"virtio_ring", b"virtio"];
+    assert!(module_depends(ko).eq(deps));
+    assert_eq!(module_depends(b"\0depends=\0x").count(), 0);
+    assert_eq!(module_depends(b"no modinfo at all").count(), 0);
+    let mut one = module_depends(b"\0depends=a");
+    assert_eq!((one.next(), one.next()), (Some(&b"a"[..]), None));
+}

@@ -9,6 +9,7 @@ use zeroboot_proto::{
 
 use zeroboot_proto::Header;
 
+use super::network::{FramePort, Unplugged, answer_frames};
 use super::{AgentError, FrameLink, Mailbox};
 use crate::vmm::{Stop, Vm};
 
@@ -162,12 +163,14 @@ impl Delivery<'_> {
 
 /// Sends a request answered like an exec (Output frames, each resumed, then
 /// one final frame of kind `last`) and returns the final frame's payload.
-/// Output chunks go to `delivery` until its cap.
+/// Output chunks go to `delivery` until its cap; the guest's network frames,
+/// if it has a TAP link, go through `net`.
 fn stream_until(
     link: &mut dyn FrameLink,
     request: &[u8],
     last: Kind,
     delivery: &mut Delivery<'_>,
+    net: Option<&dyn FramePort>,
 ) -> Result<Vec<u8>, AgentError> {
     let mut payload = Vec::new();
     let mut next = request.to_vec();
@@ -185,6 +188,10 @@ fn stream_until(
                 encode_frame(&mut next, Kind::Resume, flags, |_| Ok(()))?;
             }
             k if k == last => return Ok(payload),
+            Kind::GuestFrames => {
+                let port = net.unwrap_or(&Unplugged);
+                answer_frames(port, &payload, link.capacity(), &mut next)?;
+            }
             Kind::Error => return Err(agent_error(&payload)),
             other => {
                 return Err(AgentError::Protocol(format!(
@@ -196,12 +203,14 @@ fn stream_until(
 }
 
 /// Sends an Exec frame and runs the guest to its Exit, passing output chunks
-/// to `on_output` until `output_cap` bytes in all have been passed.
+/// to `on_output` until `output_cap` bytes in all have been passed. The
+/// guest's network frames, if it has a TAP link, go through `net`.
 pub fn exec(
     link: &mut dyn FrameLink,
     request: &[u8],
     output_cap: usize,
     on_output: &mut dyn FnMut(Stream, &[u8]),
+    net: Option<&dyn FramePort>,
 ) -> Result<ExecEnd, AgentError> {
     let mut delivery = Delivery {
         cap: output_cap,
@@ -209,7 +218,7 @@ pub fn exec(
         truncated: false,
         on_output,
     };
-    let payload = stream_until(link, request, Kind::Exit, &mut delivery)?;
+    let payload = stream_until(link, request, Kind::Exit, &mut delivery, net)?;
     let (status, tail) = ExitStatus::decode(&payload)?;
     if let Some(out) = tail {
         delivery.take(out);
@@ -218,12 +227,13 @@ pub fn exec(
 }
 
 /// Sends a RunCode frame and runs the guest to its CodeEnd; output as for
-/// [`exec`].
+/// [`exec`], network frames too.
 pub fn run_code(
     link: &mut dyn FrameLink,
     request: &[u8],
     output_cap: usize,
     on_output: &mut dyn FnMut(Stream, &[u8]),
+    net: Option<&dyn FramePort>,
 ) -> Result<RunEnd, AgentError> {
     let mut delivery = Delivery {
         cap: output_cap,
@@ -231,7 +241,7 @@ pub fn run_code(
         truncated: false,
         on_output,
     };
-    let payload = stream_until(link, request, Kind::CodeEnd, &mut delivery)?;
+    let payload = stream_until(link, request, Kind::CodeEnd, &mut delivery, net)?;
     let (end, tail) = CodeEnd::decode(&payload)?;
     if let Some(out) = tail {
         delivery.take(out);
@@ -250,7 +260,7 @@ pub fn run_code(
 
 /// Asks the guest for its persistent contexts.
 pub fn list_contexts(link: &mut dyn FrameLink) -> Result<Vec<ContextInfo>, AgentError> {
-    let request = super::request::encode(Kind::ListContexts, 0, 0, |_| Ok(()))?;
+    let request = super::request::encode(Kind::ListContexts, 0, |_| Ok(()))?;
     let mut payload = Vec::new();
     let header = link.round_trip(&request, &mut payload)?;
     match header.kind {

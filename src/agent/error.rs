@@ -25,8 +25,13 @@ pub enum AgentError {
         message: String,
     },
     /// The request does not fit the guest's mailbox.
-    #[error("request of {0} bytes exceeds the guest mailbox")]
-    RequestTooLarge(usize),
+    #[error("request of {bytes} bytes exceeds the guest mailbox of {limit} bytes")]
+    RequestTooLarge {
+        /// The whole frame's size, everything it carries included.
+        bytes: usize,
+        /// The mailbox's size.
+        limit: usize,
+    },
     /// The KVM layer failed.
     #[error(transparent)]
     Vmm(#[from] VmmError),

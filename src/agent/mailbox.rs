@@ -72,7 +72,10 @@ impl Mailbox {
     /// Writes a whole frame for the guest to read.
     pub fn write(&self, ram: &GuestRam, frame: &[u8]) -> Result<(), AgentError> {
         if frame.len() > self.capacity() {
-            return Err(AgentError::RequestTooLarge(frame.len()));
+            return Err(AgentError::RequestTooLarge {
+                bytes: frame.len(),
+                limit: self.capacity(),
+            });
         }
         for (gpa, at, n) in self.pieces(frame.len()) {
             ram.write(gpa, &frame[at..at + n])?;
@@ -215,7 +218,10 @@ mod tests {
         // Too large to send.
         assert!(matches!(
             mb.write(&ram, &[0u8; 4097]),
-            Err(AgentError::RequestTooLarge(4097))
+            Err(AgentError::RequestTooLarge {
+                bytes: 4097,
+                limit: 4096
+            })
         ));
     }
 }

@@ -8,6 +8,7 @@
 mod conversation;
 mod error;
 mod mailbox;
+mod network;
 mod request;
 mod transfer;
 
@@ -16,6 +17,7 @@ pub use conversation::{
 };
 pub use error::AgentError;
 pub use mailbox::Mailbox;
+pub use network::{FramePort, net_up};
 pub use request::{CodeRequest, ExecRequest, encode_exec, encode_run_code};
 pub use transfer::{FrameLink, VmLink, read_file, write_file};
-pub use zeroboot_proto::{AgentErrorCode, Kind, Language, Program, Stream};
+pub use zeroboot_proto::{AgentErrorCode, Kind, Language, NetLink, NetUp, Program, Stream};

@@ -2,47 +2,47 @@
 //! fresh randomness, so the first exec after a fork already reseeds the guest.
 
 use zeroboot_proto::{
-    Exec, ExecParts, Kind, Language, MAILBOX_SIZE, Program, RunCode, RunCodeParts, encode_frame,
+    Exec, ExecParts, Kind, Language, MAILBOX_SIZE, Program, RunCode, RunCodeParts, Writer,
+    encode_frame, frame_len,
 };
 
 use super::AgentError;
 
-/// What to run in the guest.
-#[derive(Clone, Debug, Default)]
-pub struct ExecRequest {
+/// What to run in the guest, borrowed from the caller's request.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecRequest<'a> {
     /// Program and arguments (Python source in `argv[0]` for [`Program::Python`]).
-    pub argv: Vec<String>,
+    pub argv: &'a [String],
     /// Environment variables.
-    pub env: Vec<(String, String)>,
+    pub env: &'a [(String, String)],
     /// Working directory ("" for the agent's default).
-    pub cwd: String,
+    pub cwd: &'a str,
     /// Standard input.
-    pub stdin: Vec<u8>,
+    pub stdin: &'a [u8],
     /// In-guest deadline in milliseconds (0: none).
     pub timeout_ms: u32,
     /// How to interpret `argv`.
-    pub program: Option<Program>,
+    pub program: Program,
 }
 
 /// Builds the Exec frame for `req` with the given clock and seed.
 pub fn encode_exec(
-    req: &ExecRequest,
+    req: &ExecRequest<'_>,
     clock_ns: u64,
     seed: [u8; 32],
 ) -> Result<Vec<u8>, AgentError> {
-    let size_hint = req.stdin.len() + req.argv.iter().map(String::len).sum::<usize>();
-    encode(Kind::Exec, 0, size_hint, |w| {
+    encode(Kind::Exec, 0, |w| {
         Exec::encode(
             w,
             ExecParts {
                 clock_ns,
                 seed,
                 timeout_ms: req.timeout_ms,
-                program: req.program.unwrap_or(Program::Argv),
+                program: req.program,
                 argv: req.argv.iter().map(|a| a.as_bytes()),
                 env: req.env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
                 cwd: req.cwd.as_bytes(),
-                stdin: &req.stdin,
+                stdin: req.stdin,
             },
         )
     })
@@ -73,7 +73,7 @@ pub fn encode_run_code(
     clock_ns: u64,
     seed: [u8; 32],
 ) -> Result<Vec<u8>, AgentError> {
-    encode(Kind::RunCode, 0, req.code.len(), |w| {
+    encode(Kind::RunCode, 0, |w| {
         RunCode::encode(
             w,
             RunCodeParts {
@@ -91,19 +91,25 @@ pub fn encode_run_code(
     })
 }
 
-/// Encodes one frame into a fresh buffer; a body that does not fit a mailbox
-/// is [`AgentError::RequestTooLarge`] (`size_hint` is the size reported).
+/// Encodes one frame into a fresh buffer. A frame that does not fit a
+/// mailbox is [`AgentError::RequestTooLarge`] with its real size: `body` is
+/// run again on a writer that only counts.
 pub(super) fn encode(
     kind: Kind,
     flags: u32,
-    size_hint: usize,
-    body: impl FnOnce(&mut zeroboot_proto::Writer<'_>) -> Result<(), zeroboot_proto::WireError>,
+    body: impl Fn(&mut Writer<'_>) -> Result<(), zeroboot_proto::WireError>,
 ) -> Result<Vec<u8>, AgentError> {
     let mut buf = vec![0u8; MAILBOX_SIZE];
-    let n = encode_frame(&mut buf, kind, flags, body)
-        .map_err(|_| AgentError::RequestTooLarge(size_hint))?;
-    buf.truncate(n);
-    Ok(buf)
+    match encode_frame(&mut buf, kind, flags, &body) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(_) => Err(AgentError::RequestTooLarge {
+            bytes: frame_len(&body)?,
+            limit: MAILBOX_SIZE,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -111,15 +117,21 @@ mod tests {
     use super::*;
     use zeroboot_proto::decode_frame;
 
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn request_round_trips_through_the_wire_format() {
+        let argv = strings(&["echo", "hi"]);
+        let env = vec![("A".to_string(), "1".to_string())];
         let req = ExecRequest {
-            argv: vec!["echo".into(), "hi".into()],
-            env: vec![("A".into(), "1".into())],
-            cwd: "/w".into(),
-            stdin: b"x".to_vec(),
+            argv: &argv,
+            env: &env,
+            cwd: "/w",
+            stdin: b"x",
             timeout_ms: 5,
-            program: None,
+            program: Program::Argv,
         };
         let frame = encode_exec(&req, 42, [3; 32]).unwrap();
         let (h, p) = decode_frame(&frame).unwrap();
@@ -130,16 +142,45 @@ mod tests {
         assert_eq!(e.cwd, b"/w");
     }
 
+    /// The size reported counts every part of the request: argv, env, cwd
+    /// and stdin (a 10 MB env value was once reported as "3 bytes").
     #[test]
-    fn oversized_stdin_is_refused() {
-        let req = ExecRequest {
-            argv: vec!["cat".into()],
-            stdin: vec![0; MAILBOX_SIZE],
-            ..Default::default()
+    fn an_oversized_request_reports_its_whole_size() {
+        let argv = strings(&["env"]);
+        let small = ExecRequest {
+            argv: &argv,
+            env: &[],
+            cwd: "",
+            stdin: b"",
+            timeout_ms: 0,
+            program: Program::Argv,
         };
-        assert!(matches!(
-            encode_exec(&req, 0, [0; 32]),
-            Err(AgentError::RequestTooLarge(_))
-        ));
+        let base = encode_exec(&small, 0, [0; 32]).unwrap().len();
+        let big = "v".repeat(10_000_000);
+        let env = vec![("K".to_string(), big)];
+        let cwd = "c".repeat(70_000);
+        let stdin = vec![0u8; 80_000];
+        for (req, extra) in [
+            (ExecRequest { env: &env, ..small }, 4 + 1 + 4 + 10_000_000),
+            (ExecRequest { cwd: &cwd, ..small }, 70_000),
+            (
+                ExecRequest {
+                    stdin: &stdin,
+                    ..small
+                },
+                80_000,
+            ),
+        ] {
+            // The counts and length prefixes of the small request are
+            // already in `base`; an env pair adds its two prefixes.
+            let want = base + extra;
+            match encode_exec(&req, 0, [0; 32]) {
+                Err(AgentError::RequestTooLarge { bytes, limit }) => {
+                    assert_eq!(limit, MAILBOX_SIZE);
+                    assert_eq!(bytes, want);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

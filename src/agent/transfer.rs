@@ -41,9 +41,9 @@ impl FrameLink for VmLink<'_> {
     }
 }
 
-/// Sends a file chunk request answered by one frame of kind `expect`;
-/// returns that frame's header flags (its payload is in `reply`).
-fn request(
+/// Sends a request answered by one frame of kind `expect`; returns that
+/// frame's header flags (its payload is in `reply`).
+pub(super) fn request(
     link: &mut dyn FrameLink,
     frame: &[u8],
     expect: Kind,
@@ -93,10 +93,14 @@ pub fn write_file(
     let per = (link.capacity() - HEADER_LEN)
         .checked_sub(WriteFile::OVERHEAD + path.len())
         .filter(|&n| n > 0)
-        .ok_or(AgentError::RequestTooLarge(path.len()))?;
+        .ok_or(AgentError::RequestTooLarge {
+            // The smallest frame that carries a byte of the file.
+            bytes: HEADER_LEN + WriteFile::OVERHEAD + path.len() + 1,
+            limit: link.capacity(),
+        })?;
     let mut reply = Vec::new();
     for chunk in write_chunks(data.len(), per) {
-        let frame = encode(Kind::WriteFile, chunk.flags, path.len(), |w| {
+        let frame = encode(Kind::WriteFile, chunk.flags, |w| {
             WriteFile {
                 path: path.as_bytes(),
                 mode,
@@ -173,7 +177,7 @@ pub fn read_file(
     let mut flags = 0;
     loop {
         let length = progress.next_length(room);
-        let frame = encode(Kind::ReadFile, flags, path.len(), |w| {
+        let frame = encode(Kind::ReadFile, flags, |w| {
             ReadFile {
                 path: path.as_bytes(),
                 max_bytes,

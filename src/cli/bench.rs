@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zeroboot::agent::ExecRequest;
-use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecOptions};
+use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecRequest};
 
 use super::stats::summarize;
 use super::{EngineArgs, report};
@@ -82,7 +81,7 @@ fn echo() -> ExecRequest {
 }
 
 fn exec(engine: &Engine, sandbox: &str, req: &ExecRequest) -> Result<(), EngineError> {
-    let r = engine.exec(sandbox, req, &ExecOptions::default(), &mut |_, _| {})?;
+    let r = engine.exec(sandbox, req, &CancelToken::new(), &mut |_, _| {})?;
     if r.exit_code != Some(0) {
         return Err(EngineError::InvalidRequest(format!(
             "bench exec exited with {:?}",
@@ -116,7 +115,8 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
     for _ in 0..samples {
         let (f, d) = timed(|| engine.fork(&t))?;
         fork.push(d);
-        let ((), d) = timed(|| engine.kill(&f.sandbox))?;
+        // Dropped inside: the figure includes handing the VM to recycling.
+        let ((), d) = timed(|| engine.kill(&f.sandbox).map(drop))?;
         kill.push(d);
     }
 
@@ -142,7 +142,7 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
 
     // Measured next to the in-process figures, before the fleet's teardown
     // (kernel work that outlives the kill) can skew either.
-    let (rpc_fork, rpc_exec) = super::bench_rpc::measure(samples, config.pool_size)?;
+    let rpc = super::bench_rpc::measure(samples, config.pool_size)?;
     let fleet = fleet(&engine, &t, vms, config.pool_size)?;
     engine.shutdown();
     let cold = cold_forks(&config, (samples / 4).max(1))?;
@@ -166,10 +166,16 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         "write_file_1mib_us": summary(&write_mib),
         "read_file_1mib_us": summary(&read_mib),
         "fork_cold_us": summary(&cold),
-        "rpc_fork_us": summary(&rpc_fork),
-        "rpc_exec_echo_us": summary(&rpc_exec),
-        "rpc_overhead_fork_p50_us": p50(&rpc_fork) - p50(&fork),
-        "rpc_overhead_exec_p50_us": p50(&rpc_exec) - p50(&exec_echo),
+        "stdio_floor_us": summary(&rpc.floor),
+        "rpc_ping_us": summary(&rpc.ping),
+        "rpc_fork_us": summary(&rpc.fork),
+        "rpc_exec_echo_us": summary(&rpc.exec),
+        "rpc_run_echo_us": summary(&rpc.run),
+        "rpc_kill_us": summary(&rpc.kill),
+        "rpc_ping_after_kill_us": summary(&rpc.ping_after_kill),
+        "rpc_overhead_fork_p50_us": p50(&rpc.fork) - p50(&fork),
+        "rpc_overhead_exec_p50_us": p50(&rpc.exec) - p50(&exec_echo),
+        "rpc_overhead_run_p50_us": p50(&rpc.run) - p50(&fork_exec),
         "create_vms": vms,
         "create_1000_ms": fleet.create_ms,
         "create_1000_cpu_ms": fleet.create_cpu_ms,
@@ -360,13 +366,20 @@ fn print_table(v: &Value) {
         "fork_exec_echo_us",
         "write_file_1mib_us",
         "read_file_1mib_us",
+        "stdio_floor_us",
+        "rpc_ping_us",
+        "rpc_fork_us",
+        "rpc_exec_echo_us",
+        "rpc_run_echo_us",
+        "rpc_kill_us",
+        "rpc_ping_after_kill_us",
         "fork_branch_exec_echo_us",
         "fork_template_exec_echo_us",
         "template_load_us",
     ] {
         let s = &v[key];
         println!(
-            "  {key:<20} p50 {:>9} us   p99 {:>9} us   max {:>9} us   (n={})",
+            "  {key:<22} p50 {:>9} us   p99 {:>9} us   max {:>9} us   (n={})",
             s["p50"], s["p99"], s["max"], s["n"]
         );
     }
@@ -382,6 +395,7 @@ fn print_table(v: &Value) {
         "template_mib",
         "rpc_overhead_fork_p50_us",
         "rpc_overhead_exec_p50_us",
+        "rpc_overhead_run_p50_us",
         "snapshot_us_per_page",
         "fork_branch_over_template_p50",
         "branch_kib",

@@ -8,9 +8,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zeroboot::agent::ExecRequest;
 use zeroboot::engine::{
-    Branching, CancelToken, Engine, EngineConfig, EngineError, ExecOptions, Unload,
+    Branching, CancelToken, Engine, EngineConfig, EngineError, ExecRequest, Unload,
 };
 
 use super::stats::summarize;
@@ -20,7 +19,7 @@ fn exec(engine: &Engine, sb: &str, argv: &[&str]) -> Result<(), EngineError> {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    let r = engine.exec(sb, &req, &ExecOptions::default(), &mut |_, _| {})?;
+    let r = engine.exec(sb, &req, &CancelToken::new(), &mut |_, _| {})?;
     if r.exit_code != Some(0) {
         return Err(EngineError::InvalidRequest(format!(
             "bench exec {argv:?} exited with {:?}",

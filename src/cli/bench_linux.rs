@@ -6,7 +6,8 @@
 //! whatever the host's speed: pages made private and exits. The baseline in
 //! the same run, `fork_run_python_forked_*`, is the same fork + run against a
 //! template booted with `zeroboot.spares=0`, whose agent keeps no warm worker
-//! and forks one from the zygote per run.
+//! and forks one from the zygote per run. And a fork's network
+//! (`bench_net.rs`).
 //! `zeroboot bench --linux-spec SPEC`: the same for a template built from a
 //! spec (image cached or built, boot, preload check, warm-up, capture), a
 //! fork plus an exec that uses the preloaded modules beside a plain
@@ -18,10 +19,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use zeroboot::agent::{CodeRequest, ExecRequest, Language, Program};
 use zeroboot::engine::{
-    CancelToken, CodeResult, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError,
-    ExecOptions,
+    CancelToken, CodeRequest, CodeResult, DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig,
+    EngineError, ExecRequest, Language, Program,
 };
 
 use super::stats::{Summary, summarize, summarize_values};
@@ -29,13 +29,13 @@ use super::stats::{Summary, summarize, summarize_values};
 fn python_print() -> ExecRequest {
     ExecRequest {
         argv: vec!["print(1+1)".into()],
-        program: Some(Program::Python),
+        program: Program::Python,
         ..Default::default()
     }
 }
 
 fn exec_python(engine: &Engine, sandbox: &str, req: &ExecRequest) -> Result<(), EngineError> {
-    let r = engine.exec(sandbox, req, &ExecOptions::default(), &mut |_, _| {})?;
+    let r = engine.exec(sandbox, req, &CancelToken::new(), &mut |_, _| {})?;
     if r.exit_code != Some(0) || !r.stdout.ends_with(b"2\n") {
         return Err(EngineError::InvalidRequest(format!(
             "bench exec gave exit {:?}, stdout {:?}, stderr {:?}",
@@ -54,13 +54,14 @@ fn code(language: Language, source: &str, context: Option<&str>) -> CodeRequest 
         context: context.map(str::to_string),
         env: Vec::new(),
         cwd: String::new(),
-        timeout_ms: 0,
+        timeout: None,
+        output_cap: None,
     }
 }
 
 /// Runs `req` and checks it printed "2\n" and nothing went wrong.
 fn run_code(engine: &Engine, sandbox: &str, req: &CodeRequest) -> Result<(), EngineError> {
-    let r: CodeResult = engine.run_code(sandbox, req, &ExecOptions::default(), &mut |_, _| {})?;
+    let r: CodeResult = engine.run_code(sandbox, req, &CancelToken::new(), &mut |_, _| {})?;
     if r.exec.exit_code != Some(0) || r.exec.stdout != b"2\n" || r.error.is_some() {
         return Err(EngineError::InvalidRequest(format!(
             "bench run_code gave exit {:?}, stdout {:?}, stderr {:?}, error {:?}",
@@ -179,6 +180,18 @@ pub fn run(
     engine.kill(&one.sandbox)?;
     out.insert("exec_python_us".into(), json!(summarize(&exec)));
     code_figures(&engine, &tpl.template, samples, &mut out)?;
+    // Connects as many as the other figures' samples (at least 20); a few
+    // 8 MiB downloads.
+    let net = super::bench_net::run(
+        &engine,
+        &tpl.template,
+        samples.max(20),
+        (samples / 5).clamp(3, 10),
+        8,
+    )?;
+    if let Value::Object(n) = net {
+        out.extend(n);
+    }
     let cmdline = format!("{} zeroboot.spares=0", zeroboot::image::KERNEL_CMDLINE);
     let forked = engine.build_template(
         kernel,
@@ -224,7 +237,7 @@ pub fn run_spec(config: &EngineConfig, spec: &Path, samples: usize) -> Result<Va
     source.push_str("print(1+1)\n");
     let preloaded = ExecRequest {
         argv: vec![source],
-        program: Some(Program::Python),
+        program: Program::Python,
         ..Default::default()
     };
     let mut out = Map::new();
@@ -285,6 +298,10 @@ pub fn print_table(v: &Value) {
         ("fork_run_javascript_us", "us"),
         ("fork_run_javascript_private_kib", "KiB"),
         ("fork_run_javascript_exits", "exits"),
+        ("net_connect_us", "us"),
+        ("net_throughput_mib_s", "MiB/s"),
+        ("net_tap_connect_us", "us"),
+        ("net_tap_throughput_mib_s", "MiB/s"),
     ] {
         let s = &v[key];
         if s.is_null() {

@@ -1,5 +1,7 @@
 //! `zeroboot image build`: the Linux guest image (kernel + initramfs with the
-//! agent as /init). Progress goes to stderr; the paths go to stdout as JSON so
+//! agent as /init); `zeroboot image debs`: Debian bookworm packages through
+//! zeroboot's own apt (what the kvm-lane fetches its QEMU, kernel and tools
+//! with). Progress goes to stderr; the paths go to stdout as JSON so
 //! scripts can pick them up.
 
 use std::path::PathBuf;
@@ -12,6 +14,29 @@ use zeroboot::image::{self, BuildOptions, Profile};
 pub enum ImageCommand {
     /// Build (or reuse from the cache) a kernel and an initramfs.
     Build(BuildArgs),
+    /// Fetch Debian bookworm packages through zeroboot's own apt configuration
+    /// (never the host's sources) and optionally unpack them; prints JSON.
+    Debs(DebsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DebsArgs {
+    /// Cache directory; apt's lists and downloads go to its debian/ (default:
+    /// $ZEROBOOT_CACHE/image, else ~/.cache/zeroboot/image).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// With their dependency closure (Depends and Pre-Depends, as on an empty system).
+    #[arg(long)]
+    closure: bool,
+    /// Also Debian's cloud kernel package (the one linux-image-cloud-amd64 names).
+    #[arg(long)]
+    kernel: bool,
+    /// Unpack every package into DIR (maintainer scripts are not run).
+    #[arg(long, value_name = "DIR")]
+    extract: Option<PathBuf>,
+    /// Package names; NAME=VERSION pins a version.
+    #[arg(value_name = "PKG", required_unless_present = "kernel")]
+    packages: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,8 +99,42 @@ fn build_spec(path: &std::path::Path, a: &BuildArgs) -> ExitCode {
     }
 }
 
+/// Fetches (and unpacks) packages; prints each with its version and `.deb`.
+fn debs(a: DebsArgs) -> ExitCode {
+    let req = image::debs::DebsRequest {
+        cache_dir: a.cache_dir,
+        packages: a.packages,
+        closure: a.closure,
+        kernel: a.kernel,
+        extract: a.extract,
+    };
+    let mut bar = super::progress::Renderer::default();
+    let fetched = image::debs::fetch(&req, &mut |p| bar.show(p));
+    bar.finish();
+    match fetched {
+        Ok(debs) => {
+            let packages: Vec<_> = debs
+                .iter()
+                .map(|d| serde_json::json!({"name": d.package.name, "version": d.package.version, "deb": d.path}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"packages": packages, "extracted": req.extract})
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            super::report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn main(cmd: ImageCommand) -> ExitCode {
-    let ImageCommand::Build(a) = cmd;
+    let a = match cmd {
+        ImageCommand::Build(a) => a,
+        ImageCommand::Debs(a) => return debs(a),
+    };
     if let Some(spec) = &a.spec {
         return build_spec(spec, &a);
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_branch;
 mod bench_linux;
+mod bench_net;
 mod bench_rpc;
 mod doctor;
 mod image;
@@ -74,6 +75,7 @@ impl EngineArgs {
             default_timeout_ms: self.default_timeout_ms,
             default_output_cap: self.output_cap,
             max_file_bytes: self.max_file_bytes,
+            ..EngineConfig::default()
         }
     }
 }
@@ -95,7 +97,7 @@ struct ServeArgs {
 struct McpArgs {
     #[command(flatten)]
     engine: EngineArgs,
-    /// The sessions' template: `bare` (built in) or a file saved by template.save.
+    /// The sessions' template: `bare` (built in), a file saved by template.save, or a template spec (`.toml`/`.json`, built at first use).
     #[arg(long, default_value = "bare", value_parser = zeroboot::mcp::TemplateSource::parse)]
     template: zeroboot::mcp::TemplateSource,
 }

@@ -5,8 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use zeroboot::agent::{ExecRequest, Stream};
-use zeroboot::engine::{CancelToken, Engine, ExecOptions};
+use zeroboot::engine::{CancelToken, Engine, ExecRequest, OutputStream};
 
 use super::{EngineArgs, report};
 
@@ -17,7 +16,8 @@ pub struct RunArgs {
     /// A template file saved by `template.save` (default: the built-in bare guest).
     #[arg(long)]
     template: Option<std::path::PathBuf>,
-    /// Host-side deadline in milliseconds.
+    /// Deadline in milliseconds (the host stops the guest
+    /// `exec_host_grace_ms` later if it has not answered).
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
     /// Program and arguments to run in the sandbox.
@@ -46,17 +46,15 @@ fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let forked = engine.fork(&tpl.template)?;
     let req = ExecRequest {
         argv: args.argv,
-        ..Default::default()
-    };
-    let opts = ExecOptions {
         timeout: Some(Duration::from_millis(args.timeout_ms)),
         ..Default::default()
     };
-    let result = engine.exec(&forked.sandbox, &req, &opts, &mut |stream, data| {
+    let cancel = CancelToken::new();
+    let result = engine.exec(&forked.sandbox, &req, &cancel, &mut |stream, data| {
         // Streamed straight through; a closed pipe is the reader's choice.
         let _ = match stream {
-            Stream::Stdout => std::io::stdout().write_all(data),
-            Stream::Stderr => std::io::stderr().write_all(data),
+            OutputStream::Stdout => std::io::stdout().write_all(data),
+            OutputStream::Stderr => std::io::stderr().write_all(data),
         };
     })?;
     let t = Instant::now();

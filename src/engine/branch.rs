@@ -31,16 +31,10 @@ impl Engine {
         cancel: &CancelToken,
     ) -> Result<TemplateInfo, EngineError> {
         let hv = Arc::clone(&self.0.hv);
-        let layer = self.converse(
-            id,
-            self.timeout_or_default(None),
-            cancel,
-            &mut |_, _| {},
-            Box::new(move |vm, tpl, _| {
-                Layer::capture(vm, &hv, &tpl.family.cpuid, Over::Layer(&tpl.layer))
-                    .map_err(AgentError::Vmm)
-            }),
-        )?;
+        let layer = self.converse(id, self.timeout_or_default(None), cancel, move |vm, tpl| {
+            Layer::capture(vm, &hv, &tpl.family.cpuid, Over::Layer(&tpl.layer))
+                .map_err(AgentError::Vmm)
+        })?;
         let sb = self.sandbox(id)?;
         let source = format!("sandbox:{id} (from {})", sb.template.id);
         match how {

@@ -3,9 +3,33 @@
 //! in its memory, so a snapshot branches them). The one-shot form forks a
 //! sandbox, runs the code and kills it.
 
-use super::exec::{fresh_seed, now_ns};
-use super::{CancelToken, Engine, EngineError, ExecOptions, ExecResult};
-use crate::agent::{self, CodeFailure, CodeRequest, ContextInfo, Stream, VmLink};
+use std::time::{Duration, Instant};
+
+use super::converse::Relay;
+use super::exec::Printed;
+use super::request::{Checked, fresh_seed, now_ns};
+use super::{CancelToken, Engine, EngineError, ExecResult, OutputStream};
+use crate::agent::{self, FramePort, VmLink};
+pub use crate::agent::{CodeFailure, ContextInfo, Language};
+
+/// Code to run with notebook semantics.
+#[derive(Clone, Debug)]
+pub struct CodeRequest {
+    /// What `code` is written in.
+    pub language: Language,
+    /// The source.
+    pub code: String,
+    /// The persistent context (`None`: a fresh interpreter).
+    pub context: Option<String>,
+    /// Environment variables set before the code runs.
+    pub env: Vec<(String, String)>,
+    /// Working directory ("" to leave it).
+    pub cwd: String,
+    /// Deadline inside the guest (default: the engine's), as for an exec.
+    pub timeout: Option<Duration>,
+    /// Output bytes kept (default: the engine's), as for an exec.
+    pub output_cap: Option<usize>,
+}
 
 /// The outcome of a code run that ran to its end.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,28 +60,74 @@ fn check_context(name: &str) -> Result<(), EngineError> {
     }
 }
 
+/// A code run under way: its waiting caller and what it has printed.
+struct Collect {
+    relay: Relay<CodeResult>,
+    printed: Printed,
+}
+
 impl Engine {
-    /// Runs `req` in sandbox `id`; `on_output` sees each chunk as it arrives.
+    /// Runs `req` in sandbox `id` and waits for it; `on_output` sees each
+    /// chunk as it arrives, on this thread.
     pub fn run_code(
         &self,
         id: &str,
         req: &CodeRequest,
-        opts: &ExecOptions,
-        on_output: &mut dyn FnMut(Stream, &[u8]),
+        cancel: &CancelToken,
+        on_output: &mut dyn FnMut(OutputStream, &[u8]),
     ) -> Result<CodeResult, EngineError> {
+        let start = Instant::now();
         if let Some(name) = &req.context {
             check_context(name)?;
         }
-        let vm_id = self.sandbox(id)?.vm_id;
-        let frame = agent::encode_run_code(req, vm_id, now_ns(), fresh_seed())
+        let checked = Checked::new(req.timeout, req.output_cap, &self.0.config)?;
+        let sandbox = self.sandbox(id)?;
+        // The TAP link's endpoint, as for an exec.
+        let port = sandbox.net.as_ref().and_then(|n| n.port());
+        let wire = agent::CodeRequest {
+            language: req.language,
+            code: req.code.clone(),
+            context: req.context.clone(),
+            env: req.env.clone(),
+            cwd: req.cwd.clone(),
+            timeout_ms: checked.timeout.as_millis() as u32,
+        };
+        let frame = agent::encode_run_code(&wire, sandbox.vm_id, now_ns(), fresh_seed())
             .map_err(EngineError::from_agent)?;
-        let (end, exec) = self.streaming_call(id, opts, on_output, move |link, cap, out| {
-            agent::run_code(link, &frame, cap, out)
-        })?;
-        Ok(CodeResult {
-            exec: exec.ended(&end.end),
-            result: end.result,
-            error: end.error,
+        let cap = checked.output_cap;
+        let limit = checked.host_deadline;
+        Engine::wait(limit, on_output, |relay| {
+            let collect = Collect {
+                relay,
+                printed: Printed::default(),
+            };
+            self.converse_then(
+                id,
+                limit,
+                cancel,
+                collect,
+                move |vm, tpl, c: &mut Collect| {
+                    let net = port.as_deref().map(|p| p as &dyn FramePort);
+                    let mut out = |stream, data: &[u8]| {
+                        let stream = OutputStream::from_agent(stream);
+                        c.relay.output(stream, data);
+                        c.printed.push(stream, data);
+                    };
+                    let mut link = VmLink {
+                        vm,
+                        mailbox: &tpl.layer.mailbox,
+                    };
+                    agent::run_code(&mut link, &frame, cap, &mut out, net)
+                },
+                move |c, result| {
+                    let result = result.map(|end| CodeResult {
+                        exec: c.printed.ended(&end.end, start),
+                        result: end.result,
+                        error: end.error,
+                    });
+                    c.relay.done(result);
+                },
+            );
         })
     }
 
@@ -67,8 +137,8 @@ impl Engine {
         &self,
         template: &str,
         req: &CodeRequest,
-        opts: &ExecOptions,
-        on_output: &mut dyn FnMut(&str, Stream, &[u8]),
+        cancel: &CancelToken,
+        on_output: &mut dyn FnMut(&str, OutputStream, &[u8]),
     ) -> Result<CodeResult, EngineError> {
         if req.context.is_some() {
             return Err(EngineError::InvalidRequest(
@@ -76,7 +146,7 @@ impl Engine {
             ));
         }
         let sandbox = self.fork(template)?.sandbox;
-        let ran = self.run_code(&sandbox, req, opts, &mut |s, d| on_output(&sandbox, s, d));
+        let ran = self.run_code(&sandbox, req, cancel, &mut |s, d| on_output(&sandbox, s, d));
         // Only fails if a concurrent kill (or shutdown) got there first.
         let _already_gone = self.kill(&sandbox);
         ran
@@ -84,18 +154,13 @@ impl Engine {
 
     /// The persistent contexts alive in sandbox `id`.
     pub fn contexts(&self, id: &str) -> Result<Vec<ContextInfo>, EngineError> {
-        self.converse(
-            id,
-            self.timeout_or_default(None),
-            &CancelToken::new(),
-            &mut |_, _| {},
-            Box::new(|vm, tpl, _| {
-                agent::list_contexts(&mut VmLink {
-                    vm,
-                    mailbox: &tpl.layer.mailbox,
-                })
-            }),
-        )
+        let limit = Checked::new(None, None, &self.0.config)?.host_deadline;
+        self.converse(id, limit, &CancelToken::new(), |vm, tpl| {
+            agent::list_contexts(&mut VmLink {
+                vm,
+                mailbox: &tpl.layer.mailbox,
+            })
+        })
     }
 }
 

@@ -115,6 +115,9 @@ pub enum EngineError {
         /// The end of the guest's serial console.
         console: String,
     },
+    /// A fork's network policy has a bad entry.
+    #[error("network policy: {0}")]
+    NetworkPolicy(#[from] crate::net::PolicyError),
     /// The template spec was refused.
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
@@ -154,9 +157,7 @@ impl EngineError {
                 message,
             } => EngineError::FileTooLarge { detail: message },
             AgentError::Agent { message, .. } => EngineError::AgentFailed { message },
-            AgentError::RequestTooLarge(n) => EngineError::InvalidRequest(format!(
-                "request of {n} bytes exceeds the guest mailbox"
-            )),
+            e @ AgentError::RequestTooLarge { .. } => EngineError::InvalidRequest(e.to_string()),
             AgentError::Vmm(v) => EngineError::Vmm(v),
         }
     }

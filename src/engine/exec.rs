@@ -1,134 +1,190 @@
-//! Running a program in a sandbox and collecting what it printed.
+//! Running a program in a sandbox and collecting what it printed; and the
+//! one-shot run (fork, exec, kill) that needs no sandbox id from the caller.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
-use super::{CancelToken, Engine, EngineError};
-use crate::agent::{self, AgentError, ExecEnd, ExecRequest, Stream, VmLink};
+use super::converse::Relay;
+use super::{CancelToken, Engine, EngineError, ExecRequest, ExecResult, OutputStream};
+use crate::agent::{self, FramePort, VmLink};
 
-/// Extra time the host allows past an exec's in-guest `timeout_ms` before it
-/// stops the vCPU: a guest agent that honours the in-guest deadline answers
-/// `timed_out: true` first and the sandbox stays usable. Every front end that
-/// takes a `timeout_ms` from its caller adds it.
-pub const EXEC_HOST_GRACE_MS: u64 = 500;
-
-/// Per-call knobs.
-#[derive(Clone, Default)]
-pub struct ExecOptions {
-    /// Deadline; `None` uses the engine default.
-    pub timeout: Option<Duration>,
-    /// Output bytes kept; `None` uses the engine default.
-    pub output_cap: Option<usize>,
-    /// Cancels the call when triggered.
-    pub cancel: CancelToken,
+/// Where an exec's output and end go. Both are called on the VM's thread:
+/// the guest is not run while [`ExecSink::output`] blocks, so a sink whose
+/// consumer is slow holds the guest back instead of buffering without bound.
+pub trait ExecSink: Send + 'static {
+    /// A chunk of output, as the guest produced it, within the output cap.
+    fn output(&mut self, stream: OutputStream, data: &[u8]);
+    /// The end of the exec; called exactly once.
+    fn done(self: Box<Self>, result: Result<ExecResult, EngineError>);
 }
 
-/// The outcome of an exec that ran to its end.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExecResult {
-    /// Standard output.
-    pub stdout: Vec<u8>,
-    /// Standard error.
-    pub stderr: Vec<u8>,
-    /// Exit code, unless a signal ended the program.
-    pub exit_code: Option<i32>,
-    /// Terminating signal, if any.
-    pub signal: Option<i32>,
-    /// The agent's in-guest deadline killed the program (the sandbox stays usable).
-    pub timed_out: bool,
-    /// Output beyond the cap was dropped.
-    pub truncated: bool,
-    /// Wall time of the call.
-    pub duration: Duration,
+/// An exec under way: its sink and what it has printed.
+struct Collect {
+    sink: Box<dyn ExecSink>,
+    printed: Printed,
+}
+
+/// What a program has printed so far (an exec's or a code run's).
+#[derive(Default)]
+pub(crate) struct Printed {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Printed {
+    /// Keeps a chunk of output.
+    pub(crate) fn push(&mut self, stream: OutputStream, data: &[u8]) {
+        match stream {
+            OutputStream::Stdout => self.stdout.extend_from_slice(data),
+            OutputStream::Stderr => self.stderr.extend_from_slice(data),
+        }
+    }
+
+    /// The result of a run that ended as `end` after starting at `start`.
+    pub(crate) fn ended(self, end: &agent::ExecEnd, start: Instant) -> ExecResult {
+        ExecResult {
+            stdout: self.stdout,
+            stderr: self.stderr,
+            exit_code: (end.signal == 0).then_some(end.code),
+            signal: (end.signal != 0).then_some(end.signal),
+            timed_out: end.timed_out,
+            truncated: end.truncated,
+            duration: start.elapsed(),
+        }
+    }
 }
 
 impl Engine {
-    /// Deadline of a call that names none.
-    pub(crate) fn timeout_or_default(&self, t: Option<Duration>) -> Duration {
-        t.unwrap_or(Duration::from_millis(self.0.config.default_timeout_ms))
-    }
-
-    /// Runs `req` in a sandbox; `on_output` sees each chunk as it arrives.
-    pub fn exec(
+    /// Starts `req` in sandbox `id`; `sink` sees each output chunk as it
+    /// arrives and then the result. Returns at once: the end is reported on
+    /// the VM's thread (or on this one if the exec cannot start).
+    pub fn exec_then(
         &self,
         id: &str,
         req: &ExecRequest,
-        opts: &ExecOptions,
-        on_output: &mut dyn FnMut(Stream, &[u8]),
-    ) -> Result<ExecResult, EngineError> {
-        if req.argv.is_empty() {
-            return Err(EngineError::InvalidRequest("argv must not be empty".into()));
-        }
-        let frame =
-            agent::encode_exec(req, now_ns(), fresh_seed()).map_err(EngineError::from_agent)?;
-        let (end, result) = self.streaming_call(id, opts, on_output, move |link, cap, out| {
-            agent::exec(link, &frame, cap, out)
-        })?;
-        Ok(result.ended(&end))
-    }
-
-    /// Runs one conversation whose output streams (an exec, a code run):
-    /// `talk` runs on the VM's thread with the output cap; what it passes on
-    /// goes to `on_output` and is collected into the result, whose exit
-    /// fields the caller fills from `talk`'s answer.
-    pub(crate) fn streaming_call<T: Send + 'static>(
-        &self,
-        id: &str,
-        opts: &ExecOptions,
-        on_output: &mut dyn FnMut(Stream, &[u8]),
-        talk: impl FnOnce(
-            &mut VmLink<'_>,
-            usize,
-            &mut dyn FnMut(Stream, &[u8]),
-        ) -> Result<T, AgentError>
-        + Send
-        + 'static,
-    ) -> Result<(T, ExecResult), EngineError> {
+        cancel: &CancelToken,
+        sink: Box<dyn ExecSink>,
+    ) {
         let start = Instant::now();
-        let cap = opts.output_cap.unwrap_or(self.0.config.default_output_cap);
-        let mut result = ExecResult::default();
-        let answer = self.converse(
+        let checked = match req.check(&self.0.config) {
+            Ok(c) => c,
+            Err(e) => return sink.done(Err(e)),
+        };
+        let frame = match req.frame(checked.timeout) {
+            Ok(f) => f,
+            Err(e) => return sink.done(Err(e)),
+        };
+        let cap = checked.output_cap;
+        // The TAP link's endpoint, which the exec conversation carries frames
+        // for (none without network, or on the virtio link).
+        let port = self
+            .sandbox(id)
+            .ok()
+            .and_then(|sb| sb.net.as_ref().and_then(|n| n.port()));
+        let collect = Collect {
+            sink,
+            printed: Printed::default(),
+        };
+        self.converse_then(
             id,
-            self.timeout_or_default(opts.timeout),
-            &opts.cancel,
-            &mut |stream, data| {
-                on_output(stream, data);
-                match stream {
-                    Stream::Stdout => result.stdout.extend_from_slice(data),
-                    Stream::Stderr => result.stderr.extend_from_slice(data),
-                }
-            },
-            Box::new(move |vm, tpl, out| {
+            checked.host_deadline,
+            cancel,
+            collect,
+            move |vm, tpl, c: &mut Collect| {
+                let net = port.as_deref().map(|p| p as &dyn FramePort);
+                let mut out = |stream, data: &[u8]| {
+                    let stream = OutputStream::from_agent(stream);
+                    c.sink.output(stream, data);
+                    c.printed.push(stream, data);
+                };
                 let mut link = VmLink {
                     vm,
                     mailbox: &tpl.layer.mailbox,
                 };
-                talk(&mut link, cap, out)
-            }),
-        )?;
-        result.duration = start.elapsed();
-        Ok((answer, result))
+                agent::exec(&mut link, &frame, cap, &mut out, net)
+            },
+            move |c, result| {
+                let result = result.map(|end| c.printed.ended(&end, start));
+                c.sink.done(result);
+            },
+        );
+    }
+
+    /// Runs `req` in sandbox `id` and waits for it; `on_output` sees each
+    /// chunk as it arrives, on this thread.
+    pub fn exec(
+        &self,
+        id: &str,
+        req: &ExecRequest,
+        cancel: &CancelToken,
+        on_output: &mut dyn FnMut(OutputStream, &[u8]),
+    ) -> Result<ExecResult, EngineError> {
+        let limit = req.check(&self.0.config)?.host_deadline;
+        Engine::wait(limit, on_output, |relay| {
+            self.exec_then(id, req, cancel, Box::new(relay));
+        })
+    }
+
+    /// Runs `req` in sandbox `id`, a fresh fork, and kills it when the exec
+    /// ends, before `sink` hears of the end: fork, then this, is a one-shot
+    /// run. The sandbox is killed even if the exec cannot start.
+    pub fn run_then(
+        &self,
+        id: &str,
+        req: &ExecRequest,
+        cancel: &CancelToken,
+        sink: Box<dyn ExecSink>,
+    ) {
+        let kill_after = KillAfter {
+            engine: self.clone(),
+            sandbox: id.to_string(),
+            sink,
+        };
+        self.exec_then(id, req, cancel, Box::new(kill_after));
+    }
+
+    /// Forks `template`, runs `req` in the fork and kills it, waiting for
+    /// the result.
+    pub fn run(
+        &self,
+        template: &str,
+        req: &ExecRequest,
+        cancel: &CancelToken,
+        on_output: &mut dyn FnMut(OutputStream, &[u8]),
+    ) -> Result<ExecResult, EngineError> {
+        let limit = req.check(&self.0.config)?.host_deadline;
+        let forked = self.fork(template)?;
+        Engine::wait(limit, on_output, |relay| {
+            self.run_then(&forked.sandbox, req, cancel, Box::new(relay));
+        })
     }
 }
 
-impl ExecResult {
-    /// Fills the exit fields from how the guest said the run ended.
-    pub(crate) fn ended(mut self, end: &ExecEnd) -> ExecResult {
-        self.exit_code = (end.signal == 0).then_some(end.code);
-        self.signal = (end.signal != 0).then_some(end.signal);
-        self.timed_out = end.timed_out;
-        self.truncated = end.truncated;
-        self
+/// Kills the sandbox of a one-shot run before passing its end on.
+struct KillAfter {
+    engine: Engine,
+    sandbox: String,
+    sink: Box<dyn ExecSink>,
+}
+
+impl ExecSink for KillAfter {
+    fn output(&mut self, stream: OutputStream, data: &[u8]) {
+        self.sink.output(stream, data);
+    }
+
+    fn done(self: Box<Self>, result: Result<ExecResult, EngineError>) {
+        // Already gone if someone killed it meanwhile; the exec's own
+        // result says so.
+        let _ = self.engine.kill(&self.sandbox);
+        self.sink.done(result);
     }
 }
 
-pub(crate) fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+impl ExecSink for Relay<ExecResult> {
+    fn output(&mut self, stream: OutputStream, data: &[u8]) {
+        Relay::output(self, stream, data);
+    }
 
-pub(crate) fn fresh_seed() -> [u8; 32] {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).expect("the OS random source is available");
-    seed
+    fn done(self: Box<Self>, result: Result<ExecResult, EngineError>) {
+        Relay::done(*self, result);
+    }
 }

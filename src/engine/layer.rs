@@ -87,7 +87,7 @@ pub(crate) enum Ram {
 }
 
 /// Memory a layer accounts for, in bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LayerMemory {
     /// Pages this layer added itself.
     pub own_bytes: u64,
@@ -190,6 +190,21 @@ impl Layer {
         // A vCPU stopped in an I/O exit owes the guest the end of that
         // instruction; finish it so the state is self-consistent.
         vm.complete_pending_io()?;
+        // Frames arriving meanwhile would make the memory read below
+        // disagree with the network device's captured queues.
+        vm.pause_net(true);
+        let layer = Self::capture_paused(vm, hv, cpuid, over);
+        vm.pause_net(false);
+        layer
+    }
+
+    /// [`Layer::capture`] once nothing else writes the guest's memory.
+    fn capture_paused(
+        vm: &mut Vm,
+        hv: &Hypervisor,
+        cpuid: &CpuId,
+        over: Over<'_>,
+    ) -> Result<Layer, VmmError> {
         let state = vm.capture(hv, cpuid)?;
         let parent = match over {
             Over::Boot { base, mailbox } => return Ok(Layer::root(base, state, mailbox)),

@@ -44,7 +44,8 @@ impl Engine {
     /// Boots `kernel` (a bzImage) with `initramfs` (whose `/init` is the
     /// zeroboot agent) in `memory_mib` MiB of guest memory, captures it at the
     /// agent's Ready and registers it as a template. `cmdline` defaults to
-    /// [`crate::image::KERNEL_CMDLINE`]. Fails at once on kvm-pvm.
+    /// [`crate::image::KERNEL_CMDLINE`]. `memory_mib` must lie in the
+    /// configuration's range. Fails at once on kvm-pvm.
     pub fn build_template(
         &self,
         kernel: &Path,
@@ -66,6 +67,15 @@ impl Engine {
         manifest: Option<Manifest>,
         cancel: &CancelToken,
     ) -> Result<TemplateInfo, EngineError> {
+        let (min, max) = (
+            self.0.config.min_linux_memory_mib,
+            self.0.config.max_linux_memory_mib,
+        );
+        if !(min..=max).contains(&memory_mib) {
+            return Err(EngineError::InvalidRequest(format!(
+                "memory_mib must be between {min} and {max}"
+            )));
+        }
         if self.flavor() == Flavor::Pvm {
             return Err(EngineError::LinuxNeedsHardwareKvm);
         }

@@ -9,10 +9,17 @@
 //! Then the full machine state is restored, as for a cold fork. No page,
 //! register or device state of the previous tenant survives
 //! (tests/engine_isolation.rs checks both paths).
+//!
+//! A sandbox killed before it ran anything (and without a network device)
+//! goes back as it is: no guest
+//! instruction ran and no page was written since its last reset. Resetting
+//! it anyway queued one reset per fork on the VM's thread, and a loop of
+//! forks and kills piled hundreds of them up in front of the next exec
+//! (a 190 ms `exec_echo_us` maximum in the bench).
 
 use std::sync::Arc;
 
-use super::layer::Ram;
+use super::layer::{Layer, Ram};
 use super::pool::{Health, Shell};
 use super::template::{Family, Template};
 
@@ -20,11 +27,19 @@ use super::template::{Family, Template};
 /// sandbox was forked from) while that branch wants more, so a branch forked
 /// and killed in a loop restores its own state once per cycle, not the root's
 /// and then its own; otherwise into the pool of `family`, reset to the root.
-/// Torn down when neither has room or the VM crashed.
-pub(crate) fn recycle(family: &Arc<Family>, branch: Option<&Template>, shell: Shell) {
-    let recyclable = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
-        Health::Ready => true,
-        Health::Broken { recyclable, .. } => *recyclable,
+/// Torn down when neither has room or the VM crashed. `touched` says whether
+/// the VM changed since its reset (the sandbox ran something, or a network
+/// device was plugged in): one that did not, going back to the layer it was
+/// forked from, needs no reset.
+pub(crate) fn recycle(
+    family: &Arc<Family>,
+    branch: Option<&Template>,
+    shell: Shell,
+    touched: bool,
+) {
+    let (healthy, recyclable) = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
+        Health::Ready => (true, true),
+        Health::Broken { recyclable, .. } => (false, *recyclable),
     };
     let (pool, layer) = match branch {
         Some(t) if recyclable && t.is_branch() && t.ready.has_room() => (&t.ready, &t.layer),
@@ -34,11 +49,24 @@ pub(crate) fn recycle(family: &Arc<Family>, branch: Option<&Template>, shell: Sh
             return;
         }
     };
+    let unchanged = healthy && !touched && branch.is_some_and(|t| Arc::ptr_eq(&t.layer, layer));
+    if !unchanged && !reset(family, layer, &shell) {
+        return;
+    }
+    if let Err(shell) = pool.offer(shell) {
+        drop(shell.thread.stop());
+    }
+}
+
+/// Queues the reset to `layer` on the VM's thread; false if the thread is gone.
+fn reset(family: &Arc<Family>, layer: &Arc<Layer>, shell: &Shell) -> bool {
     *shell.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Ready;
     shell.thread.kicker().clear();
     let health = Arc::clone(&shell.health);
     let (f, l) = (Arc::clone(family), Arc::clone(layer));
-    let queued = shell.thread.submit(move |vm| {
+    shell.thread.submit(move |vm| {
+        // No frame may land in memory handed to the next tenant.
+        vm.detach_net();
         if let Err(e) = l.restore(vm, &f.hot_pages, Ram::Used) {
             tracing::warn!(template = %f.name, error = %e, "recycling a VM failed");
             *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
@@ -46,11 +74,5 @@ pub(crate) fn recycle(family: &Arc<Family>, branch: Option<&Template>, shell: Sh
                 recyclable: false,
             };
         }
-    });
-    if !queued {
-        return;
-    }
-    if let Err(shell) = pool.offer(shell) {
-        drop(shell.thread.stop());
-    }
+    })
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::Template;
+use super::network::SandboxNet;
 use super::pool::{Health, Shell};
 use crate::vmm::BusStats;
 
@@ -21,8 +22,12 @@ pub(crate) struct Sandbox {
     pub vm_id: u64,
     pub template: Arc<Template>,
     pub shell: Option<Shell>,
+    pub net: Option<SandboxNet>,
     pub busy: AtomicBool,
     pub killed: AtomicBool,
+    /// Set once a conversation was started: until then the VM is exactly as
+    /// its pool held it, and recycling it needs no reset.
+    pub ran: AtomicBool,
     pub created: Instant,
     pub execs: AtomicU64,
     pub counters: Arc<Mutex<Counters>>,
@@ -57,23 +62,14 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = h;
     }
-
-    /// Clears the busy flag when an exec ends, however it ends.
-    pub fn busy_guard(&self) -> impl Drop + '_ {
-        struct Guard<'a>(&'a AtomicBool);
-        impl Drop for Guard<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::SeqCst);
-            }
-        }
-        Guard(&self.busy)
-    }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(shell) = self.shell.take() {
-            super::recycle::recycle(&self.template.family, Some(&self.template), shell);
+            // A plugged network device is undone only by a reset.
+            let touched = self.ran.load(Ordering::SeqCst) || self.net.is_some();
+            super::recycle::recycle(&self.template.family, Some(&self.template), shell, touched);
         }
     }
 }

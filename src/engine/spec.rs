@@ -24,8 +24,9 @@
 
 use std::time::Duration;
 
-use super::{Branching, CancelToken, Engine, EngineError, ExecOptions, TemplateInfo, Unload};
-use crate::agent::{ExecRequest, Program};
+use super::{
+    Branching, CancelToken, Engine, EngineError, ExecRequest, Program, TemplateInfo, Unload,
+};
 use crate::image::progress::{Phase, Progress, Reporter};
 use crate::image::spec_image::{self, Manifest, SpecBuildOptions};
 use crate::spec::Spec;
@@ -105,14 +106,9 @@ impl Engine {
         progress: Reporter<'_>,
         cancel: &CancelToken,
     ) -> Result<Option<TemplateInfo>, EngineError> {
-        let opts = ExecOptions {
-            timeout: Some(WARMUP_TIMEOUT),
-            output_cap: Some(WARMUP_OUTPUT),
-            cancel: cancel.clone(),
-        };
         if !spec.python.preload.is_empty() {
             let sandbox = self.fork(template)?.sandbox;
-            let checked = self.check_preloads(&sandbox, spec, &opts, progress);
+            let checked = self.check_preloads(&sandbox, spec, cancel, progress);
             drop(self.kill(&sandbox));
             checked?;
         }
@@ -120,7 +116,7 @@ impl Engine {
             return Ok(None);
         }
         let sandbox = self.fork(template)?.sandbox;
-        let result = self.run_warmup(&sandbox, spec, &opts, progress, cancel);
+        let result = self.run_warmup(&sandbox, spec, progress, cancel);
         drop(self.kill(&sandbox));
         result.map(Some)
     }
@@ -129,7 +125,7 @@ impl Engine {
         &self,
         sandbox: &str,
         spec: &Spec,
-        opts: &ExecOptions,
+        cancel: &CancelToken,
         progress: Reporter<'_>,
     ) -> Result<(), EngineError> {
         progress(&Progress::step(Phase::Warmup, "checking preloads"));
@@ -137,10 +133,12 @@ impl Engine {
         argv.extend(spec.python.preload.iter().cloned());
         let req = ExecRequest {
             argv,
-            program: Some(Program::Python),
+            program: Program::Python,
+            timeout: Some(WARMUP_TIMEOUT),
+            output_cap: Some(WARMUP_OUTPUT),
             ..Default::default()
         };
-        let run = self.exec(sandbox, &req, opts, &mut |_, _| {})?;
+        let run = self.exec(sandbox, &req, cancel, &mut |_, _| {})?;
         if run.exit_code != Some(0) {
             return Err(EngineError::PreloadFailed {
                 traceback: String::from_utf8_lossy(&run.stderr).into_owned(),
@@ -153,7 +151,6 @@ impl Engine {
         &self,
         sandbox: &str,
         spec: &Spec,
-        opts: &ExecOptions,
         progress: Reporter<'_>,
         cancel: &CancelToken,
     ) -> Result<TemplateInfo, EngineError> {
@@ -166,9 +163,11 @@ impl Engine {
             });
             let req = ExecRequest {
                 argv: vec!["/bin/sh".into(), "-c".into(), command.clone()],
+                timeout: Some(WARMUP_TIMEOUT),
+                output_cap: Some(WARMUP_OUTPUT),
                 ..Default::default()
             };
-            let run = self.exec(sandbox, &req, opts, &mut |_, _| {})?;
+            let run = self.exec(sandbox, &req, cancel, &mut |_, _| {})?;
             tracing::info!(
                 command,
                 exit_code = ?run.exit_code,

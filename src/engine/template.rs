@@ -79,7 +79,7 @@ impl Template {
             };
             self.adopt(&shell);
             if let Err(shell) = self.ready.offer(shell) {
-                super::recycle::recycle(&self.family, None, shell);
+                super::recycle::recycle(&self.family, None, shell, true);
                 return;
             }
         }
@@ -104,6 +104,8 @@ pub(crate) struct Family {
     /// What the root's image holds, when it was built from a spec; every
     /// branch of the family runs that image, and its files record it.
     pub manifest: Option<Manifest>,
+    /// The network its forks get unless they say otherwise (the spec's).
+    pub network: Option<super::NetworkSpec>,
     /// Templates of the family still registered; the pool closes at zero.
     members: AtomicUsize,
 }
@@ -129,6 +131,7 @@ impl Family {
             cpuid,
             pool: Pool::new(pool_size),
             hot_pages: Vec::new(),
+            network: super::network::template_default(manifest.as_ref()),
             manifest,
             members: AtomicUsize::new(0),
         };
@@ -151,8 +154,7 @@ impl Family {
         timeout: Duration,
         cancel: &CancelToken,
     ) -> Result<Vec<u64>, EngineError> {
-        let req = agent::ExecRequest::default();
-        let frame = agent::encode_exec(&req, 0, [0; 32]).map_err(EngineError::from_agent)?;
+        let frame = super::ExecRequest::default().frame(Duration::ZERO)?;
         let (root, cpuid, h) = (Arc::clone(&self.root), self.cpuid.clone(), Arc::clone(hv));
         let thread = VcpuThread::spawn(format!("probe-{}", self.name), move || {
             let ram = GuestRam::map(root.base(), Sharing::Private)?;
@@ -169,7 +171,7 @@ impl Family {
                 vm: &mut *vm,
                 mailbox: &mailbox,
             };
-            let answer = agent::exec(&mut link, &frame, 0, out);
+            let answer = agent::exec(&mut link, &frame, 0, out, None);
             let rip = vm.regs().map(|r| r.rip).ok();
             let hot = vm.ram().private_pages();
             (answer, rip, hot)

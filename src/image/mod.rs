@@ -54,6 +54,7 @@ pub mod cache;
 mod command;
 mod cpio;
 pub mod debian;
+pub mod debs;
 mod error;
 mod initramfs;
 mod kernel;
@@ -170,19 +171,25 @@ fn fresh_dir(dir: &Path) -> Result<(), ImageError> {
     std::fs::create_dir_all(dir).map_err(ImageError::io("cannot create", dir))
 }
 
+/// Builds the initramfs; `modules` are the network modules of the kernel
+/// it will boot with ([`kernel::packed_modules`]).
 fn build_initramfs(
     debian: &debian::Debian,
     cache: &Path,
     opts: &BuildOptions,
+    modules: &[(String, Vec<u8>)],
 ) -> Result<PathBuf, ImageError> {
     let agent = agent::locate(opts.agent.as_deref())?;
     let packages = debian.closure(&python::PACKAGES.map(String::from))?;
     let debs = debian.fetch(&packages, &mut |_| {})?;
     let agent_bytes = std::fs::read(&agent).map_err(ImageError::io("cannot read", &agent))?;
-    let digest = python::fingerprint(cache::Fingerprint::default())
+    let mut digest = python::fingerprint(cache::Fingerprint::default())
         .mix(LAYOUT_VERSION)
         .mix(format!("{:?}", opts.profile).as_bytes())
         .mix(&agent_bytes);
+    for (name, bytes) in modules {
+        digest = digest.mix(name.as_bytes()).mix(bytes);
+    }
     let digest = mix_debs(digest, &debs);
     let dir = cache.join("initramfs");
     let out = dir.join(format!("{:?}-{}.cpio", opts.profile, digest.hex()).to_lowercase());
@@ -196,6 +203,7 @@ fn build_initramfs(
     let sysroot = work.join("sysroot");
     unpack_sysroot(&debs, &sysroot)?;
     let tree = python::stage(&python_debs(&debs), &sysroot, opts.profile, &work)?;
+    kernel::install_modules(modules, &tree)?;
     eprintln!("zeroboot image: packing {}", out.display());
     initramfs::write(&agent, &tree, &layers::Owners::new(), &out)?;
     std::fs::remove_dir_all(&work).map_err(ImageError::io("cannot remove", &work))?;
@@ -240,13 +248,17 @@ pub fn build(opts: &BuildOptions) -> Result<ImagePaths, ImageError> {
     };
     let _lock = cache::lock(&cache)?;
     let debian = debian::Debian::open(&cache.join("debian"))?;
-    let kernel = match &opts.kernel {
-        Some(k) => given("kernel", k)?,
-        None => kernel::fetch(&debian, &cache, &mut |_| {})?,
+    let (kernel, modules) = match &opts.kernel {
+        Some(k) => (given("kernel", k)?, Vec::new()),
+        None => {
+            let k = kernel::fetch(&debian, &cache, &mut |_| {})?;
+            let modules = kernel::packed_modules(&k)?;
+            (k, modules)
+        }
     };
     let initramfs = match &opts.initramfs {
         Some(i) => given("initramfs", i)?,
-        None => build_initramfs(&debian, &cache, opts)?,
+        None => build_initramfs(&debian, &cache, opts, &modules)?,
     };
     Ok(ImagePaths { kernel, initramfs })
 }

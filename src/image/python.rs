@@ -106,6 +106,8 @@ const MINIMAL_KEEP: &[&str] = &[
     "encodings.base64_codec",
     "encodings.raw_unicode_escape",
     "encodings.unicode_escape",
+    // socket.getaddrinfo encodes every str host name with it (networking).
+    "encodings.idna",
 ];
 /// Extension modules the minimal profile keeps (every other one is removed
 /// before the closure is computed, so kept modules fall back to their pure-

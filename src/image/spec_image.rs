@@ -1,7 +1,8 @@
 //! A guest image assembled from a template spec ([`crate::spec`]): the
 //! root filesystem (the python base or an OCI image, Debian packages,
 //! Python packages, the user's files, `/etc/zeroboot/agent.conf` with the
-//! exec defaults and preloads) packed as an initramfs beside Debian's
+//! exec defaults and preloads, the kernel's network modules as in the
+//! default image) packed as an initramfs beside Debian's
 //! kernel, and a [`Manifest`] of what went in (the versions resolved,
 //! recorded in the template so a build can be reproduced).
 //!
@@ -10,8 +11,8 @@
 //! work directory that is removed on success and failure alike; the cache
 //! (`spec/<digest>/`) only ever receives a finished image, by rename. The
 //! digest covers what decides the image's bytes (the spec without its
-//! `warmup` and `memory_mib`, the sizes and times of the host files it
-//! names, the agent, this module's layout version): a second build of the
+//! `warmup`, `memory_mib` and `network`, the sizes and times of the host
+//! files it names, the agent, this module's layout version): a second build of the
 //! same spec is a lookup that needs no network, which is how the test lane
 //! (no network inside) builds templates from specs that the host prepared.
 
@@ -29,7 +30,7 @@ use super::{ImageError, Profile, agent, cache, initramfs, kernel, libs, oci, pyt
 use crate::spec::{Base, Spec, Stdlib};
 
 /// Part of every spec image's digest: bump when the assembly changes.
-const LAYOUT_VERSION: &[u8] = b"zeroboot-spec-image-1";
+const LAYOUT_VERSION: &[u8] = b"zeroboot-spec-image-2";
 /// The busybox of the python base (static: needs no library).
 const BUSYBOX: &str = "busybox-static";
 /// Libraries manylinux wheels may expect from the system besides glibc.
@@ -144,6 +145,7 @@ fn digest(spec: &Spec, agent: &[u8]) -> Result<String, ImageError> {
     let mut image_part = spec.clone();
     image_part.warmup.clear();
     image_part.memory_mib = None;
+    image_part.network = Default::default();
     let mut d = python::fingerprint(Fingerprint::default())
         .mix(LAYOUT_VERSION)
         .mix(image_part.to_json().to_string().as_bytes())
@@ -192,7 +194,8 @@ pub fn build(
     let kernel = kernel::fetch(&debian, &cache, progress)?;
     let work = WorkDir(cache.join("spec").join(format!("{key}.work")));
     fresh(&work.0)?;
-    let manifest = assemble(spec, &debian, &cache, &work.0, &agent, progress)?;
+    let modules = kernel::packed_modules(&kernel)?;
+    let manifest = assemble(spec, &debian, &cache, &work.0, &agent, &modules, progress)?;
     let needed = memory_needed_mib(manifest.initramfs_bytes);
     if needed > u64::from(spec.memory_mib()) {
         return Err(ImageError::ImageTooLarge {
@@ -260,6 +263,7 @@ fn assemble(
     cache: &Path,
     work: &Path,
     agent: &Path,
+    modules: &[(String, Vec<u8>)],
     progress: Reporter<'_>,
 ) -> Result<Manifest, ImageError> {
     let python_base = spec.base == Base::Python;
@@ -325,6 +329,7 @@ fn assemble(
             tracing::warn!(error = %e, "some Python packages' files did not precompile");
         }
     }
+    kernel::install_modules(modules, &root)?;
     copy_files(spec, &root)?;
     let user = user_ids(spec, &oci_defaults, &root, &mut owners)?;
     write_agent_conf(spec, &oci_defaults, user, &root, &mut owners)?;

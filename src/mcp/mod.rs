@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use rmcp::ServiceExt;
 
 use crate::engine::{Engine, EngineConfig};
+use crate::spec::Spec;
 pub use error::ToolError;
 use session::Session;
 
@@ -33,16 +34,27 @@ pub enum TemplateSource {
     Builtin(String),
     /// A template file written by `template.save`.
     File(PathBuf),
+    /// A template spec (`zeroboot.toml`, or `.json`), built on first use.
+    Spec(PathBuf, Box<Spec>),
 }
 
 impl TemplateSource {
-    /// `bare` (a name without `/` or `.`) is a built-in; anything else is a
+    /// `bare` (a name without `/` or `.`) is a built-in; a `.toml` or
+    /// `.json` path is a template spec, read and checked now so a wrong field
+    /// stops the server before a client connects; anything else is a
     /// template file, which must exist.
     pub fn parse(arg: &str) -> Result<TemplateSource, String> {
         if !arg.is_empty() && !arg.contains(['/', '.']) {
             return Ok(TemplateSource::Builtin(arg.to_string()));
         }
         let path = PathBuf::from(arg);
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("toml" | "json")
+        ) {
+            let spec = Spec::load(&path).map_err(|e| format!("{arg}: {e}"))?;
+            return Ok(TemplateSource::Spec(path, Box::new(spec)));
+        }
         if !path.is_file() {
             return Err(format!("{arg}: no such template file"));
         }
@@ -54,7 +66,9 @@ impl std::fmt::Display for TemplateSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TemplateSource::Builtin(name) => write!(f, "builtin:{name}"),
-            TemplateSource::File(path) => write!(f, "{}", path.display()),
+            TemplateSource::File(path) | TemplateSource::Spec(path, _) => {
+                write!(f, "{}", path.display())
+            }
         }
     }
 }
@@ -140,5 +154,26 @@ mod tests {
         assert!(TemplateSource::parse(arg).unwrap_err().contains("no such"));
         assert!(TemplateSource::parse("./bare").is_err());
         assert!(TemplateSource::parse("").is_err());
+    }
+
+    #[test]
+    fn a_spec_is_read_and_checked_when_the_server_starts() {
+        let dir = std::env::temp_dir().join(format!("zb-mcp-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("zeroboot.toml");
+        std::fs::write(&good, "[python]\npreload = [\"json\"]\n").unwrap();
+        let arg = good.to_str().unwrap();
+        match TemplateSource::parse(arg) {
+            Ok(TemplateSource::Spec(path, spec)) => {
+                assert_eq!(path, good);
+                assert_eq!(spec.python.preload, ["json"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[python]\npreloads = [\"json\"]\n").unwrap();
+        let err = TemplateSource::parse(bad.to_str().unwrap()).unwrap_err();
+        assert!(err.contains("preloads"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

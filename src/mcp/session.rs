@@ -81,12 +81,32 @@ impl Session {
             .await;
         let started = Instant::now();
         let source = self.source.clone();
-        let info = self
-            .run(ctx, move |engine, cancel| match &source {
-                TemplateSource::Builtin(name) => engine.load_builtin(name),
-                TemplateSource::File(path) => engine.load_file(path, cancel),
-            })
-            .await?;
+        let forwarder = progress.forwarder();
+        let (steps, forwarding) = forwarder.unzip();
+        let load = self.run(ctx, move |engine, cancel| match &source {
+            TemplateSource::Builtin(name) => engine.load_builtin(name),
+            TemplateSource::File(path) => engine.load_file(path, cancel),
+            TemplateSource::Spec(_, spec) => {
+                let mut last = String::new();
+                let mut step = |p: &crate::image::progress::Progress| {
+                    // One notification per new message: a download's byte
+                    // counts are not worth a message each.
+                    if p.message != last {
+                        last.clone_from(&p.message);
+                        if let Some(tx) = &steps {
+                            let _ = tx.send(format!("building template: {}", p.message));
+                        }
+                    }
+                };
+                engine
+                    .build_from_spec(spec, &Default::default(), &mut step, cancel)
+                    .map(|built| built.info)
+            }
+        });
+        let info = match forwarding {
+            Some(forwarding) => tokio::join!(load, forwarding).0,
+            None => load.await,
+        }?;
         progress
             .report(format!(
                 "template {} loaded in {} ms",

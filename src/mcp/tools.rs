@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::progress::{Progress, excerpt};
 use super::session::Session;
 use super::{TemplateSource, ToolError};
-use crate::agent::{CodeRequest, ExecRequest, Language, Stream};
-use crate::engine::{Branching, EXEC_HOST_GRACE_MS, ExecOptions};
+use crate::engine::{Branching, CodeRequest, ExecRequest, Language, OutputStream, SandboxState};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -324,15 +323,15 @@ impl Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ExecOutput>, ToolError> {
         let progress = Progress::new(&ctx);
-        let timeout_ms = check_timeout(a.timeout_ms)?;
         let sandbox = self.session.sandbox(a.sandbox, &ctx, &progress).await?;
+        // The engine checks the deadline against its limits.
         let req = ExecRequest {
             argv: a.argv,
             env: a.env.into_iter().collect(),
             cwd: a.cwd.unwrap_or_default(),
             stdin: a.stdin.unwrap_or_default().into_bytes(),
-            timeout_ms: timeout_ms.unwrap_or(0) as u32,
-            program: None,
+            timeout: a.timeout_ms.map(Duration::from_millis),
+            ..Default::default()
         };
         let (tx, forwarding) = progress.forwarder().unzip();
         let forwarding = async {
@@ -342,10 +341,10 @@ impl Server {
         };
         let id = sandbox.clone();
         let running = self.session.run_on(&sandbox, &ctx, move |engine, cancel| {
-            let (timeout_ms, opts) = run_options(engine, timeout_ms, cancel);
-            let mut req = req;
-            req.timeout_ms = timeout_ms as u32;
-            let result = engine.exec(&id, &req, &opts, &mut |stream, data| {
+            let timeout_ms = req
+                .timeout
+                .map_or(engine.config().default_timeout_ms, |t| t.as_millis() as u64);
+            let result = engine.exec(&id, &req, cancel, &mut |stream, data| {
                 forward(tx.as_ref(), stream, data)
             });
             result.map(|r| (r, timeout_ms))
@@ -384,7 +383,6 @@ impl Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<RunCodeOutput>, ToolError> {
         let progress = Progress::new(&ctx);
-        let timeout_ms = check_timeout(a.timeout_ms)?;
         let sandbox = self.session.sandbox(a.sandbox, &ctx, &progress).await?;
         let req = CodeRequest {
             language: a.language.into(),
@@ -392,7 +390,9 @@ impl Server {
             context: a.context,
             env: a.env.into_iter().collect(),
             cwd: a.cwd.unwrap_or_default(),
-            timeout_ms: 0,
+            // The engine checks the deadline against its limits.
+            timeout: a.timeout_ms.map(Duration::from_millis),
+            output_cap: None,
         };
         let (tx, forwarding) = progress.forwarder().unzip();
         let forwarding = async {
@@ -402,10 +402,10 @@ impl Server {
         };
         let id = sandbox.clone();
         let running = self.session.run_on(&sandbox, &ctx, move |engine, cancel| {
-            let (timeout_ms, opts) = run_options(engine, timeout_ms, cancel);
-            let mut req = req;
-            req.timeout_ms = timeout_ms as u32;
-            let result = engine.run_code(&id, &req, &opts, &mut |stream, data| {
+            let timeout_ms = req
+                .timeout
+                .map_or(engine.config().default_timeout_ms, |t| t.as_millis() as u64);
+            let result = engine.run_code(&id, &req, cancel, &mut |stream, data| {
                 forward(tx.as_ref(), stream, data)
             });
             result.map(|r| (r, timeout_ms))
@@ -572,7 +572,11 @@ impl Server {
                 default: default_sandbox.as_deref() == Some(&s.sandbox),
                 sandbox: s.sandbox,
                 from: s.template,
-                state: s.state,
+                state: match s.state {
+                    SandboxState::Ready => "ready".into(),
+                    SandboxState::Busy => "busy".into(),
+                    SandboxState::Broken { .. } => "broken".into(),
+                },
             })
             .collect();
         let branches = engine
@@ -616,42 +620,17 @@ impl Server {
     }
 }
 
-/// A caller's `timeout_ms`, checked: 1 to `u32::MAX` (the agent's field).
-fn check_timeout(timeout_ms: Option<u64>) -> Result<Option<u64>, ToolError> {
-    match timeout_ms {
-        None => Ok(None),
-        Some(t @ 1..=0xffff_ffff) => Ok(Some(t)),
-        Some(_) => Err(ToolError::InvalidArgument(format!(
-            "timeout_ms must be between 1 and {}",
-            u32::MAX
-        ))),
-    }
-}
-
-/// The deadline a run gets (the caller's, else the server's) and its
-/// options: the host stops the vCPU only after the in-guest deadline plus a
-/// grace, so a guest that honours it answers first.
-fn run_options(
-    engine: &crate::engine::Engine,
-    timeout_ms: Option<u64>,
-    cancel: &crate::engine::CancelToken,
-) -> (u64, ExecOptions) {
-    let timeout_ms = timeout_ms.unwrap_or(engine.config().default_timeout_ms);
-    let opts = ExecOptions {
-        timeout: Some(Duration::from_millis(timeout_ms + EXEC_HOST_GRACE_MS)),
-        output_cap: None,
-        cancel: cancel.clone(),
-    };
-    (timeout_ms, opts)
-}
-
 /// Forwards an output chunk as a progress message, when the client asked
 /// for progress.
-fn forward(tx: Option<&tokio::sync::mpsc::UnboundedSender<String>>, stream: Stream, data: &[u8]) {
+fn forward(
+    tx: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+    stream: OutputStream,
+    data: &[u8],
+) {
     if let Some(tx) = tx {
         let label = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
         };
         // The receiver lives until the call returns.
         let _ = tx.send(format!("{label}: {}", excerpt(data)));
@@ -664,6 +643,9 @@ impl ServerHandler for Server {
         let template = match self.session.source() {
             TemplateSource::Builtin(name) => format!("the built-in `{name}` template"),
             TemplateSource::File(path) => format!("the template file {}", path.display()),
+            TemplateSource::Spec(path, _) => {
+                format!("the template built from the spec {}", path.display())
+            }
         };
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("zeroboot", env!("CARGO_PKG_VERSION")))

@@ -145,6 +145,11 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             msg,
             json!({"kind": "invalid_request", "detail": detail}),
         ),
+        EngineError::NetworkPolicy(e) => error(
+            INVALID_PARAMS,
+            msg,
+            json!({"kind": "network_policy", "detail": e.to_string()}),
+        ),
         EngineError::TemplateFile { path, detail } => error(
             TEMPLATE_FILE,
             msg,
@@ -285,6 +290,30 @@ pub fn invalid_request(detail: impl Into<String>) -> ErrorObjectOwned {
     )
 }
 
+/// A request whose id is the id of a request still running: refused, so
+/// that every answer and every cancel names one call.
+pub fn duplicate_id(id: &serde_json::value::RawValue) -> ErrorObjectOwned {
+    error(
+        INVALID_REQUEST,
+        format!(
+            "invalid request: a request with id {} is still running",
+            id.get()
+        ),
+        json!({"kind": "duplicate_id", "id": id}),
+    )
+}
+
+/// The slow-work pool is full.
+pub fn busy(threads: usize, queue: usize) -> ErrorObjectOwned {
+    let detail =
+        format!("{threads} slow calls are running and {queue} more are waiting; try again later");
+    error(
+        RESOURCE_LIMIT,
+        format!("resource limit: {detail}"),
+        json!({"kind": "resource_limit", "detail": detail}),
+    )
+}
+
 /// A message over `max_message_bytes`, skipped unread.
 pub fn message_too_large(length: u64, limit: usize) -> ErrorObjectOwned {
     error(
@@ -380,6 +409,7 @@ pub(crate) mod tests {
                 detail: "spun".into(),
             },
             EngineError::Vmm(VmmError::OpenKvm(kvm_ioctls::Error::new(libc::EIO))),
+            EngineError::NetworkPolicy(crate::net::Policy::parse(&["300.0.0.1"], &[]).unwrap_err()),
             EngineError::LinuxNeedsHardwareKvm,
             EngineError::LinuxBoot {
                 reason: "triple fault".into(),
@@ -423,6 +453,7 @@ pub(crate) mod tests {
                 | EngineError::TemplateIncompatible { .. }
                 | EngineError::TemplateUnresponsive { .. }
                 | EngineError::Vmm(_)
+                | EngineError::NetworkPolicy(_)
                 | EngineError::LinuxNeedsHardwareKvm
                 | EngineError::LinuxBoot { .. }
                 | EngineError::Spec(_)

@@ -1,30 +1,38 @@
 //! The stdio JSON-RPC worker: `zeroboot serve`.
 //!
 //! Layers, outside in: [`framing`] finds message bodies in the byte stream
-//! (LSP base protocol or NDJSON), [`message`] classifies each body (request,
-//! notification, batch, invalid), `server` runs the session (reader thread,
-//! writer thread, one task per request, cancellation, shutdown), `methods`
-//! maps each method to one engine call, [`errors`] maps every failure to a
-//! JSON-RPC error in one place. Nothing here touches KVM; nothing below this
-//! module knows JSON-RPC exists. The contract — every method, param, result,
-//! notification and error — is schema/openrpc.json, returned by `rpc.discover`.
+//! (LSP base protocol or NDJSON); [`message`] parses each body once into a
+//! typed call from the [`methods`] table (or says exactly what is wrong with
+//! it); `session` reads, dispatches and ends the session; `dispatch` maps
+//! each call to one engine call and decides which thread runs it; `params`
+//! holds every wire shape and its translation to the engine's types;
+//! `reply` and `writer` carry answers out, written by the thread that
+//! finished the work; [`errors`] maps every failure to a JSON-RPC error in
+//! one place. Nothing here touches KVM; nothing below this module knows
+//! JSON-RPC exists. The contract — every method, param, result,
+//! notification and error — is schema/openrpc.json, returned by
+//! `rpc.discover`. docs/rpc-path.md explains the design and its figures.
 
 mod code;
+mod dispatch;
 pub mod errors;
 pub mod framing;
+mod info;
 pub mod message;
-mod methods;
+pub mod methods;
 mod output;
 mod params;
-mod server;
+mod pool;
+mod process;
+mod reply;
+mod session;
+mod writer;
 
 use std::io;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use crate::engine::{Engine, EngineConfig};
-pub use methods::OPENRPC;
+pub use info::OPENRPC;
 
 /// Options of `zeroboot serve`.
 #[derive(Clone, Debug)]
@@ -37,10 +45,18 @@ pub struct ServeOptions {
 
 /// Serves JSON-RPC on stdin/stdout until shutdown or EOF; returns the exit code.
 ///
-/// The worker starts even when KVM is unusable: `worker.info` and
-/// `rpc.discover` answer, every engine method fails with the KVM-unavailable
-/// error.
+/// The worker starts even when KVM is unusable: `worker.info`,
+/// `worker.ping` and `rpc.discover` answer, every engine method fails with
+/// the KVM-unavailable error.
 pub fn serve(opts: ServeOptions) -> ExitCode {
+    // Before any thread exists, so every thread inherits the mask.
+    let signals = match process::Signals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot block SIGTERM and SIGINT");
+            return ExitCode::FAILURE;
+        }
+    };
     let output = match crate::stdio::protocol_stdout() {
         Ok(f) => f,
         Err(e) => {
@@ -50,17 +66,19 @@ pub fn serve(opts: ServeOptions) -> ExitCode {
     };
     let engine = Engine::new(opts.engine.clone()).map_err(|e| {
         let detail = crate::error_chain(&e);
-        tracing::warn!(error = %detail, "engine unavailable; only worker.info and rpc.discover will work");
+        tracing::warn!(error = %detail, "engine unavailable; only worker.info, worker.ping and rpc.discover will work");
         detail
     });
     if let Ok(engine) = &engine {
         tracing::info!(flavor = engine.flavor().as_str(), "zeroboot worker ready");
     }
-    let code = server::run(
+    let code = session::run(
         Box::new(io::stdin()),
         Box::new(output),
-        state(engine, &opts),
-        true,
+        engine,
+        opts.engine,
+        opts.max_message_bytes,
+        Some(signals),
     );
     ExitCode::from(code)
 }
@@ -85,28 +103,16 @@ pub fn run_session(input: Vec<u8>, max_message_bytes: usize) -> (Vec<u8>, u8) {
         }
     }
     let out = Shared::default();
-    let opts = ServeOptions {
-        engine: EngineConfig::default(),
-        max_message_bytes,
-    };
-    let code = server::run(
+    let code = session::run(
         Box::new(io::Cursor::new(input)),
         Box::new(out.clone()),
-        state(Err("no engine in this session".into()), &opts),
-        false,
+        Err("no engine in this session".into()),
+        EngineConfig::default(),
+        max_message_bytes,
+        None,
     );
     let bytes = std::mem::take(&mut *out.0.lock().unwrap_or_else(|e| e.into_inner()));
     (bytes, code)
-}
-
-fn state(engine: Result<Engine, String>, opts: &ServeOptions) -> methods::State {
-    methods::State {
-        engine,
-        max_message_bytes: opts.max_message_bytes,
-        max_file_bytes: opts.engine.max_file_bytes,
-        shutting_down: AtomicBool::new(false),
-        started: Instant::now(),
-    }
 }
 
 #[cfg(test)]
@@ -133,28 +139,21 @@ mod tests {
     }
 
     #[test]
-    fn every_registered_method_is_documented_and_every_documented_method_exists() {
+    fn every_method_in_the_table_is_documented_and_every_documented_method_exists() {
         let doc: Value = serde_json::from_str(OPENRPC).unwrap();
-        let documented: std::collections::BTreeSet<String> = doc["methods"]
+        let documented: std::collections::BTreeSet<&str> = doc["methods"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| m["name"].as_str().unwrap().to_string())
+            .map(|m| m["name"].as_str().unwrap())
             .collect();
-        let state = std::sync::Arc::new(super::state(
-            Err("none".into()),
-            &ServeOptions {
-                engine: EngineConfig::default(),
-                max_message_bytes: 1,
-            },
-        ));
-        let module = methods::module(state);
-        let mut registered: std::collections::BTreeSet<String> =
-            module.method_names().map(str::to_string).collect();
-        // Handled by the session loop itself.
-        registered.insert("exit".into());
-        registered.insert("$/cancelRequest".into());
-        assert_eq!(documented, registered);
+        let table: std::collections::BTreeSet<&str> = methods::METHODS.iter().copied().collect();
+        assert_eq!(documented, table);
+        assert_eq!(
+            table.len(),
+            methods::METHODS.len(),
+            "a method is listed twice"
+        );
     }
 
     #[test]

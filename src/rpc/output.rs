@@ -1,11 +1,19 @@
-//! Turning output bytes into JSON strings: lossy UTF-8 or base64. Streamed
-//! chunks are decoded incrementally, so a character split across two chunks
-//! arrives whole in the second notification instead of as two U+FFFD.
+//! An exec's output on the wire: bytes turned into JSON strings (lossy UTF-8
+//! or base64), and the [`ExecSink`] that streams chunks as `sandbox.output`
+//! notifications and then answers the call. Streamed chunks are decoded
+//! incrementally, so a character split across two chunks arrives whole in
+//! the second notification instead of as two U+FFFD.
+//!
+//! The sink runs on the sandbox's VM thread: each notification is written
+//! by that thread before the guest runs on, and the answer after the last
+//! notification, so the order "output, then the reply" needs no queue.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::params::Encoding;
+use super::params::{Encoding, Output};
+use super::reply::Notifier;
+use crate::engine::{EngineError, ExecResult, ExecSink, OutputStream};
 
 /// Encodes a complete buffer.
 pub fn encode(bytes: &[u8], encoding: Encoding) -> String {
@@ -79,6 +87,106 @@ impl ChunkEncoder {
     pub fn finish(&mut self) -> String {
         let rest = std::mem::take(&mut self.pending);
         String::from_utf8_lossy(&rest).into_owned()
+    }
+}
+
+/// Sends an exec's output as `sandbox.output` notifications.
+pub struct Streamer {
+    notifier: Notifier,
+    sandbox: String,
+    encoding: Encoding,
+    /// Stdout's, then stderr's.
+    encoders: [ChunkEncoder; 2],
+}
+
+impl Streamer {
+    /// A streamer for the output of `sandbox` in `encoding`.
+    pub fn new(notifier: Notifier, sandbox: String, encoding: Encoding) -> Streamer {
+        Streamer {
+            notifier,
+            sandbox,
+            encoding,
+            encoders: [ChunkEncoder::new(encoding), ChunkEncoder::new(encoding)],
+        }
+    }
+
+    /// Sends a chunk of `stream`'s output (what completes a character).
+    pub fn chunk(&mut self, stream: OutputStream, data: &[u8]) {
+        let text = self.encoders[index(stream)].push(data);
+        self.send(stream, text);
+    }
+
+    /// Sends what the encoders still hold.
+    pub fn finish(&mut self) {
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            let rest = self.encoders[index(stream)].finish();
+            self.send(stream, rest);
+        }
+    }
+
+    fn send(&self, stream: OutputStream, data: String) {
+        if data.is_empty() {
+            return;
+        }
+        self.notifier.notify(
+            "sandbox.output",
+            Output {
+                sandbox: &self.sandbox,
+                request: self.notifier.request().raw(),
+                stream: match stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                },
+                data,
+                encoding: self.encoding,
+            },
+        );
+    }
+}
+
+fn index(s: OutputStream) -> usize {
+    match s {
+        OutputStream::Stdout => 0,
+        OutputStream::Stderr => 1,
+    }
+}
+
+/// An exec's sink on the wire: streams its output if asked, then hands the
+/// end to `answer` (which writes the call's reply, or adds to a batch of runs).
+pub struct WireSink<F> {
+    streamer: Option<Streamer>,
+    answer: F,
+}
+
+impl<F> WireSink<F>
+where
+    F: FnOnce(Result<ExecResult, EngineError>) + Send + 'static,
+{
+    /// A sink that streams through `streamer`, if any, and ends with `answer`.
+    pub fn new(streamer: Option<Streamer>, answer: F) -> Box<WireSink<F>> {
+        Box::new(WireSink { streamer, answer })
+    }
+}
+
+impl<F> ExecSink for WireSink<F>
+where
+    F: FnOnce(Result<ExecResult, EngineError>) + Send + 'static,
+{
+    fn output(&mut self, stream: OutputStream, data: &[u8]) {
+        if let Some(s) = &mut self.streamer {
+            s.chunk(stream, data);
+        }
+    }
+
+    fn done(self: Box<Self>, result: Result<ExecResult, EngineError>) {
+        let WireSink {
+            mut streamer,
+            answer,
+        } = *self;
+        if let Some(s) = &mut streamer {
+            s.finish();
+        }
+        answer(result);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The template spec: one declarative document saying what a Linux template
 //! holds (its base, Python and Debian packages, files, defaults for every
-//! exec, modules imported before the snapshot, warm-up commands, memory).
+//! exec, modules imported before the snapshot, warm-up commands, memory,
+//! and the network its forks get).
 //! The same object comes from a `zeroboot.toml` file ([`Spec::from_toml`])
 //! or from `template.build {spec}` over JSON-RPC ([`Spec::from_json`]); its
 //! JSON Schema is `schema/template-spec.json`, also in `schema/openrpc.json`
@@ -124,6 +125,70 @@ impl FileSpec {
     }
 }
 
+/// `network`: what the template's forks may reach unless a fork's own
+/// `network` says otherwise (docs/networking.md). The image is the same with
+/// or without it: only forks use it, never the build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecNetwork {
+    /// Allowed destinations: `host[:port]`, `*.domain[:port]`, `*[:port]`,
+    /// `CIDR[:port]`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Denied destinations, same forms; deny wins.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Connections open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Bandwidth cap each way, bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+/// `network = false` (none, as when absent) or a [`SpecNetwork`] table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecNetworkField(pub Option<SpecNetwork>);
+
+impl SpecNetworkField {
+    fn is_off(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl Serialize for SpecNetworkField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            None => s.serialize_bool(false),
+            Some(n) => n.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SpecNetworkField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor, value::MapAccessDeserializer};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SpecNetworkField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("false or a table {allow, deny, max_connections, max_bytes_per_sec}")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<SpecNetworkField, E> {
+                match v {
+                    false => Ok(SpecNetworkField(None)),
+                    true => Err(E::invalid_value(de::Unexpected::Bool(true), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SpecNetworkField, A::Error> {
+                SpecNetwork::deserialize(MapAccessDeserializer::new(map))
+                    .map(|n| SpecNetworkField(Some(n)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A whole template spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +222,9 @@ pub struct Spec {
     /// Guest memory in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
+    /// The network of the template's forks (default: none).
+    #[serde(default, skip_serializing_if = "SpecNetworkField::is_off")]
+    pub network: SpecNetworkField,
 }
 
 impl Spec {

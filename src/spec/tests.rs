@@ -211,3 +211,52 @@ fn load_reads_toml_and_json_files_relative_to_their_directory() {
     assert!(matches!(Spec::load(&d), Err(SpecError::Read { .. })));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn network_is_false_or_a_policy_checked_like_a_forks() {
+    let spec = Spec::from_toml(
+        "[network]\nallow = [\"pypi.org:443\", \"10.0.0.0/8\"]\ndeny = [\"10.9.0.0/16\"]\nmax_connections = 8\n",
+        dir(),
+    )
+    .unwrap();
+    let n = spec.network.0.as_ref().unwrap();
+    assert_eq!(n.allow, ["pypi.org:443", "10.0.0.0/8"]);
+    assert_eq!(n.max_connections, Some(8));
+    // What templates record reads back the same; `false` is as if absent.
+    assert_eq!(Spec::from_json(&spec.to_json(), dir()).unwrap(), spec);
+    assert_eq!(
+        Spec::from_toml("network = false", dir()).unwrap(),
+        Spec::default()
+    );
+    assert!(Spec::default().to_json().get("network").is_none());
+    for (text, field, says) in [
+        ("network = true", "network", "false or a table"),
+        ("network = 3", "network", "false or a table"),
+        (
+            "[network]\nallow = [\"300.1.1.1:80\"]",
+            "network",
+            "300.1.1.1:80",
+        ),
+        (
+            "[network]\ndeny = [\"*.x.com:99999\"]",
+            "network",
+            "*.x.com:99999",
+        ),
+        ("[network]\nallow = [\"\"]", "network.allow[0]", "empty"),
+        ("[network]\nallwo = []", "network.allwo", "allwo"),
+        (
+            "[network]\nmax_connections = 0",
+            "network.max_connections",
+            "1 to 4096",
+        ),
+        (
+            "[network]\nmax_bytes_per_sec = 10",
+            "network.max_bytes_per_sec",
+            "at least 1024",
+        ),
+    ] {
+        let (f, detail) = field_error(text);
+        assert_eq!(f, field, "{text}: {detail}");
+        assert!(detail.contains(says), "{text}: {detail}");
+    }
+}

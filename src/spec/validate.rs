@@ -145,7 +145,23 @@ fn user(field: &str, s: &str) -> Check {
 }
 
 /// Checks every value of `spec`.
+/// `network`: entries the endpoint's policy accepts, caps in range.
+fn network(n: &super::SpecNetwork) -> Check {
+    list("network.allow", &n.allow, |f, s| text(f, s))?;
+    list("network.deny", &n.deny, |f, s| text(f, s))?;
+    if let Err(e) = crate::net::Policy::parse(&n.allow, &n.deny) {
+        return err("network", e.to_string());
+    }
+    match crate::net::Limits::new(n.max_connections, n.max_bytes_per_sec) {
+        Ok(_) => Ok(()),
+        Err((field, e)) => err(format!("network.{field}"), e),
+    }
+}
+
 pub fn spec(spec: &Spec) -> Check {
+    if let Some(n) = &spec.network.0 {
+        network(n)?;
+    }
     if let Base::Oci(p) = &spec.base {
         text("base.oci", &p.to_string_lossy())?;
     }

@@ -11,51 +11,20 @@
 //! at info level while a template boots, where a bounded tail is also kept for
 //! error reports, and at debug level in forks, which should be quiet anyway.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::VmFd;
+use vm_superio::Serial;
 use vm_superio::serial::{NoEvents, SerialState};
-use vm_superio::{Serial, Trigger};
 
 use super::VmmError;
+use super::irq::IrqLine;
 
 /// Longest console line passed on whole; longer ones are split.
 const MAX_LINE: usize = 512;
 /// Bytes of console output a [`ConsoleTail`] keeps.
 const TAIL_BYTES: usize = 16 << 10;
-
-/// An edge-triggered interrupt line of the in-kernel irqchip.
-pub struct IrqLine {
-    vm: Arc<VmFd>,
-    gsi: u32,
-    armed: Cell<bool>,
-}
-
-impl IrqLine {
-    /// Line `gsi` of `vm`'s irqchip.
-    pub fn new(vm: Arc<VmFd>, gsi: u32) -> IrqLine {
-        IrqLine {
-            vm,
-            gsi,
-            armed: Cell::new(true),
-        }
-    }
-}
-
-impl Trigger for IrqLine {
-    type E = kvm_ioctls::Error;
-
-    fn trigger(&self) -> Result<(), Self::E> {
-        if !self.armed.get() {
-            return Ok(());
-        }
-        self.vm.set_irq_line(self.gsi, true)?;
-        self.vm.set_irq_line(self.gsi, false)
-    }
-}
 
 /// The last [`TAIL_BYTES`] of a console, shared with whoever wants to report it.
 #[derive(Clone, Default)]
@@ -218,7 +187,7 @@ impl SerialConsole {
         irq: IrqLine,
         out: ConsoleLog,
     ) -> Result<SerialConsole, VmmError> {
-        irq.armed.set(false);
+        irq.arm(false);
         let uart =
             Serial::from_state(&SerialState::from(regs), irq, NoEvents, out).map_err(|e| {
                 VmmError::DeviceState {
@@ -226,7 +195,7 @@ impl SerialConsole {
                     detail: format!("{e:?}"),
                 }
             })?;
-        uart.interrupt_evt().armed.set(true);
+        uart.interrupt_evt().arm(true);
         Ok(SerialConsole { uart })
     }
 

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use kvm_bindings::{CpuId, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
 use kvm_ioctls::{VcpuFd, VmFd};
 
+use super::irq::IrqLine;
 use super::linux::COM1_IRQ;
 use super::memory::GuestRam;
-use super::serial::{ConsoleLog, IrqLine, SerialConsole};
+use super::serial::{ConsoleLog, SerialConsole};
+use super::virtio::{NET_IRQ, NetBackend, NetHandle, VirtioNet};
 use super::{Bus, Flavor, Hypervisor, MachineState, Quirks, VcpuState, VmState, VmmError};
 
 /// Address of the three pages Intel VMX needs for real-mode emulation.
@@ -82,9 +84,11 @@ impl Vm {
             .vcpu
             .restore(&self.vcpu, self.quirks, self.tsc_offset)?;
         let vm = &self.vm;
-        self.bus.restore(&state.devices, || {
-            IrqLine::new(Arc::clone(vm), COM1_IRQ.into())
-        })?;
+        self.bus.restore(
+            &state.devices,
+            |gsi| IrqLine::new(Arc::clone(vm), gsi.into()),
+            self.ram.guest_memory(),
+        )?;
         self.exits = 0;
         Ok(())
     }
@@ -179,6 +183,42 @@ impl Vm {
     pub fn attach_serial(&mut self, out: ConsoleLog) {
         let irq = IrqLine::new(Arc::clone(&self.vm), COM1_IRQ.into());
         self.bus.attach_serial(SerialConsole::new(irq, out));
+    }
+
+    /// Plugs the network device into `backend` (adding the device in its
+    /// reset state if the VM has none: a fork of a template taken without
+    /// network). Returns the handle that delivers frames into it.
+    pub fn attach_net(
+        &mut self,
+        backend: Arc<dyn NetBackend>,
+        mac: [u8; 6],
+        mtu: u16,
+    ) -> NetHandle {
+        let (vm, mem) = (&self.vm, self.ram.guest_memory());
+        let dev = self.bus.net_or_insert(|| {
+            let irq = IrqLine::new(Arc::clone(vm), NET_IRQ.into());
+            VirtioNet::new(mem.clone(), irq, mac, mtu)
+        });
+        dev.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .attach(Some(backend));
+        NetHandle(Arc::downgrade(dev))
+    }
+
+    /// Unplugs the network device's backend (before the VM's memory is
+    /// reset for its next tenant: no frame may land in it after this).
+    pub fn detach_net(&mut self) {
+        if let Some(dev) = self.bus.net() {
+            dev.lock().unwrap_or_else(|e| e.into_inner()).attach(None);
+        }
+    }
+
+    /// Stops (or resumes) frames arriving into guest memory, so a snapshot's
+    /// memory and its device state agree.
+    pub fn pause_net(&mut self, paused: bool) {
+        if let Some(dev) = self.bus.net() {
+            dev.lock().unwrap_or_else(|e| e.into_inner()).pause(paused);
+        }
     }
 
     /// The vCPU's general registers (where a stuck guest is, for diagnostics).

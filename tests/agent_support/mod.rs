@@ -435,9 +435,13 @@ impl<R: Read, W: Write> Client<R, W> {
         let frame =
             zeroboot::agent::encode_run_code(&spec.request, spec.vm_id, now_ns(), seed()).unwrap();
         let mut chunks: Vec<(Stream, Vec<u8>)> = Vec::new();
-        let end = zeroboot::agent::run_code(self, &frame, usize::MAX, &mut |s, d| {
-            chunks.push((s, d.to_vec()))
-        });
+        let end = zeroboot::agent::run_code(
+            self,
+            &frame,
+            usize::MAX,
+            &mut |s, d| chunks.push((s, d.to_vec())),
+            None,
+        );
         CodeRun {
             chunks,
             end: end.map_err(agent_end),

@@ -20,6 +20,7 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts 2>/dev/null
 mount -t tmpfs tmpfs /dev/shm 2>/dev/null
 hostname kvm-lane
+ip link set lo up   # tests start their servers on 127.0.0.1
 ulimit -n 65536 2>/dev/null
 ulimit -c 0
 

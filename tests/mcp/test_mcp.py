@@ -2,6 +2,7 @@
 binary over stdio, with sandboxes on the built-in bare guest (real KVM)."""
 
 import asyncio
+import subprocess
 import os
 import shlex
 import sys
@@ -246,3 +247,37 @@ def test_a_template_file_given_with_template_is_what_the_session_forks():
                 assert (await call(s, "list"))["template_source"] == path
 
         run(go())
+
+
+def test_a_template_spec_given_with_template_is_built_on_first_use():
+    """`--template zeroboot.toml`: the spec is checked when the server starts (a wrong field stops it
+    with the field's name) and built on the first call, its steps reported as progress. Building
+    boots Linux, which needs hardware KVM: on kvm-pvm the engine refuses, and the call must be a
+    tool error saying so (the lane builds specs under real KVM: tests/template_spec.rs)."""
+    with tempfile.TemporaryDirectory() as d:
+        bad = os.path.join(d, "bad.toml")
+        Path(bad).write_text('[python]\npreloads = ["json"]\n')
+        proc = subprocess.run([BINARY, "mcp", "--template", bad], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=30)
+        assert proc.returncode != 0 and "preloads" in proc.stderr, proc.stderr
+
+        spec = os.path.join(d, "zeroboot.toml")
+        Path(spec).write_text('[python]\npreload = ["json"]\n')
+
+        async def go():
+            messages = []
+
+            async def progress(value, total, message):
+                messages.append(message)
+
+            async with session("--template", spec) as s:
+                r = await s.call_tool("exec", {"argv": ["echo", "built"]}, progress_callback=progress)
+                assert any(f"loading template {spec}" in m for m in messages), messages
+                if r.is_error:
+                    assert "needs hardware KVM" in error_text(r), error_text(r)
+                    return
+                assert r.structured_content["stdout"] == "built\n", r.structured_content
+                assert any(m.startswith("building template: ") for m in messages), messages
+                assert (await call(s, "list"))["template_source"] == spec
+
+        asyncio.run(asyncio.wait_for(go(), 1800))

@@ -2,7 +2,7 @@
 //! environment, else built), skipping or failing when there is none, and
 //! printing error chains.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use zeroboot::engine::{DEFAULT_LINUX_MEMORY_MIB, Engine, EngineConfig, EngineError, TemplateInfo};
 use zeroboot::vmm::Flavor;
@@ -29,7 +29,9 @@ pub fn kernel() -> Option<PathBuf> {
     env_path("ZEROBOOT_LINUX_KERNEL")
         .or_else(|| env_path("ZEROBOOT_LANE_KERNEL"))
         .or_else(|| {
-            let boot = Path::new("/var/cache/zeroboot-lane/kernel/boot");
+            let cache = env_path("ZEROBOOT_LANE_CACHE")
+                .unwrap_or_else(|| PathBuf::from("/var/cache/zeroboot-lane"));
+            let boot = cache.join("bookworm/kernel/boot");
             let mut found: Vec<PathBuf> = std::fs::read_dir(boot)
                 .ok()?
                 .filter_map(|e| e.ok().map(|e| e.path()))

@@ -5,8 +5,7 @@ pub mod linux;
 
 use std::time::Duration;
 
-use zeroboot::agent::ExecRequest;
-use zeroboot::engine::{Engine, EngineConfig, EngineError, ExecOptions, ExecResult};
+use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecRequest, ExecResult};
 
 /// Returns false (after saying so) when /dev/kvm is missing; panics instead when
 /// ZEROBOOT_REQUIRE_KVM=1, so CI can never skip KVM tests silently.
@@ -40,16 +39,11 @@ pub fn req(argv: &[&str]) -> ExecRequest {
 }
 
 pub fn run(engine: &Engine, sb: &str, argv: &[&str]) -> Result<ExecResult, EngineError> {
-    run_with(engine, sb, argv, &ExecOptions::default())
+    exec(engine, sb, &req(argv))
 }
 
-pub fn run_with(
-    engine: &Engine,
-    sb: &str,
-    argv: &[&str],
-    opts: &ExecOptions,
-) -> Result<ExecResult, EngineError> {
-    engine.exec(sb, &req(argv), opts, &mut |_, _| {})
+pub fn exec(engine: &Engine, sb: &str, r: &ExecRequest) -> Result<ExecResult, EngineError> {
+    engine.exec(sb, r, &CancelToken::new(), &mut |_, _| {})
 }
 
 pub fn stdout(engine: &Engine, sb: &str, argv: &[&str]) -> String {
@@ -63,9 +57,11 @@ pub fn stdout(engine: &Engine, sb: &str, argv: &[&str]) -> String {
     String::from_utf8(r.stdout).expect("utf-8 output")
 }
 
-pub fn timeout(ms: u64) -> ExecOptions {
-    ExecOptions {
+/// `argv` with a deadline of `ms` (the host stops the guest
+/// `exec_host_grace_ms` later).
+pub fn timeout(ms: u64, argv: &[&str]) -> ExecRequest {
+    ExecRequest {
         timeout: Some(Duration::from_millis(ms)),
-        ..Default::default()
+        ..req(argv)
     }
 }

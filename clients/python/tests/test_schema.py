@@ -24,3 +24,11 @@ def test_client_uses_only_documented_methods():
         assert m in zeroboot.METHOD_NAMES, f"client calls {m}, not in schema"
     assert "sandbox.output" in zeroboot.NOTIFICATION_NAMES
     assert -32800 in zeroboot.ERROR_CLASSES
+
+
+def test_fork_sends_network_false_and_leaves_none_to_the_template():
+    from zeroboot._client import _fork_params
+
+    assert _fork_params("tpl-1", False) == {"template": "tpl-1", "network": False}
+    assert _fork_params("tpl-1", None) == {"template": "tpl-1"}
+    assert _fork_params("tpl-1", {"allow": ["a:1"]})["network"] == {"allow": ["a:1"]}

@@ -7,8 +7,8 @@ import pytest
 
 import zeroboot
 from zeroboot import (
-    AgentFailedError, AsyncZeroboot, CancelToken, ExecTimeoutError, FileTooLargeError, RequestCancelledError,
-    SandboxNotFoundError, TemplateNotFoundError, WorkerExitedError, Zeroboot,
+    AgentFailedError, AsyncZeroboot, CancelToken, ExecTimeoutError, FileTooLargeError, GuestCrashedError,
+    RequestCancelledError, SandboxNotFoundError, TemplateNotFoundError, WorkerExitedError, Zeroboot,
 )
 
 pytestmark = pytest.mark.kvm
@@ -56,9 +56,19 @@ def test_run_code(zb, bare):
         zb.unload_template(branch)
         with pytest.raises(AgentFailedError):
             sb.run_code("1 + 1")  # the bare guest has no Python
-        assert zb.run("result 7", "bash").result == "7"
-        assert zb.run("result 8", "bash", template=bare).result == "8"
-        assert [x["sandbox"] for x in zb.sandboxes()] == [sb.id], "run leaves no sandbox behind"
+        assert zb.run_code("result 7", "bash").result == "7"
+        assert zb.run_code("result 8", "bash", template=bare).result == "8"
+        assert [x["sandbox"] for x in zb.sandboxes()] == [sb.id], "run_code leaves no sandbox behind"
+
+
+def test_network_is_per_fork_and_its_policy_is_checked(zb, bare):
+    with zb.fork(bare, network={"allow": ["*.example.com:443"], "max_connections": 8}) as sb:
+        assert sb.stats()["network"]["connections"] == 0
+    with zb.fork(bare) as sb:
+        assert sb.stats()["network"] is None
+    with pytest.raises(zeroboot.RpcError) as e:
+        zb.fork(bare, network={"allow": ["300.1.1.1:80"]})
+    assert e.value.code == -32602 and e.value.data["kind"] == "network_policy"
 
 
 def test_files(zb, bare):
@@ -127,6 +137,24 @@ def test_streaming(zb, bare):
         s = sb.stream(["echo", "streamed"])
         text = "".join(c.data for c in s if c.stream == "stdout")
         assert "streamed" in text and s.result.exit_code == 0
+
+
+def test_run_and_ping(zb, bare):
+    zb.ping()
+    r = zb.run(bare, ["echo", "once"], env={"A": "1"})
+    assert r.stdout == "once\n" and r.exit_code == 0 and r.sandbox.startswith("sb-") and r.fork_us >= 0
+    assert not any(x["sandbox"] == r.sandbox for x in zb.sandboxes()), "killed before the answer"
+    chunks = []
+    r = zb.run(bare, ["flood", "20000"], on_output=chunks.append)
+    assert "".join(c.data for c in chunks) == r.stdout and len(r.stdout) == 20000
+    assert {c.sandbox for c in chunks} == {r.sandbox}
+    with pytest.raises(ExecTimeoutError):
+        zb.run(bare, ["spin"], timeout_ms=100)
+    outs = zb.run_many(bare, ["echo", "many"], 4)
+    assert [o.stdout for o in outs] == ["many\n"] * 4 and len({o.sandbox for o in outs}) == 4
+    crashed = zb.run_many(bare, ["crash"], 2)
+    assert all(isinstance(e, GuestCrashedError) for e in crashed)
+    assert not zb.sandboxes()
 
 
 def test_cancel(zb, bare):
@@ -202,6 +230,14 @@ def test_asyncio_api():
     async def main():
         async with await AsyncZeroboot.start() as zb:
             t = await zb.load_template(builtin="bare")
+            await zb.ping()
+            r = await zb.run(t, ["echo", "run"])
+            assert r.stdout == "run\n" and r.sandbox.startswith("sb-")
+            chunks = []
+            r = await zb.run(t, ["flood", "10000"], on_output=chunks.append)
+            assert "".join(c.data for c in chunks) == r.stdout
+            outs = await zb.run_many(t, ["echo", "m"], 3)
+            assert [o.stdout for o in outs] == ["m\n"] * 3
             async with await zb.fork(t) as sb:
                 r = await sb.exec(["echo", "hi"])
                 assert r.stdout == "hi\n" and r.exit_code == 0
@@ -219,7 +255,7 @@ def test_asyncio_api():
                 copies = await sb.branch(2)
                 assert [await c.read_file("/f") for c in copies] == [b"\x00\xff" * 40_000] * 2
                 await asyncio.gather(*(c.kill() for c in copies))
-            assert (await zb.run("result 6", "bash")).result == "6"
+            assert (await zb.run_code("result 6", "bash")).result == "6"
             # cancellation: cancelling the task sends $/cancelRequest
             sb = await zb.fork(t)
             task = asyncio.ensure_future(sb.exec(["spin"], timeout_ms=120_000))

@@ -6,6 +6,7 @@ code are generated from schema/openrpc.json into `zeroboot._generated`."""
 
 from ._client import (
     AsyncExecStream, AsyncSandbox, AsyncZeroboot, CancelToken, CodeResult, ExecResult, ExecStream, OutputChunk,
+    RunResult,
     Sandbox, Template, Zeroboot,
 )
 from ._conn import find_binary
@@ -15,7 +16,7 @@ from ._generated import ERROR_CLASSES, METHOD_NAMES, NOTIFICATION_NAMES, error_f
 
 __all__ = [
     "AsyncExecStream", "AsyncSandbox", "AsyncZeroboot", "CancelToken", "CodeResult", "ExecResult", "ExecStream",
-    "OutputChunk",
+    "OutputChunk", "RunResult",
     "Sandbox", "Template", "Zeroboot", "find_binary", "RpcError", "WorkerExitedError", "WorkerSpawnError",
     "ZerobootError", "ERROR_CLASSES", "METHOD_NAMES", "NOTIFICATION_NAMES", "error_from_code",
     *(cls.__name__ for cls in ERROR_CLASSES.values()),

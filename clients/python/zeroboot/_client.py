@@ -5,7 +5,7 @@
         with zb.fork(t) as sb:                             async with await zb.fork(t) as sb:
             r = sb.exec(["echo", "hi"])                        r = await sb.exec(["echo", "hi"])
             c = sb.run_code("1 + 1")                           c = await sb.run_code("1 + 1")
-        zb.run("print(2)")                                 await zb.run("print(2)")
+        zb.run_code("print(2)")                            await zb.run_code("print(2)")
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
-from ._conn import Connection
-from ._errors import WorkerExitedError
-from ._generated import CodeError, Language, RequestCancelledError
+from ._conn import Connection, LoopConnection, OutputHandler, ThreadConnection
+from ._errors import RpcError, WorkerExitedError
+from ._generated import CodeError, Language, RequestCancelledError, error_from_code
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,11 @@ class Template:
 class OutputChunk:
     stream: str  # "stdout" | "stderr"
     data: str
+    sandbox: str = ""  # the sandbox that printed it (for run_many, which runs in several)
+
+
+def _chunk(p: Dict[str, Any]) -> OutputChunk:
+    return OutputChunk(p["stream"], p["data"], p["sandbox"])
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,39 @@ class CodeResult(ExecResult):
     def _from(cls, r: Dict[str, Any]) -> "CodeResult":
         e = ExecResult._from(r)
         return cls(**{f: getattr(e, f) for f in e.__dataclass_fields__}, result=r.get("result"), error=r.get("error"))
+
+
+@dataclass(frozen=True)
+class RunResult(ExecResult):
+    """An ExecResult of `run`: also the sandbox it ran in (already killed) and its fork time."""
+    sandbox: str = ""
+    fork_us: int = 0
+
+    @classmethod
+    def _from(cls, r: Dict[str, Any]) -> "RunResult":
+        return cls(
+            stdout=r["stdout"],
+            stderr=r["stderr"],
+            exit_code=r.get("exit_code"),
+            signal=r.get("signal"),
+            timed_out=r["timed_out"],
+            truncated=r["truncated"],
+            duration_us=r["duration_us"],
+            raw=r,
+            sandbox=r["sandbox"],
+            fork_us=r["fork_us"],
+        )
+
+
+def _run_outcomes(r: Dict[str, Any], method: str) -> List[Union[RunResult, RpcError]]:
+    out: List[Union[RunResult, RpcError]] = []
+    for x in r["results"]:
+        if "error" in x:
+            e = x["error"]
+            out.append(error_from_code(e["code"], e["message"], e.get("data"), method))
+        else:
+            out.append(RunResult._from(x))
+    return out
 
 
 class CancelToken:
@@ -119,8 +157,17 @@ def _tid(t: TemplateLike) -> str:
     return t if isinstance(t, str) else t.id
 
 
-def _exec_params(sandbox: str, argv: Sequence[str], stdin, env, cwd, timeout_ms, output_cap, stream) -> Dict[str, Any]:
-    p: Dict[str, Any] = {"sandbox": sandbox, "argv": list(argv)}
+def _fork_params(template: TemplateLike, network: Union[Dict[str, Any], bool, None]) -> Dict[str, Any]:
+    params: Dict[str, Any] = {"template": _tid(template)}
+    if network is not None:
+        params["network"] = network
+    return params
+
+
+def _exec_params(target: Dict[str, Any], argv: Sequence[str], stdin, env, cwd, timeout_ms, output_cap,
+                 stream) -> Dict[str, Any]:
+    """Params of sandbox.exec (target: {"sandbox"}) or sandbox.run (target: {"template", "count"?})."""
+    p: Dict[str, Any] = {**target, "argv": list(argv)}
     if stdin is not None:
         p["stdin"] = stdin
     if env is not None:
@@ -198,14 +245,14 @@ def _load_params(builtin: Optional[str], path: Optional[str]) -> Dict[str, Any]:
 
 class _Worker:
     """What the synchronous and asyncio workers share: the spawned process behind the connection, and the
-    template `run` forks by default (the last one loaded)."""
+    template `run_code` forks by default (the last one loaded)."""
 
     _last_template: Optional[str] = None
 
     def _run_target(self, template: Optional[TemplateLike]) -> Dict[str, str]:
         t = _tid(template) if template is not None else self._last_template
         if t is None:
-            raise ValueError("run: no template loaded; load one or pass template=")
+            raise ValueError("run_code: no template loaded; load one or pass template=")
         return {"template": t}
 
     def _loaded(self, t: Template) -> Template:
@@ -225,7 +272,7 @@ class _Worker:
 
     @property
     def alive(self) -> bool:
-        return self._conn.death is None
+        return self._conn.death is None and self._conn.proc.poll() is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,7 +298,7 @@ class Zeroboot(_Worker):
         on_stderr: Optional[Callable[[str], None]] = None,
     ) -> "Zeroboot":
         """Spawns the worker and checks it answers (`worker.info`)."""
-        zb = cls(Connection(binary, args, env, stderr_lines, on_stderr))
+        zb = cls(ThreadConnection(binary, args, env, stderr_lines, on_stderr))
         try:
             zb.info()
         except BaseException:
@@ -260,18 +307,19 @@ class Zeroboot(_Worker):
         return zb
 
     def call(self, method: str, params: Optional[Dict[str, Any]] = None, *, cancel: Optional[CancelToken] = None,
-             timeout: Optional[float] = None) -> Any:
+             timeout: Optional[float] = None, on_output: Optional[OutputHandler] = None) -> Any:
         """Calls any method of the schema. `cancel` or Ctrl-C (or `timeout` seconds passing) sends
-        `$/cancelRequest` and raises once the worker answers."""
-        rid, fut = self._conn.request(method, params or {})
+        `$/cancelRequest` and raises once the worker answers. `on_output` receives the params of the
+        call's `sandbox.output` notifications (on whichever calling thread reads them)."""
+        rid, fut = self._conn.request(method, params or {}, on_output)
         undo = cancel._register(lambda: self._conn.cancel(rid)) if cancel else (lambda: None)
         try:
             try:
-                return fut.result(timeout)
+                return self._conn.wait(fut, timeout)
             except (KeyboardInterrupt, concurrent.futures.TimeoutError):
                 self._conn.cancel(rid)
                 try:
-                    fut.result(10)
+                    self._conn.wait(fut, 10)
                 except Exception:
                     pass
                 raise
@@ -281,14 +329,18 @@ class Zeroboot(_Worker):
     def info(self) -> Dict[str, Any]:
         return self.call("worker.info")
 
+    def ping(self) -> None:
+        """A round trip that does nothing in the worker."""
+        self.call("worker.ping")
+
     def discover(self) -> Dict[str, Any]:
         return self.call("rpc.discover")
 
     def load_template(self, *, builtin: Optional[str] = None, path: Optional[str] = None) -> Template:
         return self._loaded(_template(self.call("template.load", _load_params(builtin, path))))
 
-    def run(self, code: str, language: Language = "python", *, template: Optional[TemplateLike] = None,
-            env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
+    def run_code(self, code: str, language: Language = "python", *, template: Optional[TemplateLike] = None,
+                 env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
             output_cap: Optional[int] = None, cancel: Optional[CancelToken] = None) -> CodeResult:
         """Runs code in a fresh sandbox forked from `template` (default: the last one loaded), then kills it."""
         params = _code_params(self._run_target(template), code, language, None, env, cwd, timeout_ms, output_cap,
@@ -307,13 +359,39 @@ class Zeroboot(_Worker):
     def save_template(self, template: TemplateLike, path: str) -> Dict[str, Any]:
         return self.call("template.save", {"template": _tid(template), "path": path})
 
-    def fork(self, template: TemplateLike) -> "Sandbox":
-        r = self.call("sandbox.fork", {"template": _tid(template)})
+    def fork(self, template: TemplateLike, network: Union[Dict[str, Any], bool, None] = None) -> "Sandbox":
+        """Forks one sandbox; `network` is a policy ({"allow": [...], "deny": [...]}), False for none, or None for the template's (none unless its spec has one)."""
+        r = self.call("sandbox.fork", _fork_params(template, network))
         return self._adopt(r["sandbox"], _tid(template), r["fork_us"])
 
-    def fork_many(self, template: TemplateLike, count: int) -> List["Sandbox"]:
-        r = self.call("sandbox.fork", {"template": _tid(template), "count": count})
+    def fork_many(
+        self, template: TemplateLike, count: int, network: Union[Dict[str, Any], bool, None] = None
+    ) -> List["Sandbox"]:
+        r = self.call("sandbox.fork", dict(_fork_params(template, network), count=count))
         return [self._adopt(s["sandbox"], _tid(template), s["fork_us"]) for s in r["sandboxes"]]
+
+    def run(self, template: TemplateLike, argv: Sequence[str], *, stdin: Optional[str] = None,
+            env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
+            output_cap: Optional[int] = None, on_output: Optional[Callable[[OutputChunk], None]] = None,
+            cancel: Optional[CancelToken] = None, network: Union[Dict[str, Any], bool, None] = None) -> RunResult:
+        """Forks a sandbox, runs argv in it and kills it, in one round trip (`sandbox.run`). Raises the
+        exec's error (the sandbox is killed either way). `network` as for `fork`."""
+        params = _exec_params(_fork_params(template, network), argv, stdin, env, cwd, timeout_ms, output_cap,
+                              on_output is not None)
+        handler = (lambda p: on_output(_chunk(p))) if on_output else None
+        return RunResult._from(self.call("sandbox.run", params, cancel=cancel, on_output=handler))
+
+    def run_many(self, template: TemplateLike, argv: Sequence[str], count: int, *, stdin: Optional[str] = None,
+                 env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
+                 output_cap: Optional[int] = None, on_output: Optional[Callable[[OutputChunk], None]] = None,
+                 cancel: Optional[CancelToken] = None,
+                 network: Union[Dict[str, Any], bool, None] = None) -> List[Union[RunResult, RpcError]]:
+        """`run` in `count` fresh forks at once: one outcome per run, a RunResult or the RpcError it failed
+        with, in no particular order (`OutputChunk.sandbox` tells streamed chunks apart)."""
+        params = _exec_params(dict(_fork_params(template, network), count=count), argv, stdin, env, cwd, timeout_ms,
+                              output_cap, on_output is not None)
+        handler = (lambda p: on_output(_chunk(p))) if on_output else None
+        return _run_outcomes(self.call("sandbox.run", params, cancel=cancel, on_output=handler), "sandbox.run")
 
     def _adopt(self, sid: str, template: str, fork_us: int) -> "Sandbox":
         sb = Sandbox(self, sid, template, fork_us)
@@ -345,9 +423,9 @@ class Zeroboot(_Worker):
             except Exception:
                 pass
             self._conn.close_stdin()
-        if not self._conn.exited.wait(grace):
+        if not self._conn.wait_exit(grace):
             self._conn.proc.kill()
-            self._conn.exited.wait()
+            self._conn.wait_exit(60)
         return self._conn.proc.returncode
 
     def __enter__(self) -> "Zeroboot":
@@ -374,15 +452,12 @@ class Sandbox:
              cwd: Optional[str] = None, timeout_ms: Optional[int] = None, output_cap: Optional[int] = None,
              on_output: Optional[Callable[[OutputChunk], None]] = None,
              cancel: Optional[CancelToken] = None) -> ExecResult:
-        """Runs argv and waits for it. `on_output` receives streamed chunks (called on the reader thread)."""
-        params = _exec_params(self.id, argv, stdin, env, cwd, timeout_ms, output_cap, on_output is not None)
-        if on_output:
-            self.worker._conn.set_output_handler(self.id, lambda p: on_output(OutputChunk(p["stream"], p["data"])))
-        try:
-            return ExecResult._from(self.worker.call("sandbox.exec", params, cancel=cancel))
-        finally:
-            if on_output:
-                self.worker._conn.set_output_handler(self.id, None)
+        """Runs argv and waits for it. `on_output` receives streamed chunks (called on whichever calling
+        thread reads them)."""
+        params = _exec_params({"sandbox": self.id}, argv, stdin, env, cwd, timeout_ms, output_cap,
+                              on_output is not None)
+        handler = (lambda p: on_output(_chunk(p))) if on_output else None
+        return ExecResult._from(self.worker.call("sandbox.exec", params, cancel=cancel, on_output=handler))
 
     def run_code(self, code: str, language: Language = "python", *, context: Optional[str] = None,
                  env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
@@ -392,13 +467,8 @@ class Sandbox:
         uncaught exception. With `context`, cells share one interpreter's state in this sandbox."""
         params = _code_params({"sandbox": self.id}, code, language, context, env, cwd, timeout_ms, output_cap,
                               on_output is not None)
-        if on_output:
-            self.worker._conn.set_output_handler(self.id, lambda p: on_output(OutputChunk(p["stream"], p["data"])))
-        try:
-            return CodeResult._from(self.worker.call("sandbox.run_code", params, cancel=cancel))
-        finally:
-            if on_output:
-                self.worker._conn.set_output_handler(self.id, None)
+        handler = (lambda p: on_output(_chunk(p))) if on_output else None
+        return CodeResult._from(self.worker.call("sandbox.run_code", params, cancel=cancel, on_output=handler))
 
     def contexts(self) -> List[Dict[str, Any]]:
         """The persistent contexts alive in the sandbox: [{"name", "language"}]."""
@@ -512,7 +582,7 @@ class AsyncZeroboot(_Worker):
         stderr_lines: int = 20,
         on_stderr: Optional[Callable[[str], None]] = None,
     ) -> "AsyncZeroboot":
-        conn = await asyncio.to_thread(Connection, binary, args, env, stderr_lines, on_stderr)
+        conn = await LoopConnection.open(binary, args, env, stderr_lines, on_stderr)
         zb = cls(conn)
         try:
             await zb.info()
@@ -521,19 +591,25 @@ class AsyncZeroboot(_Worker):
             raise
         return zb
 
-    async def call(self, method: str, params: Optional[Dict[str, Any]] = None) -> Any:
-        rid, fut = self._conn.request(method, params or {})
-        afut = asyncio.wrap_future(fut)
+    async def call(self, method: str, params: Optional[Dict[str, Any]] = None, *,
+                   on_output: Optional[OutputHandler] = None) -> Any:
+        """Calls any method of the schema; `on_output` receives the params of the call's
+        `sandbox.output` notifications, on the event loop, all before the call returns."""
+        rid, fut = self._conn.request(method, params or {}, on_output)
         try:
-            return await asyncio.shield(afut)
+            return await asyncio.shield(fut)
         except asyncio.CancelledError:
             self._conn.cancel(rid)
             # The worker still answers (-32800, or the call's own outcome if it won the race): consume it.
-            afut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
 
     async def info(self) -> Dict[str, Any]:
         return await self.call("worker.info")
+
+    async def ping(self) -> None:
+        """A round trip that does nothing in the worker."""
+        await self.call("worker.ping")
 
     async def discover(self) -> Dict[str, Any]:
         return await self.call("rpc.discover")
@@ -541,10 +617,10 @@ class AsyncZeroboot(_Worker):
     async def load_template(self, *, builtin: Optional[str] = None, path: Optional[str] = None) -> Template:
         return self._loaded(_template(await self.call("template.load", _load_params(builtin, path))))
 
-    async def run(self, code: str, language: Language = "python", *, template: Optional[TemplateLike] = None,
-                  env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
+    async def run_code(self, code: str, language: Language = "python", *,
+                       template: Optional[TemplateLike] = None, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
                   output_cap: Optional[int] = None) -> CodeResult:
-        """See Zeroboot.run."""
+        """See Zeroboot.run_code."""
         params = _code_params(self._run_target(template), code, language, None, env, cwd, timeout_ms, output_cap,
                               False)
         return CodeResult._from(await self.call("sandbox.run_code", params))
@@ -560,13 +636,38 @@ class AsyncZeroboot(_Worker):
     async def save_template(self, template: TemplateLike, path: str) -> Dict[str, Any]:
         return await self.call("template.save", {"template": _tid(template), "path": path})
 
-    async def fork(self, template: TemplateLike) -> "AsyncSandbox":
-        r = await self.call("sandbox.fork", {"template": _tid(template)})
+    async def fork(self, template: TemplateLike, network: Union[Dict[str, Any], bool, None] = None) -> "AsyncSandbox":
+        """Forks one sandbox; `network` is a policy ({"allow": [...], "deny": [...]}), False for none, or None for the template's (none unless its spec has one)."""
+        r = await self.call("sandbox.fork", _fork_params(template, network))
         return self._adopt(r["sandbox"], _tid(template), r["fork_us"])
 
-    async def fork_many(self, template: TemplateLike, count: int) -> List["AsyncSandbox"]:
-        r = await self.call("sandbox.fork", {"template": _tid(template), "count": count})
+    async def fork_many(
+        self, template: TemplateLike, count: int, network: Union[Dict[str, Any], bool, None] = None
+    ) -> List["AsyncSandbox"]:
+        r = await self.call("sandbox.fork", dict(_fork_params(template, network), count=count))
         return [self._adopt(s["sandbox"], _tid(template), s["fork_us"]) for s in r["sandboxes"]]
+
+    async def run(self, template: TemplateLike, argv: Sequence[str], *, stdin: Optional[str] = None,
+                  env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
+                  output_cap: Optional[int] = None,
+                  on_output: Optional[Callable[[OutputChunk], None]] = None,
+                  network: Union[Dict[str, Any], bool, None] = None) -> RunResult:
+        """See Zeroboot.run."""
+        params = _exec_params(_fork_params(template, network), argv, stdin, env, cwd, timeout_ms, output_cap,
+                              on_output is not None)
+        handler = (lambda p: on_output(_chunk(p))) if on_output else None
+        return RunResult._from(await self.call("sandbox.run", params, on_output=handler))
+
+    async def run_many(self, template: TemplateLike, argv: Sequence[str], count: int, *,
+                       stdin: Optional[str] = None, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+                       timeout_ms: Optional[int] = None, output_cap: Optional[int] = None,
+                       on_output: Optional[Callable[[OutputChunk], None]] = None,
+                       network: Union[Dict[str, Any], bool, None] = None) -> List[Union[RunResult, RpcError]]:
+        """See Zeroboot.run_many."""
+        params = _exec_params(dict(_fork_params(template, network), count=count), argv, stdin, env, cwd, timeout_ms,
+                              output_cap, on_output is not None)
+        handler = (lambda p: on_output(_chunk(p))) if on_output else None
+        return _run_outcomes(await self.call("sandbox.run", params, on_output=handler), "sandbox.run")
 
     def _adopt(self, sid: str, template: str, fork_us: int) -> "AsyncSandbox":
         sb = AsyncSandbox(self, sid, template, fork_us)
@@ -615,19 +716,10 @@ class AsyncSandbox:
                    cwd: Optional[str] = None, timeout_ms: Optional[int] = None, output_cap: Optional[int] = None,
                    on_output: Optional[Callable[[OutputChunk], None]] = None) -> ExecResult:
         """Runs argv and waits for it. `on_output` receives streamed chunks on the event loop."""
-        params = _exec_params(self.id, argv, stdin, env, cwd, timeout_ms, output_cap, on_output is not None)
-        if on_output:
-            loop = asyncio.get_running_loop()
-            self.worker._conn.set_output_handler(
-                self.id, lambda p: loop.call_soon_threadsafe(on_output, OutputChunk(p["stream"], p["data"])))
-        try:
-            r = await self.worker.call("sandbox.exec", params)
-            if on_output:
-                await asyncio.sleep(0)  # let chunks scheduled before the response run first
-            return ExecResult._from(r)
-        finally:
-            if on_output:
-                self.worker._conn.set_output_handler(self.id, None)
+        params = _exec_params({"sandbox": self.id}, argv, stdin, env, cwd, timeout_ms, output_cap,
+                              on_output is not None)
+        handler = (lambda p: on_output(_chunk(p))) if on_output else None
+        return ExecResult._from(await self.worker.call("sandbox.exec", params, on_output=handler))
 
     async def run_code(self, code: str, language: Language = "python", *, context: Optional[str] = None,
                        env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
@@ -636,18 +728,8 @@ class AsyncSandbox:
         """See Sandbox.run_code; `on_output` receives streamed chunks on the event loop."""
         params = _code_params({"sandbox": self.id}, code, language, context, env, cwd, timeout_ms, output_cap,
                               on_output is not None)
-        if on_output:
-            loop = asyncio.get_running_loop()
-            self.worker._conn.set_output_handler(
-                self.id, lambda p: loop.call_soon_threadsafe(on_output, OutputChunk(p["stream"], p["data"])))
-        try:
-            r = await self.worker.call("sandbox.run_code", params)
-            if on_output:
-                await asyncio.sleep(0)  # let chunks scheduled before the response run first
-            return CodeResult._from(r)
-        finally:
-            if on_output:
-                self.worker._conn.set_output_handler(self.id, None)
+        handler = (lambda p: on_output(_chunk(p))) if on_output else None
+        return CodeResult._from(await self.worker.call("sandbox.run_code", params, on_output=handler))
 
     async def contexts(self) -> List[Dict[str, Any]]:
         """See Sandbox.contexts."""
@@ -721,5 +803,5 @@ class AsyncExecStream:
 
 __all__ = [
     "AsyncExecStream", "AsyncSandbox", "AsyncZeroboot", "CancelToken", "CodeResult", "ExecResult", "ExecStream",
-    "OutputChunk", "RequestCancelledError", "Sandbox", "Template", "Zeroboot",
+    "OutputChunk", "RequestCancelledError", "RunResult", "Sandbox", "Template", "Zeroboot",
 ]

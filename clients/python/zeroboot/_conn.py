@@ -1,21 +1,34 @@
 """The transport: a `zeroboot serve` child process spoken to with JSON-RPC 2.0 in LSP framing
-(Content-Length headers) over its stdin/stdout. One reader thread parses frames and completes
-futures; a second keeps the tail of the worker's stderr for error messages. Both the synchronous
-and the asyncio API sit on this one connection."""
+(Content-Length headers) over its stdin/stdout.
+
+Two ways to read its answers, one protocol core (`Connection`: frames, pending calls, streamed output,
+the worker's death):
+
+- `ThreadConnection` (the synchronous API): a calling thread that waits for its answer reads the
+  output itself, completing the futures of whatever arrives (other threads' answers too), and hands
+  the reading over when its own answer is in; any thread may call. One caller at a time reads exactly
+  as a bare pipe client would: no reader thread to wake, no thread switch per answer.
+- `LoopConnection` (the asyncio API): the event loop itself reads and writes the pipes, and completes
+  `asyncio` futures where it runs: an answer costs no thread wake-up and no hop into the loop.
+
+A second thread keeps the tail of the worker's stderr for error messages in both."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import importlib.metadata
 import itertools
 import json
 import os
+import select
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ._errors import WorkerExitedError, WorkerSpawnError
 from ._generated import error_from_code
@@ -56,16 +69,52 @@ def find_binary(explicit: Optional[str] = None) -> str:
 
 
 OutputHandler = Callable[[Dict[str, Any]], None]
+AnyFuture = Union[concurrent.futures.Future, "asyncio.Future[Any]"]
+
+
+class Frames:
+    """Splits the worker's output into messages, whatever pieces it arrives in."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._length: Optional[int] = None
+
+    def feed(self, data: bytes) -> List[Any]:
+        self._buf += data
+        out = []
+        while True:
+            if self._length is None:
+                end = self._buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return out
+                length = None
+                for line in bytes(self._buf[:end]).split(b"\r\n"):
+                    name, _, value = line.decode("ascii").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                if length is None:
+                    raise ValueError("a frame without Content-Length")
+                del self._buf[: end + 4]
+                self._length = length
+            if len(self._buf) < self._length:
+                return out
+            body = bytes(self._buf[: self._length])
+            del self._buf[: self._length]
+            self._length = None
+            out.append(json.loads(body))
 
 
 class Connection:
+    """What both transports share: the child process, the calls waiting for answers, and the
+    dispatch of what the worker sends."""
+
     def __init__(
         self,
-        binary: Optional[str] = None,
-        args: Sequence[str] = ("serve",),
-        env: Optional[Dict[str, str]] = None,
-        stderr_lines: int = 20,
-        on_stderr: Optional[Callable[[str], None]] = None,
+        binary: Optional[str],
+        args: Sequence[str],
+        env: Optional[Dict[str, str]],
+        stderr_lines: int,
+        on_stderr: Optional[Callable[[str], None]],
     ) -> None:
         self.binary = find_binary(binary)
         try:
@@ -80,18 +129,15 @@ class Connection:
         except OSError as e:
             raise WorkerSpawnError(f"cannot start {self.binary}: {e}") from e
         self._ids = itertools.count(1)
-        self._write_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._pending: Dict[int, tuple[str, concurrent.futures.Future]] = {}
-        self._output: Dict[str, OutputHandler] = {}
+        self._pending: Dict[int, tuple[str, AnyFuture, Optional[OutputHandler]]] = {}
+        self._frames = Frames()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
         self._on_stderr = on_stderr
         self.death: Optional[WorkerExitedError] = None
         self.exited = threading.Event()
         self._stderr_thread = threading.Thread(target=self._read_stderr, name="zeroboot-stderr", daemon=True)
         self._stderr_thread.start()
-        self._reader = threading.Thread(target=self._read_stdout, name="zeroboot-reader", daemon=True)
-        self._reader.start()
 
     # ---- reading -------------------------------------------------------------------------
     def _read_stderr(self) -> None:
@@ -105,94 +151,79 @@ class Connection:
                 except Exception:
                     pass
 
-    def _read_stdout(self) -> None:
-        out = self.proc.stdout
-        assert out is not None
-        try:
-            while True:
-                length = None
-                while True:
-                    line = out.readline()
-                    if not line:
-                        return
-                    line = line.strip()
-                    if not line:
-                        break
-                    name, _, value = line.decode("ascii").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value.strip())
-                if length is None:
-                    continue
-                body = b""
-                while len(body) < length:
-                    chunk = out.read(length - len(body))
-                    if not chunk:
-                        return
-                    body += chunk
-                msg = json.loads(body)
-                for m in msg if isinstance(msg, list) else [msg]:
-                    self._dispatch(m)
-        except Exception:  # a framing error: treat like death, the worker is unusable
-            pass
-        finally:
-            self._finish()
+    def _received(self, data: bytes) -> None:
+        """Dispatches every whole message in `data` (and what came before it)."""
+        for msg in self._frames.feed(data):
+            for m in msg if isinstance(msg, list) else [msg]:
+                self._dispatch(m)
 
     def _dispatch(self, m: Dict[str, Any]) -> None:
         if "method" in m:
             if m["method"] == "sandbox.output" and "id" not in m:
                 params = m.get("params") or {}
-                handler = self._output.get(params.get("sandbox", ""))
-                if handler:
-                    handler(params)
+                with self._lock:
+                    entry = self._pending.get(params.get("request"))  # type: ignore[arg-type]
+                if entry is not None and entry[2] is not None:
+                    entry[2](params)
             return
         with self._lock:
             entry = self._pending.pop(m.get("id"), None)  # type: ignore[arg-type]
         if entry is None:
             return
-        method, fut = entry
+        method, fut, _ = entry
+        if fut.done():  # an asyncio caller that gave up (cancelled)
+            return
         if "error" in m:
             e = m["error"]
             fut.set_exception(error_from_code(e.get("code", 0), e.get("message", ""), e.get("data"), method))
         else:
             fut.set_result(m.get("result"))
 
-    def _finish(self) -> None:
+    def _reap(self) -> WorkerExitedError:
+        """Waits for the process to end (after its output ended) and says how it ended."""
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         self._stderr_thread.join(timeout=1)
-        death = WorkerExitedError(self.proc.returncode, list(self._stderr_tail))
+        return WorkerExitedError(self.proc.returncode, list(self._stderr_tail))
+
+    def _fail_pending(self, death: WorkerExitedError) -> None:
         with self._lock:
             self.death = death
             pending, self._pending = self._pending, {}
-        for method, fut in pending.values():
+        for method, fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(WorkerExitedError(death.returncode, death.stderr_tail, method))
         self.exited.set()
 
     # ---- writing -------------------------------------------------------------------------
+    def _write(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def _new_future(self) -> AnyFuture:
+        raise NotImplementedError
+
     def _send(self, msg: Dict[str, Any]) -> None:
         body = json.dumps(msg, separators=(",", ":")).encode()
-        frame = b"Content-Length: %d\r\n\r\n" % len(body) + body
-        assert self.proc.stdin is not None
-        with self._write_lock:
-            self.proc.stdin.write(frame)
-            self.proc.stdin.flush()
+        self._write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
-    def request(self, method: str, params: Dict[str, Any]) -> tuple[int, concurrent.futures.Future]:
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+    def request(self, method: str, params: Dict[str, Any],
+                on_output: Optional[OutputHandler] = None) -> tuple[int, AnyFuture]:
+        """Sends a request; `on_output` receives the params of its `sandbox.output` notifications (on
+        the reading thread), all of them before the future completes."""
+        fut = self._new_future()
         rid = next(self._ids)
         with self._lock:
             if self.death is not None:
                 fut.set_exception(WorkerExitedError(self.death.returncode, self.death.stderr_tail, method))
                 return rid, fut
-            self._pending[rid] = (method, fut)
+            self._pending[rid] = (method, fut, on_output)
         try:
             self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
         except OSError:
-            pass  # the worker is dying; the reader thread fails the future
+            pass  # the worker is dying; reading its end fails the future
         return rid, fut
 
     def notify(self, method: str, params: Optional[Dict[str, Any]] = None) -> None:
@@ -211,11 +242,86 @@ class Connection:
                 return
         self.notify("$/cancelRequest", {"id": rid})
 
-    def set_output_handler(self, sandbox: str, handler: Optional[OutputHandler]) -> None:
-        if handler is None:
-            self._output.pop(sandbox, None)
-        else:
-            self._output[sandbox] = handler
+    def close_stdin(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadConnection(Connection):
+    """Callers read the worker's output themselves, one at a time (leader and followers)."""
+
+    def __init__(
+        self,
+        binary: Optional[str] = None,
+        args: Sequence[str] = ("serve",),
+        env: Optional[Dict[str, str]] = None,
+        stderr_lines: int = 20,
+        on_stderr: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        super().__init__(binary, args, env, stderr_lines, on_stderr)
+        self._write_lock = threading.Lock()
+        # Held (with `_lock`) while a thread decides who reads; `_reading` says one does.
+        self._turn = threading.Condition(self._lock)
+        self._reading = False
+
+    def _new_future(self) -> AnyFuture:
+        return concurrent.futures.Future()
+
+    def wait(self, fut: concurrent.futures.Future, timeout: Optional[float] = None) -> Any:
+        """The result of `fut`, reading the worker's output on this thread whenever no other thread
+        does. Raises concurrent.futures.TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._lead(fut.done, deadline):
+            raise concurrent.futures.TimeoutError()
+        return fut.result()
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Reads the worker's output to its end (answers nobody waits for are dropped); false if the
+        worker has not exited within `timeout` seconds."""
+        return self._lead(self.exited.is_set, time.monotonic() + timeout)
+
+    def _lead(self, until: Callable[[], bool], deadline: Optional[float]) -> bool:
+        """Reads whenever no other thread does, until `until()` holds (true), the worker's output
+        ends, or `deadline` passes (false)."""
+        while True:
+            with self._turn:
+                while not until() and self._reading and not self.exited.is_set():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._turn.wait(left)
+                if until() or self.exited.is_set():
+                    return until()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                self._reading = True
+            try:
+                self._read_some(deadline)
+            finally:
+                with self._turn:
+                    self._reading = False
+                    self._turn.notify_all()
+
+    def _read_some(self, deadline: Optional[float]) -> None:
+        """Reads what the worker has written (waiting until `deadline` at most) and dispatches it."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return
+        try:
+            data = os.read(fd, 1 << 16)
+            if data:
+                self._received(data)
+                return
+        except (OSError, ValueError):  # a framing error: treat like death, the worker is unusable
+            pass
+        self._fail_pending(self._reap())
+
+    def _write(self, frame: bytes) -> None:
+        assert self.proc.stdin is not None
+        with self._write_lock:
+            self.proc.stdin.write(frame)
 
     def close_stdin(self) -> None:
         try:
@@ -224,3 +330,48 @@ class Connection:
                 self.proc.stdin.close()
         except OSError:
             pass
+
+
+class LoopConnection(Connection, asyncio.Protocol):
+    """The event loop reads the worker's output and writes its input (never blocking: what the worker
+    does not read yet waits in the transport's buffer). Calls come from the loop's thread only."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *args: Any) -> None:
+        super().__init__(*args)
+        self._loop = loop
+        self._stdin: Optional[asyncio.WriteTransport] = None
+
+    @classmethod
+    async def open(cls, *args: Any) -> "LoopConnection":
+        loop = asyncio.get_running_loop()
+        conn = await asyncio.to_thread(cls, loop, *args)
+        assert conn.proc.stdout is not None and conn.proc.stdin is not None
+        await loop.connect_read_pipe(lambda: conn, conn.proc.stdout)
+        conn._stdin, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, conn.proc.stdin)
+        return conn
+
+    # asyncio.Protocol, for the output pipe
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:  # a framing error: the worker is unusable; its end fails the calls
+            self.proc.kill()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        async def ended() -> None:
+            self._fail_pending(await asyncio.to_thread(self._reap))
+
+        self._loop.create_task(ended())
+
+    def _new_future(self) -> AnyFuture:
+        return self._loop.create_future()
+
+    def _write(self, frame: bytes) -> None:
+        if self._stdin is None or self._stdin.is_closing():
+            raise BrokenPipeError("the worker's input is closed")
+        self._stdin.write(frame)
+
+    def close_stdin(self) -> None:
+        if self._stdin is not None:
+            self._stdin.close()
+

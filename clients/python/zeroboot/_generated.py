@@ -13,7 +13,7 @@ else:  # pragma: no cover
 
 from ._errors import RpcError
 
-METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.fork', 'sandbox.exec', 'sandbox.run_code', 'sandbox.contexts', 'sandbox.kill', 'sandbox.list', 'sandbox.stats', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown')
+METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.exec', 'sandbox.run_code', 'sandbox.contexts', 'sandbox.kill', 'sandbox.list', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown', 'sandbox.fork', 'sandbox.stats', 'sandbox.run', 'worker.ping')
 NOTIFICATION_NAMES = ('exit', '$/cancelRequest', 'sandbox.output', 'template.progress')
 
 TemplateId = str
@@ -64,6 +64,14 @@ TemplateSpecFilesItem = TypedDict("TemplateSpecFilesItem", {
     'mode': NotRequired[str],  # Permission bits of every regular file copied, octal (default: the host file's).
 })
 
+# A network policy, as a fork's `network` (NetworkPolicy in openrpc.json).
+TemplateSpecNetwork2 = TypedDict("TemplateSpecNetwork2", {
+    'allow': NotRequired[List[str]],  # Allowed destinations.
+    'deny': NotRequired[List[str]],  # Denied destinations.
+    'max_connections': NotRequired[int],  # TCP connections and UDP flows open at once (default 256); more are refused with a reset and counted in `limited`.
+    'max_bytes_per_sec': NotRequired[int],  # Bandwidth cap each way, in bytes per second (default 67108864, 64 MiB/s).
+})
+
 # What a Linux template holds: `zeroboot.toml`, or `template.build {spec}` over JSON-RPC (the same object). Relative host paths are resolved against the spec file's directory (over JSON-RPC: the worker's working directory). Unknown fields are refused with an error naming them.
 TemplateSpec = TypedDict("TemplateSpec", {
     'base': NotRequired[Union[Literal['python'], "TemplateSpecBase2"]],  # The root filesystem's starting point: "python" (default: Debian bookworm's python3 3.11 and busybox for `sh` and the common applets) or {oci: PATH}, an OCI image layout directory or a `docker save` / `podman save` tar; its config's Env, WorkingDir and User become the sandbox defaults and the zeroboot agent becomes /init.
@@ -75,6 +83,7 @@ TemplateSpec = TypedDict("TemplateSpec", {
     'user': NotRequired[str],  # The guest user every exec runs as: a name (created in the python base; looked up in an OCI image's /etc/passwd), UID or UID:GID. Default root. The agent stays root.
     'warmup': NotRequired[List[str]],  # Shell commands (`sh -c`) run once in the booted guest before the snapshot; their output is logged, a failure fails the build with its stderr.
     'memory_mib': NotRequired[int],  # Guest memory in MiB (default 512). The image must fit: a spec whose image needs more is refused.
+    'network': NotRequired[Union[Literal[False], "TemplateSpecNetwork2"]],  # The network of the template's forks: false (the default) for none, or a policy. A fork's own `network` wins (`false` there turns it off). The template itself is built without network, and the image is the same either way.
 })
 
 Forked = TypedDict("Forked", {
@@ -104,6 +113,7 @@ SandboxStats = TypedDict("SandboxStats", {
     'uptime_ms': int,  # Time since the fork.
     'stray_pio': int,  # Port accesses nothing answered.
     'stray_mmio': int,  # MMIO accesses nothing answered.
+    'network': Union[None, "NetStats"],  # Network counters; null for a sandbox without network.
 })
 
 ExecResult = TypedDict("ExecResult", {
@@ -168,10 +178,13 @@ WorkerInfoLimits = TypedDict("WorkerInfoLimits", {
     'default_output_cap': Union[int, None],  # `output_cap` of an exec that names none.
     'max_output_cap': int,  # Largest `output_cap` accepted.
     'exec_host_grace_ms': int,  # How long past `timeout_ms` the host waits before it stops the vCPU itself.
-    'max_fork_count': int,  # Largest `count` of one `sandbox.fork`.
+    'max_fork_count': int,  # Largest `count` of one `sandbox.fork` or `sandbox.run`.
     'max_read_bytes': int,  # Largest `max_bytes` of one `sandbox.read_file` (the worker's `--max-file-bytes`, 16 MiB by default).
     'max_write_bytes': int,  # Largest content of one `sandbox.write_file` (`--max-file-bytes`); larger is error 1016. A request must also fit `max_message_bytes` (base64 is 4/3 of the bytes).
     'max_message_bytes': int,  # Largest request body accepted (`--max-message-bytes`); larger ones are skipped unread and answered with -32600 `message_too_large`.
+    'output_backlog_bytes': int,  # The worker stops reading input while more than this many bytes of answers and notifications wait to be written (the peer is not reading).
+    'slow_threads': int,  # Threads that run slow calls (template loads, builds, saves, snapshots, stats, forks that create VMs).
+    'slow_queue': int,  # Slow calls that may wait for a thread; one more is refused with 1011 `resource_limit`.
 })
 
 WorkerInfoCapabilities = TypedDict("WorkerInfoCapabilities", {
@@ -220,7 +233,13 @@ InvalidRequestData3 = TypedDict("InvalidRequestData3", {
     'kind': Literal['shutting_down'],
 })
 
-InvalidRequestData = Union["InvalidRequestData1", "InvalidRequestData2", "InvalidRequestData3"]
+# A request whose id is the id of a request still running; the running one goes on.
+InvalidRequestData4 = TypedDict("InvalidRequestData4", {
+    'kind': Literal['duplicate_id'],
+    'id': "RequestId",
+})
+
+InvalidRequestData = Union["InvalidRequestData1", "InvalidRequestData2", "InvalidRequestData3", "InvalidRequestData4"]
 
 MethodNotFoundData = TypedDict("MethodNotFoundData", {
     'kind': Literal['method_not_found'],
@@ -239,7 +258,13 @@ InvalidParamsData2 = TypedDict("InvalidParamsData2", {
     'detail': str,
 })
 
-InvalidParamsData = Union["InvalidParamsData1", "InvalidParamsData2"]
+# A `network` policy entry that is not `host[:port]`, `*.domain[:port]`, `*[:port]` or `CIDR[:port]` (the detail names the list, the entry and what is wrong).
+InvalidParamsData3 = TypedDict("InvalidParamsData3", {
+    'kind': Literal['network_policy'],
+    'detail': str,
+})
+
+InvalidParamsData = Union["InvalidParamsData1", "InvalidParamsData2", "InvalidParamsData3"]
 
 InternalErrorData = TypedDict("InternalErrorData", {
     'kind': Literal['internal'],
@@ -528,6 +553,13 @@ ImageManifest = TypedDict("ImageManifest", {
     'spec': "TemplateSpec",
 })
 
+# Memory it holds above the memory it maps (what a branch costs).
+TemplateBuiltMemory = TypedDict("TemplateBuiltMemory", {
+    'own_bytes': int,  # Pages it captured itself: those its sandbox changed.
+    'view_bytes': int,  # Pages every fork of it gets written over the mapped memory (its own and its ancestors').
+    'held_bytes': int,  # Memory its page stores hold, shared with its ancestors and branches.
+})
+
 # TemplateInfo, and for a spec build the image manifest.
 TemplateBuilt = TypedDict("TemplateBuilt", {
     'template': "TemplateId",
@@ -535,6 +567,8 @@ TemplateBuilt = TypedDict("TemplateBuilt", {
     'memory_bytes': int,  # Guest memory size.
     'sandboxes': int,  # Live sandboxes forked from it.
     'pooled': int,  # Idle VMs ready for forks.
+    'depth': int,  # Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch.
+    'memory': "TemplateBuiltMemory",  # Memory it holds above the memory it maps (what a branch costs).
     'manifest': NotRequired["ImageManifest"],
 })
 
@@ -579,6 +613,50 @@ TemplateIncompatibleData = TypedDict("TemplateIncompatibleData", {
 TemplateUnresponsiveData = TypedDict("TemplateUnresponsiveData", {
     'kind': Literal['template_unresponsive'],
     'detail': str,  # What the guest did when probed (spun past the deadline, crashed, broke the protocol) and where its vCPU was.
+})
+
+# What a sandbox's network may reach. Entries: `host[:port]` (one name), `*.domain[:port]` (names under the domain, not the domain itself), `*[:port]` (any name), `CIDR[:port]` (an IPv4 network; a plain address is a /32); no port means every port. Deny wins. Names act through DNS, which the host answers: a name no allow entry matches (or a deny entry without a port matches) does not resolve, and a connection is allowed only to an address an allow CIDR covers or an allowed name resolved to. Loopback (127.0.0.0/8, 0.0.0.0/8), link-local (169.254.0.0/16, the cloud metadata service 169.254.169.254), multicast and reserved addresses are refused unless an allow CIDR inside their block names them (`0.0.0.0/0` does not). IPv4 only.
+NetworkPolicy = TypedDict("NetworkPolicy", {
+    'allow': NotRequired[List[str]],  # Allowed destinations.
+    'deny': NotRequired[List[str]],  # Denied destinations.
+    'max_connections': NotRequired[int],  # TCP connections and UDP flows open at once (default 256); more are refused with a reset and counted in `limited`.
+    'max_bytes_per_sec': NotRequired[int],  # Bandwidth cap each way, in bytes per second (default 67108864, 64 MiB/s).
+})
+
+# Network counters of one sandbox since its fork.
+NetStats = TypedDict("NetStats", {
+    'bytes_sent': int,  # Payload bytes the guest sent out (TCP and UDP, DNS excluded).
+    'bytes_received': int,  # Payload bytes that came in for the guest.
+    'connections': int,  # TCP connections established and UDP flows opened.
+    'open_connections': int,  # Connections and flows open now (connecting included).
+    'refused': int,  # Connections, flows and DNS names the policy refused.
+    'limited': int,  # Connections, datagrams and lookups refused by a cap.
+    'failed': int,  # Host connects that failed or timed out.
+    'dns_queries': int,  # DNS queries answered.
+    'dropped_frames': int,  # Malformed or unsupported frames from the guest, and frames a full queue dropped.
+})
+
+RunResult = TypedDict("RunResult", {
+    'sandbox': "SandboxId",  # The sandbox the program ran in; already killed.
+    'fork_us': int,  # Time the fork took inside the engine, in microseconds.
+    'stdout': str,  # Standard output in `encoding`.
+    'stderr': str,  # Standard error in `encoding`.
+    'encoding': "Encoding",
+    'exit_code': Union[int, None],  # Exit code; null when a signal ended the program.
+    'signal': Union[int, None],  # Terminating signal, if any.
+    'timed_out': bool,  # The guest agent's own deadline (`timeout_ms`) killed the program; the sandbox stays usable. (A guest that ignores the deadline is stopped by the host instead: error 1007.)
+    'truncated': bool,  # Output beyond `output_cap` was dropped.
+    'duration_us': int,  # Wall time of the call on the host, in microseconds.
+})
+
+RunFailure = TypedDict("RunFailure", {
+    'sandbox': "SandboxId",  # The sandbox it was to run in; already killed.
+    'error': "ErrorObject",
+})
+
+RunMany = TypedDict("RunMany", {
+    'results': List[Union["RunResult", "RunFailure"]],  # One outcome per run, in no particular order.
+    'total_us': int,  # Wall time of the whole call, in microseconds.
 })
 
 # Params of template.load
@@ -632,14 +710,6 @@ TemplateSaveResult = TypedDict("TemplateSaveResult", {
     'path': str,
     'bytes': int,  # File size.
 })
-
-# Params of sandbox.fork
-SandboxForkParams = TypedDict("SandboxForkParams", {
-    'template': "TemplateId",  # The template.
-    'count': NotRequired[int],  # Fork this many (the result is then a list).
-})
-
-SandboxForkResult = Union["Forked", "ForkedMany"]
 
 # Params of sandbox.exec
 SandboxExecParams = TypedDict("SandboxExecParams", {
@@ -697,13 +767,6 @@ SandboxListParams = TypedDict("SandboxListParams", {
 SandboxListResult = TypedDict("SandboxListResult", {
     'sandboxes': List["SandboxInfo"],
 })
-
-# Params of sandbox.stats
-SandboxStatsParams = TypedDict("SandboxStatsParams", {
-    'sandbox': "SandboxId",  # The sandbox.
-})
-
-SandboxStatsResult = "SandboxStats"
 
 # Params of sandbox.snapshot
 SandboxSnapshotParams = TypedDict("SandboxSnapshotParams", {
@@ -767,10 +830,51 @@ CancelRequestParams = TypedDict("CancelRequestParams", {
     'id': "RequestId",  # Id of the call to cancel.
 })
 
+# Params of sandbox.fork
+SandboxForkParams = TypedDict("SandboxForkParams", {
+    'template': "TemplateId",  # The template.
+    'count': NotRequired[int],  # Fork this many (the result is then a list).
+    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The sandboxes' network: absent for the template's (its spec's `network`; none for other templates), `false` for none, or a policy. The guest's interface comes up before the sandbox's first request.
+})
+
+SandboxForkResult = Union["Forked", "ForkedMany"]
+
+# Params of sandbox.stats
+SandboxStatsParams = TypedDict("SandboxStatsParams", {
+    'sandbox': "SandboxId",  # The sandbox.
+})
+
+SandboxStatsResult = "SandboxStats"
+
+# Params of sandbox.run
+SandboxRunParams = TypedDict("SandboxRunParams", {
+    'template': "TemplateId",  # The template.
+    'argv': List[str],  # Program and arguments; with `program: "python"`, `argv[0]` is Python source.
+    'count': NotRequired[int],  # Run this many at once, each in its own fork (the result is then `RunMany`).
+    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The forks' network, as for sandbox.fork: absent for the template's, `false` for none, or a policy.
+    'stdin': NotRequired[str],  # Standard input as UTF-8 text.
+    'stdin_base64': NotRequired[str],  # Standard input as base64 (exclusive with `stdin`).
+    'env': NotRequired[Dict[str, str]],  # Environment variables.
+    'cwd': NotRequired[str],  # Working directory (default: the agent's).
+    'timeout_ms': NotRequired[int],  # Deadline in milliseconds (default: `limits.default_timeout_ms`).
+    'output_cap': NotRequired[int],  # Output bytes kept, stdout and stderr together (default: `limits.default_output_cap`; at most `limits.max_output_cap`).
+    'stream': NotRequired[bool],  # Send output chunks as `sandbox.output` notifications (default false).
+    'encoding': NotRequired["Encoding"],  # Encoding of `stdout`/`stderr` and of notification `data` (default utf8).
+    'program': NotRequired[Literal['argv', 'python']],  # How `argv` is interpreted (default argv). `python` needs a guest with the Python zygote.
+})
+
+SandboxRunResult = Union["RunResult", "RunMany"]
+
+# Params of worker.ping
+WorkerPingParams = TypedDict("WorkerPingParams", {
+})
+
+WorkerPingResult = "Empty"
+
 # Params of the sandbox.output notification
 SandboxOutputParams = TypedDict("SandboxOutputParams", {
     'sandbox': "SandboxId",  # The sandbox.
-    'request': "RequestId",  # Id of the `sandbox.exec` or `sandbox.run_code` call that produced the chunk.
+    'request': "RequestId",  # Id of the `sandbox.exec`, `sandbox.run` or `sandbox.run_code` call that produced the chunk.
     'stream': Literal['stdout', 'stderr'],  # Which stream.
     'data': str,  # The chunk in `encoding` (never empty).
     'encoding': "Encoding",  # The encoding of `data` (the call's `encoding`).
@@ -885,7 +989,7 @@ class AgentFailedError(RpcError):
 
 
 class ResourceLimitError(RpcError):
-    """1011: Resource limit reached (max sandboxes, threads, engine shutting down). data: ResourceLimitData."""
+    """1011: Resource limit reached (max sandboxes, threads, slow-call queue full, engine shutting down). data: ResourceLimitData."""
 
     code = 1011
 

@@ -146,7 +146,7 @@ def _exec_params(argv: Optional[Sequence[str]], code: Optional[str], stdin, env,
     if (argv is None) == (code is None):
         raise ValueError("give exactly one of argv or code=")
     args, program = (list(argv), "argv") if argv is not None else ([code], "python")
-    return {**_client_exec_params("", args, stdin, env, cwd, timeout_ms, None, False), "program": program}
+    return {**_client_exec_params({}, args, stdin, env, cwd, timeout_ms, None, False), "program": program}
 
 
 class PoolSandbox:

@@ -84,6 +84,17 @@ export type TemplateSpec = {
   warmup?: string[];
   /** Guest memory in MiB (default 512). The image must fit: a spec whose image needs more is refused. */
   memory_mib?: number;
+  /** The network of the template's forks: false (the default) for none, or a policy. A fork's own `network` wins (`false` there turns it off). The template itself is built without network, and the image is the same either way. */
+  network?: false | {
+    /** Allowed destinations. */
+    allow?: string[];
+    /** Denied destinations. */
+    deny?: string[];
+    /** TCP connections and UDP flows open at once (default 256); more are refused with a reset and counted in `limited`. */
+    max_connections?: number;
+    /** Bandwidth cap each way, in bytes per second (default 67108864, 64 MiB/s). */
+    max_bytes_per_sec?: number;
+  };
 };
 
 /** Forked */
@@ -129,6 +140,8 @@ export type SandboxStats = {
   stray_pio: number;
   /** MMIO accesses nothing answered. */
   stray_mmio: number;
+  /** Network counters; null for a sandbox without network. */
+  network: null | NetStats;
 };
 
 /** ExecResult */
@@ -229,7 +242,7 @@ export type WorkerInfo = {
     max_output_cap: number;
     /** How long past `timeout_ms` the host waits before it stops the vCPU itself. */
     exec_host_grace_ms: number;
-    /** Largest `count` of one `sandbox.fork`. */
+    /** Largest `count` of one `sandbox.fork` or `sandbox.run`. */
     max_fork_count: number;
     /** Largest `max_bytes` of one `sandbox.read_file` (the worker's `--max-file-bytes`, 16 MiB by default). */
     max_read_bytes: number;
@@ -237,6 +250,12 @@ export type WorkerInfo = {
     max_write_bytes: number;
     /** Largest request body accepted (`--max-message-bytes`); larger ones are skipped unread and answered with -32600 `message_too_large`. */
     max_message_bytes: number;
+    /** The worker stops reading input while more than this many bytes of answers and notifications wait to be written (the peer is not reading). */
+    output_backlog_bytes: number;
+    /** Threads that run slow calls (template loads, builds, saves, snapshots, stats, forks that create VMs). */
+    slow_threads: number;
+    /** Slow calls that may wait for a thread; one more is refused with 1011 `resource_limit`. */
+    slow_queue: number;
   };
   capabilities: {
     framings: Array<"lsp" | "ndjson">;
@@ -270,6 +289,9 @@ export type InvalidRequestData = {
   limit: number;
 } | {
   kind: "shutting_down";
+} | {
+  kind: "duplicate_id";
+  id: RequestId;
 };
 
 export type MethodNotFoundData = {
@@ -282,6 +304,9 @@ export type InvalidParamsData = {
   detail: string;
 } | {
   kind: "invalid_request";
+  detail: string;
+} | {
+  kind: "network_policy";
   detail: string;
 };
 
@@ -529,6 +554,17 @@ export type TemplateBuilt = {
   sandboxes: number;
   /** Idle VMs ready for forks. */
   pooled: number;
+  /** Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch. */
+  depth: number;
+  /** Memory it holds above the memory it maps (what a branch costs). */
+  memory: {
+    /** Pages it captured itself: those its sandbox changed. */
+    own_bytes: number;
+    /** Pages every fork of it gets written over the mapped memory (its own and its ancestors'). */
+    view_bytes: number;
+    /** Memory its page stores hold, shared with its ancestors and branches. */
+    held_bytes: number;
+  };
   manifest?: ImageManifest;
 };
 
@@ -579,6 +615,78 @@ export type TemplateUnresponsiveData = {
   kind: "template_unresponsive";
   /** What the guest did when probed (spun past the deadline, crashed, broke the protocol) and where its vCPU was. */
   detail: string;
+};
+
+/** What a sandbox's network may reach. Entries: `host[:port]` (one name), `*.domain[:port]` (names under the domain, not the domain itself), `*[:port]` (any name), `CIDR[:port]` (an IPv4 network; a plain address is a /32); no port means every port. Deny wins. Names act through DNS, which the host answers: a name no allow entry matches (or a deny entry without a port matches) does not resolve, and a connection is allowed only to an address an allow CIDR covers or an allowed name resolved to. Loopback (127.0.0.0/8, 0.0.0.0/8), link-local (169.254.0.0/16, the cloud metadata service 169.254.169.254), multicast and reserved addresses are refused unless an allow CIDR inside their block names them (`0.0.0.0/0` does not). IPv4 only. */
+export type NetworkPolicy = {
+  /** Allowed destinations. */
+  allow?: string[];
+  /** Denied destinations. */
+  deny?: string[];
+  /** TCP connections and UDP flows open at once (default 256); more are refused with a reset and counted in `limited`. */
+  max_connections?: number;
+  /** Bandwidth cap each way, in bytes per second (default 67108864, 64 MiB/s). */
+  max_bytes_per_sec?: number;
+};
+
+/** Network counters of one sandbox since its fork. */
+export type NetStats = {
+  /** Payload bytes the guest sent out (TCP and UDP, DNS excluded). */
+  bytes_sent: number;
+  /** Payload bytes that came in for the guest. */
+  bytes_received: number;
+  /** TCP connections established and UDP flows opened. */
+  connections: number;
+  /** Connections and flows open now (connecting included). */
+  open_connections: number;
+  /** Connections, flows and DNS names the policy refused. */
+  refused: number;
+  /** Connections, datagrams and lookups refused by a cap. */
+  limited: number;
+  /** Host connects that failed or timed out. */
+  failed: number;
+  /** DNS queries answered. */
+  dns_queries: number;
+  /** Malformed or unsupported frames from the guest, and frames a full queue dropped. */
+  dropped_frames: number;
+};
+
+/** RunResult */
+export type RunResult = {
+  /** The sandbox the program ran in; already killed. */
+  sandbox: SandboxId;
+  /** Time the fork took inside the engine, in microseconds. */
+  fork_us: number;
+  /** Standard output in `encoding`. */
+  stdout: string;
+  /** Standard error in `encoding`. */
+  stderr: string;
+  encoding: Encoding;
+  /** Exit code; null when a signal ended the program. */
+  exit_code: number | null;
+  /** Terminating signal, if any. */
+  signal: number | null;
+  /** The guest agent's own deadline (`timeout_ms`) killed the program; the sandbox stays usable. (A guest that ignores the deadline is stopped by the host instead: error 1007.) */
+  timed_out: boolean;
+  /** Output beyond `output_cap` was dropped. */
+  truncated: boolean;
+  /** Wall time of the call on the host, in microseconds. */
+  duration_us: number;
+};
+
+/** RunFailure */
+export type RunFailure = {
+  /** The sandbox it was to run in; already killed. */
+  sandbox: SandboxId;
+  error: ErrorObject;
+};
+
+/** RunMany */
+export type RunMany = {
+  /** One outcome per run, in no particular order. */
+  results: Array<RunResult | RunFailure>;
+  /** Wall time of the whole call, in microseconds. */
+  total_us: number;
 };
 
 /** Params of `template.load`: Load a template. */
@@ -651,17 +759,6 @@ export type TemplateSaveResult = {
   /** File size. */
   bytes: number;
 };
-
-/** Params of `sandbox.fork`: Fork sandboxes from a template. */
-export type SandboxForkParams = {
-  /** The template. */
-  template: TemplateId;
-  /** Fork this many (the result is then a list). */
-  count?: number;
-};
-
-/** Result of `sandbox.fork` */
-export type SandboxForkResult = Forked | ForkedMany;
 
 /** Params of `sandbox.exec`: Run a program in a sandbox. */
 export type SandboxExecParams = {
@@ -754,15 +851,6 @@ export type SandboxListResult = {
   sandboxes: SandboxInfo[];
 };
 
-/** Params of `sandbox.stats`: Resource use of a sandbox. */
-export type SandboxStatsParams = {
-  /** The sandbox. */
-  sandbox: SandboxId;
-};
-
-/** Result of `sandbox.stats` */
-export type SandboxStatsResult = SandboxStats;
-
 /** Params of `sandbox.snapshot`: Branch a live sandbox into a template. */
 export type SandboxSnapshotParams = {
   /** The sandbox. */
@@ -841,11 +929,74 @@ export type CancelRequestParams = {
   id: RequestId;
 };
 
+/** Params of `sandbox.fork`: Fork sandboxes from a template. */
+export type SandboxForkParams = {
+  /** The template. */
+  template: TemplateId;
+  /** Fork this many (the result is then a list). */
+  count?: number;
+  /** The sandboxes' network: absent for the template's (its spec's `network`; none for other templates), `false` for none, or a policy. The guest's interface comes up before the sandbox's first request. */
+  network?: false | NetworkPolicy;
+};
+
+/** Result of `sandbox.fork` */
+export type SandboxForkResult = Forked | ForkedMany;
+
+/** Params of `sandbox.stats`: Resource use of a sandbox. */
+export type SandboxStatsParams = {
+  /** The sandbox. */
+  sandbox: SandboxId;
+};
+
+/** Result of `sandbox.stats` */
+export type SandboxStatsResult = SandboxStats;
+
+/** Params of `sandbox.run`: Fork, run a program, kill: one call. */
+export type SandboxRunParams = {
+  /** The template. */
+  template: TemplateId;
+  /** Program and arguments; with `program: "python"`, `argv[0]` is Python source. */
+  argv: string[];
+  /** Run this many at once, each in its own fork (the result is then `RunMany`). */
+  count?: number;
+  /** The forks' network, as for sandbox.fork: absent for the template's, `false` for none, or a policy. */
+  network?: false | NetworkPolicy;
+  /** Standard input as UTF-8 text. */
+  stdin?: string;
+  /** Standard input as base64 (exclusive with `stdin`). */
+  stdin_base64?: string;
+  /** Environment variables. */
+  env?: {
+    [key: string]: string;
+  };
+  /** Working directory (default: the agent's). */
+  cwd?: string;
+  /** Deadline in milliseconds (default: `limits.default_timeout_ms`). */
+  timeout_ms?: number;
+  /** Output bytes kept, stdout and stderr together (default: `limits.default_output_cap`; at most `limits.max_output_cap`). */
+  output_cap?: number;
+  /** Send output chunks as `sandbox.output` notifications (default false). */
+  stream?: boolean;
+  /** Encoding of `stdout`/`stderr` and of notification `data` (default utf8). */
+  encoding?: Encoding;
+  /** How `argv` is interpreted (default argv). `python` needs a guest with the Python zygote. */
+  program?: "argv" | "python";
+};
+
+/** Result of `sandbox.run` */
+export type SandboxRunResult = RunResult | RunMany;
+
+/** Params of `worker.ping`: Do nothing. */
+export type WorkerPingParams = Record<string, never>;
+
+/** Result of `worker.ping` */
+export type WorkerPingResult = Empty;
+
 /** Params of the `sandbox.output` notification: An output chunk of a streaming exec or code run. */
 export type SandboxOutputParams = {
   /** The sandbox. */
   sandbox: SandboxId;
-  /** Id of the `sandbox.exec` or `sandbox.run_code` call that produced the chunk. */
+  /** Id of the `sandbox.exec`, `sandbox.run` or `sandbox.run_code` call that produced the chunk. */
   request: RequestId;
   /** Which stream. */
   stream: "stdout" | "stderr";
@@ -876,19 +1027,21 @@ export interface Methods {
   "template.list": { params: TemplateListParams; result: TemplateListResult };
   "template.unload": { params: TemplateUnloadParams; result: TemplateUnloadResult };
   "template.save": { params: TemplateSaveParams; result: TemplateSaveResult };
-  "sandbox.fork": { params: SandboxForkParams; result: SandboxForkResult };
   "sandbox.exec": { params: SandboxExecParams; result: SandboxExecResult };
   "sandbox.run_code": { params: SandboxRunCodeParams; result: SandboxRunCodeResult };
   "sandbox.contexts": { params: SandboxContextsParams; result: SandboxContextsResult };
   "sandbox.kill": { params: SandboxKillParams; result: SandboxKillResult };
   "sandbox.list": { params: SandboxListParams; result: SandboxListResult };
-  "sandbox.stats": { params: SandboxStatsParams; result: SandboxStatsResult };
   "sandbox.snapshot": { params: SandboxSnapshotParams; result: SandboxSnapshotResult };
   "sandbox.write_file": { params: SandboxWriteFileParams; result: SandboxWriteFileResult };
   "sandbox.read_file": { params: SandboxReadFileParams; result: SandboxReadFileResult };
   "worker.info": { params: WorkerInfoParams; result: WorkerInfoResult };
   "rpc.discover": { params: RpcDiscoverParams; result: RpcDiscoverResult };
   "shutdown": { params: ShutdownParams; result: ShutdownResult };
+  "sandbox.fork": { params: SandboxForkParams; result: SandboxForkResult };
+  "sandbox.stats": { params: SandboxStatsParams; result: SandboxStatsResult };
+  "sandbox.run": { params: SandboxRunParams; result: SandboxRunResult };
+  "worker.ping": { params: WorkerPingParams; result: WorkerPingResult };
 }
 
 /** Every notification (either direction): its params. */
@@ -899,7 +1052,7 @@ export interface Notifications {
   "template.progress": TemplateProgressParams;
 }
 
-export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.fork","sandbox.exec","sandbox.run_code","sandbox.contexts","sandbox.kill","sandbox.list","sandbox.stats","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown"] as const;
+export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.exec","sandbox.run_code","sandbox.contexts","sandbox.kill","sandbox.list","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown","sandbox.fork","sandbox.stats","sandbox.run","worker.ping"] as const;
 export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output","template.progress"] as const;
 
 /** Error codes the worker documents. */
@@ -1014,7 +1167,7 @@ export class AgentFailedError extends ZerobootRpcError {
   static readonly code = 1010;
 }
 
-/** 1011: Resource limit reached (max sandboxes, threads, engine shutting down). data: ResourceLimitData. */
+/** 1011: Resource limit reached (max sandboxes, threads, slow-call queue full, engine shutting down). data: ResourceLimitData. */
 export class ResourceLimitError extends ZerobootRpcError {
   static readonly code = 1011;
 }

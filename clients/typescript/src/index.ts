@@ -15,7 +15,7 @@ import rpc from "vscode-jsonrpc/node.js";
 import type { MessageConnection } from "vscode-jsonrpc/node.js";
 
 import { WorkerExitedError, WorkerSpawnError, ZerobootError, ZerobootRpcError } from "./errors.js";
-import { errorFromCode, type CodeError, type Language, type Methods, type Notifications } from "./generated.js";
+import { errorFromCode, type CodeError, type Language, type Methods, type NetworkPolicy, type Notifications } from "./generated.js";
 
 export * from "./errors.js";
 export * from "./generated.js";
@@ -49,12 +49,16 @@ export interface StartOptions {
 export interface CallOptions {
   /** Aborting sends `$/cancelRequest`; the call then rejects with the worker's cancellation error. */
   signal?: AbortSignal;
+  /** Receives the call's `sandbox.output` notifications, all before the call settles. */
+  onNotification?: (params: OutputNotification) => void;
 }
 
 /** One chunk of streamed output. */
 export interface OutputChunk {
   stream: OutputNotification["stream"];
   data: OutputNotification["data"];
+  /** The sandbox that printed it (runs of {@link Zeroboot.runMany} each have their own). */
+  sandbox: string;
 }
 
 /** Options of {@link Sandbox.exec}. */
@@ -82,10 +86,16 @@ export interface RunCodeOptions extends CallOptions {
   onOutput?: (chunk: OutputChunk) => void;
 }
 
-/** Options of {@link Zeroboot.run}: a fresh sandbox per call, so no context and no streaming. */
-export interface RunOptions extends Omit<RunCodeOptions, "language" | "context" | "onOutput"> {
+/** Options of {@link Zeroboot.runCode}: a fresh sandbox per call, so no context and no streaming. */
+export interface RunCodeOnceOptions extends Omit<RunCodeOptions, "language" | "context" | "onOutput"> {
   /** The template to fork (default: the last one this client loaded). */
   template?: Template | string;
+}
+
+/** Options of {@link Zeroboot.fork} and {@link Zeroboot.forkMany}. */
+export interface ForkOptions extends CallOptions {
+  /** The sandbox's network: a policy (`{allow, deny, max_connections, max_bytes_per_sec}`), `false` for none, or absent for the template's (none unless its spec has one). */
+  network?: NetworkPolicy | false;
 }
 
 /** Options of {@link Sandbox.writeFile}. */
@@ -101,6 +111,7 @@ export interface ReadFileOptions extends CallOptions {
 }
 
 type RawExecResult = ResultOf<"sandbox.exec">;
+type RawRunResult = RawExecResult & { sandbox: string; fork_us: number };
 
 /** Result of {@link Sandbox.exec}, with camelCase names. `raw` is the worker's result as sent. */
 export interface ExecResult {
@@ -120,6 +131,48 @@ export interface CodeResult extends ExecResult {
   result: string | undefined;
   error: CodeError | undefined;
   raw: ResultOf<"sandbox.run_code">;
+/** Result of {@link Zeroboot.run}: the exec's result, the sandbox it ran in (already killed) and its fork time. */
+export interface RunResult extends ExecResult {
+  sandbox: string;
+  forkUs: number;
+}
+
+/** The params `sandbox.exec` and `sandbox.run` share. */
+function execParams(argv: string[], opts: ExecOptions) {
+  const params: { argv: string[]; stdin?: string; env?: Record<string, string>; cwd?: string; timeout_ms?: number; output_cap?: number; stream?: boolean } = { argv };
+  if (opts.stdin !== undefined) params.stdin = opts.stdin;
+  if (opts.env !== undefined) params.env = opts.env;
+  if (opts.cwd !== undefined) params.cwd = opts.cwd;
+  if (opts.timeoutMs !== undefined) params.timeout_ms = opts.timeoutMs;
+  if (opts.outputCap !== undefined) params.output_cap = opts.outputCap;
+  if (opts.onOutput) params.stream = true;
+  return params;
+}
+
+/** The call options of an exec or run: its abort signal, and its output routed to `onOutput`. */
+function callOptions(opts: Pick<ExecOptions, "signal" | "onOutput">): CallOptions {
+  const { onOutput } = opts;
+  return {
+    signal: opts.signal,
+    onNotification: onOutput && ((p) => onOutput({ stream: p.stream, data: p.data, sandbox: p.sandbox })),
+  };
+}
+
+function execResult(r: RawExecResult): ExecResult {
+  return {
+    stdout: r.stdout,
+    stderr: r.stderr,
+    exitCode: r.exit_code,
+    signal: r.signal,
+    timedOut: r.timed_out,
+    truncated: r.truncated,
+    durationUs: r.duration_us,
+    raw: r,
+  };
+}
+
+function runResult(r: RawRunResult): RunResult {
+  return { ...execResult(r), sandbox: r.sandbox, forkUs: r.fork_us };
 }
 
 /** A streaming exec: iterate the output chunks; `result` settles when the exec ends. */
@@ -197,7 +250,9 @@ export class Zeroboot implements AsyncDisposable {
   readonly #stderrTail: string[] = [];
   readonly #stderrLines: number;
   readonly #pending = new Set<(e: Error) => void>();
-  readonly #outputHandlers = new Map<string, (chunk: OutputChunk) => void>();
+  /** Output handlers by request id; `#nextOutput` is the one of the request being sent. */
+  readonly #outputHandlers = new Map<rpc.CancellationId, (params: OutputNotification) => void>();
+  #nextOutput: ((params: OutputNotification) => void) | undefined;
   readonly #sandboxes = new Set<Sandbox>();
   #lastTemplate: string | undefined;
   #death: WorkerExitedError | undefined;
@@ -255,12 +310,32 @@ export class Zeroboot implements AsyncDisposable {
       child.on("close", finish);
     });
 
+    // Streamed output names the request it belongs to; vscode-jsonrpc shows a request's id only to its
+    // cancellation strategy, right before sending it, and tells it when the request is settled.
+    const sender = rpc.CancellationSenderStrategy.Message;
     this.#conn = rpc.createMessageConnection(
       new rpc.StreamMessageReader(child.stdout!),
       new rpc.StreamMessageWriter(this.#input),
+      undefined,
+      {
+        cancellationStrategy: {
+          receiver: rpc.CancellationReceiverStrategy.Message,
+          sender: {
+            sendCancellation: (conn, id) => sender.sendCancellation(conn, id),
+            enableCancellation: (request) => {
+              if (this.#nextOutput && request.id !== null) this.#outputHandlers.set(request.id, this.#nextOutput);
+              this.#nextOutput = undefined;
+            },
+            cleanup: (id) => {
+              this.#outputHandlers.delete(id);
+              sender.cleanup(id);
+            },
+          },
+        },
+      },
     );
     this.#conn.onNotification("sandbox.output", (params: OutputNotification) => {
-      this.#outputHandlers.get(params.sandbox)?.({ stream: params.stream, data: params.data });
+      this.#outputHandlers.get(params.request as rpc.CancellationId)?.(params);
     });
     this.#conn.onError(() => {}); // framing errors surface as worker death or call errors
     this.#conn.listen();
@@ -301,7 +376,7 @@ export class Zeroboot implements AsyncDisposable {
   /** Calls any method of the schema. Rejects with a typed error on an error response. */
   call<M extends MethodName>(method: M, params: ParamsOf<M>, opts: CallOptions = {}): Promise<ResultOf<M>> {
     if (this.#death) return Promise.reject(new WorkerExitedError(this.#death.exitCode, this.#death.signal, this.#death.stderrTail, method));
-    const { signal } = opts;
+    const { signal, onNotification } = opts;
     if (signal?.aborted) return Promise.reject(errorFromCode(-32800, "request cancelled before it was sent", undefined, method));
     return new Promise<ResultOf<M>>((resolveCall, rejectCall) => {
       const onDeath = (e: Error) => {
@@ -323,9 +398,13 @@ export class Zeroboot implements AsyncDisposable {
       };
       // Only pass a token when there is one: vscode-jsonrpc counts a trailing `undefined` as a second param
       // and would send the params as an array.
-      const sent = cts
-        ? this.#conn.sendRequest<ResultOf<M>>(method, params, cts.token)
-        : this.#conn.sendRequest<ResultOf<M>>(method, params);
+      this.#nextOutput = onNotification;
+      let sent: Promise<ResultOf<M>>;
+      try {
+        sent = cts ? this.#conn.sendRequest<ResultOf<M>>(method, params, cts.token) : this.#conn.sendRequest<ResultOf<M>>(method, params);
+      } finally {
+        this.#nextOutput = undefined;
+      }
       sent.then(
         (r) => {
           done();
@@ -355,10 +434,10 @@ export class Zeroboot implements AsyncDisposable {
   }
 
   /** Runs `code` in a fresh sandbox forked from a template, then kills it: one call, nothing to clean up.
-   * `await zb.run("print(1 + 1)")`, `await zb.run("1 + 1", "javascript")`. */
-  async run(code: string, language: Language = "python", opts: RunOptions = {}): Promise<CodeResult> {
+   * `await zb.runCode("print(1 + 1)")`, `await zb.runCode("1 + 1", "javascript")`. */
+  async runCode(code: string, language: Language = "python", opts: RunCodeOnceOptions = {}): Promise<CodeResult> {
     const template = opts.template ?? this.#lastTemplate;
-    if (template === undefined) throw new ZerobootError("run: no template loaded; load one or pass `template`");
+    if (template === undefined) throw new ZerobootError("runCode: no template loaded; load one or pass `template`");
     const params: ParamsOf<"sandbox.run_code"> = { template: templateId(template), language, code };
     runParams(params, opts);
     return codeResult(await this.call("sandbox.run_code", params, { signal: opts.signal }));
@@ -382,29 +461,42 @@ export class Zeroboot implements AsyncDisposable {
   }
 
   /** Forks one sandbox from a template. */
-  async fork(template: Template | string, opts?: CallOptions): Promise<Sandbox> {
-    const r = (await this.call("sandbox.fork", { template: templateId(template) }, opts)) as { sandbox: string; fork_us: number };
+  async fork(template: Template | string, opts: ForkOptions = {}): Promise<Sandbox> {
+    const params = { template: templateId(template), ...(opts.network !== undefined && { network: opts.network }) };
+    const r = (await this.call("sandbox.fork", params, opts)) as { sandbox: string; fork_us: number };
     return this.#adopt(r.sandbox, templateId(template), r.fork_us);
   }
 
   /** Forks `count` sandboxes in one call. */
-  async forkMany(template: Template | string, count: number, opts?: CallOptions): Promise<Sandbox[]> {
-    const r = (await this.call("sandbox.fork", { template: templateId(template), count }, opts)) as {
+  async forkMany(template: Template | string, count: number, opts: ForkOptions = {}): Promise<Sandbox[]> {
+    const params = { template: templateId(template), count, ...(opts.network !== undefined && { network: opts.network }) };
+    const r = (await this.call("sandbox.fork", params, opts)) as {
       sandboxes: { sandbox: string; fork_us: number }[];
     };
     return r.sandboxes.map((s) => this.#adopt(s.sandbox, templateId(template), s.fork_us));
+  }
+
+  /** Forks a sandbox, runs `argv` in it and kills it, in one round trip (`sandbox.run`). Rejects with the
+   * exec's error (the sandbox is killed either way). */
+  async run(template: Template | string, argv: string[], opts: ExecOptions = {}): Promise<RunResult> {
+    const params = { template: templateId(template), ...execParams(argv, opts) };
+    return runResult((await this.call("sandbox.run", params, callOptions(opts))) as RawRunResult);
+  }
+
+  /** {@link Zeroboot.run} in `count` fresh forks at once: one outcome per run, a {@link RunResult} or the
+   * error it failed with, in no particular order (`OutputChunk.sandbox` tells streamed chunks apart). */
+  async runMany(template: Template | string, argv: string[], count: number, opts: ExecOptions = {}): Promise<(RunResult | ZerobootRpcError)[]> {
+    const params = { template: templateId(template), count, ...execParams(argv, opts) };
+    const r = (await this.call("sandbox.run", params, callOptions(opts))) as {
+      results: (RawRunResult | { sandbox: string; error: { code: number; message: string; data?: unknown } })[];
+    };
+    return r.results.map((x) => ("error" in x ? errorFromCode(x.error.code, x.error.message, x.error.data, "sandbox.run") : runResult(x)));
   }
 
   #adopt(id: string, template: string, forkUs: number): Sandbox {
     const sb = new Sandbox(this, id, template, forkUs, (s) => this.#sandboxes.delete(s));
     this.#sandboxes.add(sb);
     return sb;
-  }
-
-  /** @internal routes `sandbox.output` notifications of one sandbox. */
-  _onOutput(sandbox: string, handler: ((chunk: OutputChunk) => void) | undefined) {
-    if (handler) this.#outputHandlers.set(sandbox, handler);
-    else this.#outputHandlers.delete(sandbox);
   }
 
   /** Lists the worker's live sandboxes. */
@@ -415,6 +507,11 @@ export class Zeroboot implements AsyncDisposable {
   /** The worker's version, engine and limits. */
   async info(opts?: CallOptions): Promise<ResultOf<"worker.info">> {
     return this.call("worker.info", {} as ParamsOf<"worker.info">, opts);
+  }
+
+  /** A round trip that does nothing in the worker. */
+  async ping(opts?: CallOptions): Promise<void> {
+    await this.call("worker.ping", {} as ParamsOf<"worker.ping">, opts);
   }
 
   /** The OpenRPC document the worker serves. */
@@ -457,19 +554,6 @@ function templateId(t: Template | string): string {
   return typeof t === "string" ? t : t.id;
 }
 
-function execResult(r: RawExecResult): ExecResult {
-  return {
-    stdout: r.stdout,
-    stderr: r.stderr,
-    exitCode: r.exit_code,
-    signal: r.signal,
-    timedOut: r.timed_out,
-    truncated: r.truncated,
-    durationUs: r.duration_us,
-    raw: r,
-  };
-}
-
 function codeResult(r: ResultOf<"sandbox.run_code">): CodeResult {
   return { ...execResult(r), result: r.result, error: r.error, raw: r };
 }
@@ -496,21 +580,8 @@ export class Sandbox implements AsyncDisposable {
 
   /** Runs `argv` in the sandbox and waits for it to end. */
   async exec(argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    const params: ParamsOf<"sandbox.exec"> = { sandbox: this.id, argv };
-    if (opts.stdin !== undefined) params.stdin = opts.stdin;
-    if (opts.env !== undefined) params.env = opts.env;
-    if (opts.cwd !== undefined) params.cwd = opts.cwd;
-    if (opts.timeoutMs !== undefined) params.timeout_ms = opts.timeoutMs;
-    if (opts.outputCap !== undefined) params.output_cap = opts.outputCap;
-    if (opts.onOutput) {
-      params.stream = true;
-      this.worker._onOutput(this.id, opts.onOutput);
-    }
-    try {
-      return execResult(await this.worker.call("sandbox.exec", params, { signal: opts.signal }));
-    } finally {
-      if (opts.onOutput) this.worker._onOutput(this.id, undefined);
-    }
+    const params = { sandbox: this.id, ...execParams(argv, opts) };
+    return execResult(await this.worker.call("sandbox.exec", params, callOptions(opts)));
   }
 
   /** Runs `code` like a notebook cell (default language Python): `result` is the text of its last expression's
@@ -519,15 +590,8 @@ export class Sandbox implements AsyncDisposable {
     const params: ParamsOf<"sandbox.run_code"> = { sandbox: this.id, language: opts.language ?? "python", code };
     if (opts.context !== undefined) params.context = opts.context;
     runParams(params, opts);
-    if (opts.onOutput) {
-      params.stream = true;
-      this.worker._onOutput(this.id, opts.onOutput);
-    }
-    try {
-      return codeResult(await this.worker.call("sandbox.run_code", params, { signal: opts.signal }));
-    } finally {
-      if (opts.onOutput) this.worker._onOutput(this.id, undefined);
-    }
+    if (opts.onOutput) params.stream = true;
+    return codeResult(await this.worker.call("sandbox.run_code", params, callOptions(opts)));
   }
 
   /** The persistent contexts alive in the sandbox. */

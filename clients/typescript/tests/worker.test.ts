@@ -2,7 +2,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
   Zeroboot, Sandbox, Template, WorkerExitedError, RequestCancelledError, ExecTimeoutError, SandboxNotFoundError,
-  TemplateNotFoundError, ZerobootRpcError, FileTooLargeError, AgentFailedError, type OutputChunk,
+  TemplateNotFoundError, ZerobootRpcError, FileTooLargeError, AgentFailedError, GuestCrashedError, type OutputChunk,
 } from "../src/index.js";
 import { kvmSkip } from "./helpers.js";
 
@@ -41,6 +41,20 @@ describe("zeroboot worker", { skip }, () => {
     assert.ok(JSON.stringify(list).includes(sb.id));
     const stats = await sb.stats();
     assert.ok(stats);
+  });
+
+  it("network is per fork and its policy is checked", async () => {
+    const sb = await zb.fork(bare, { network: { allow: ["*.example.com:443"], max_connections: 8 } });
+    const stats = await sb.stats();
+    assert.equal(stats.network?.connections, 0);
+    await sb.kill();
+    const plain = await zb.fork(bare);
+    assert.equal((await plain.stats()).network, null);
+    await plain.kill();
+    await assert.rejects(
+      zb.fork(bare, { network: { allow: ["300.1.1.1:80"] } }),
+      (e: unknown) => e instanceof ZerobootRpcError && e.code === -32602 && (e.data as { kind: string }).kind === "network_policy",
+    );
   });
 
   it("branches: snapshot then forkMany, branch(n), full copies", async () => {
@@ -117,9 +131,9 @@ describe("zeroboot worker", { skip }, () => {
     await using child = await zb.fork(branch);
     assert.deepEqual(await child.contexts(), [{ name: "nb", language: "bash" }]);
     await assert.rejects(sb.runCode("1 + 1"), AgentFailedError); // no Python in the bare guest
-    const once = await zb.run("result 7", "bash");
+    const once = await zb.runCode("result 7", "bash");
     assert.equal(once.result, "7");
-    const other = await zb.run("result 8", "bash", { template: bare });
+    const other = await zb.runCode("result 8", "bash", { template: bare });
     assert.equal(other.result, "8");
     const alive = (await zb.sandboxes()).sandboxes.map((s) => s.sandbox).sort();
     assert.deepEqual(alive, [sb.id, child.id].sort(), "run leaves no sandbox behind");
@@ -142,6 +156,27 @@ describe("zeroboot worker", { skip }, () => {
     for await (const c of s) if (c.stream === "stdout") text += c.data;
     assert.match(text, /streamed/);
     assert.equal((await s.result).exitCode, 0);
+  });
+
+  it("run, runMany and ping: fork, exec and kill in one round trip", async () => {
+    await zb.ping();
+    const r = await zb.run(bare, ["echo", "once"], { env: { A: "1" } });
+    assert.equal(r.stdout, "once\n");
+    assert.equal(r.exitCode, 0);
+    assert.match(r.sandbox, /^sb-/);
+    assert.ok(r.forkUs >= 0);
+    assert.ok(!JSON.stringify(await zb.sandboxes()).includes(`"${r.sandbox}"`), "killed before the answer");
+    const chunks: OutputChunk[] = [];
+    const f = await zb.run(bare, ["flood", "20000"], { onOutput: (c) => chunks.push(c) });
+    assert.equal(chunks.map((c) => c.data).join(""), f.stdout);
+    assert.equal(f.stdout.length, 20000);
+    assert.deepEqual([...new Set(chunks.map((c) => c.sandbox))], [f.sandbox]);
+    await assert.rejects(zb.run(bare, ["spin"], { timeoutMs: 100 }), ExecTimeoutError);
+    const many = await zb.runMany(bare, ["echo", "many"], 4, { onOutput: (c) => chunks.push(c) });
+    assert.deepEqual(many.map((m) => (m as { stdout: string }).stdout), Array(4).fill("many\n"));
+    const crashed = await zb.runMany(bare, ["crash"], 2);
+    assert.ok(crashed.every((e) => e instanceof GuestCrashedError));
+    assert.equal((await zb.sandboxes()).sandboxes.length, 0);
   });
 
   it("cancel: AbortSignal sends $/cancelRequest and the call rejects", async () => {

@@ -13,6 +13,7 @@ mod entropy;
 mod exec;
 mod files;
 mod frames;
+mod net;
 mod reaper;
 mod server;
 mod sys;

@@ -7,7 +7,7 @@ use crate::frames::{self, Failure};
 use crate::reaper;
 use crate::transport::{Transport, TransportError};
 use zeroboot_proto::{
-    AgentErrorCode, Exec, FILE_MORE, HEADER_LEN, Header, Kind, ReadFile, RunCode, WriteFile,
+    AgentErrorCode, Exec, FILE_MORE, HEADER_LEN, Header, Kind, NetUp, ReadFile, RunCode, WriteFile,
 };
 
 /// Serves requests until the transport fails.
@@ -79,6 +79,16 @@ fn handle(
                     .map(Some)
             }
             Err(e) => Err(bad_request("read_file", e)),
+        },
+        Kind::NetUp => match NetUp::decode(payload) {
+            // A fork of a snapshot taken with the network up: every
+            // sandbox's interface settings are the same, so it is done.
+            Ok(_) if runner.net.is_some() => Ok(None),
+            Ok(req) => crate::net::up(&req).map(|net| {
+                runner.net = Some(net);
+                None
+            }),
+            Err(e) => Err(bad_request("net_up", e)),
         },
         other => Err(Failure::new(
             AgentErrorCode::Unsupported,

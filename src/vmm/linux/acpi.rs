@@ -18,6 +18,8 @@
 //! Layout from [`super::layout::ACPI_ADDR`]: RSDP, XSDT, FADT, MADT, DSDT,
 //! each 16-byte aligned. Every table's checksum makes its bytes sum to zero.
 
+use crate::vmm::{NET_IRQ, NET_MMIO_BASE, NET_MMIO_SIZE};
+
 const OEM_ID: &[u8; 6] = b"ZEROBT";
 const OEM_TABLE_ID: &[u8; 8] = b"ZEROBOOT";
 const CREATOR_ID: &[u8; 4] = b"ZBVM";
@@ -111,6 +113,35 @@ fn aml_name(seg: &[u8; 4], value: &[u8]) -> Vec<u8> {
     [&[0x08][..], seg, value].concat()
 }
 
+/// `Device (<name>) { Name (_HID, <hid>) Name (_UID, Zero) Name (_CRS, <resources>) }`,
+/// with `hid` an AML object (EisaId or String) and `resources` the
+/// resource template's descriptors (end tag included).
+fn aml_device(name: &[u8; 4], hid: &[u8], resources: &[u8]) -> Vec<u8> {
+    let buffer = aml_package(
+        &[0x11],
+        &[&[0x0a, resources.len() as u8][..], resources].concat(),
+    );
+    aml_package(
+        &[0x5b, 0x82],
+        &[
+            &name[..],
+            &aml_name(b"_HID", hid),
+            &aml_name(b"_UID", &[0x00]),
+            &aml_name(b"_CRS", &buffer),
+        ]
+        .concat(),
+    )
+}
+
+/// IRQ descriptor without flags (ISA edge, active high) for `irq`.
+fn aml_irq(irq: u8) -> [u8; 3] {
+    let mask = (1u16 << irq).to_le_bytes();
+    [0x22, mask[0], mask[1]]
+}
+
+/// End tag of a resource template (checksum 0: "not computed").
+const AML_END_TAG: [u8; 2] = [0x79, 0x00];
+
 /// The DSDT's AML:
 ///
 /// ```text
@@ -123,37 +154,50 @@ fn aml_name(seg: &[u8; 4], value: &[u8]) -> Vec<u8> {
 ///       IRQNoFlags () {4}
 ///     })
 ///   }
+///   Device (NET0) {
+///     Name (_HID, "LNRO0005")
+///     Name (_UID, Zero)
+///     Name (_CRS, ResourceTemplate () {
+///       Memory32Fixed (ReadWrite, 0xD0000000, 0x00001000)
+///       IRQNoFlags () {5}
+///     })
+///   }
 /// }
 /// ```
+///
+/// NET0 is the virtio-mmio network device (`LNRO0005` is the ID Linux's
+/// `virtio_mmio` driver matches). Every Linux guest has it described, but
+/// only a sandbox with network loads the driver (see [`crate::vmm::NET_IRQ`]).
 fn dsdt_aml() -> Vec<u8> {
     let port = COM1_PORT.to_le_bytes();
-    let irq_mask = (1u16 << COM1_IRQ).to_le_bytes();
-    let resources = [
-        // I/O port descriptor: 16-bit decode, min, max, alignment, length.
-        &[0x47, 0x01, port[0], port[1], port[0], port[1], 0x00, 0x08][..],
-        // IRQ descriptor without flags: ISA edge, active high.
-        &[0x22, irq_mask[0], irq_mask[1]],
-        // End tag (checksum 0: "not computed").
-        &[0x79, 0x00],
-    ]
-    .concat();
-    let buffer = aml_package(
-        &[0x11],
-        &[&[0x0a, resources.len() as u8][..], &resources].concat(),
-    );
-    // EisaId("PNP0501"): three 5-bit letters and four hex digits, big-endian.
-    let hid = [&[0x0c][..], &[0x41, 0xd0, 0x05, 0x01]].concat();
-    let device = aml_package(
-        &[0x5b, 0x82],
+    let com1 = aml_device(
+        b"COM1",
+        // EisaId("PNP0501"): three 5-bit letters and four hex digits, big-endian.
+        &[0x0c, 0x41, 0xd0, 0x05, 0x01],
         &[
-            &b"COM1"[..],
-            &aml_name(b"_HID", &hid),
-            &aml_name(b"_UID", &[0x00]),
-            &aml_name(b"_CRS", &buffer),
+            // I/O port descriptor: 16-bit decode, min, max, alignment, length.
+            &[0x47, 0x01, port[0], port[1], port[0], port[1], 0x00, 0x08][..],
+            &aml_irq(COM1_IRQ),
+            &AML_END_TAG,
         ]
         .concat(),
     );
-    aml_package(&[0x10], &[&b"\\_SB_"[..], &device].concat())
+    let base = (NET_MMIO_BASE as u32).to_le_bytes();
+    let size = (NET_MMIO_SIZE as u32).to_le_bytes();
+    let net0 = aml_device(
+        b"NET0",
+        &[&[0x0d][..], b"LNRO0005", &[0x00]].concat(),
+        &[
+            // 32-bit fixed memory range descriptor: read-write, base, length.
+            &[0x86, 0x09, 0x00, 0x01][..],
+            &base,
+            &size,
+            &aml_irq(NET_IRQ),
+            &AML_END_TAG,
+        ]
+        .concat(),
+    );
+    aml_package(&[0x10], &[&b"\\_SB_"[..], &com1, &net0].concat())
 }
 
 fn fadt(dsdt: u64) -> Vec<u8> {
@@ -303,12 +347,12 @@ mod tests {
     }
 
     #[test]
-    fn dsdt_describes_com1_in_aml() {
+    fn dsdt_describes_com1_and_the_network_device_in_aml() {
         let aml = dsdt_aml();
         // The whole Scope, byte by byte (these bytes, in a DSDT, disassemble
         // with `iasl -d` to exactly the ASL in dsdt_aml's doc comment).
         let expected: Vec<u8> = [
-            &[0x10, 0x33][..],
+            &[0x10, 0x4a, 0x06][..],
             b"\\_SB_",
             &[0x5b, 0x82, 0x2b],
             b"COM1",
@@ -321,6 +365,21 @@ mod tests {
             &[0x11, 0x10, 0x0a, 0x0d],
             &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x00, 0x08],
             &[0x22, 0x10, 0x00, 0x79, 0x00],
+            &[0x5b, 0x82, 0x34],
+            b"NET0",
+            &[0x08],
+            b"_HID",
+            &[0x0d],
+            b"LNRO0005",
+            &[0x00, 0x08],
+            b"_UID",
+            &[0x00, 0x08],
+            b"_CRS",
+            &[0x11, 0x14, 0x0a, 0x11],
+            &[
+                0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00,
+            ],
+            &[0x22, 0x20, 0x00, 0x79, 0x00],
         ]
         .concat();
         assert_eq!(aml, expected);

@@ -13,6 +13,7 @@ use super::pump::{self, Finish};
 use super::worker::{self, Done, Mode, WorkRequest, Worker};
 use super::{CodeRequest, MAX_CONTEXTS, Runner, argv, language_name, shell, spawn_failed};
 use crate::frames::{self, Failure};
+use crate::net::Tap;
 use crate::transport::{Transport, TransportError};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -62,7 +63,7 @@ impl Runner {
             Ok(started) => started,
             Err(e) => return Ok(Err(spawn_failed(e))),
         };
-        let finished = pump::pump(t, &mut program, &mut stdio, &[], req.timeout)?;
+        let finished = pump::pump(t, &mut program, &mut stdio, &[], req.timeout, self.tap())?;
         Ok(finished.map(|f| (f, None)))
     }
 
@@ -76,7 +77,7 @@ impl Runner {
             Ok(w) => w,
             Err(f) => return Ok(Err(f)),
         };
-        let ran = run_cell(t, &mut worker, req, false, true)?;
+        let ran = run_cell(t, &mut worker, req, false, true, self.tap())?;
         self.retire(worker);
         Ok(ran)
     }
@@ -114,7 +115,9 @@ impl Runner {
             },
         };
         let reseed = worker.last_vm != Some(req.vm_id);
-        let ran = run_cell(t, worker, req, true, reseed)?;
+        // The field itself, not `self.tap()`: `worker` borrows `self.contexts`.
+        let tap = self.net.as_ref().and_then(|n| n.tap.as_ref());
+        let ran = run_cell(t, worker, req, true, reseed, tap)?;
         if worker.has_exited() {
             self.contexts.remove(name);
         }
@@ -148,6 +151,7 @@ fn run_cell(
     req: &CodeRequest,
     keep: bool,
     reseed: bool,
+    tap: Option<&Tap>,
 ) -> Result<Result<(Finish, Option<Done>), Failure>, TransportError> {
     worker.last_vm = Some(req.vm_id);
     let env = req.env_pairs();
@@ -174,7 +178,7 @@ fn run_cell(
         return Ok(Err(spawn_failed(e)));
     }
     let (mut run, stdio) = worker.run(keep);
-    let finished = pump::pump(t, &mut run, stdio, &[], req.timeout)?;
+    let finished = pump::pump(t, &mut run, stdio, &[], req.timeout, tap)?;
     Ok(finished.map(|f| (f, worker.take_done())))
 }
 

@@ -81,6 +81,8 @@ pub struct Runner {
     /// Acting as a guest's system: set the clock per exec, and treat a
     /// refused entropy reseed as an error (a test process does neither).
     pub system: bool,
+    /// The network, once the host brought it up.
+    pub net: Option<crate::net::Net>,
     /// The template's defaults for every exec and run (environment,
     /// working directory, user).
     defaults: Defaults,
@@ -116,6 +118,7 @@ impl Runner {
             contexts: BTreeMap::new(),
             lingering: Vec::new(),
             system,
+            net: None,
             defaults: template.defaults,
         };
         let languages = if spares {
@@ -134,6 +137,11 @@ impl Runner {
             }
         }
         runner
+    }
+
+    /// The TAP device whose frames a run carries, once the network is up.
+    fn tap(&self) -> Option<&crate::net::Tap> {
+        self.net.as_ref().and_then(|n| n.tap.as_ref())
     }
 
     /// Starts a worker for `language` (`Ok(None)`: this agent has none).
@@ -212,9 +220,14 @@ impl Runner {
         }
         let finished = match req.program {
             Program::Argv => match argv::spawn(&req.argv, &req.env, req.cwd.as_deref(), req.user) {
-                Ok((mut program, mut stdio)) => {
-                    pump::pump(t, &mut program, &mut stdio, &req.stdin, req.timeout)?
-                }
+                Ok((mut program, mut stdio)) => pump::pump(
+                    t,
+                    &mut program,
+                    &mut stdio,
+                    &req.stdin,
+                    req.timeout,
+                    self.tap(),
+                )?,
                 Err(e) => Err(spawn_failed(e)),
             },
             Program::Python => self.run_python_program(t, &req)?,
@@ -270,7 +283,7 @@ impl Runner {
             return Ok(Err(spawn_failed(e)));
         }
         let (mut run, stdio) = worker.run(false);
-        let finished = pump::pump(t, &mut run, stdio, &req.stdin, req.timeout)?;
+        let finished = pump::pump(t, &mut run, stdio, &req.stdin, req.timeout, self.tap())?;
         self.retire(worker);
         Ok(finished)
     }

@@ -9,9 +9,16 @@
 //! the run open. The last chunk drained is handed back to ride in the final
 //! frame (saving one round trip, i.e. one VM exit in zeroboot's VMM, per
 //! short exec).
+//!
+//! With a TAP link, the pump also carries the guest's network frames: what
+//! the TAP device sent goes to the host in one GuestFrames frame, and the
+//! host's answer brings the frames waiting for the guest. While the host
+//! says it has flows open, the pump asks again every [`NET_POLL`] even when
+//! the guest sends nothing, since that is the only way frames can reach it.
 
 use super::{Running, Stdio};
 use crate::frames::{self, Failure, OUTPUT_DATA};
+use crate::net::Tap;
 use crate::sys;
 use crate::transport::{Transport, TransportError};
 use std::fs::File;
@@ -20,7 +27,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 use zeroboot_proto::{
-    AgentErrorCode, EXIT_TIMED_OUT, ExitStatus, Kind, MAX_PAYLOAD, RESUME_STOP_OUTPUT, Stream,
+    AgentErrorCode, EXIT_TIMED_OUT, ExitStatus, HEADER_LEN, Header, Kind, MAX_PAYLOAD, NET_ACTIVE,
+    RESUME_STOP_OUTPUT, Stream, decode_frame_list,
 };
 
 /// How a run ended.
@@ -32,6 +40,9 @@ pub struct Finish {
     /// was none or the host wanted no more output).
     pub tail: Option<(Stream, Vec<u8>)>,
 }
+
+/// How often the pump asks the host for frames while it has flows open.
+const NET_POLL: Duration = Duration::from_millis(1);
 
 /// The largest chunk read at once: small enough to ride in an Exit frame.
 const CHUNK: usize = MAX_PAYLOAD - ExitStatus::OUTPUT_TAIL_OFFSET;
@@ -149,6 +160,52 @@ impl Pump<'_, '_> {
     }
 }
 
+impl Pump<'_, '_> {
+    /// Sends what the TAP device has (possibly nothing) and writes what the
+    /// host answers into it; returns whether the host has flows open.
+    fn carry_frames(&mut self, tap: &Tap, pgid: u32) -> Result<bool, TransportError> {
+        let buf = self.t.buf();
+        let mut at = HEADER_LEN + 4;
+        let mut count = 0u32;
+        while buf.len() - at >= 4 + tap.frame_max {
+            match (&tap.dev).read(&mut buf[at + 4..at + 4 + tap.frame_max]) {
+                Ok(n) => {
+                    buf[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+                    at += 4 + n;
+                    count += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // WouldBlock: the device has nothing more for now.
+                Err(_) => break,
+            }
+        }
+        buf[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&count.to_le_bytes());
+        let header = Header {
+            kind: Kind::GuestFrames,
+            len: (at - HEADER_LEN) as u32,
+            flags: 0,
+        };
+        buf[..HEADER_LEN].copy_from_slice(&header.encode());
+        let reply = self.t.exchange(at)?;
+        let payload = &self.t.buf()[HEADER_LEN..HEADER_LEN + reply.len as usize];
+        match (reply.kind, decode_frame_list(payload)) {
+            (Kind::NetFrames, Ok(frames)) => {
+                for frame in frames.iter() {
+                    // A TAP queue that is full drops the frame, as a wire would.
+                    let _ = (&tap.dev).write(frame);
+                }
+                Ok(reply.flags & NET_ACTIVE != 0)
+            }
+            (kind, _) => {
+                self.protocol_error = Some(format!("expected NetFrames, got {kind:?}"));
+                self.discard = true;
+                report_kill(pgid);
+                Ok(false)
+            }
+        }
+    }
+}
+
 /// Kills a process group, logging (not failing) if that is impossible.
 fn report_kill(pgid: u32) {
     if let Err(e) = sys::kill_group(pgid) {
@@ -184,6 +241,7 @@ pub fn pump(
     stdio: &mut Stdio,
     input: &[u8],
     timeout: Option<Duration>,
+    tap: Option<&Tap>,
 ) -> Result<Result<Finish, Failure>, TransportError> {
     if input.is_empty() {
         stdio.stdin = None;
@@ -213,6 +271,8 @@ pub fn pump(
     // killed anyway.
     let mut deadline = timeout.map(|d| Instant::now() + d);
     let mut timed_out = false;
+    // When to ask the host for frames next, while it has flows open.
+    let mut net_due: Option<Instant> = None;
     let status = loop {
         if let Some(d) = deadline
             && Instant::now() >= d
@@ -226,7 +286,11 @@ pub fn pump(
             };
         }
         let wait_ms = deadline.map_or(-1, ms_until);
-        let mut fds = Vec::with_capacity(5);
+        let wait_ms = match net_due {
+            Some(due) if wait_ms < 0 || ms_until(due) < wait_ms => ms_until(due),
+            _ => wait_ms,
+        };
+        let mut fds = Vec::with_capacity(6);
         for fd in program.exit_fds() {
             fds.push(libc::pollfd {
                 fd: fd.map_or(-1, |f| f.as_raw_fd()),
@@ -247,7 +311,19 @@ pub fn pump(
             events: libc::POLLOUT,
             revents: 0,
         });
+        fds.push(libc::pollfd {
+            fd: tap.map_or(-1, |t| t.dev.as_raw_fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        });
         sys::poll(&mut fds, wait_ms).map_err(TransportError::Io)?;
+        if let Some(tap) = tap
+            && (fds[first_out + 3].revents != 0 || net_due.is_some_and(|d| Instant::now() >= d))
+        {
+            net_due = p
+                .carry_frames(tap, pgid)?
+                .then(|| Instant::now() + NET_POLL);
+        }
         // The end first: output that is already there then goes to the
         // drain, whose last chunk rides in the final frame.
         if fds[..first_out].iter().any(|f| f.revents != 0) {
