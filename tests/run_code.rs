@@ -157,7 +157,7 @@ fn each_language_runs_with_notebook_semantics() {
         .run_code_once(
             &tpl.template,
             &request(Language::Python, "1 + 1"),
-            &opts(120),
+            &CancelToken::new(),
             &mut |_, _, _| {},
         )
         .unwrap();

@@ -131,6 +131,8 @@ export interface CodeResult extends ExecResult {
   result: string | undefined;
   error: CodeError | undefined;
   raw: ResultOf<"sandbox.run_code">;
+}
+
 /** Result of {@link Zeroboot.run}: the exec's result, the sandbox it ran in (already killed) and its fork time. */
 export interface RunResult extends ExecResult {
   sandbox: string;

@@ -125,7 +125,7 @@ describe("zeroboot worker", { skip }, () => {
     const chunks: OutputChunk[] = [];
     const o = await sb.runCode("echo hi", { language: "bash", context: "nb", onOutput: (c) => chunks.push(c) });
     assert.equal(o.stdout, "hi\n");
-    assert.deepEqual(chunks, [{ stream: "stdout", data: "hi\n" }]);
+    assert.deepEqual(chunks, [{ stream: "stdout", data: "hi\n", sandbox: sb.id }]);
     assert.deepEqual(await sb.contexts(), [{ name: "nb", language: "bash" }]);
     const branch = await sb.snapshot();
     await using child = await zb.fork(branch);
