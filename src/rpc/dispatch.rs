@@ -150,7 +150,7 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
             });
         }),
         Call::SandboxFork(p) => with_engine(s, reply, |e, reply| {
-            let opts = p.network.fork_options();
+            let opts = fork_options(p.network, p.memory_limit_mib);
             fork(s, e, p.template, p.count, opts, reply);
         }),
         Call::SandboxExec(p) => with_engine(s, reply, |e, reply| {
@@ -285,9 +285,15 @@ fn build_from_spec(e: &Engine, spec: &serde_json::Value, reply: Reply) {
             },
         );
     };
+    // A worker under its seccomp filter can start no program: it takes the
+    // image from the cache (docs/security.md).
+    let opts = crate::image::spec_image::SpecBuildOptions {
+        no_programs: crate::confine::worker_filtered(),
+        ..Default::default()
+    };
     let built = e.build_from_spec(
         &spec,
-        &Default::default(),
+        &opts,
         &mut progress,
         reply.cancel_token(),
     );
@@ -304,8 +310,8 @@ fn build_from_spec(e: &Engine, spec: &serde_json::Value, reply: Reply) {
 /// `count` forks, on the pool), then the exec on the VM's thread, which
 /// kills the sandbox and answers.
 fn run(s: &Arc<Session>, e: Engine, p: SandboxRun, reply: Reply) {
-    let (exec, (template, count, network)) = p.into_exec();
-    let opts = network.fork_options();
+    let (exec, (template, count, network, memory_limit_mib)) = p.into_exec();
+    let opts = fork_options(network, memory_limit_mib);
     let (stream, encoding) = (exec.stream, exec.encoding);
     let req = match exec.request() {
         Ok(r) => r,
