@@ -253,13 +253,29 @@ fn fork(
                 }),
             );
         }),
-        None => match e.fork_pooled(&template, &opts) {
-            Ok(Some(forked)) => reply.ok(&Forked::from(forked)),
-            Ok(None) => slow(s, reply, move |reply| {
-                answer(reply, e.fork_with(&template, &opts).map(Forked::from));
-            }),
+        None => fork_one(s, e, template, opts, reply, |_, forked, reply| {
+            reply.ok(&Forked::from(forked));
+        }),
+    }
+}
+
+/// One fork of `template`: from the pool on this thread, else a cold fork on
+/// the slow pool; `then` carries on with it. A failed fork is the answer.
+fn fork_one(
+    s: &Arc<Session>,
+    e: Engine,
+    template: String,
+    opts: engine::ForkOptions,
+    reply: Reply,
+    then: impl FnOnce(&Engine, engine::Forked, Reply) + Send + 'static,
+) {
+    match e.fork_pooled(&template, &opts) {
+        Ok(Some(forked)) => then(&e, forked, reply),
+        Ok(None) => slow(s, reply, move |reply| match e.fork_with(&template, &opts) {
+            Ok(forked) => then(&e, forked, reply),
             Err(err) => answer::<Empty>(reply, Err(err)),
-        },
+        }),
+        Err(err) => answer::<Empty>(reply, Err(err)),
     }
 }
 
@@ -343,14 +359,7 @@ fn run(s: &Arc<Session>, e: Engine, p: SandboxRun, reply: Reply) {
         });
         e.run_then(&forked.sandbox, &req, &cancel, sink);
     };
-    match e.fork_pooled(&template, &opts) {
-        Ok(Some(forked)) => one(&e, forked, reply),
-        Ok(None) => slow(s, reply, move |reply| match e.fork_with(&template, &opts) {
-            Ok(forked) => one(&e, forked, reply),
-            Err(err) => answer::<Empty>(reply, Err(err)),
-        }),
-        Err(err) => answer::<Empty>(reply, Err(err)),
-    }
+    fork_one(s, e, template, opts, reply, one);
 }
 
 /// Runs `req` once in each of `forks`; the last run to end answers with all
