@@ -15,8 +15,9 @@
 //! the guest (KVM_RUN), get and set the vCPU's and VM's state (restore,
 //! snapshot, crash reports), raise the serial interrupt, reset the dirty
 //! ring, count private pages (PAGEMAP_SCAN, or reading the pagemap),
-//! remap and copy guest memory (recycling, snapshots), allocate, wait, and
-//! end. No `openat`, no sockets, no threads.
+//! remap and copy guest memory (recycling, snapshots), write its call's
+//! reply to the protocol stream, allocate, wait, and end. No `openat`, no
+//! sockets, no threads.
 
 use std::collections::BTreeMap;
 
@@ -91,6 +92,9 @@ const WORKER_OTHER_IOCTLS: &[u64] = &[crate::vmm::pagemap::PAGEMAP_SCAN_IOCTL, 0
 const COMMON: &[i64] = &[
     libc::SYS_read,
     libc::SYS_write,
+    // A vCPU thread writes its call's reply to the protocol stream itself
+    // (src/rpc/writer.rs: one writev per frame), so no hop to a writer.
+    libc::SYS_writev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_lseek,
@@ -124,7 +128,6 @@ const WORKER: &[i64] = &[
     // The signal thread waits for SIGTERM, SIGINT and SIGHUP (rpc/process.rs).
     libc::SYS_rt_sigtimedwait,
     libc::SYS_readv,
-    libc::SYS_writev,
     libc::SYS_openat,
     libc::SYS_openat2,
     libc::SYS_newfstatat,

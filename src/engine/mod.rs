@@ -22,8 +22,8 @@ mod memory;
 mod network;
 mod pool;
 mod recycle;
-mod request;
 mod refill;
+mod request;
 mod sandbox;
 mod session;
 mod spec;
@@ -254,9 +254,6 @@ impl Engine {
     /// Opens KVM and starts an empty engine.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         let hv = Hypervisor::open().map_err(EngineError::KvmUnavailable)?;
-        let deadlines = Deadlines::start().map_err(|e| {
-            EngineError::ResourceLimit(format!("cannot start the deadline thread: {e}"))
-        })?;
         crate::vmm::raise_nofile();
         crate::vmm::one_malloc_arena();
         let budget = Budget::new(config.max_memory.unwrap_or_else(budget::default_limit));
@@ -271,14 +268,17 @@ impl Engine {
             wanted: Arc::new(Wanted::default()),
             refiller: Mutex::new(None),
             networking: network::Networking::default(),
-            deadlines,
+            deadlines: Deadlines::new(),
         })))
     }
 
-    /// Starts the refill thread with the first template: an engine starts no
-    /// thread of its own, so the worker can drop its capabilities (which
-    /// belong to threads) once KVM is open.
-    fn start_refiller(&self) -> Result<(), EngineError> {
+    /// Starts the deadline and refill threads with the first template: an
+    /// engine starts no thread of its own, so the worker can drop its
+    /// capabilities (which belong to threads) once KVM is open.
+    fn start_threads(&self) -> Result<(), EngineError> {
+        self.0.deadlines.start().map_err(|e| {
+            EngineError::ResourceLimit(format!("cannot start the deadline thread: {e}"))
+        })?;
         let mut refiller = self.0.refiller.lock().unwrap_or_else(|e| e.into_inner());
         if refiller.is_none() && self.0.config.pool_size > 0 {
             let handle = refill::start(Arc::downgrade(&self.0), Arc::clone(&self.0.wanted))
@@ -418,6 +418,8 @@ impl Engine {
         cancel: &CancelToken,
         mut charge: Charge,
     ) -> Result<TemplateInfo, EngineError> {
+        // Before the probe: its run has a deadline.
+        self.start_threads()?;
         let size = layer.memory_bytes() as u64;
         let held = memory::template_cost(size);
         if held > charge.bytes() {
@@ -445,7 +447,6 @@ impl Engine {
         };
         let layer = Arc::clone(&family.root);
         let info = self.register(id, source, layer, family);
-        self.start_refiller()?;
         self.0.wanted.notify();
         Ok(info)
     }

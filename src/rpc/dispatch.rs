@@ -307,12 +307,7 @@ fn build_from_spec(e: &Engine, spec: &serde_json::Value, reply: Reply) {
         no_programs: crate::confine::worker_filtered(),
         ..Default::default()
     };
-    let built = e.build_from_spec(
-        &spec,
-        &opts,
-        &mut progress,
-        reply.cancel_token(),
-    );
+    let built = e.build_from_spec(&spec, &opts, &mut progress, reply.cancel_token());
     answer(
         reply,
         built.map(|b| SpecBuilt {

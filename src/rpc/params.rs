@@ -548,6 +548,8 @@ pub struct SandboxStats {
     pub stray_pio: u64,
     /// MMIO accesses nothing answered.
     pub stray_mmio: u64,
+    /// Most private memory it may hold, in bytes.
+    pub memory_limit_bytes: u64,
     /// Network counters; null for a sandbox without network.
     pub network: Option<crate::net::NetStats>,
 }
@@ -563,6 +565,7 @@ impl From<engine::SandboxStats> for SandboxStats {
             uptime_ms: s.uptime_ms,
             stray_pio: s.stray_pio,
             stray_mmio: s.stray_mmio,
+            memory_limit_bytes: s.memory_limit_bytes,
             network: s.network,
         }
     }
