@@ -77,13 +77,26 @@ fn every_thread_is_filtered_and_holds_no_capability() {
     }
     let mut w = Worker::spawn(Framing::Ndjson, &[]);
     exercise(&mut w);
-    let all = threads(w.pid());
-    let worker_filters = all
+    let worker_filters = threads(w.pid())
         .iter()
         .find(|t| t.name == "zeroboot")
         .expect("the main thread")
         .filters;
     assert!(worker_filters >= 1);
+    // A vCPU thread adds its filter once its VM exists, so one the pool is
+    // making right now has the worker's only: look again until none is, for
+    // at most 10 s (a thread that never adds it fails below).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let all = loop {
+        let all = threads(w.pid());
+        let making = all
+            .iter()
+            .any(|t| t.name.starts_with("vcpu-") && t.filters != worker_filters + 1);
+        if !making || std::time::Instant::now() > deadline {
+            break all;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let mut vcpus = 0;
     for t in &all {
         assert_eq!(
