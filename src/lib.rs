@@ -7,6 +7,7 @@
 //! side of the protocol spoken with the program inside each guest.
 
 pub mod agent;
+pub mod confine;
 pub mod engine;
 pub mod image;
 pub mod mcp;

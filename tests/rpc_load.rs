@@ -21,11 +21,19 @@ fn run(framing: Framing) {
     let tpl = w.load_bare();
 
     // Forks: 8 batches of 100 and 200 single forks, all in flight at once.
+    // Each may dirty 2 MiB: 1000 sandboxes allowed their whole 32 MiB would
+    // not fit the default memory budget of a 24 GiB host.
     let mut fork_calls = Vec::new();
     for i in 0..SANDBOXES - 800 {
-        fork_calls.push(w.request("sandbox.fork", json!({"template": tpl})));
+        fork_calls.push(w.request(
+            "sandbox.fork",
+            json!({"template": tpl, "memory_limit_mib": 2}),
+        ));
         if i % 25 == 0 {
-            fork_calls.push(w.request("sandbox.fork", json!({"template": tpl, "count": 100})));
+            fork_calls.push(w.request(
+                "sandbox.fork",
+                json!({"template": tpl, "count": 100, "memory_limit_mib": 2}),
+            ));
         }
     }
     let mut sandboxes = Vec::new();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::kvm_or_skip;
 use zeroboot::vmm::memory::{GuestRam, MemoryFile, Sharing};
-use zeroboot::vmm::{Flavor, Hypervisor, MachineState, Vm};
+use zeroboot::vmm::{Flavor, Hypervisor, MachineState, Tracking, Vm};
 
 const MSR_IA32_TSC: u32 = 0x10;
 
@@ -42,7 +42,7 @@ fn a_second_restore_within_a_second_sets_the_snapshot_tsc() {
         Sharing::Private,
     )
     .unwrap();
-    let mut vm = Vm::new(&hv, ram, hv.cpuid()).unwrap();
+    let mut vm = Vm::new(&hv, ram, hv.cpuid(), Tracking::Off).unwrap();
     let mut state = vm.capture(&hv, hv.cpuid()).unwrap();
     let snapshot_tsc = 1u64 << 40;
     for m in state

@@ -102,6 +102,7 @@ fn unexpected_stop(stop: Stop, waiting_for: &str) -> AgentError {
     match stop {
         Stop::Crashed(why) => AgentError::Crashed(why),
         Stop::Interrupted => AgentError::Interrupted,
+        Stop::MemoryLimit(over) => AgentError::MemoryLimit(over),
         other => AgentError::Protocol(format!(
             "guest gave {other:?} while the host waited for {waiting_for}"
         )),

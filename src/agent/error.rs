@@ -2,7 +2,7 @@
 
 use zeroboot_proto::{AgentErrorCode, WireError};
 
-use crate::vmm::VmmError;
+use crate::vmm::{DirtyOverLimit, VmmError};
 
 /// Errors talking to a guest agent.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,9 @@ pub enum AgentError {
         /// The agent's message.
         message: String,
     },
+    /// The guest dirtied more memory than its limit; its vCPU is stopped.
+    #[error("guest holds {} pages privately, over its limit of {}", .0.pages, .0.limit)]
+    MemoryLimit(DirtyOverLimit),
     /// The request does not fit the guest's mailbox.
     #[error("request of {bytes} bytes exceeds the guest mailbox of {limit} bytes")]
     RequestTooLarge {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecRequest};
+use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecRequest, ForkOptions};
 
 use super::stats::summarize;
 use super::{EngineArgs, report};
@@ -142,7 +142,16 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
 
     // Measured next to the in-process figures, before the fleet's teardown
     // (kernel work that outlives the kill) can skew either.
-    let rpc = super::bench_rpc::measure(samples, config.pool_size)?;
+    let rpc = super::bench_rpc::measure(samples, config.pool_size, true)?;
+    // The filters' cost: the same through a worker without them, and forks
+    // with execs in process with vCPU threads unfiltered.
+    let rpc_off = super::bench_rpc::measure(samples, config.pool_size, false)?;
+    let fork_exec_off = without_seccomp(&config, samples)?;
+    let soak = super::bench_rpc::soak(
+        if args.quick { 1000 } else { SOAK_CYCLES },
+        SOAK_IN_FLIGHT,
+        config.pool_size,
+    )?;
     let fleet = fleet(&engine, &t, vms, config.pool_size)?;
     engine.shutdown();
     let cold = cold_forks(&config, (samples / 4).max(1))?;
@@ -176,6 +185,16 @@ fn run(args: &BenchArgs) -> Result<Value, EngineError> {
         "rpc_overhead_fork_p50_us": p50(&rpc.fork) - p50(&fork),
         "rpc_overhead_exec_p50_us": p50(&rpc.exec) - p50(&exec_echo),
         "rpc_overhead_run_p50_us": p50(&rpc.run) - p50(&fork_exec),
+        "rpc_fork_us_no_seccomp": summary(&rpc_off.fork),
+        "rpc_exec_echo_us_no_seccomp": summary(&rpc_off.exec),
+        "fork_exec_echo_us_no_seccomp": summary(&fork_exec_off),
+        "seccomp_cost_p50_us": {
+            "rpc_fork": p50(&rpc.fork) - p50(&rpc_off.fork),
+            "rpc_exec_echo": p50(&rpc.exec) - p50(&rpc_off.exec),
+            "fork_exec_echo": p50(&fork_exec) - p50(&fork_exec_off),
+        },
+        "soak": soak,
+        "memory_budget_mib": engine.memory_budget().0 >> 20,
         "create_vms": vms,
         "create_1000_ms": fleet.create_ms,
         "create_1000_cpu_ms": fleet.create_cpu_ms,
@@ -230,6 +249,11 @@ struct Fleet {
     kernel_kib_per_vm: f64,
 }
 
+/// What each fleet sandbox may dirty. They run `echo` (16 KiB) and some
+/// `dirty 10`: 1000 sandboxes allowed the template's whole 32 MiB would not
+/// fit the default memory budget of a 24 GiB host.
+const FLEET_MEMORY_LIMIT: u64 = 1 << 20;
+
 /// Sandboxes per step of the fleet's creation: each step's time shows whether
 /// creating a VM costs more when more are alive.
 const FLEET_STEP: usize = 100;
@@ -244,7 +268,11 @@ fn fleet(engine: &Engine, t: &str, n: usize, pool: usize) -> Result<Fleet, Engin
     let start = Instant::now();
     while ids.len() < n {
         let step = Instant::now();
-        let forked = engine.fork_many(t, FLEET_STEP.min(n - ids.len()))?;
+        let opts = ForkOptions {
+            memory_limit: Some(FLEET_MEMORY_LIMIT),
+            ..Default::default()
+        };
+        let forked = engine.fork_many_with(t, FLEET_STEP.min(n - ids.len()), &opts)?;
         let new: Vec<String> = forked.into_iter().map(|f| f.sandbox).collect();
         parallel(&new, |id| exec(engine, id, &req))?;
         ids.extend(new);
@@ -303,6 +331,36 @@ fn parallel(
             .into_iter()
             .try_for_each(|h| h.join().expect("bench worker panicked"))
     })
+}
+
+/// Fork/exec/kill cycles of the soak (issue 11), and how many are under way at once.
+const SOAK_CYCLES: usize = 10_000;
+const SOAK_IN_FLIGHT: usize = 50;
+
+/// Fork + exec echo + kill, timed to the exec's end, in an engine whose vCPU
+/// threads run without seccomp filters (set back on afterwards).
+fn without_seccomp(config: &EngineConfig, n: usize) -> Result<Vec<Duration>, EngineError> {
+    zeroboot::confine::set_seccomp(false);
+    let result = (|| {
+        let engine = Engine::new(config.clone())?;
+        let t = engine.load_builtin("bare")?.template;
+        std::thread::sleep(Duration::from_millis(200));
+        let req = echo();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (f, d) = timed(|| {
+                let f = engine.fork(&t)?;
+                exec(&engine, &f.sandbox, &req)?;
+                Ok(f)
+            })?;
+            out.push(d);
+            engine.kill(&f.sandbox)?;
+        }
+        engine.shutdown();
+        Ok(out)
+    })();
+    zeroboot::confine::set_seccomp(true);
+    result
 }
 
 /// Forks with the pool disabled: every VM is created on the request path.
@@ -364,12 +422,15 @@ fn print_table(v: &Value) {
         "kill_us",
         "exec_echo_us",
         "fork_exec_echo_us",
+        "fork_exec_echo_us_no_seccomp",
+        "rpc_fork_us",
+        "rpc_fork_us_no_seccomp",
+        "rpc_exec_echo_us",
+        "rpc_exec_echo_us_no_seccomp",
         "write_file_1mib_us",
         "read_file_1mib_us",
         "stdio_floor_us",
         "rpc_ping_us",
-        "rpc_fork_us",
-        "rpc_exec_echo_us",
         "rpc_run_echo_us",
         "rpc_kill_us",
         "rpc_ping_after_kill_us",
@@ -396,6 +457,9 @@ fn print_table(v: &Value) {
         "rpc_overhead_fork_p50_us",
         "rpc_overhead_exec_p50_us",
         "rpc_overhead_run_p50_us",
+        "seccomp_cost_p50_us",
+        "soak",
+        "memory_budget_mib",
         "snapshot_us_per_page",
         "fork_branch_over_template_p50",
         "branch_kib",

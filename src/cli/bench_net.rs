@@ -124,6 +124,7 @@ fn measure_link(
             link: Some(link),
             ..Default::default()
         }),
+        ..Default::default()
     };
     let sb = engine.fork_with(template, &opts)?.sandbox;
     let connect_us = measure(

@@ -3,7 +3,8 @@
 //! in-process figures of the same run, and against the stdio floor: the same
 //! round trip, by the same code, to a child that only echoes lines (`cat`).
 //! Floor and worker samples are taken alternately, so a noisy moment of the
-//! machine touches both alike.
+//! machine touches both alike. The soak runs thousands of pipelined
+//! fork/exec/kill cycles and reports what the worker process kept.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -45,12 +46,25 @@ impl LinePeer {
     /// Writes `line` (newline included) and reads one line back: the
     /// round trip, timed, and the answer.
     fn round_trip(&mut self, line: &[u8]) -> Result<(&str, Duration), EngineError> {
-        self.line.clear();
         let start = Instant::now();
+        self.send(line)?;
+        let reply = self.read()?;
+        Ok((reply, start.elapsed()))
+    }
+
+    /// Writes `line` (newline included) without waiting for an answer.
+    fn send(&mut self, line: &[u8]) -> Result<(), EngineError> {
         self.stdin.write_all(line).map_err(failed)?;
-        self.stdin.flush().map_err(failed)?;
-        self.stdout.read_line(&mut self.line).map_err(failed)?;
-        Ok((&self.line, start.elapsed()))
+        self.stdin.flush().map_err(failed)
+    }
+
+    /// Reads the next line.
+    fn read(&mut self) -> Result<&str, EngineError> {
+        self.line.clear();
+        if self.stdout.read_line(&mut self.line).map_err(failed)? == 0 {
+            return Err(failed("the peer closed stdout"));
+        }
+        Ok(&self.line)
     }
 }
 
@@ -69,9 +83,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(pool: usize) -> Result<Worker, EngineError> {
+    fn spawn(pool: usize, extra: &[&str]) -> Result<Worker, EngineError> {
         let mut cmd = Command::new(std::env::current_exe().map_err(failed)?);
-        cmd.args(["serve", "--pool", &pool.to_string()]);
+        cmd.args(["serve", "--pool", &pool.to_string()]).args(extra);
         Ok(Worker {
             peer: LinePeer::spawn(cmd)?,
             next_id: 1,
@@ -102,6 +116,62 @@ impl Worker {
             None => Err(failed(format!("{method} failed: {}", v["error"]))),
         }
     }
+
+    /// Sends a request without waiting; returns its id.
+    fn send(&mut self, method: &str, params: Value) -> Result<u64, EngineError> {
+        let (id, line) = self.line(method, &params)?;
+        self.peer.send(&line)?;
+        Ok(id)
+    }
+
+    /// The next reply: (id, result or error).
+    fn reply(&mut self) -> Result<(u64, Result<Value, Value>), EngineError> {
+        let line = self.peer.read()?;
+        let v: Value = serde_json::from_str(line).map_err(failed)?;
+        let id = v["id"]
+            .as_u64()
+            .ok_or_else(|| failed(format!("no id: {line}")))?;
+        Ok(match v.get("result") {
+            Some(r) => (id, Ok(r.clone())),
+            None => (id, Err(v["error"].clone())),
+        })
+    }
+
+    /// Descriptors, RSS (KiB) and threads of the worker process.
+    fn footprint(&self) -> (i64, i64, i64) {
+        let pid = self.peer.child.id();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()) as i64;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (fds, field("VmRSS:"), field("Threads:"))
+    }
+
+    /// Waits until no sandbox lives and the template's pool is full.
+    fn settle(&mut self, pool: usize) -> Result<(), EngineError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (list, _) = self.call("template.list", json!({}))?;
+            let (info, _) = self.call("worker.info", json!({}))?;
+            let full = list["templates"]
+                .as_array()
+                .is_some_and(|t| t.iter().all(|t| t["pooled"] == json!(pool)));
+            if full && info["sandboxes"] == json!(0) {
+                // Teardown of the last VMs finishes on their own threads.
+                std::thread::sleep(Duration::from_millis(500));
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(failed("the worker did not settle"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// What one bench run measures through the worker, in microseconds per sample.
@@ -122,9 +192,11 @@ pub struct RpcFigures {
     pub ping_after_kill: Vec<Duration>,
 }
 
-/// Runs every RPC figure with `samples` samples each.
-pub fn measure(samples: usize, pool: usize) -> Result<RpcFigures, EngineError> {
-    let mut w = Worker::spawn(pool)?;
+/// Runs every RPC figure with `samples` samples each, through a worker with
+/// its seccomp filters on, or off (`--no-seccomp`) to measure their cost.
+pub fn measure(samples: usize, pool: usize, seccomp: bool) -> Result<RpcFigures, EngineError> {
+    let extra: &[&str] = if seccomp { &[] } else { &["--no-seccomp"] };
+    let mut w = Worker::spawn(pool, extra)?;
     let mut cat = LinePeer::spawn(Command::new("cat"))?;
     let (tpl, _) = w.call("template.load", json!({"builtin": "bare"}))?;
     let t = tpl["template"].clone();
@@ -193,4 +265,82 @@ fn check_echo(r: &Value) -> Result<(), EngineError> {
         return Err(failed(format!("exec returned {r}")));
     }
     Ok(())
+}
+
+/// `cycles` fork/exec/kill cycles through the worker with `in_flight` under
+/// way at once, pipelined; what the worker process holds before and after
+/// (both once its pool is full and no sandbox lives).
+pub fn soak(cycles: usize, in_flight: usize, pool: usize) -> Result<Value, EngineError> {
+    let mut w = Worker::spawn(pool, &[])?;
+    let (tpl, _) = w.call("template.load", json!({"builtin": "bare"}))?;
+    let t = tpl["template"].clone();
+    // Warm up allocators and the pool, then measure from a settled state.
+    for _ in 0..200 {
+        let (sb, _) = w.call("sandbox.fork", json!({"template": t}))?;
+        w.call("sandbox.kill", json!({"sandbox": sb["sandbox"]}))?;
+    }
+    w.settle(pool)?;
+    let before = w.footprint();
+    enum Step {
+        Fork,
+        Exec(Value),
+        Kill,
+    }
+    let mut pending: std::collections::HashMap<u64, Step> = std::collections::HashMap::new();
+    let (mut started, mut done, mut errors) = (0usize, 0usize, 0usize);
+    let start = Instant::now();
+    while done < cycles {
+        while started < cycles && pending.len() < in_flight {
+            let id = w.send("sandbox.fork", json!({"template": t}))?;
+            pending.insert(id, Step::Fork);
+            started += 1;
+        }
+        let (id, r) = w.reply()?;
+        let step = pending
+            .remove(&id)
+            .ok_or_else(|| failed(format!("reply to unknown id {id}")))?;
+        match (step, r) {
+            (Step::Fork, Ok(f)) => {
+                let sb = f["sandbox"].clone();
+                let id = w.send(
+                    "sandbox.exec",
+                    json!({"sandbox": sb, "argv": ["echo", "soak"]}),
+                )?;
+                pending.insert(id, Step::Exec(sb));
+            }
+            (Step::Exec(sb), r) => {
+                if !r.is_ok_and(|r| r["stdout"] == json!("soak\n")) {
+                    errors += 1;
+                }
+                let id = w.send("sandbox.kill", json!({"sandbox": sb}))?;
+                pending.insert(id, Step::Kill);
+            }
+            (Step::Kill, r) => {
+                errors += usize::from(r.is_err());
+                done += 1;
+            }
+            (Step::Fork, Err(_)) => {
+                errors += 1;
+                done += 1;
+            }
+        }
+    }
+    let wall = start.elapsed();
+    w.settle(pool)?;
+    // Idle threads of the blocking pool that calls ran on end after 10 s
+    // without work (tokio's keep-alive).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while w.footprint().2 > before.2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = w.footprint();
+    Ok(json!({
+        "cycles": cycles,
+        "in_flight": in_flight,
+        "errors": errors,
+        "fd_delta": after.0 - before.0,
+        "rss_delta_kib": after.1 - before.1,
+        "threads_delta": after.2 - before.2,
+        "wall_ms": (wall.as_secs_f64() * 1e4).round() / 10.0,
+    }))
 }

@@ -80,6 +80,7 @@ fn build_spec(path: &std::path::Path, a: &BuildArgs) -> ExitCode {
     let opts = zeroboot::image::spec_image::SpecBuildOptions {
         cache_dir: a.cache_dir.clone(),
         agent: a.agent.clone(),
+        no_programs: false,
     };
     let mut bar = super::progress::Renderer::default();
     let built = zeroboot::image::spec_image::build(&spec, &opts, &mut |p| bar.show(p));

@@ -65,6 +65,43 @@ pub struct EngineArgs {
     /// Largest file sandbox.write_file/read_file move, in bytes.
     #[arg(long, default_value_t = EngineConfig::default().max_file_bytes)]
     max_file_bytes: usize,
+    /// Memory budget: every sandbox, template and pooled VM is charged what
+    /// it can cost, and calls that would pass the budget fail. Bytes, or with
+    /// a K, M, G or T suffix (powers of 1024). Default: 75% of the memory
+    /// available at start (the host's, or less if the memory cgroup has less).
+    #[arg(long, value_parser = parse_bytes)]
+    max_memory: Option<u64>,
+}
+
+/// "4096", "512M", "4G", "1.5G"...: bytes, with an optional binary suffix.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown unit in {s:?} (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !(1.0..=u64::MAX as f64).contains(&bytes) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 impl EngineArgs {
@@ -75,6 +112,7 @@ impl EngineArgs {
             default_timeout_ms: self.default_timeout_ms,
             default_output_cap: self.output_cap,
             max_file_bytes: self.max_file_bytes,
+            max_memory: self.max_memory,
             ..EngineConfig::default()
         }
     }
@@ -91,6 +129,10 @@ struct ServeArgs {
     /// Largest JSON-RPC message accepted, in bytes; larger ones are refused unread.
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE)]
     max_message_bytes: usize,
+    /// Run without seccomp filters (to measure what they cost, or on a
+    /// kernel without seccomp). Capabilities are dropped either way.
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,12 +163,14 @@ pub fn dispatch(args: Args) -> ExitCode {
         return zeroboot::rpc::serve(zeroboot::rpc::ServeOptions {
             engine: EngineConfig::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE,
+            seccomp: true,
         });
     };
     match command {
         Command::Serve(a) => zeroboot::rpc::serve(zeroboot::rpc::ServeOptions {
             engine: a.engine.config(),
             max_message_bytes: a.max_message_bytes,
+            seccomp: !a.no_seccomp,
         }),
         Command::Mcp(a) => zeroboot::mcp::serve(zeroboot::mcp::McpOptions {
             engine: a.engine.config(),
@@ -146,5 +190,21 @@ pub fn report(e: &(dyn std::error::Error + 'static)) {
     eprintln!("zeroboot: {}", zeroboot::error_chain(e));
     if let Some(EngineError::LinuxBoot { console, .. }) = e.downcast_ref() {
         eprintln!("--- end of the guest console ---\n{console}\n---");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("12Q").is_err());
+        assert!(parse_bytes("lots").is_err());
     }
 }

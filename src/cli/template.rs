@@ -68,6 +68,7 @@ fn build(a: BuildArgs) -> Result<(), Box<dyn std::error::Error>> {
     let opts = SpecBuildOptions {
         cache_dir: a.cache_dir,
         agent: a.agent,
+        no_programs: false,
     };
     let mut bar = super::progress::Renderer::default();
     let cancel = CancelToken::new();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 /// Limits and sizes chosen by the operator.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct EngineConfig {
     /// Idle VMs kept ready per template.
     pub pool_size: usize,
@@ -31,6 +31,10 @@ pub struct EngineConfig {
     pub min_linux_memory_mib: usize,
     /// Largest guest memory of a Linux template, in MiB.
     pub max_linux_memory_mib: usize,
+    /// The memory budget in bytes; `None`: [`super::DEFAULT_MEMORY_PERCENT`]
+    /// of the memory available when the engine starts (see
+    /// [`super::available_memory`]).
+    pub max_memory: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +50,7 @@ impl Default for EngineConfig {
             max_file_bytes: 16 << 20,
             min_linux_memory_mib: 64,
             max_linux_memory_mib: 65536,
+            max_memory: None,
         }
     }
 }

@@ -104,10 +104,13 @@ impl Engine {
             let (tpl, sb) = (Arc::clone(&pending.sb.template), Arc::clone(&pending.sb));
             let result = match (broken, pending.state.as_mut()) {
                 (Some(reason), _) => Err(AgentError::Crashed(reason)),
-                (None, Some((state, _))) => match &sb.net {
-                    Some(net) => net.ensure_up(vm, &tpl).and_then(|()| job(vm, &tpl, state)),
-                    None => job(vm, &tpl, state),
-                },
+                (None, Some((state, _))) => {
+                    vm.set_dirty_limit(Some(sb.memory_limit));
+                    match &sb.net {
+                        Some(net) => net.ensure_up(vm, &tpl).and_then(|()| job(vm, &tpl, state)),
+                        None => job(vm, &tpl, state),
+                    }
+                }
                 // Only `finish` takes the state, and it has not run yet.
                 (None, None) => return,
             };

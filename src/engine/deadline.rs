@@ -16,8 +16,14 @@ use std::time::Instant;
 
 use crate::vmm::Kicker;
 
-/// The engine's deadline keeper; dropping it ends its thread.
-pub(crate) struct Deadlines(Arc<Shared>);
+/// The engine's deadline keeper; dropping it ends its thread. The thread
+/// starts with the engine's first template ([`Deadlines::start`]): an engine
+/// starts no thread of its own, so the worker can drop its capabilities
+/// (which belong to threads) once KVM is open.
+pub(crate) struct Deadlines {
+    shared: Arc<Shared>,
+    started: Mutex<bool>,
+}
 
 struct Shared {
     state: Mutex<State>,
@@ -66,23 +72,35 @@ impl Shared {
 }
 
 impl Deadlines {
-    /// Starts the keeper thread.
-    pub fn start() -> std::io::Result<Deadlines> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            wake: Condvar::new(),
-        });
-        let keeper = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("deadlines".into())
-            .spawn(move || keep(&keeper))?;
-        Ok(Deadlines(shared))
+    /// A keeper whose thread has not started.
+    pub fn new() -> Deadlines {
+        Deadlines {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                wake: Condvar::new(),
+            }),
+            started: Mutex::new(false),
+        }
+    }
+
+    /// Starts the keeper thread unless it runs already. Deadlines armed
+    /// before are kept from then on.
+    pub fn start(&self) -> std::io::Result<()> {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if !*started {
+            let keeper = Arc::clone(&self.shared);
+            std::thread::Builder::new()
+                .name("deadlines".into())
+                .spawn(move || keep(&keeper))?;
+            *started = true;
+        }
+        Ok(())
     }
 
     /// Kicks `kicker` at `at` unless the returned guard is dropped first.
     pub fn arm(&self, at: Instant, kicker: Kicker) -> Armed {
         let fired = Arc::new(AtomicBool::new(false));
-        let mut state = self.0.lock();
+        let mut state = self.shared.lock();
         let key = (at, state.next);
         state.next += 1;
         state.due.insert(
@@ -94,10 +112,10 @@ impl Deadlines {
         );
         if state.planned.is_none_or(|p| at < p) {
             state.planned = Some(at);
-            self.0.wake.notify_one();
+            self.shared.wake.notify_one();
         }
         Armed {
-            shared: Arc::clone(&self.0),
+            shared: Arc::clone(&self.shared),
             key,
             fired,
         }
@@ -106,8 +124,8 @@ impl Deadlines {
 
 impl Drop for Deadlines {
     fn drop(&mut self) {
-        self.0.lock().closed = true;
-        self.0.wake.notify_one();
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
     }
 }
 

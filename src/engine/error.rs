@@ -4,6 +4,9 @@
 use crate::agent::{AgentError, AgentErrorCode};
 use crate::vmm::VmmError;
 
+/// Bytes per guest page.
+const PAGE: u64 = 4096;
+
 /// Errors from engine operations.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -73,6 +76,32 @@ pub enum EngineError {
     /// A configured limit was reached.
     #[error("resource limit: {0}")]
     ResourceLimit(String),
+    /// The worker's memory budget cannot cover what a call would add.
+    #[error(
+        "resource limit: the worker's memory budget cannot cover {what} \
+         ({requested} bytes wanted, {available} of {limit} left)"
+    )]
+    OverBudget {
+        /// What was to be charged ("sandbox", "template", "snapshot"...).
+        what: &'static str,
+        /// Bytes it would cost.
+        requested: u64,
+        /// Bytes the budget has left.
+        available: u64,
+        /// The whole budget.
+        limit: u64,
+    },
+    /// The sandbox dirtied more memory than its own limit; its vCPU was
+    /// stopped and only kill remains.
+    #[error(
+        "resource limit: the sandbox holds {dirty} bytes of private memory, over its limit of {limit}"
+    )]
+    SandboxMemoryLimit {
+        /// Its limit in bytes.
+        limit: u64,
+        /// What it held when stopped.
+        dirty: u64,
+    },
     /// The request is invalid (empty argv, too large, unknown builtin...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -157,6 +186,10 @@ impl EngineError {
                 message,
             } => EngineError::FileTooLarge { detail: message },
             AgentError::Agent { message, .. } => EngineError::AgentFailed { message },
+            AgentError::MemoryLimit(over) => EngineError::SandboxMemoryLimit {
+                limit: over.limit * PAGE,
+                dirty: over.pages * PAGE,
+            },
             e @ AgentError::RequestTooLarge { .. } => EngineError::InvalidRequest(e.to_string()),
             AgentError::Vmm(v) => EngineError::Vmm(v),
         }
@@ -170,6 +203,7 @@ impl EngineError {
                 | EngineError::Cancelled
                 | EngineError::GuestCrashed { .. }
                 | EngineError::GuestProtocol { .. }
+                | EngineError::SandboxMemoryLimit { .. }
                 | EngineError::Vmm(_)
         )
     }

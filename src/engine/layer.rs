@@ -17,6 +17,10 @@
 //! shows is compacted instead (its live pages copied into one store), which
 //! bounds what any branch costs by what it shows.
 //!
+//! Each store carries its share of the worker's memory budget
+//! ([`Layer::pay`]): a branch's charge is released when the last layer
+//! showing its pages goes, not when its own template is unloaded.
+//!
 //! This is the shape of Firecracker's `Persist` (save a state, restore a thing
 //! from it): [`Layer::capture`] is the only way a running VM becomes a
 //! template (the bare guest's boot, a Linux boot, a branch), and
@@ -24,10 +28,11 @@
 //! recycled VM, a pooled VM handed to a branch, the hot-page probe).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::CpuId;
 
+use super::budget::{Charge, cost};
 use crate::agent::Mailbox;
 use crate::vmm::memory::{MemoryFile, PAGE, PageStore};
 use crate::vmm::{Hypervisor, MachineState, Vm, VmmError};
@@ -39,7 +44,7 @@ const COMPACT_RATIO: usize = 2;
 const COMPACT_SLACK: usize = 256;
 /// Most private pages a reset copies back in place (1 MiB); more are dropped
 /// by mapping the base again.
-const IN_PLACE_RESET_PAGES: usize = 256;
+pub(crate) const IN_PLACE_RESET_PAGES: usize = 256;
 
 /// Where one indexed page lives.
 #[derive(Clone, Copy, Debug)]
@@ -49,13 +54,36 @@ struct Entry {
     slot: u32,
 }
 
+/// A page store and the budget charge that pays for it (set once the
+/// capture that made it is paid for).
+struct Stored {
+    pages: PageStore,
+    charge: OnceLock<Charge>,
+}
+
+impl Stored {
+    fn new(pages: PageStore) -> Arc<Stored> {
+        Arc::new(Stored {
+            pages,
+            charge: OnceLock::new(),
+        })
+    }
+}
+
+impl std::ops::Deref for Stored {
+    type Target = PageStore;
+    fn deref(&self) -> &PageStore {
+        &self.pages
+    }
+}
+
 /// A machine's memory and state: a base file, pages above it, and the state.
 pub(crate) struct Layer {
     base: Arc<MemoryFile>,
     /// Every page above the base, sorted by address.
     index: Vec<Entry>,
     /// The stores `index` points into.
-    stores: Vec<Arc<PageStore>>,
+    stores: Vec<Arc<Stored>>,
     /// Pages this layer itself added (its share of `stores`).
     own_pages: usize,
     pub state: MachineState,
@@ -121,6 +149,11 @@ impl Layer {
         self.base.size()
     }
 
+    /// Pages every fork of it gets written over the base.
+    pub fn view_pages(&self) -> u64 {
+        self.index.len() as u64
+    }
+
     /// What this layer costs (one place, for accounting and reports).
     pub fn memory(&self) -> LayerMemory {
         LayerMemory {
@@ -128,6 +161,35 @@ impl Layer {
             view_bytes: (self.index.len() * PAGE) as u64,
             held_bytes: self.stores.iter().map(|s| s.bytes() as u64).sum(),
         }
+    }
+
+    /// What the stores a capture made and nothing pays for yet cost.
+    pub fn unpaid_bytes(&self) -> u64 {
+        self.stores
+            .iter()
+            .filter(|s| s.charge.get().is_none())
+            .map(|s| cost::private(s.len() as u64))
+            .sum()
+    }
+
+    /// Hands each store nothing pays for yet its share of `charge` (which
+    /// covers [`Layer::unpaid_bytes`]); the rest of it is released.
+    pub fn pay(&self, mut charge: Charge) {
+        for s in self.stores.iter().filter(|s| s.charge.get().is_none()) {
+            let share = charge.split(cost::private(s.len() as u64));
+            // Only this layer's capture can have made an unpaid store.
+            let _ = s.charge.set(share);
+        }
+    }
+
+    /// Bytes of the budget its stores hold (shared with the layers that
+    /// show the same pages).
+    pub fn charged_bytes(&self) -> u64 {
+        self.stores
+            .iter()
+            .filter_map(|s| s.charge.get())
+            .map(Charge::bytes)
+            .sum()
     }
 
     /// The indexed page at `gpa`, if the layer has one above the base.
@@ -261,7 +323,7 @@ impl Layer {
             }
         }
         let mut stores = self.stores.clone();
-        stores.push(Arc::new(store));
+        stores.push(Stored::new(store));
         let (index, stores) = keep_used(index, stores);
         Layer {
             base: Arc::clone(&self.base),
@@ -294,7 +356,7 @@ impl Layer {
         }
         self.own_pages = store.len();
         self.index = index;
-        self.stores = vec![Arc::new(store)];
+        self.stores = vec![Stored::new(store)];
         Ok(())
     }
 
@@ -334,10 +396,7 @@ impl Layer {
 }
 
 /// Drops the stores no entry points into and renumbers the rest.
-fn keep_used(
-    mut index: Vec<Entry>,
-    stores: Vec<Arc<PageStore>>,
-) -> (Vec<Entry>, Vec<Arc<PageStore>>) {
+fn keep_used(mut index: Vec<Entry>, stores: Vec<Arc<Stored>>) -> (Vec<Entry>, Vec<Arc<Stored>>) {
     let mut renumber = HashMap::new();
     let mut kept = Vec::new();
     for e in &mut index {

@@ -18,12 +18,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::budget::cost;
 use super::layer::Layer;
+use super::memory;
 use super::template::{Boot, BootFailure};
 use super::{CancelToken, Engine, EngineError, TemplateInfo};
 use crate::image::spec_image::Manifest;
 use crate::vmm::memory::{GuestRam, MemoryFile, Sharing};
-use crate::vmm::{ConsoleLog, ConsoleTail, Flavor, Hypervisor, Vm, linux};
+use crate::vmm::{ConsoleLog, ConsoleTail, Flavor, Hypervisor, Tracking, Vm, linux};
 
 /// Guest memory of a Linux template when the caller has no opinion. Only the
 /// pages the guest touches cost host memory (the mapping is MAP_NORESERVE).
@@ -79,6 +81,8 @@ impl Engine {
         if self.flavor() == Flavor::Pvm {
             return Err(EngineError::LinuxNeedsHardwareKvm);
         }
+        let bytes = (memory_mib as u64).saturating_mul(1 << 20);
+        let charge = self.charge("template", memory::template_cost(bytes) + cost::vm(bytes))?;
         let started = Instant::now();
         let layer = boot_linux(
             &self.0.hv,
@@ -100,6 +104,7 @@ impl Engine {
             layer,
             manifest,
             cancel,
+            charge,
         )
     }
 }
@@ -129,7 +134,7 @@ fn boot_linux(
         deadline: BOOT_DEADLINE,
         cancel,
         make: Box::new(move |hv, ram, cpuid| {
-            let mut vm = Vm::new(hv, ram, cpuid)?;
+            let mut vm = Vm::new(hv, ram, cpuid, Tracking::Off)?;
             vm.attach_serial(ConsoleLog::recording(console));
             let sregs = linux::entry_sregs(vm.sregs()?);
             vm.set_entry(&boot.regs, &sregs)?;

@@ -7,6 +7,7 @@
 //! that its sandbox is occupied.
 
 mod branch;
+mod budget;
 mod cancel;
 mod code;
 mod config;
@@ -18,9 +19,11 @@ mod file;
 mod files;
 mod layer;
 mod linux;
+mod memory;
 mod network;
 mod pool;
 mod recycle;
+mod refill;
 mod request;
 mod sandbox;
 mod session;
@@ -30,9 +33,10 @@ mod template;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use branch::Branching;
+pub use budget::{DEFAULT_FRACTION_PERCENT as DEFAULT_MEMORY_PERCENT, available_memory};
 pub use cancel::CancelToken;
 pub use code::{CodeFailure, CodeRequest, CodeResult, ContextInfo, Language, MAX_CONTEXT_NAME};
 pub use config::{EngineConfig, MAX_TIMEOUT_MS};
@@ -48,10 +52,11 @@ pub use spec::SpecTemplate;
 pub use template::{BARE_GUEST, Template};
 
 use crate::image::spec_image::Manifest;
-use crate::vmm::{Flavor, Hypervisor, memory};
+use crate::vmm::{Flavor, Hypervisor, pagemap};
+use budget::{Budget, Charge, cost};
 use deadline::Deadlines;
 use layer::Layer;
-use pool::{Health, Pool, Shell};
+use pool::{Health, Pool, Shell, Wanted};
 use sandbox::{Counters, Sandbox};
 use template::Family;
 
@@ -69,6 +74,10 @@ pub struct TemplateInfo {
     /// Idle VMs ready for its forks: a root's pool (which also feeds its
     /// branches), or the few a branch keeps restored to itself.
     pub pooled: usize,
+    /// Bytes of the memory budget its own memory takes: a root's whole
+    /// memory, or the pages a branch's captures copied (each VM forked from
+    /// it, pooled or not, is charged separately).
+    pub charged_bytes: u64,
     /// Branches between it and the template its memory comes from (0: a
     /// built, loaded or flattened template).
     pub depth: u32,
@@ -133,6 +142,8 @@ pub struct SandboxStats {
     pub stray_pio: u64,
     /// MMIO accesses nothing answered.
     pub stray_mmio: u64,
+    /// Most private memory it may hold, in bytes.
+    pub memory_limit_bytes: u64,
     /// Network counters; `None` for a sandbox without network.
     pub network: Option<crate::net::NetStats>,
 }
@@ -142,6 +153,11 @@ pub struct SandboxStats {
 pub struct ForkOptions {
     /// Network for the sandbox.
     pub network: ForkNetwork,
+    /// Most private memory (pages copied on write) the sandbox may hold, in
+    /// bytes, rounded up to whole pages; `None`: the template's size. A
+    /// sandbox that dirties more is stopped with
+    /// [`EngineError::SandboxMemoryLimit`].
+    pub memory_limit: Option<u64>,
 }
 
 /// A fork's result.
@@ -162,6 +178,32 @@ pub struct Killed {
     _sandbox: Arc<Sandbox>,
 }
 
+/// The sandbox's limit in pages: the caller's, or the template's size.
+fn memory_limit(opts: &ForkOptions, tpl: &Template) -> Result<u64, EngineError> {
+    let size = tpl.memory_bytes() as u64;
+    match opts.memory_limit {
+        None => Ok(size / PAGE),
+        Some(0) => Err(EngineError::InvalidRequest(
+            "memory_limit must be at least one page".into(),
+        )),
+        Some(bytes) => Ok(bytes.min(size).div_ceil(PAGE)),
+    }
+}
+
+/// Bytes per guest page.
+const PAGE: u64 = 4096;
+
+/// What a fork was admitted with (see [`Engine::admit`]).
+struct Admitted {
+    /// Its memory limit in pages.
+    limit: u64,
+    /// Whether its VM must count dirtied pages (the limit is below the
+    /// template's size).
+    tracked: bool,
+    /// The budget held for what it may dirty.
+    charge: Charge,
+}
+
 /// Smallest guest memory of the bare template: all its program touches.
 pub const BARE_MEMORY_MIB: usize = crate::vmm::layout::BARE_MEMORY >> 20;
 /// Largest: what its 1 GiB identity map reaches.
@@ -178,13 +220,13 @@ const CREATORS_PER_CORE: usize = 4;
 /// restored to itself, else one from its family's pool (a fork of the root,
 /// which a branch goes over on the VM's thread before any request). Forks of
 /// a root skip the branch pool's lock.
-fn take_pooled(tpl: &Template) -> Option<Shell> {
+fn take_pooled(tpl: &Template, tracked: bool) -> Option<Shell> {
     if tpl.is_branch()
-        && let Some(shell) = tpl.ready.take()
+        && let Some(shell) = tpl.ready.take(tracked)
     {
         return Some(shell);
     }
-    let shell = tpl.family.pool.take()?;
+    let shell = tpl.family.pool.take(tracked)?;
     if tpl.is_branch() {
         tpl.adopt(&shell);
     }
@@ -198,11 +240,14 @@ pub struct Engine(Arc<Inner>);
 struct Inner {
     hv: Arc<Hypervisor>,
     config: EngineConfig,
+    budget: Arc<Budget>,
     templates: RwLock<HashMap<String, Arc<Template>>>,
     sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     next_id: AtomicU64,
     shut: AtomicBool,
-    refillers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Wakes the refill thread.
+    wanted: Arc<Wanted>,
+    refiller: Mutex<Option<std::thread::JoinHandle<()>>>,
     networking: network::Networking,
     deadlines: Deadlines,
 }
@@ -211,22 +256,51 @@ impl Engine {
     /// Opens KVM and starts an empty engine.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         let hv = Hypervisor::open().map_err(EngineError::KvmUnavailable)?;
-        let deadlines = Deadlines::start().map_err(|e| {
-            EngineError::ResourceLimit(format!("cannot start the deadline thread: {e}"))
-        })?;
         crate::vmm::raise_nofile();
         crate::vmm::one_malloc_arena();
+        let budget = Budget::new(config.max_memory.unwrap_or_else(budget::default_limit));
         Ok(Engine(Arc::new(Inner {
             hv: Arc::new(hv),
             config,
+            budget,
             templates: RwLock::new(HashMap::new()),
             sandboxes: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shut: AtomicBool::new(false),
-            refillers: Mutex::new(Vec::new()),
+            wanted: Arc::new(Wanted::default()),
+            refiller: Mutex::new(None),
             networking: network::Networking::default(),
-            deadlines,
+            deadlines: Deadlines::new(),
         })))
+    }
+
+    /// Starts the deadline and refill threads with the first template: an
+    /// engine starts no thread of its own, so the worker can drop its
+    /// capabilities (which belong to threads) once KVM is open.
+    fn start_threads(&self) -> Result<(), EngineError> {
+        self.0.deadlines.start().map_err(|e| {
+            EngineError::ResourceLimit(format!("cannot start the deadline thread: {e}"))
+        })?;
+        let mut refiller = self.0.refiller.lock().unwrap_or_else(|e| e.into_inner());
+        if refiller.is_none() && self.0.config.pool_size > 0 {
+            let handle = refill::start(Arc::downgrade(&self.0), Arc::clone(&self.0.wanted))
+                .map_err(|e| {
+                    EngineError::ResourceLimit(format!("cannot start the pool thread: {e}"))
+                })?;
+            *refiller = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// Most pages a sandbox can dirty between two looks at its count: how far
+    /// past its limit it may get before it is stopped.
+    pub fn dirty_check_pages(&self) -> u32 {
+        self.0.hv.dirty_ring_entries()
+    }
+
+    /// The memory budget: (bytes in all, bytes charged now).
+    pub fn memory_budget(&self) -> (u64, u64) {
+        (self.0.budget.limit(), self.0.budget.used())
     }
 
     /// Which KVM backs this engine.
@@ -279,7 +353,7 @@ impl Engine {
         memory_mib: Option<usize>,
     ) -> Result<TemplateInfo, EngineError> {
         let cancel = CancelToken::new();
-        let layer = match name {
+        let (layer, charge) = match name {
             "bare" => {
                 let mib = memory_mib.unwrap_or(crate::vmm::layout::BARE_MEMORY >> 20);
                 if !(BARE_MEMORY_MIB..=MAX_BARE_MEMORY_MIB).contains(&mib) {
@@ -287,7 +361,10 @@ impl Engine {
                         "the bare guest takes {BARE_MEMORY_MIB} to {MAX_BARE_MEMORY_MIB} MiB, not {mib}"
                     )));
                 }
-                template::boot_bare(&self.0.hv, mib << 20, &cancel)?
+                let bytes = (mib as u64) << 20;
+                let charge =
+                    self.charge("template", memory::template_cost(bytes) + cost::vm(bytes))?;
+                (template::boot_bare(&self.0.hv, mib << 20, &cancel)?, charge)
             }
             other => {
                 return Err(EngineError::InvalidRequest(format!(
@@ -295,18 +372,22 @@ impl Engine {
                 )));
             }
         };
-        self.register_root(format!("builtin:{name}"), layer, None, &cancel)
+        self.register_root(format!("builtin:{name}"), layer, None, &cancel, charge)
     }
 
     /// Loads a template saved by [`Engine::save_template`]: its memory is
-    /// mapped from the file, copy-on-write, not copied.
+    /// mapped from the file, copy-on-write, not copied. It is charged what a
+    /// template of its size can hold once its header is read and checked,
+    /// before any guest runs: forks that touch a page of a hole make the
+    /// page cache hold it.
     pub fn load_file(
         &self,
         path: &std::path::Path,
         cancel: &CancelToken,
     ) -> Result<TemplateInfo, EngineError> {
+        let charge = self.charge("template", memory::template_cost(0))?;
         let (layer, manifest) = file::read(path, &self.0.hv)?;
-        self.register_root(path.display().to_string(), layer, manifest, cancel)
+        self.register_root(path.display().to_string(), layer, manifest, cancel, charge)
     }
 
     /// What a template file holds (its header only: no KVM, no guest memory).
@@ -328,26 +409,47 @@ impl Engine {
     }
 
     /// Registers a new root layer: its own family, whose probe must answer.
+    /// `charge` covered it while it was made; it ends up covering what the
+    /// root can hold ([`memory::template_cost`]), and the probe's VM is
+    /// charged while it runs.
     fn register_root(
         &self,
         source: String,
         layer: Layer,
         manifest: Option<Manifest>,
         cancel: &CancelToken,
+        mut charge: Charge,
     ) -> Result<TemplateInfo, EngineError> {
+        // Before the probe: its run has a deadline.
+        self.start_threads()?;
+        let size = layer.memory_bytes() as u64;
+        let held = memory::template_cost(size);
+        if held > charge.bytes() {
+            charge.absorb(self.charge("template", held - charge.bytes())?);
+        }
+        charge.shrink_to(held);
         let id = self.next_id("tpl");
-        let family = Arc::new(Family::new(
-            &self.0.hv,
-            id.clone(),
-            layer,
-            manifest,
-            self.0.config.pool_size,
-            self.timeout_or_default(None),
-            cancel,
-        )?);
+        let family = {
+            let _probe = self.charge(
+                "template",
+                cost::vm(size) + cost::private(template::MAX_HOT_PAGES as u64),
+            )?;
+            Arc::new(Family::new(
+                &self.0.hv,
+                id.clone(),
+                template::Root {
+                    layer,
+                    manifest,
+                    charge,
+                },
+                Pool::new(self.0.config.pool_size, Arc::clone(&self.0.wanted)),
+                self.timeout_or_default(None),
+                cancel,
+            )?)
+        };
         let layer = Arc::clone(&family.root);
-        let info = self.register(id, source, layer, Arc::clone(&family));
-        self.start_refiller(&family)?;
+        let info = self.register(id, source, layer, family);
+        self.0.wanted.notify();
         Ok(info)
     }
 
@@ -366,7 +468,10 @@ impl Engine {
             source,
             layer,
             family,
-            ready: Pool::new(if branch { template::BRANCH_READY } else { 0 }),
+            ready: Pool::new(
+                if branch { template::BRANCH_READY } else { 0 },
+                Arc::clone(&self.0.wanted),
+            ),
         });
         self.0
             .templates
@@ -374,38 +479,6 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::clone(&tpl));
         self.template_info(&tpl)
-    }
-
-    /// Keeps the family's pool full in the background.
-    fn start_refiller(&self, family: &Arc<Family>) -> Result<(), EngineError> {
-        if self.0.config.pool_size == 0 {
-            return Ok(());
-        }
-        let (family, hv) = (Arc::clone(family), Arc::clone(&self.0.hv));
-        let handle = std::thread::Builder::new()
-            .name(format!("pool-{}", family.name))
-            .spawn(move || {
-                while family.pool.wait_for_room() {
-                    match family.spawn_shell(&hv) {
-                        Ok(thread) => {
-                            if let Err(shell) = family.pool.offer(Shell::new(thread)) {
-                                drop(shell.thread.stop());
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(template = %family.name, error = %e, "cannot refill the pool");
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            })
-            .map_err(|e| EngineError::ResourceLimit(format!("cannot start a pool thread: {e}")))?;
-        self.0
-            .refillers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
-        Ok(())
     }
 
     fn template_info(&self, tpl: &Arc<Template>) -> TemplateInfo {
@@ -426,6 +499,11 @@ impl Engine {
                 tpl.ready.len()
             } else {
                 tpl.family.pool.len()
+            },
+            charged_bytes: if tpl.is_branch() {
+                tpl.layer.charged_bytes()
+            } else {
+                tpl.family.charged_bytes()
             },
             depth: tpl.layer.depth,
             memory: tpl.layer.memory(),
@@ -503,10 +581,11 @@ impl Engine {
     pub fn fork_with(&self, template: &str, opts: &ForkOptions) -> Result<Forked, EngineError> {
         let start = Instant::now();
         let tpl = self.fork_allowed(template)?;
-        let (shell, pooled) = match take_pooled(&tpl) {
+        let admitted = self.admit(&tpl, opts)?;
+        let (shell, pooled) = match take_pooled(&tpl, admitted.tracked) {
             Some(shell) => (shell, true),
             None => {
-                let shell = Shell::new(tpl.family.spawn_shell(&self.0.hv)?);
+                let shell = self.new_shell(&tpl.family, admitted.tracked, "sandbox")?;
                 if tpl.is_branch() {
                     // A VM of the family is a fork of its root: the branch
                     // goes over it before any request (on the request path).
@@ -515,7 +594,7 @@ impl Engine {
                 (shell, false)
             }
         };
-        self.enroll(tpl, shell, pooled, start, opts)
+        self.enroll(tpl, shell, pooled, start, opts, admitted)
     }
 
     /// Forks one sandbox from a template as `opts` say, only if a pooled VM
@@ -528,8 +607,9 @@ impl Engine {
     ) -> Result<Option<Forked>, EngineError> {
         let start = Instant::now();
         let tpl = self.fork_allowed(template)?;
-        take_pooled(&tpl)
-            .map(|shell| self.enroll(tpl, shell, true, start, opts))
+        let admitted = self.admit(&tpl, opts)?;
+        take_pooled(&tpl, admitted.tracked)
+            .map(|shell| self.enroll(tpl, shell, true, start, opts, admitted))
             .transpose()
     }
 
@@ -557,6 +637,18 @@ impl Engine {
         Ok(tpl)
     }
 
+    /// A fork's memory limit, and the budget charged for what it may dirty
+    /// (before a VM is taken, so a refusal costs no pooled VM).
+    fn admit(&self, tpl: &Template, opts: &ForkOptions) -> Result<Admitted, EngineError> {
+        let limit = memory_limit(opts, tpl)?;
+        let slack = u64::from(self.0.hv.dirty_ring_entries());
+        Ok(Admitted {
+            limit,
+            tracked: limit < tpl.memory_pages(),
+            charge: self.charge("sandbox", memory::sandbox_cost(tpl, limit, slack))?,
+        })
+    }
+
     /// Registers a new sandbox of `tpl` on `shell`, with the network `opts`
     /// resolve to.
     fn enroll(
@@ -566,6 +658,7 @@ impl Engine {
         pooled: bool,
         start: Instant,
         opts: &ForkOptions,
+        admitted: Admitted,
     ) -> Result<Forked, EngineError> {
         let id = self.next_id("sb");
         let net = opts
@@ -592,6 +685,8 @@ impl Engine {
             created: Instant::now(),
             execs: AtomicU64::new(0),
             counters: Arc::new(Mutex::new(Counters::default())),
+            memory_limit: admitted.limit,
+            _charge: admitted.charge,
         });
         self.0
             .sandboxes
@@ -710,9 +805,8 @@ impl Engine {
     pub fn stats(&self, id: &str) -> Result<SandboxStats, EngineError> {
         let sb = self.sandbox(id)?;
         let (addr, size) = sb.shell().thread.ram_range();
-        let dirty_pages = memory::private_page_addrs(addr, size)
-            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?
-            .len() as u64;
+        let dirty_pages = pagemap::private_pages(addr, size)
+            .map_err(|e| EngineError::ResourceLimit(format!("cannot read page map: {e}")))?;
         let c = *sb.counters.lock().unwrap_or_else(|e| e.into_inner());
         Ok(SandboxStats {
             sandbox: sb.id.clone(),
@@ -723,6 +817,7 @@ impl Engine {
             uptime_ms: sb.created.elapsed().as_millis() as u64,
             stray_pio: c.stray.stray_pio,
             stray_mmio: c.stray.stray_mmio,
+            memory_limit_bytes: sb.memory_limit * PAGE,
             network: sb.net.as_ref().map(network::SandboxNet::stats),
         })
     }
@@ -759,17 +854,18 @@ impl Engine {
             .collect();
         for (_, tpl) in tpls {
             for shell in tpl.ready.close() {
-                drop(shell.thread.stop());
+                drop(shell.retire());
             }
             tpl.family.leave();
         }
-        for h in self
+        self.0.wanted.notify();
+        let refiller = self
             .0
-            .refillers
+            .refiller
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+            .take();
+        if let Some(h) = refiller {
             let _ = h.join();
         }
     }

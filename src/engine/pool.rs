@@ -3,19 +3,13 @@
 //! back after its memory is mapped afresh over the same address (so its KVM
 //! slot stays valid) and its state restored — which also keeps its thread, so
 //! KVM_RUN never changes thread, and skips the 15-23 ms VM teardown.
-//!
-//! The refiller waits until the pool is half empty before it creates VMs,
-//! then fills it up. Refilling after every fork made a steady loop of fork,
-//! exec and kill create a VM per fork and tear one down per kill (the
-//! recycled VM found the pool already full): 15-23 ms of kernel work per
-//! cycle behind the caller's back, milliseconds at the 99th percentile.
-//! With the low-water mark the recycled VMs alone keep such a loop going.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::vmm::VcpuThread;
+use super::budget::Charge;
+use crate::vmm::{RawThread, VcpuThread};
 
 /// Whether a VM can run an exec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,18 +26,51 @@ pub(crate) enum Health {
     },
 }
 
-/// A VM thread and the health cell its jobs update.
+/// A VM thread, the health cell its jobs update, and what it is charged.
 pub(crate) struct Shell {
     pub thread: VcpuThread,
     pub health: Arc<Mutex<Health>>,
+    /// Whether its VM counts dirtied pages (serves sandboxes whose memory
+    /// limit is below their template's size).
+    pub tracked: bool,
+    charge: Charge,
+    /// Bytes of its charge covering pages it keeps private while idle.
+    kept: u64,
 }
 
 impl Shell {
-    pub fn new(thread: VcpuThread) -> Shell {
+    pub fn new(thread: VcpuThread, tracked: bool, charge: Charge) -> Shell {
         Shell {
             thread,
             health: Arc::new(Mutex::new(Health::Ready)),
+            tracked,
+            charge,
+            kept: 0,
         }
+    }
+
+    /// Makes the charge cover `bytes` of pages the VM keeps private while
+    /// idle (what a recycling reset leaves, a branch's pages), from spare
+    /// budget only; false when there is none.
+    pub fn cover_kept(&mut self, bytes: u64) -> bool {
+        if bytes > self.kept {
+            if !self.charge.grow_spare(bytes - self.kept) {
+                return false;
+            }
+            self.kept = bytes;
+        }
+        true
+    }
+
+    /// Bytes charged for it.
+    pub fn charged(&self) -> u64 {
+        self.charge.bytes()
+    }
+
+    /// Ends the VM's thread; the charge is released once the VM is gone.
+    pub fn retire(self) -> RawThread {
+        let charge = self.charge;
+        self.thread.stop_then(move || drop(charge))
     }
 }
 
@@ -52,18 +79,44 @@ pub(crate) struct Pool {
     /// Oldest first: a fork takes the shell whose reset has had longest to finish.
     shells: Mutex<VecDeque<Shell>>,
     capacity: usize,
-    wanted: Condvar,
+    /// Wakes the engine's refill thread.
+    wanted: Arc<Wanted>,
     closed: AtomicBool,
     /// The refiller is filling up (from the low-water mark to capacity).
     refilling: AtomicBool,
 }
 
+/// A wake-up call for the refill thread: some pool has room.
+#[derive(Default)]
+pub(crate) struct Wanted {
+    pending: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wanted {
+    /// Wakes the waiter (or makes its next wait return at once).
+    pub fn notify(&self) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits for a notification or `timeout`, and consumes it.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut pending, _) = self
+            .cv
+            .wait_timeout_while(pending, timeout, |p| !*p)
+            .unwrap_or_else(|e| e.into_inner());
+        *pending = false;
+    }
+}
+
 impl Pool {
-    pub fn new(capacity: usize) -> Pool {
+    pub fn new(capacity: usize, wanted: Arc<Wanted>) -> Pool {
         Pool {
             shells: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
-            wanted: Condvar::new(),
+            wanted,
             closed: AtomicBool::new(false),
             refilling: AtomicBool::new(true),
         }
@@ -73,11 +126,32 @@ impl Pool {
         self.shells.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a ready shell, if any, and wakes the refiller.
-    pub fn take(&self) -> Option<Shell> {
-        let shell = self.lock().pop_front();
-        self.wanted.notify_one();
-        shell
+    /// Takes the oldest ready shell of the kind asked for, if any, and wakes
+    /// the refiller. A full pool with none of that kind gives up its oldest
+    /// shell so the refiller can make one.
+    pub fn take(&self, tracked: bool) -> Option<Shell> {
+        let mut shells = self.lock();
+        let taken = match shells.iter().position(|s| s.tracked == tracked) {
+            Some(i) => shells.remove(i),
+            None => {
+                if shells.len() >= self.capacity
+                    && let Some(other) = shells.pop_front()
+                {
+                    drop(other.retire());
+                }
+                None
+            }
+        };
+        drop(shells);
+        self.wanted.notify();
+        taken
+    }
+
+    /// Takes up to `n` idle shells (the newest first) to free their memory.
+    pub fn shrink(&self, n: usize) -> Vec<Shell> {
+        let mut shells = self.lock();
+        let keep = shells.len().saturating_sub(n);
+        shells.split_off(keep).into()
     }
 
     /// Adds a shell if there is room; hands it back otherwise.
@@ -95,28 +169,23 @@ impl Pool {
         !self.closed.load(Ordering::SeqCst) && self.lock().len() < self.capacity
     }
 
-    /// Blocks until the pool wants another shell: while it fills up, until
-    /// it is full; then until it is down to half. False once closed.
-    pub fn wait_for_room(&self) -> bool {
-        let mut shells = self.lock();
-        loop {
-            if self.closed.load(Ordering::SeqCst) {
-                return false;
-            }
-            let refilling = self.refilling.load(Ordering::SeqCst);
-            if shells.len() <= self.capacity / 2 || (refilling && shells.len() < self.capacity) {
-                self.refilling.store(true, Ordering::SeqCst);
-                return true;
-            }
-            self.refilling.store(false, Ordering::SeqCst);
-            shells = self.wanted.wait(shells).unwrap_or_else(|e| e.into_inner());
+    /// Whether the refiller should make another shell: once the pool is down
+    /// to half, until it is full again. Refilling after every fork put a VM
+    /// creation beside nearly every request on a 2-core host.
+    pub fn wants_more(&self) -> bool {
+        let len = self.lock().len();
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
         }
+        let refilling = self.refilling.load(Ordering::SeqCst);
+        let wants = len <= self.capacity / 2 || (refilling && len < self.capacity);
+        self.refilling.store(wants, Ordering::SeqCst);
+        wants
     }
 
     /// Refuses new shells and returns the idle ones.
     pub fn close(&self) -> VecDeque<Shell> {
         self.closed.store(true, Ordering::SeqCst);
-        self.wanted.notify_all();
         std::mem::take(&mut *self.lock())
     }
 

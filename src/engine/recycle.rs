@@ -19,7 +19,8 @@
 
 use std::sync::Arc;
 
-use super::layer::{Layer, Ram};
+use super::budget::cost;
+use super::layer::{IN_PLACE_RESET_PAGES, Layer, Ram};
 use super::pool::{Health, Shell};
 use super::template::{Family, Template};
 
@@ -34,18 +35,31 @@ use super::template::{Family, Template};
 pub(crate) fn recycle(
     family: &Arc<Family>,
     branch: Option<&Template>,
-    shell: Shell,
+    mut shell: Shell,
     touched: bool,
 ) {
     let (healthy, recyclable) = match &*shell.health.lock().unwrap_or_else(|e| e.into_inner()) {
         Health::Ready => (true, true),
         Health::Broken { recyclable, .. } => (false, *recyclable),
     };
+    // A reset in place keeps up to IN_PLACE_RESET_PAGES private (and a
+    // branch's VM its pages too): an idle VM holding them is charged for
+    // them from spare budget, or not kept.
+    let kept = |extra: u64| cost::private(IN_PLACE_RESET_PAGES as u64 + extra);
     let (pool, layer) = match branch {
-        Some(t) if recyclable && t.is_branch() && t.ready.has_room() => (&t.ready, &t.layer),
-        _ if recyclable && family.pool.has_room() => (&family.pool, &family.root),
+        Some(t)
+            if recyclable
+                && t.is_branch()
+                && t.ready.has_room()
+                && shell.cover_kept(kept(t.layer.view_pages())) =>
+        {
+            (&t.ready, &t.layer)
+        }
+        _ if recyclable && family.pool.has_room() && shell.cover_kept(kept(0)) => {
+            (&family.pool, &family.root)
+        }
         _ => {
-            drop(shell.thread.stop());
+            drop(shell.retire());
             return;
         }
     };
@@ -54,7 +68,7 @@ pub(crate) fn recycle(
         return;
     }
     if let Err(shell) = pool.offer(shell) {
-        drop(shell.thread.stop());
+        drop(shell.retire());
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::Template;
+use super::budget::Charge;
 use super::network::SandboxNet;
 use super::pool::{Health, Shell};
 use crate::vmm::BusStats;
@@ -31,6 +32,11 @@ pub(crate) struct Sandbox {
     pub created: Instant,
     pub execs: AtomicU64,
     pub counters: Arc<Mutex<Counters>>,
+    /// Most pages it may hold privately.
+    pub memory_limit: u64,
+    /// What the pages it may dirty cost the budget (its VM's own cost is
+    /// charged to the shell).
+    pub _charge: Charge,
 }
 
 /// Counters the vCPU thread updates after each exec.

@@ -14,19 +14,25 @@ use std::time::Duration;
 
 use kvm_bindings::CpuId;
 
+use super::budget::{Charge, cost};
 use super::layer::{Layer, Over, Ram};
 use super::pool::{Health, Pool, Shell};
 use super::{CancelToken, EngineError, session};
 use crate::agent::{self, AgentError};
 use crate::image::spec_image::Manifest;
 use crate::vmm::memory::{GuestRam, MemoryFile, Sharing};
-use crate::vmm::{Hypervisor, VcpuThread, Vm, VmmError, layout};
+use crate::vmm::{Hypervisor, Tracking, VcpuThread, Vm, VmmError, layout, pagemap};
 
 /// The bare guest image, built from guest/bare by build.rs.
 pub static BARE_GUEST: &[u8] = include_bytes!(env!("ZEROBOOT_BARE_GUEST"));
 
 /// How long the bare guest may take to boot to Ready (it takes milliseconds).
 const BARE_BOOT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Most pages a pooled VM copies ahead of its first exec (16 MiB; a Linux
+/// guest's Python exec dirties ~770): a probe that dirtied more is not made
+/// faster by copying ahead, and each pooled VM would hold the copies.
+pub(crate) const MAX_HOT_PAGES: usize = 4096;
 
 /// A loaded template.
 pub struct Template {
@@ -72,11 +78,17 @@ impl Template {
     }
 
     /// Tops a branch's ready VMs up from the family's pool, without waiting.
+    /// Each is charged for the branch's pages it holds while idle, from
+    /// spare budget only.
     pub(crate) fn prepare(&self) {
         while self.ready.has_room() {
-            let Some(shell) = self.family.pool.take() else {
+            let Some(mut shell) = self.family.pool.take(false) else {
                 return;
             };
+            if !shell.cover_kept(cost::private(self.layer.view_pages())) {
+                super::recycle::recycle(&self.family, None, shell, true);
+                return;
+            }
             self.adopt(&shell);
             if let Err(shell) = self.ready.offer(shell) {
                 super::recycle::recycle(&self.family, None, shell, true);
@@ -88,6 +100,11 @@ impl Template {
     /// Guest memory size in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.layer.memory_bytes()
+    }
+
+    /// Guest memory size in pages.
+    pub(crate) fn memory_pages(&self) -> u64 {
+        self.layer.memory_bytes() as u64 / 4096
     }
 }
 
@@ -108,32 +125,44 @@ pub(crate) struct Family {
     pub network: Option<super::NetworkSpec>,
     /// Templates of the family still registered; the pool closes at zero.
     members: AtomicUsize,
+    /// What the root's memory costs the worker's budget, held while any
+    /// template, sandbox or layer of the family needs it.
+    charge: Charge,
+}
+
+/// A new root layer and what it holds: what [`Family::new`] starts from.
+pub(crate) struct Root {
+    pub layer: Layer,
+    /// What its image holds, when built from a spec.
+    pub manifest: Option<Manifest>,
+    /// The budget charge for its memory.
+    pub charge: Charge,
 }
 
 impl Family {
-    /// A family for a new root layer, with an empty pool of `pool_size`. Its
+    /// A family for a new root layer, with `pool` (empty). Its
     /// hot pages are learnt by running a probe in a throwaway VM, which is
     /// also the proof that the guest answers at all: one that does not within
     /// `timeout` is refused with [`EngineError::TemplateUnresponsive`].
     pub fn new(
         hv: &Arc<Hypervisor>,
         name: String,
-        root: Layer,
-        manifest: Option<Manifest>,
-        pool_size: usize,
+        root: Root,
+        pool: Pool,
         timeout: Duration,
         cancel: &CancelToken,
     ) -> Result<Family, EngineError> {
-        let cpuid = root.state.vcpu.cpuid()?;
+        let cpuid = root.layer.state.vcpu.cpuid()?;
         let mut family = Family {
             name,
-            root: Arc::new(root),
+            root: Arc::new(root.layer),
             cpuid,
-            pool: Pool::new(pool_size),
+            pool,
             hot_pages: Vec::new(),
-            network: super::network::template_default(manifest.as_ref()),
-            manifest,
+            network: super::network::template_default(root.manifest.as_ref()),
+            manifest: root.manifest,
             members: AtomicUsize::new(0),
+            charge: root.charge,
         };
         family.hot_pages = family.learn_hot_pages(hv, timeout, cancel)?;
         Ok(family)
@@ -158,7 +187,7 @@ impl Family {
         let (root, cpuid, h) = (Arc::clone(&self.root), self.cpuid.clone(), Arc::clone(hv));
         let thread = VcpuThread::spawn(format!("probe-{}", self.name), move || {
             let ram = GuestRam::map(root.base(), Sharing::Private)?;
-            let mut vm = Vm::new(&h, ram, &cpuid)?;
+            let mut vm = Vm::new(&h, ram, &cpuid, Tracking::Off)?;
             root.restore(&mut vm, &[], Ram::Clean)?;
             Ok(vm)
         })
@@ -173,7 +202,9 @@ impl Family {
             };
             let answer = agent::exec(&mut link, &frame, 0, out, None);
             let rip = vm.regs().map(|r| r.rip).ok();
-            let hot = vm.ram().private_pages();
+            let (addr, size) = (vm.ram().host_addr(), vm.ram().size());
+            let hot = pagemap::private_page_offsets(addr, size, MAX_HOT_PAGES)
+                .map(Option::unwrap_or_default);
             (answer, rip, hot)
         });
         drop(thread.stop());
@@ -218,22 +249,39 @@ impl Family {
     pub fn leave(&self) {
         if self.members.fetch_sub(1, Ordering::SeqCst) == 1 {
             for shell in self.pool.close() {
-                drop(shell.thread.stop());
+                drop(shell.retire());
             }
         }
     }
 
-    /// Starts a new VM thread restored to the root (a cold fork).
-    pub fn spawn_shell(self: &Arc<Self>, hv: &Arc<Hypervisor>) -> Result<VcpuThread, VmmError> {
+    /// Bytes of the budget the root's memory holds.
+    pub fn charged_bytes(&self) -> u64 {
+        self.charge.bytes()
+    }
+
+    /// Starts a new VM thread restored to the root (a cold fork), charged
+    /// `charge`; a `tracked` one counts the pages its guest dirties.
+    pub fn spawn_shell(
+        self: &Arc<Self>,
+        hv: &Arc<Hypervisor>,
+        tracked: bool,
+        charge: Charge,
+    ) -> Result<Shell, VmmError> {
         let (family, hv) = (Arc::clone(self), Arc::clone(hv));
-        VcpuThread::spawn(format!("vcpu-{}", self.name), move || {
+        let tracking = if tracked {
+            Tracking::Dirty
+        } else {
+            Tracking::Off
+        };
+        let thread = VcpuThread::spawn(format!("vcpu-{}", self.name), move || {
             let ram = GuestRam::map(family.root.base(), Sharing::Private)?;
-            let mut vm = Vm::new(&hv, ram, &family.cpuid)?;
+            let mut vm = Vm::new(&hv, ram, &family.cpuid, tracking)?;
             family
                 .root
                 .restore(&mut vm, &family.hot_pages, Ram::Clean)?;
             Ok(vm)
-        })
+        })?;
+        Ok(Shell::new(thread, tracked, charge))
     }
 }
 
@@ -331,7 +379,7 @@ pub(crate) fn boot_bare(
         cancel,
         make: Box::new(|hv, ram, cpuid| {
             layout::write_bare_boot(&ram, BARE_GUEST)?;
-            let vm = Vm::new(hv, ram, cpuid)?;
+            let vm = Vm::new(hv, ram, cpuid, Tracking::Off)?;
             let sregs = layout::bare_entry_sregs(vm.sregs()?);
             vm.set_entry(&layout::bare_entry_regs(), &sregs)?;
             Ok(vm)

@@ -103,9 +103,7 @@ pub fn build_node_addon(source: &Path) -> Result<PathBuf, ImageError> {
 /// The agent to pack: `explicit` if given, else `$ZEROBOOT_AGENT`, else
 /// built from the source tree. Either way it must be static.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {
-    let from_env = std::env::var_os("ZEROBOOT_AGENT")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
+    let from_env = from_env();
     let path = match explicit.or(from_env.as_deref()) {
         Some(p) if !p.is_file() => {
             return Err(ImageError::Missing {
@@ -124,6 +122,13 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {
         return Err(ImageError::AgentNotStatic(path));
     }
     Ok(path)
+}
+
+/// The agent `$ZEROBOOT_AGENT` names, if set.
+pub fn from_env() -> Option<PathBuf> {
+    std::env::var_os("ZEROBOOT_AGENT")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 #[cfg(test)]

@@ -79,6 +79,17 @@ pub enum ImageError {
         "no agent binary: pass --agent PATH (a static zeroboot-agent), or run from the zeroboot source tree"
     )]
     NoAgentSource,
+    /// The build needs a program, and the caller may start none (a worker
+    /// under its seccomp filter).
+    #[error(
+        "{step} needs programs (apt, uv, cargo) that this worker may not start under its \
+         seccomp filter: build the image beforehand with `zeroboot image build --spec FILE` \
+         (the same cache) and set ZEROBOOT_AGENT, or run the worker with --no-seccomp"
+    )]
+    ProgramsRefused {
+        /// What needed them.
+        step: &'static str,
+    },
     /// No cache directory could be chosen.
     #[error("no cache directory: set ZEROBOOT_CACHE or HOME")]
     NoCacheDir,

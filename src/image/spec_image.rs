@@ -83,6 +83,10 @@ pub struct SpecBuildOptions {
     pub cache_dir: Option<PathBuf>,
     /// A prebuilt static agent (default: `$ZEROBOOT_AGENT`, else built).
     pub agent: Option<PathBuf>,
+    /// Start no program: only an image already in the cache, with a given
+    /// agent, can be had ([`ImageError::ProgramsRefused`] otherwise). A
+    /// worker under its seccomp filter, which can start none, sets it.
+    pub no_programs: bool,
 }
 
 /// Guest memory an image of `bytes` needs: the initramfs and its unpacked
@@ -173,6 +177,11 @@ pub fn build(
         None => cache::default_dir()?,
     };
     let _lock = cache::lock(&cache)?;
+    if opts.no_programs && opts.agent.is_none() && agent::from_env().is_none() {
+        return Err(ImageError::ProgramsRefused {
+            step: "building the agent",
+        });
+    }
     let agent = agent::locate(opts.agent.as_deref())?;
     let agent_bytes = fs::read(&agent).map_err(ImageError::io("cannot read", &agent))?;
     // Host files are checked before anything is fetched.
@@ -188,6 +197,11 @@ pub fn build(
     let done = cache.join("spec").join(&key);
     if let Some(found) = cached(&cache, &done)? {
         return Ok(found);
+    }
+    if opts.no_programs {
+        return Err(ImageError::ProgramsRefused {
+            step: "building the image",
+        });
     }
     progress(&Progress::step(Phase::Resolve, "Debian packages"));
     let debian = Debian::open(&cache.join("debian"))?;
@@ -611,4 +625,28 @@ fn write_agent_conf(
     fs::create_dir_all(root.join("etc/zeroboot"))
         .map_err(ImageError::io("cannot create", &path))?;
     fs::write(&path, conf).map_err(ImageError::io("cannot write", &path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_that_may_start_no_program_gets_only_cached_images() {
+        let cache = std::env::temp_dir().join(format!("zb-noprog-{}", std::process::id()));
+        let opts = SpecBuildOptions {
+            cache_dir: Some(cache.clone()),
+            agent: None,
+            no_programs: true,
+        };
+        let r = build(&Spec::default(), &opts, &mut |_| {});
+        let _ = fs::remove_dir_all(&cache);
+        // Without an agent it stops before building one; with
+        // $ZEROBOOT_AGENT set, before building the image (the cache is empty).
+        assert!(
+            matches!(r, Err(ImageError::ProgramsRefused { .. })),
+            "{:?}",
+            r.map(|i| i.cached)
+        );
+    }
 }

@@ -259,7 +259,15 @@ fn resolve_loop(queue: &Mutex<Receiver<Lookup>>) {
 }
 
 /// The host's IPv4 addresses for `name`, in its resolver's order, once each.
+/// `localhost` and names under it are the loopback address without asking
+/// the host's resolver (RFC 6761 section 6.3), which may not know them (a
+/// minimal host without /etc/hosts).
 fn lookup_v4(name: &str) -> io::Result<Vec<Ipv4Addr>> {
+    let name = name.trim_end_matches('.');
+    let lower = name.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        return Ok(vec![Ipv4Addr::LOCALHOST]);
+    }
     let mut out = Vec::new();
     for addr in (name, 0).to_socket_addrs()? {
         if let std::net::SocketAddr::V4(v4) = addr
@@ -269,4 +277,16 @@ fn lookup_v4(name: &str) -> io::Result<Vec<Ipv4Addr>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_names_are_loopback_without_the_hosts_resolver() {
+        for name in ["localhost", "LocalHost.", "api.localhost"] {
+            assert_eq!(lookup_v4(name).unwrap(), [Ipv4Addr::LOCALHOST], "{name}");
+        }
+    }
 }

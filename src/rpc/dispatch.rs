@@ -152,7 +152,7 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
             });
         }),
         Call::SandboxFork(p) => with_engine(s, reply, |e, reply| {
-            let opts = p.network.fork_options();
+            let opts = fork_options(p.network, p.memory_limit_mib);
             fork(s, e, p.template, p.count, opts, reply);
         }),
         Call::SandboxExec(p) => with_engine(s, reply, |e, reply| {
@@ -263,13 +263,29 @@ fn fork(
                 }),
             );
         }),
-        None => match e.fork_pooled(&template, &opts) {
-            Ok(Some(forked)) => reply.ok(&Forked::from(forked)),
-            Ok(None) => slow(s, reply, move |reply| {
-                answer(reply, e.fork_with(&template, &opts).map(Forked::from));
-            }),
+        None => fork_one(s, e, template, opts, reply, |_, forked, reply| {
+            reply.ok(&Forked::from(forked));
+        }),
+    }
+}
+
+/// One fork of `template`: from the pool on this thread, else a cold fork on
+/// the slow pool; `then` carries on with it. A failed fork is the answer.
+fn fork_one(
+    s: &Arc<Session>,
+    e: Engine,
+    template: String,
+    opts: engine::ForkOptions,
+    reply: Reply,
+    then: impl FnOnce(&Engine, engine::Forked, Reply) + Send + 'static,
+) {
+    match e.fork_pooled(&template, &opts) {
+        Ok(Some(forked)) => then(&e, forked, reply),
+        Ok(None) => slow(s, reply, move |reply| match e.fork_with(&template, &opts) {
+            Ok(forked) => then(&e, forked, reply),
             Err(err) => answer::<Empty>(reply, Err(err)),
-        },
+        }),
+        Err(err) => answer::<Empty>(reply, Err(err)),
     }
 }
 
@@ -295,12 +311,13 @@ fn build_from_spec(e: &Engine, spec: &serde_json::Value, reply: Reply) {
             },
         );
     };
-    let built = e.build_from_spec(
-        &spec,
-        &Default::default(),
-        &mut progress,
-        reply.cancel_token(),
-    );
+    // A worker under its seccomp filter can start no program: it takes the
+    // image from the cache (docs/security.md).
+    let opts = crate::image::spec_image::SpecBuildOptions {
+        no_programs: crate::confine::worker_filtered(),
+        ..Default::default()
+    };
+    let built = e.build_from_spec(&spec, &opts, &mut progress, reply.cancel_token());
     answer(
         reply,
         built.map(|b| SpecBuilt {
@@ -314,8 +331,8 @@ fn build_from_spec(e: &Engine, spec: &serde_json::Value, reply: Reply) {
 /// `count` forks, on the pool), then the exec on the VM's thread, which
 /// kills the sandbox and answers.
 fn run(s: &Arc<Session>, e: Engine, p: SandboxRun, reply: Reply) {
-    let (exec, (template, count, network)) = p.into_exec();
-    let opts = network.fork_options();
+    let (exec, (template, count, network, memory_limit_mib)) = p.into_exec();
+    let opts = fork_options(network, memory_limit_mib);
     let (stream, encoding) = (exec.stream, exec.encoding);
     let req = match exec.request() {
         Ok(r) => r,
@@ -347,14 +364,7 @@ fn run(s: &Arc<Session>, e: Engine, p: SandboxRun, reply: Reply) {
         });
         e.run_then(&forked.sandbox, &req, &cancel, sink);
     };
-    match e.fork_pooled(&template, &opts) {
-        Ok(Some(forked)) => one(&e, forked, reply),
-        Ok(None) => slow(s, reply, move |reply| match e.fork_with(&template, &opts) {
-            Ok(forked) => one(&e, forked, reply),
-            Err(err) => answer::<Empty>(reply, Err(err)),
-        }),
-        Err(err) => answer::<Empty>(reply, Err(err)),
-    }
+    fork_one(s, e, template, opts, reply, one);
 }
 
 /// Runs `req` once in each of `forks`; the last run to end answers with all

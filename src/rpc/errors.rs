@@ -140,6 +140,35 @@ pub fn engine_error(e: &EngineError) -> ErrorObjectOwned {
             msg,
             json!({"kind": "resource_limit", "detail": detail}),
         ),
+        EngineError::OverBudget {
+            what,
+            requested,
+            available,
+            limit,
+        } => error(
+            RESOURCE_LIMIT,
+            msg.clone(),
+            json!({
+                "kind": "memory_budget",
+                "detail": msg,
+                "charge": what,
+                "limit_bytes": limit,
+                "requested_bytes": requested,
+                "available_bytes": available,
+                "over_by_bytes": requested.saturating_sub(*available),
+            }),
+        ),
+        EngineError::SandboxMemoryLimit { limit, dirty } => error(
+            RESOURCE_LIMIT,
+            msg.clone(),
+            json!({
+                "kind": "memory_limit",
+                "detail": msg,
+                "limit_bytes": limit,
+                "used_bytes": dirty,
+                "over_by_bytes": dirty.saturating_sub(*limit),
+            }),
+        ),
         EngineError::InvalidRequest(detail) => error(
             INVALID_PARAMS,
             msg,
@@ -396,6 +425,16 @@ pub(crate) mod tests {
                 detail: "over the limit".into(),
             },
             EngineError::ResourceLimit("too many".into()),
+            EngineError::OverBudget {
+                what: "sandbox",
+                requested: 40 << 20,
+                available: 1 << 20,
+                limit: 1 << 30,
+            },
+            EngineError::SandboxMemoryLimit {
+                limit: 4 << 20,
+                dirty: 5 << 20,
+            },
             EngineError::InvalidRequest("empty argv".into()),
             EngineError::TemplateFile {
                 path: "/x".into(),
@@ -448,6 +487,8 @@ pub(crate) mod tests {
                 | EngineError::AgentFailed { .. }
                 | EngineError::FileTooLarge { .. }
                 | EngineError::ResourceLimit(_)
+                | EngineError::OverBudget { .. }
+                | EngineError::SandboxMemoryLimit { .. }
                 | EngineError::InvalidRequest(_)
                 | EngineError::TemplateFile { .. }
                 | EngineError::TemplateIncompatible { .. }

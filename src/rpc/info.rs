@@ -36,6 +36,7 @@ pub struct WorkerInfo {
     capabilities: Capabilities,
     templates: usize,
     sandboxes: usize,
+    memory_charged_bytes: Option<u64>,
     uptime_ms: u64,
 }
 
@@ -61,6 +62,8 @@ struct Limits {
     output_backlog_bytes: usize,
     slow_threads: usize,
     slow_queue: usize,
+    max_memory_bytes: Option<u64>,
+    dirty_check_pages: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -102,6 +105,8 @@ pub fn worker_info(s: &Session, framing: Framing) -> WorkerInfo {
             output_backlog_bytes: writer::BACKLOG_LIMIT,
             slow_threads: pool::THREADS,
             slow_queue: pool::QUEUE,
+            max_memory_bytes: engine.map(|e| e.memory_budget().0),
+            dirty_check_pages: engine.map(Engine::dirty_check_pages),
         },
         capabilities: Capabilities {
             framings: ["lsp", "ndjson"],
@@ -114,6 +119,7 @@ pub fn worker_info(s: &Session, framing: Framing) -> WorkerInfo {
         },
         templates: engine.map_or(0, |e| e.list_templates().len()),
         sandboxes: engine.map_or(0, Engine::sandbox_count),
+        memory_charged_bytes: engine.map(|e| e.memory_budget().1),
         uptime_ms: s.started.elapsed().as_millis() as u64,
     }
 }

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub engine: EngineConfig,
     /// Largest accepted message body in bytes.
     pub max_message_bytes: usize,
+    /// Whether threads run under seccomp filters (see [`crate::confine`]).
+    pub seccomp: bool,
 }
 
 /// Serves JSON-RPC on stdin/stdout until shutdown or EOF; returns the exit code.
@@ -69,6 +71,11 @@ pub fn serve(opts: ServeOptions) -> ExitCode {
         tracing::warn!(error = %detail, "engine unavailable; only worker.info, worker.ping and rpc.discover will work");
         detail
     });
+    // /dev/kvm is open and no thread has started: give up what is not needed.
+    if let Err(e) = confine(opts.seccomp) {
+        tracing::error!(error = %crate::error_chain(&e), "cannot confine the worker");
+        return ExitCode::FAILURE;
+    }
     if let Ok(engine) = &engine {
         tracing::info!(flavor = engine.flavor().as_str(), "zeroboot worker ready");
     }
@@ -81,6 +88,20 @@ pub fn serve(opts: ServeOptions) -> ExitCode {
         Some(signals),
     );
     ExitCode::from(code)
+}
+
+/// Drops every capability and, with `seccomp`, puts every thread under the
+/// worker's filter (vCPU threads add theirs).
+fn confine(seccomp: bool) -> Result<(), crate::confine::ConfineError> {
+    use crate::confine::{Filter, drop_privileges, install_all_threads, set_seccomp};
+    if drop_privileges()? {
+        tracing::info!("capabilities dropped");
+    }
+    set_seccomp(seccomp);
+    if seccomp {
+        install_all_threads(Filter::Worker)?;
+    }
+    Ok(())
 }
 
 /// Runs one session over in-memory input with no engine (every engine method

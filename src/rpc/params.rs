@@ -74,6 +74,9 @@ pub struct SandboxFork {
     pub template: String,
     /// Fork this many at once (the result is then a list).
     pub count: Option<usize>,
+    /// Most private memory each sandbox may dirty, in MiB (default: the
+    /// template's size).
+    pub memory_limit_mib: Option<u64>,
     /// The sandboxes' network (absent: the template's; `false`: none).
     #[serde(default)]
     pub network: NetworkParam,
@@ -122,23 +125,26 @@ pub struct NetworkPolicy {
     pub max_bytes_per_sec: Option<u64>,
 }
 
-impl NetworkParam {
-    /// The engine's fork options for this param.
-    pub fn fork_options(self) -> crate::engine::ForkOptions {
-        use crate::engine::{ForkNetwork, NetworkSpec};
-        crate::engine::ForkOptions {
-            network: match self {
-                NetworkParam::Template => ForkNetwork::Template,
-                NetworkParam::Off => ForkNetwork::Off,
-                NetworkParam::Policy(p) => ForkNetwork::On(NetworkSpec {
-                    allow: p.allow,
-                    deny: p.deny,
-                    max_connections: p.max_connections,
-                    max_bytes_per_sec: p.max_bytes_per_sec,
-                    link: None,
-                }),
-            },
-        }
+/// The engine's fork options for a fork's (or run's) `network` and
+/// `memory_limit_mib`.
+pub fn fork_options(
+    network: NetworkParam,
+    memory_limit_mib: Option<u64>,
+) -> crate::engine::ForkOptions {
+    use crate::engine::{ForkNetwork, NetworkSpec};
+    crate::engine::ForkOptions {
+        network: match network {
+            NetworkParam::Template => ForkNetwork::Template,
+            NetworkParam::Off => ForkNetwork::Off,
+            NetworkParam::Policy(p) => ForkNetwork::On(NetworkSpec {
+                allow: p.allow,
+                deny: p.deny,
+                max_connections: p.max_connections,
+                max_bytes_per_sec: p.max_bytes_per_sec,
+                link: None,
+            }),
+        },
+        memory_limit: memory_limit_mib.map(|mib| mib.saturating_mul(1 << 20)),
     }
 }
 
@@ -270,6 +276,9 @@ with_exec_params! {
         /// The sandboxes' network (absent: the template's; `false`: none).
         #[serde(default)]
         pub network: NetworkParam,
+        /// Most private memory each sandbox may dirty, in MiB (default: the
+        /// template's size).
+        pub memory_limit_mib: Option<u64>,
     }
 }
 
@@ -469,6 +478,8 @@ pub struct TemplateInfo {
     /// Idle VMs ready for its forks: a root's pool (which also feeds its
     /// branches), or the few a branch keeps restored to itself.
     pub pooled: usize,
+    /// Bytes of the memory budget its own memory takes.
+    pub charged_bytes: u64,
     /// Branches between it and the template its memory is mapped from.
     pub depth: u32,
     /// Memory it holds above the memory it maps.
@@ -494,6 +505,7 @@ impl From<engine::TemplateInfo> for TemplateInfo {
             memory_bytes: t.memory_bytes,
             sandboxes: t.sandboxes,
             pooled: t.pooled,
+            charged_bytes: t.charged_bytes,
             depth: t.depth,
             memory: TemplateMemory {
                 own_bytes: t.memory.own_bytes,
@@ -616,6 +628,8 @@ pub struct SandboxStats {
     pub stray_pio: u64,
     /// MMIO accesses nothing answered.
     pub stray_mmio: u64,
+    /// Most private memory it may hold, in bytes.
+    pub memory_limit_bytes: u64,
     /// Network counters; null for a sandbox without network.
     pub network: Option<crate::net::NetStats>,
 }
@@ -631,6 +645,7 @@ impl From<engine::SandboxStats> for SandboxStats {
             uptime_ms: s.uptime_ms,
             stray_pio: s.stray_pio,
             stray_mmio: s.stray_mmio,
+            memory_limit_bytes: s.memory_limit_bytes,
             network: s.network,
         }
     }

@@ -106,6 +106,15 @@ pub enum VmmError {
     /// Spawning the vCPU thread failed.
     #[error("cannot spawn a vCPU thread")]
     SpawnThread(#[source] std::io::Error),
+    /// Enabling, mapping or resetting the dirty-page ring failed.
+    #[error("KVM dirty ring")]
+    DirtyRing(#[source] std::io::Error),
+    /// /proc/self/pagemap cannot be opened.
+    #[error("cannot open /proc/self/pagemap")]
+    Pagemap(#[source] std::io::Error),
+    /// The vCPU thread's seccomp filter could not be installed.
+    #[error("vCPU seccomp filter")]
+    Confine(#[source] crate::confine::ConfineError),
     /// Installing the vCPU kick signal handler failed.
     #[error("cannot install the vCPU kick signal handler")]
     SignalHandler(#[source] std::io::Error),

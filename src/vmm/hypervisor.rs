@@ -44,12 +44,14 @@ pub struct Hypervisor {
     flavor: Flavor,
     quirks: Quirks,
     tsc_offset: bool,
+    dirty_ring: u32,
 }
 
 impl Hypervisor {
     /// Opens /dev/kvm and checks what zeroboot relies on.
     pub fn open() -> Result<Hypervisor, VmmError> {
         let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+        super::pagemap::pagemap().map_err(VmmError::Pagemap)?;
         for (cap, name) in [
             (Cap::Irqchip, "IRQCHIP"),
             (Cap::ImmediateExit, "IMMEDIATE_EXIT"),
@@ -70,7 +72,7 @@ impl Hypervisor {
             .map_err(VmmError::SupportedCpuid)?;
         let index = kvm.get_msr_index_list().map_err(VmmError::MsrIndexList)?;
         let flavor = Flavor::detect();
-        let (msrs, tsc_offset) = probe_vcpu(&kvm, index.as_slice())?;
+        let (msrs, tsc_offset, dirty_ring) = probe_vcpu(&kvm, index.as_slice())?;
         // kvm-pvm accepts the attribute, but its guests read the host's TSC
         // directly: there is no offset to set.
         let tsc_offset = tsc_offset && flavor == Flavor::Hardware;
@@ -85,6 +87,7 @@ impl Hypervisor {
             flavor,
             quirks,
             tsc_offset,
+            dirty_ring,
         })
     }
 
@@ -113,6 +116,12 @@ impl Hypervisor {
         self.quirks
     }
 
+    /// Entries of each VM's dirty ring: the most pages a guest can dirty
+    /// between two counts (see `dirty.rs`).
+    pub fn dirty_ring_entries(&self) -> u32 {
+        self.dirty_ring
+    }
+
     /// Whether restores can set the TSC exactly (see `tsc.rs`).
     pub fn tsc_offset(&self) -> bool {
         self.tsc_offset
@@ -122,13 +131,14 @@ impl Hypervisor {
 /// Keeps the MSRs a scratch vCPU can actually read: KVM_GET_MSRS stops at the
 /// first failing index, so each one is probed alone, once per process. Also
 /// says whether the vCPU's TSC offset can be set directly.
-fn probe_vcpu(kvm: &Kvm, index: &[u32]) -> Result<(Vec<u32>, bool), VmmError> {
+fn probe_vcpu(kvm: &Kvm, index: &[u32]) -> Result<(Vec<u32>, bool, u32), VmmError> {
     let vm = kvm.create_vm().map_err(VmmError::CreateVm)?;
+    let ring = super::dirty::probe(&vm)?;
     let vcpu = vm.create_vcpu(0).map_err(VmmError::CreateVcpu)?;
     let ok = index
         .iter()
         .copied()
         .filter(|&msr| matches!(super::state::read_msr(&vcpu, msr), Ok(Some(_))))
         .collect();
-    Ok((ok, super::tsc::offset_supported(&vcpu)))
+    Ok((ok, super::tsc::offset_supported(&vcpu), ring))
 }

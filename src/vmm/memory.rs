@@ -220,10 +220,12 @@ impl GuestRam {
     pub fn reset_private(&self, file: &MemoryFile, in_place: usize) -> Result<bool, VmmError> {
         assert_eq!(file.size(), self.size, "a reset keeps the size");
         let io = |e: io::Error| VmmError::MapMemory(e);
-        let private = self.private_pages().map_err(io)?;
-        if private.len() > in_place {
+        let Some(private) =
+            super::pagemap::private_page_offsets(self.host_addr(), self.size, in_place)
+                .map_err(io)?
+        else {
             return map_at(Some(self.addr), file, Sharing::Private).map(|_| false);
-        }
+        };
         let mut page = [0u8; PAGE];
         for gpa in private {
             file.read(gpa, &mut page).map_err(io)?;
@@ -273,35 +275,13 @@ impl GuestRam {
     }
 }
 
-/// Pagemap entries read per system call: 512 KiB of buffer, 256 MiB of guest
-/// memory, so a huge guest costs time in proportion but bounded memory.
-const PAGEMAP_CHUNK: usize = 64 << 10;
-
 /// Guest-physical addresses of the pages of a mapping of this process held
-/// privately (copied on write), from /proc/self/pagemap: a present page that
-/// is neither file-backed nor shared, or a swapped-out one (in a private
-/// mapping of a file only an anonymous copy can be swapped).
+/// privately (copied on write): see [`super::pagemap`].
 pub fn private_page_addrs(host_addr: u64, size: usize) -> io::Result<Vec<u64>> {
-    const PRESENT: u64 = 1 << 63;
-    const SWAPPED: u64 = 1 << 62;
-    const FILE_OR_SHARED: u64 = 1 << 61;
-    let pagemap = File::open("/proc/self/pagemap")?;
-    let pages = size / PAGE;
-    let mut buf = vec![0u8; PAGEMAP_CHUNK.min(pages) * 8];
     let mut out = Vec::new();
-    let mut done = 0;
-    while done < pages {
-        let n = PAGEMAP_CHUNK.min(pages - done);
-        let chunk = &mut buf[..n * 8];
-        pagemap.read_exact_at(chunk, (host_addr / PAGE as u64 + done as u64) * 8)?;
-        for (i, e) in chunk.chunks_exact(8).enumerate() {
-            let e = u64::from_le_bytes(e.try_into().expect("8-byte chunk"));
-            if (e & PRESENT != 0 && e & FILE_OR_SHARED == 0) || e & SWAPPED != 0 {
-                out.push(((done + i) * PAGE) as u64);
-            }
-        }
-        done += n;
-    }
+    super::pagemap::private_runs(host_addr, size, |first, pages| {
+        out.extend((0..pages).map(|i| first + i * PAGE as u64))
+    })?;
     Ok(out)
 }
 

@@ -7,6 +7,7 @@
 
 mod bus;
 mod compat;
+mod dirty;
 mod error;
 mod hypervisor;
 mod irq;
@@ -15,6 +16,7 @@ pub mod layout;
 mod limits;
 pub mod linux;
 pub mod memory;
+pub mod pagemap;
 mod pthread;
 mod quirks;
 mod serial;
@@ -28,6 +30,7 @@ mod x86;
 
 pub use bus::{Bus, BusStats, DeviceState};
 pub use compat::incompatibility as cpuid_incompatibility;
+pub use dirty::DirtyOverLimit;
 pub use error::VmmError;
 pub use hypervisor::{Flavor, Hypervisor};
 pub use kick::Kicker;
@@ -39,4 +42,4 @@ pub use state::{MachineState, VcpuState, VmState};
 pub use thread::{VcpuThread, live_vms};
 pub use vcpu::{Stop, run_until_stop};
 pub use virtio::{NET_IRQ, NET_MMIO_BASE, NET_MMIO_SIZE, NetBackend, NetHandle};
-pub use vm::Vm;
+pub use vm::{Tracking, Vm};

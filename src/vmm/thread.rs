@@ -14,6 +14,12 @@ use super::{Kicker, Vm, VmmError};
 
 type Job = Box<dyn FnOnce(&mut Vm) + Send>;
 
+enum Msg {
+    Run(Job),
+    /// End the thread; run this once the VM is dropped.
+    Stop(Box<dyn FnOnce() + Send>),
+}
+
 /// VM threads alive in this process, VM not yet dropped.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
@@ -27,7 +33,7 @@ const STACK_SIZE: usize = 256 * 1024;
 
 /// Handle to a thread that owns a [`Vm`].
 pub struct VcpuThread {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
     kicker: Kicker,
     handle: RawThread,
     ram: (u64, usize),
@@ -40,7 +46,7 @@ impl VcpuThread {
         name: String,
         make: impl FnOnce() -> Result<Vm, VmmError> + Send + 'static,
     ) -> Result<VcpuThread, VmmError> {
-        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (jobs, inbox) = mpsc::channel::<Msg>();
         type Ready = Result<(Kicker, (u64, usize)), VmmError>;
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Ready>(1);
         LIVE.fetch_add(1, Ordering::SeqCst);
@@ -52,8 +58,14 @@ impl VcpuThread {
                 }
             }
             let _live = Live;
+            // The filter goes on before the first job: no guest instruction
+            // runs without it.
             let built = make()
-                .and_then(|mut vm| Kicker::for_current_thread(vm.vcpu_mut()).map(|k| (vm, k)));
+                .and_then(|mut vm| Kicker::for_current_thread(vm.vcpu_mut()).map(|k| (vm, k)))
+                .and_then(|pair| {
+                    crate::confine::enter_vcpu().map_err(VmmError::Confine)?;
+                    Ok(pair)
+                });
             let (mut vm, kicker) = match built {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -67,11 +79,21 @@ impl VcpuThread {
                 kicker.disarm();
                 return;
             }
-            while let Ok(job) = inbox.recv() {
-                job(&mut vm);
+            let mut after = None;
+            while let Ok(msg) = inbox.recv() {
+                match msg {
+                    Msg::Run(job) => job(&mut vm),
+                    Msg::Stop(f) => {
+                        after = Some(f);
+                        break;
+                    }
+                }
             }
             kicker.disarm();
             drop(vm);
+            if let Some(after) = after {
+                after();
+            }
         })
         .map_err(|e| {
             LIVE.fetch_sub(1, Ordering::SeqCst);
@@ -99,7 +121,7 @@ impl VcpuThread {
 
     /// Queues work for the VM; false if the thread is gone.
     pub fn submit(&self, job: impl FnOnce(&mut Vm) + Send + 'static) -> bool {
-        self.jobs.send(Box::new(job)).is_ok()
+        self.jobs.send(Msg::Run(Box::new(job))).is_ok()
     }
 
     /// Host address and size of the VM's memory mapping (for page accounting).
@@ -115,8 +137,17 @@ impl VcpuThread {
     /// Ends the thread (the VM is dropped there); the handle lets a caller
     /// wait, and dropping it lets the thread finish on its own.
     pub fn stop(self) -> RawThread {
+        self.stop_then(|| {})
+    }
+
+    /// As [`VcpuThread::stop`], and runs `after` on the thread once the VM
+    /// (and the kernel memory it held) is gone.
+    pub fn stop_then(self, after: impl FnOnce() + Send + 'static) -> RawThread {
         self.kicker.kick();
-        drop(self.jobs);
+        if let Err(mpsc::SendError(Msg::Stop(after))) = self.jobs.send(Msg::Stop(Box::new(after))) {
+            // The thread has already ended.
+            after();
+        }
         self.handle
     }
 }

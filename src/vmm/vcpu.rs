@@ -2,6 +2,7 @@
 //! registration) and hands every other access to the [`Bus`]. It returns on the
 //! first event the caller must act on.
 
+use kvm_bindings::KVM_EXIT_DIRTY_RING_FULL;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use zeroboot_proto::{DOORBELL_PORT, MAILBOX_PORT};
 
@@ -18,6 +19,12 @@ pub enum Stop {
     Interrupted,
     /// The guest is dead: triple fault, failed entry, emulation failure, halt.
     Crashed(String),
+    /// KVM's dirty ring is full; [`super::Vm::run`] counts it and goes on,
+    /// or stops with [`Stop::MemoryLimit`].
+    DirtyRingFull,
+    /// The guest holds more private pages than its limit allows; it stays
+    /// stopped (every further run stops here too) until the VM is reset.
+    MemoryLimit(super::DirtyOverLimit),
 }
 
 /// Runs the vCPU until something needs the caller. `exits` counts exits to
@@ -83,6 +90,7 @@ fn handle_exit(exit: VcpuExit<'_>, bus: &mut Bus) -> Option<Stop> {
             "KVM internal error (emulation failed)".into(),
         )),
         VcpuExit::SystemEvent(kind, _) => Some(Stop::Crashed(format!("system event {kind}"))),
+        VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL) => Some(Stop::DirtyRingFull),
         other => Some(Stop::Crashed(format!("unexpected exit: {other:?}"))),
     }
 }
@@ -134,6 +142,17 @@ mod tests {
             None
         );
         assert_eq!(bus.stats().stray_mmio, 2);
+    }
+
+    #[test]
+    fn a_full_dirty_ring_stops_the_loop() {
+        assert_eq!(
+            handle_exit(
+                VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL),
+                &mut Bus::default()
+            ),
+            Some(Stop::DirtyRingFull)
+        );
     }
 
     #[test]

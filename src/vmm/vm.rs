@@ -6,24 +6,37 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{CpuId, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
+use kvm_bindings::{
+    CpuId, KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_msr_entry, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{VcpuFd, VmFd};
 
+use super::dirty::{self, DirtyRing};
 use super::irq::IrqLine;
 use super::linux::COM1_IRQ;
 use super::memory::GuestRam;
 use super::serial::{ConsoleLog, SerialConsole};
 use super::virtio::{NET_IRQ, NetBackend, NetHandle, VirtioNet};
-use super::{Bus, Flavor, Hypervisor, MachineState, Quirks, VcpuState, VmState, VmmError};
+use super::{Bus, Flavor, Hypervisor, MachineState, Quirks, Stop, VcpuState, VmState, VmmError};
 
 /// Address of the three pages Intel VMX needs for real-mode emulation.
 const TSS_ADDR: usize = 0xfffb_d000;
+
+/// Whether a VM counts the pages its guest dirties ([`super::dirty`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracking {
+    /// Forks: held to a limit on the memory they dirty.
+    Dirty,
+    /// Boot and probe VMs, whose memory is charged whole.
+    Off,
+}
 
 /// A VM, its vCPU and its memory. Fields drop in order: the bus (whose
 /// devices hold the VM fd for interrupts) before the VM and vCPU fds, and
 /// those before the memory they map.
 pub struct Vm {
     bus: Bus,
+    dirty: Option<DirtyRing>,
     vm: Arc<VmFd>,
     vcpu: VcpuFd,
     ram: GuestRam,
@@ -35,14 +48,30 @@ pub struct Vm {
 
 impl Vm {
     /// Creates a VM over `ram` with a vCPU using `cpuid`.
-    pub fn new(hv: &Hypervisor, ram: GuestRam, cpuid: &CpuId) -> Result<Vm, VmmError> {
+    pub fn new(
+        hv: &Hypervisor,
+        ram: GuestRam,
+        cpuid: &CpuId,
+        tracking: Tracking,
+    ) -> Result<Vm, VmmError> {
         let vm = hv.kvm().create_vm().map_err(VmmError::CreateVm)?;
         if hv.flavor() == Flavor::Hardware {
             vm.set_tss_address(TSS_ADDR).map_err(VmmError::SetTssAddr)?;
         }
+        let ring = match tracking {
+            Tracking::Dirty => {
+                dirty::enable(&vm, hv.dirty_ring_entries())?;
+                Some(hv.dirty_ring_entries())
+            }
+            Tracking::Off => None,
+        };
         let region = kvm_userspace_memory_region {
             slot: 0,
-            flags: 0,
+            flags: if ring.is_some() {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: 0,
             memory_size: ram.size() as u64,
             userspace_addr: ram.host_addr(),
@@ -57,8 +86,10 @@ impl Vm {
                 what: "CPUID2",
                 source,
             })?;
+        let dirty = ring.map(|n| DirtyRing::map(&vcpu, n)).transpose()?;
         Ok(Vm {
             bus: Bus::default(),
+            dirty,
             vm: Arc::new(vm),
             vcpu,
             ram,
@@ -77,8 +108,12 @@ impl Vm {
         })
     }
 
-    /// Puts the machine into `state` (memory is the caller's business).
+    /// Puts the machine into `state` (memory is the caller's business, and
+    /// is taken to be the template's again: the dirty count starts over).
     pub fn restore(&mut self, state: &MachineState) -> Result<(), VmmError> {
+        if let Some(ring) = &mut self.dirty {
+            ring.clear();
+        }
         state.vm.restore(&self.vm)?;
         state
             .vcpu
@@ -103,9 +138,32 @@ impl Vm {
         &self.ram
     }
 
-    /// Runs until the guest needs the caller (see [`super::run_until_stop`]).
-    pub fn run(&mut self) -> Result<super::Stop, VmmError> {
-        super::run_until_stop(&mut self.vcpu, &mut self.bus, &mut self.exits)
+    /// Runs until the guest needs the caller (see [`super::run_until_stop`]);
+    /// a full dirty ring is counted here and never returned.
+    pub fn run(&mut self) -> Result<Stop, VmmError> {
+        loop {
+            match super::run_until_stop(&mut self.vcpu, &mut self.bus, &mut self.exits)? {
+                Stop::DirtyRingFull => {
+                    let ram = (self.ram.host_addr(), self.ram.size());
+                    let Some(ring) = &mut self.dirty else {
+                        return Ok(Stop::Crashed("dirty ring full on an untracked VM".into()));
+                    };
+                    if let Some(over) = ring.on_full(&self.vm, ram)? {
+                        return Ok(Stop::MemoryLimit(over));
+                    }
+                }
+                stop => return Ok(stop),
+            }
+        }
+    }
+
+    /// Sets the most pages the guest may hold privately (copied on write);
+    /// `None` lifts the limit. Held between exits too on a tracked VM; an
+    /// untracked one ignores it.
+    pub fn set_dirty_limit(&mut self, pages: Option<u64>) {
+        if let Some(ring) = &mut self.dirty {
+            ring.set_limit(pages);
+        }
     }
 
     /// Lets KVM finish the I/O instruction the vCPU stopped on (RIP moves past

@@ -13,7 +13,7 @@ else:  # pragma: no cover
 
 from ._errors import RpcError
 
-METHOD_NAMES = ('template.load', 'template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.exec', 'sandbox.run_code', 'sandbox.contexts', 'sandbox.kill', 'sandbox.list', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown', 'sandbox.fork', 'sandbox.stats', 'sandbox.run', 'worker.ping')
+METHOD_NAMES = ('template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.exec', 'sandbox.run_code', 'sandbox.contexts', 'sandbox.kill', 'sandbox.list', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown', 'sandbox.fork', 'sandbox.stats', 'sandbox.run', 'worker.ping', 'template.load', 'sandbox.fork')
 NOTIFICATION_NAMES = ('exit', '$/cancelRequest', 'sandbox.output', 'template.progress')
 
 TemplateId = str
@@ -39,6 +39,7 @@ TemplateInfo = TypedDict("TemplateInfo", {
     'pooled': int,  # Idle VMs ready for its forks: a root template's pool (which also feeds its branches), or the few VMs a branch keeps restored to itself.
     'depth': int,  # Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch.
     'memory': "TemplateInfoMemory",  # Memory it holds above the memory it maps (what a branch costs).
+    'charged_bytes': int,  # Bytes of the worker's memory budget its own memory takes: a root template's whole memory (what forks can make its file or memfd hold), or the pages a branch's capture copied (shared with the branches that show the same pages, and released when the last of them goes); each VM forked from it, pooled or not, is charged separately.
 })
 
 TemplateSpecBase2 = TypedDict("TemplateSpecBase2", {
@@ -114,6 +115,7 @@ SandboxStats = TypedDict("SandboxStats", {
     'stray_pio': int,  # Port accesses nothing answered.
     'stray_mmio': int,  # MMIO accesses nothing answered.
     'network': Union[None, "NetStats"],  # Network counters; null for a sandbox without network.
+    'memory_limit_bytes': int,  # Most private memory it may hold (`memory_limit_mib` of the fork, or the template's size).
 })
 
 ExecResult = TypedDict("ExecResult", {
@@ -185,6 +187,8 @@ WorkerInfoLimits = TypedDict("WorkerInfoLimits", {
     'output_backlog_bytes': int,  # The worker stops reading input while more than this many bytes of answers and notifications wait to be written (the peer is not reading).
     'slow_threads': int,  # Threads that run slow calls (template loads, builds, saves, snapshots, stats, forks that create VMs).
     'slow_queue': int,  # Slow calls that may wait for a thread; one more is refused with 1011 `resource_limit`.
+    'max_memory_bytes': Union[int, None],  # The memory budget (`--max-memory`; by default 75% of the memory available when the worker started: the host's MemAvailable, or what its memory cgroup leaves if less).
+    'dirty_check_pages': Union[int, None],  # Most pages a sandbox with a `memory_limit_mib` can dirty past its limit before it is stopped (the size of its VM's dirty ring).
 })
 
 WorkerInfoCapabilities = TypedDict("WorkerInfoCapabilities", {
@@ -207,6 +211,7 @@ WorkerInfo = TypedDict("WorkerInfo", {
     'templates': int,  # Templates loaded.
     'sandboxes': int,  # Sandboxes alive.
     'uptime_ms': int,
+    'memory_charged_bytes': Union[int, None],  # Bytes of the memory budget charged now: sandboxes, templates, pooled VMs.
 })
 
 # `parse_error`: the body is not JSON. `invalid_utf8`: the body is not UTF-8. `framing`: the byte stream cannot be resynchronised (malformed header, missing or invalid Content-Length, input ended inside a message); this error is the last message and the worker exits with code 1.
@@ -330,10 +335,32 @@ AgentFailedData = TypedDict("AgentFailedData", {
     'message': str,
 })
 
-ResourceLimitData = TypedDict("ResourceLimitData", {
+ResourceLimitData1 = TypedDict("ResourceLimitData1", {
     'kind': Literal['resource_limit'],
     'detail': str,
 })
+
+# The worker's memory budget cannot cover what the call would add.
+ResourceLimitData2 = TypedDict("ResourceLimitData2", {
+    'kind': Literal['memory_budget'],
+    'detail': str,
+    'charge': Literal['sandbox', 'template', 'snapshot'],  # What was to be charged.
+    'limit_bytes': int,  # The whole budget.
+    'requested_bytes': int,  # What the call would cost.
+    'available_bytes': int,  # What the budget had left (after idle pooled VMs were given up).
+    'over_by_bytes': int,  # requested_bytes - available_bytes.
+})
+
+# The sandbox dirtied more memory than its own `memory_limit_mib`; its vCPU was stopped and only kill remains.
+ResourceLimitData3 = TypedDict("ResourceLimitData3", {
+    'kind': Literal['memory_limit'],
+    'detail': str,
+    'limit_bytes': int,  # The sandbox's limit.
+    'used_bytes': int,  # Private memory it held when stopped.
+    'over_by_bytes': int,  # used_bytes - limit_bytes.
+})
+
+ResourceLimitData = Union["ResourceLimitData1", "ResourceLimitData2", "ResourceLimitData3"]
 
 TemplateFileData = TypedDict("TemplateFileData", {
     'kind': Literal['template_file'],
@@ -578,7 +605,7 @@ SpecInvalidData = TypedDict("SpecInvalidData", {
     'detail': str,  # What was wrong and what was expected.
 })
 
-# `kind`: python_no_wheel (requirement), python_unresolvable (requirement or null), debian_unresolvable (packages), host_file_missing (path: a spec's file, OCI image or wheel directory), oci_invalid (path: not an OCI layout or docker save archive), layer_path_escape (layer: an entry escaping the root or a hard link to outside it), layer_invalid (layer), image_too_large (image_mib, memory_mib, needed_mib), unknown_user (user), no_python (preloads without a Python), build_environment (this host cannot build: no apt or uv, network, disk).
+# `kind`: python_no_wheel (requirement), python_unresolvable (requirement or null), debian_unresolvable (packages), host_file_missing (path: a spec's file, OCI image or wheel directory), oci_invalid (path: not an OCI layout or docker save archive), layer_path_escape (layer: an entry escaping the root or a hard link to outside it), layer_invalid (layer), image_too_large (image_mib, memory_mib, needed_mib), unknown_user (user), no_python (preloads without a Python), build_environment (this host cannot build: no apt or uv, network, disk; or the worker runs under its seccomp filter, which lets it start no program, and the image is not in the cache: build it first with `zeroboot image build --spec`, or run the worker with --no-seccomp).
 ImageBuildFailedData = TypedDict("ImageBuildFailedData", {
     'kind': Literal['python_no_wheel', 'python_unresolvable', 'debian_unresolvable', 'host_file_missing', 'oci_invalid', 'layer_path_escape', 'layer_invalid', 'image_too_large', 'unknown_user', 'no_python', 'build_environment'],
     'detail': str,
@@ -658,15 +685,6 @@ RunMany = TypedDict("RunMany", {
     'results': List[Union["RunResult", "RunFailure"]],  # One outcome per run, in no particular order.
     'total_us': int,  # Wall time of the whole call, in microseconds.
 })
-
-# Params of template.load
-TemplateLoadParams = TypedDict("TemplateLoadParams", {
-    'builtin': NotRequired[Literal['bare']],  # A built-in template.
-    'path': NotRequired[str],  # A template file on the worker's host.
-    'memory_mib': NotRequired[int],  # Guest memory of a built-in template in MiB ("bare": 32 to 1024, default 32). Not with `path`: a file says its own size.
-})
-
-TemplateLoadResult = "TemplateInfo"
 
 # Params of template.build
 TemplateBuildParams = TypedDict("TemplateBuildParams", {
@@ -871,6 +889,25 @@ WorkerPingParams = TypedDict("WorkerPingParams", {
 
 WorkerPingResult = "Empty"
 
+# Params of template.load
+TemplateLoadParams = TypedDict("TemplateLoadParams", {
+    'builtin': NotRequired[Literal['bare']],  # A built-in template.
+    'path': NotRequired[str],  # A template file on the worker's host.
+    'memory_mib': NotRequired[int],  # Guest memory of a built-in template in MiB ("bare": 32 to 1024, default 32). Not with `path`: a file says its own size.
+})
+
+TemplateLoadResult = "TemplateInfo"
+
+# Params of sandbox.fork
+SandboxForkParams = TypedDict("SandboxForkParams", {
+    'template': "TemplateId",  # The template.
+    'count': NotRequired[int],  # Fork this many (the result is then a list).
+    'memory_limit_mib': NotRequired[int],  # Most private memory each sandbox may hold (pages it has written, copied on write from the template), in MiB; default: the template's size, which needs no tracking. Below that, the sandbox's VM counts the pages its guest dirties, between exits too, and a guest that passes the limit is stopped (within `dirty_check_pages` pages, see worker.info) with error 1011 `memory_limit`; the sandbox is then unusable until killed. The worker's memory budget is charged the limit (plus that slack) at fork.
+    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The sandboxes' network: absent for the template's (its spec's `network`; none for other templates), `false` for none, or a policy. The guest's interface comes up before the sandbox's first request.
+})
+
+SandboxForkResult = Union["Forked", "ForkedMany"]
+
 # Params of the sandbox.output notification
 SandboxOutputParams = TypedDict("SandboxOutputParams", {
     'sandbox': "SandboxId",  # The sandbox.
@@ -989,7 +1026,7 @@ class AgentFailedError(RpcError):
 
 
 class ResourceLimitError(RpcError):
-    """1011: Resource limit reached (max sandboxes, threads, slow-call queue full, engine shutting down). data: ResourceLimitData."""
+    """1011: Resource limit reached: the worker's memory budget (kind `memory_budget`), a sandbox's own memory limit (`memory_limit`), max sandboxes, threads, slow-call queue full, engine shutting down (`resource_limit`). data: ResourceLimitData."""
 
     code = 1011
 

@@ -37,6 +37,8 @@ export type TemplateInfo = {
     /** Memory its page stores hold, shared with its ancestors and branches. */
     held_bytes: number;
   };
+  /** Bytes of the worker's memory budget its own memory takes: a root template's whole memory (what forks can make its file or memfd hold), or the pages a branch's capture copied (shared with the branches that show the same pages, and released when the last of them goes); each VM forked from it, pooled or not, is charged separately. */
+  charged_bytes: number;
 };
 
 /** What a Linux template holds: `zeroboot.toml`, or `template.build {spec}` over JSON-RPC (the same object). Relative host paths are resolved against the spec file's directory (over JSON-RPC: the worker's working directory). Unknown fields are refused with an error naming them. */
@@ -142,6 +144,8 @@ export type SandboxStats = {
   stray_mmio: number;
   /** Network counters; null for a sandbox without network. */
   network: null | NetStats;
+  /** Most private memory it may hold (`memory_limit_mib` of the fork, or the template's size). */
+  memory_limit_bytes: number;
 };
 
 /** ExecResult */
@@ -256,6 +260,10 @@ export type WorkerInfo = {
     slow_threads: number;
     /** Slow calls that may wait for a thread; one more is refused with 1011 `resource_limit`. */
     slow_queue: number;
+    /** The memory budget (`--max-memory`; by default 75% of the memory available when the worker started: the host's MemAvailable, or what its memory cgroup leaves if less). */
+    max_memory_bytes: number | null;
+    /** Most pages a sandbox with a `memory_limit_mib` can dirty past its limit before it is stopped (the size of its VM's dirty ring). */
+    dirty_check_pages: number | null;
   };
   capabilities: {
     framings: Array<"lsp" | "ndjson">;
@@ -272,6 +280,8 @@ export type WorkerInfo = {
   /** Sandboxes alive. */
   sandboxes: number;
   uptime_ms: number;
+  /** Bytes of the memory budget charged now: sandboxes, templates, pooled VMs. */
+  memory_charged_bytes: number | null;
 };
 
 /** `parse_error`: the body is not JSON. `invalid_utf8`: the body is not UTF-8. `framing`: the byte stream cannot be resynchronised (malformed header, missing or invalid Content-Length, input ended inside a message); this error is the last message and the worker exits with code 1. */
@@ -378,6 +388,28 @@ export type AgentFailedData = {
 export type ResourceLimitData = {
   kind: "resource_limit";
   detail: string;
+} | {
+  kind: "memory_budget";
+  detail: string;
+  /** What was to be charged. */
+  charge: "sandbox" | "template" | "snapshot";
+  /** The whole budget. */
+  limit_bytes: number;
+  /** What the call would cost. */
+  requested_bytes: number;
+  /** What the budget had left (after idle pooled VMs were given up). */
+  available_bytes: number;
+  /** requested_bytes - available_bytes. */
+  over_by_bytes: number;
+} | {
+  kind: "memory_limit";
+  detail: string;
+  /** The sandbox's limit. */
+  limit_bytes: number;
+  /** Private memory it held when stopped. */
+  used_bytes: number;
+  /** used_bytes - limit_bytes. */
+  over_by_bytes: number;
 };
 
 export type TemplateFileData = {
@@ -576,7 +608,7 @@ export type SpecInvalidData = {
   detail: string;
 };
 
-/** `kind`: python_no_wheel (requirement), python_unresolvable (requirement or null), debian_unresolvable (packages), host_file_missing (path: a spec's file, OCI image or wheel directory), oci_invalid (path: not an OCI layout or docker save archive), layer_path_escape (layer: an entry escaping the root or a hard link to outside it), layer_invalid (layer), image_too_large (image_mib, memory_mib, needed_mib), unknown_user (user), no_python (preloads without a Python), build_environment (this host cannot build: no apt or uv, network, disk). */
+/** `kind`: python_no_wheel (requirement), python_unresolvable (requirement or null), debian_unresolvable (packages), host_file_missing (path: a spec's file, OCI image or wheel directory), oci_invalid (path: not an OCI layout or docker save archive), layer_path_escape (layer: an entry escaping the root or a hard link to outside it), layer_invalid (layer), image_too_large (image_mib, memory_mib, needed_mib), unknown_user (user), no_python (preloads without a Python), build_environment (this host cannot build: no apt or uv, network, disk; or the worker runs under its seccomp filter, which lets it start no program, and the image is not in the cache: build it first with `zeroboot image build --spec`, or run the worker with --no-seccomp). */
 export type ImageBuildFailedData = {
   kind: "python_no_wheel" | "python_unresolvable" | "debian_unresolvable" | "host_file_missing" | "oci_invalid" | "layer_path_escape" | "layer_invalid" | "image_too_large" | "unknown_user" | "no_python" | "build_environment";
   detail: string;
@@ -688,19 +720,6 @@ export type RunMany = {
   /** Wall time of the whole call, in microseconds. */
   total_us: number;
 };
-
-/** Params of `template.load`: Load a template. */
-export type TemplateLoadParams = {
-  /** A built-in template. */
-  builtin?: "bare";
-  /** A template file on the worker's host. */
-  path?: string;
-  /** Guest memory of a built-in template in MiB ("bare": 32 to 1024, default 32). Not with `path`: a file says its own size. */
-  memory_mib?: number;
-};
-
-/** Result of `template.load` */
-export type TemplateLoadResult = TemplateInfo;
 
 /** Params of `template.build`: Build a Linux template: from a kernel and an initramfs, or from a template spec. */
 export type TemplateBuildParams = {
@@ -992,6 +1011,34 @@ export type WorkerPingParams = Record<string, never>;
 /** Result of `worker.ping` */
 export type WorkerPingResult = Empty;
 
+/** Params of `template.load`: Load a template. */
+export type TemplateLoadParams = {
+  /** A built-in template. */
+  builtin?: "bare";
+  /** A template file on the worker's host. */
+  path?: string;
+  /** Guest memory of a built-in template in MiB ("bare": 32 to 1024, default 32). Not with `path`: a file says its own size. */
+  memory_mib?: number;
+};
+
+/** Result of `template.load` */
+export type TemplateLoadResult = TemplateInfo;
+
+/** Params of `sandbox.fork`: Fork sandboxes from a template. */
+export type SandboxForkParams = {
+  /** The template. */
+  template: TemplateId;
+  /** Fork this many (the result is then a list). */
+  count?: number;
+  /** Most private memory each sandbox may hold (pages it has written, copied on write from the template), in MiB; default: the template's size, which needs no tracking. Below that, the sandbox's VM counts the pages its guest dirties, between exits too, and a guest that passes the limit is stopped (within `dirty_check_pages` pages, see worker.info) with error 1011 `memory_limit`; the sandbox is then unusable until killed. The worker's memory budget is charged the limit (plus that slack) at fork. */
+  memory_limit_mib?: number;
+  /** The sandboxes' network: absent for the template's (its spec's `network`; none for other templates), `false` for none, or a policy. The guest's interface comes up before the sandbox's first request. */
+  network?: false | NetworkPolicy;
+};
+
+/** Result of `sandbox.fork` */
+export type SandboxForkResult = Forked | ForkedMany;
+
 /** Params of the `sandbox.output` notification: An output chunk of a streaming exec or code run. */
 export type SandboxOutputParams = {
   /** The sandbox. */
@@ -1022,7 +1069,6 @@ export type TemplateProgressParams = {
 
 /** Every request method: params and result. */
 export interface Methods {
-  "template.load": { params: TemplateLoadParams; result: TemplateLoadResult };
   "template.build": { params: TemplateBuildParams; result: TemplateBuildResult };
   "template.list": { params: TemplateListParams; result: TemplateListResult };
   "template.unload": { params: TemplateUnloadParams; result: TemplateUnloadResult };
@@ -1042,6 +1088,8 @@ export interface Methods {
   "sandbox.stats": { params: SandboxStatsParams; result: SandboxStatsResult };
   "sandbox.run": { params: SandboxRunParams; result: SandboxRunResult };
   "worker.ping": { params: WorkerPingParams; result: WorkerPingResult };
+  "template.load": { params: TemplateLoadParams; result: TemplateLoadResult };
+  "sandbox.fork": { params: SandboxForkParams; result: SandboxForkResult };
 }
 
 /** Every notification (either direction): its params. */
@@ -1052,7 +1100,7 @@ export interface Notifications {
   "template.progress": TemplateProgressParams;
 }
 
-export const METHOD_NAMES = ["template.load","template.build","template.list","template.unload","template.save","sandbox.exec","sandbox.run_code","sandbox.contexts","sandbox.kill","sandbox.list","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown","sandbox.fork","sandbox.stats","sandbox.run","worker.ping"] as const;
+export const METHOD_NAMES = ["template.build","template.list","template.unload","template.save","sandbox.exec","sandbox.run_code","sandbox.contexts","sandbox.kill","sandbox.list","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown","sandbox.fork","sandbox.stats","sandbox.run","worker.ping","template.load","sandbox.fork"] as const;
 export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output","template.progress"] as const;
 
 /** Error codes the worker documents. */
@@ -1167,7 +1215,7 @@ export class AgentFailedError extends ZerobootRpcError {
   static readonly code = 1010;
 }
 
-/** 1011: Resource limit reached (max sandboxes, threads, slow-call queue full, engine shutting down). data: ResourceLimitData. */
+/** 1011: Resource limit reached: the worker's memory budget (kind `memory_budget`), a sandbox's own memory limit (`memory_limit`), max sandboxes, threads, slow-call queue full, engine shutting down (`resource_limit`). data: ResourceLimitData. */
 export class ResourceLimitError extends ZerobootRpcError {
   static readonly code = 1011;
 }
