@@ -58,6 +58,8 @@ def test_run_code(zb, bare):
             sb.run_code("1 + 1")  # the bare guest has no Python
         assert zb.run_code("result 7", "bash").result == "7"
         assert zb.run_code("result 8", "bash", template=bare).result == "8"
+        # The prototype's one-liner: run with code and a language is run_code.
+        assert zb.run("result 9", "bash", template=bare).result == "9"
         assert [x["sandbox"] for x in zb.sandboxes()] == [sb.id], "run_code leaves no sandbox behind"
 
 
@@ -256,6 +258,7 @@ def test_asyncio_api():
                 assert [await c.read_file("/f") for c in copies] == [b"\x00\xff" * 40_000] * 2
                 await asyncio.gather(*(c.kill() for c in copies))
             assert (await zb.run_code("result 6", "bash")).result == "6"
+            assert (await zb.run("result 10", "bash")).result == "10"
             # cancellation: cancelling the task sends $/cancelRequest
             sb = await zb.fork(t)
             task = asyncio.ensure_future(sb.exec(["spin"], timeout_ms=120_000))

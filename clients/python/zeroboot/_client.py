@@ -16,7 +16,7 @@ import concurrent.futures
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Sequence, Union, overload
 
 from ._conn import Connection, LoopConnection, OutputHandler, ThreadConnection
 from ._errors import RpcError, WorkerExitedError
@@ -370,10 +370,25 @@ class Zeroboot(_Worker):
         r = self.call("sandbox.fork", dict(_fork_params(template, network), count=count))
         return [self._adopt(s["sandbox"], _tid(template), s["fork_us"]) for s in r["sandboxes"]]
 
-    def run(self, template: TemplateLike, argv: Sequence[str], *, stdin: Optional[str] = None,
-            env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
-            output_cap: Optional[int] = None, on_output: Optional[Callable[[OutputChunk], None]] = None,
-            cancel: Optional[CancelToken] = None, network: Union[Dict[str, Any], bool, None] = None) -> RunResult:
+    @overload
+    def run(self, code: str, language: Language = "python", **kw: Any) -> CodeResult: ...
+
+    @overload
+    def run(self, template: TemplateLike, argv: Sequence[str], **kw: Any) -> RunResult: ...
+
+    def run(self, first: Any, second: Any = "python", **kw: Any) -> Union[CodeResult, RunResult]:
+        """Two one-shots (fork, run, kill in one call), told apart by the second argument:
+        `zb.run(code, language="python")` runs code as `run_code` does (the prototype's one-liner);
+        `zb.run(template, argv)` runs a command as `run_command` does."""
+        if isinstance(second, str):
+            return self.run_code(first, second, **kw)  # type: ignore[arg-type]
+        return self.run_command(first, second, **kw)
+
+    def run_command(self, template: TemplateLike, argv: Sequence[str], *, stdin: Optional[str] = None,
+                    env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+                    timeout_ms: Optional[int] = None, output_cap: Optional[int] = None,
+                    on_output: Optional[Callable[[OutputChunk], None]] = None, cancel: Optional[CancelToken] = None,
+                    network: Union[Dict[str, Any], bool, None] = None) -> RunResult:
         """Forks a sandbox, runs argv in it and kills it, in one round trip (`sandbox.run`). Raises the
         exec's error (the sandbox is killed either way). `network` as for `fork`."""
         params = _exec_params(_fork_params(template, network), argv, stdin, env, cwd, timeout_ms, output_cap,
@@ -647,12 +662,24 @@ class AsyncZeroboot(_Worker):
         r = await self.call("sandbox.fork", dict(_fork_params(template, network), count=count))
         return [self._adopt(s["sandbox"], _tid(template), s["fork_us"]) for s in r["sandboxes"]]
 
-    async def run(self, template: TemplateLike, argv: Sequence[str], *, stdin: Optional[str] = None,
-                  env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
-                  output_cap: Optional[int] = None,
-                  on_output: Optional[Callable[[OutputChunk], None]] = None,
-                  network: Union[Dict[str, Any], bool, None] = None) -> RunResult:
+    @overload
+    async def run(self, code: str, language: Language = "python", **kw: Any) -> CodeResult: ...
+
+    @overload
+    async def run(self, template: TemplateLike, argv: Sequence[str], **kw: Any) -> RunResult: ...
+
+    async def run(self, first: Any, second: Any = "python", **kw: Any) -> Union[CodeResult, RunResult]:
         """See Zeroboot.run."""
+        if isinstance(second, str):
+            return await self.run_code(first, second, **kw)  # type: ignore[arg-type]
+        return await self.run_command(first, second, **kw)
+
+    async def run_command(self, template: TemplateLike, argv: Sequence[str], *, stdin: Optional[str] = None,
+                          env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+                          timeout_ms: Optional[int] = None, output_cap: Optional[int] = None,
+                          on_output: Optional[Callable[[OutputChunk], None]] = None,
+                          network: Union[Dict[str, Any], bool, None] = None) -> RunResult:
+        """See Zeroboot.run_command."""
         params = _exec_params(_fork_params(template, network), argv, stdin, env, cwd, timeout_ms, output_cap,
                               on_output is not None)
         handler = (lambda p: on_output(_chunk(p))) if on_output else None

@@ -478,11 +478,20 @@ export class Zeroboot implements AsyncDisposable {
     return r.sandboxes.map((s) => this.#adopt(s.sandbox, templateId(template), s.fork_us));
   }
 
-  /** Forks a sandbox, runs `argv` in it and kills it, in one round trip (`sandbox.run`). Rejects with the
-   * exec's error (the sandbox is killed either way). */
-  async run(template: Template | string, argv: string[], opts: ExecOptions = {}): Promise<RunResult> {
-    const params = { template: templateId(template), ...execParams(argv, opts) };
-    return runResult((await this.call("sandbox.run", params, callOptions(opts))) as RawRunResult);
+  /** Two one-shots (fork, run, kill in one call), told apart by the second argument:
+   * `zb.run(code, language?)` runs code as {@link Zeroboot.runCode} does (`await zb.run("print(1 + 1)")`,
+   * `await zb.run("1 + 1", "javascript")`); `zb.run(template, argv)` runs a command (`sandbox.run`) and
+   * rejects with the exec's error (the sandbox is killed either way). */
+  async run(code: string, language?: Language, opts?: RunCodeOnceOptions): Promise<CodeResult>;
+  async run(template: Template | string, argv: string[], opts?: ExecOptions): Promise<RunResult>;
+  async run(
+    first: Template | string,
+    second: string[] | Language = "python",
+    opts: ExecOptions | RunCodeOnceOptions = {},
+  ): Promise<RunResult | CodeResult> {
+    if (!Array.isArray(second)) return this.runCode(first as string, second, opts as RunCodeOnceOptions);
+    const params = { template: templateId(first), ...execParams(second, opts as ExecOptions) };
+    return runResult((await this.call("sandbox.run", params, callOptions(opts as ExecOptions))) as RawRunResult);
   }
 
   /** {@link Zeroboot.run} in `count` fresh forks at once: one outcome per run, a {@link RunResult} or the

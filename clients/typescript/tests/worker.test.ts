@@ -135,6 +135,9 @@ describe("zeroboot worker", { skip }, () => {
     assert.equal(once.result, "7");
     const other = await zb.runCode("result 8", "bash", { template: bare });
     assert.equal(other.result, "8");
+    // The prototype's one-liner: run with code and a language is runCode.
+    const liner = await zb.run("result 9", "bash", { template: bare });
+    assert.equal(liner.result, "9");
     const alive = (await zb.sandboxes()).sandboxes.map((s) => s.sandbox).sort();
     assert.deepEqual(alive, [sb.id, child.id].sort(), "run leaves no sandbox behind");
     await child.kill();
