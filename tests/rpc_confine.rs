@@ -207,3 +207,48 @@ fn an_ordinary_user_with_access_to_dev_kvm_forks_and_execs() {
     w.assert_clean();
     w.shutdown();
 }
+
+/// Children of `pid` whose command line is `zeroboot build-helper`.
+fn build_helpers(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The parent pid is the second field after the command's ")".
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            ppid == Some(pid) && cmdline.ends_with(b"build-helper\0")
+        })
+        .collect()
+}
+
+#[test]
+fn a_confined_worker_has_its_build_helper_and_takes_it_along_when_it_ends() {
+    let mut w = Worker::spawn(Framing::Ndjson, &[]);
+    // Answered once the worker is confined (the helper starts before).
+    w.ok("worker.ping", json!({}));
+    let pid = w.pid();
+    let helpers = build_helpers(pid);
+    assert_eq!(helpers.len(), 1, "one build helper: {helpers:?}");
+    w.shutdown();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{}/cmdline", helpers[0])).exists()
+        && std::fs::read(format!("/proc/{}/cmdline", helpers[0])).is_ok_and(|c| !c.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the helper outlived its worker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut unconfined = Worker::spawn(Framing::Ndjson, &["--no-seccomp"]);
+    unconfined.ok("worker.ping", json!({}));
+    assert!(
+        build_helpers(unconfined.pid()).is_empty(),
+        "an unconfined worker builds itself"
+    );
+    unconfined.shutdown();
+}

@@ -274,13 +274,41 @@ pub fn soak(cycles: usize, in_flight: usize, pool: usize) -> Result<Value, Engin
     let mut w = Worker::spawn(pool, &[])?;
     let (tpl, _) = w.call("template.load", json!({"builtin": "bare"}))?;
     let t = tpl["template"].clone();
-    // Warm up allocators and the pool, then measure from a settled state.
-    for _ in 0..200 {
-        let (sb, _) = w.call("sandbox.fork", json!({"template": t}))?;
-        w.call("sandbox.kill", json!({"sandbox": sb["sandbox"]}))?;
-    }
+    // Warm up with the same load (allocators, the pool, the threads calls
+    // run on), then measure from a settled state.
+    run_cycles(&mut w, &t, cycles.min(500), in_flight)?;
     w.settle(pool)?;
     let before = w.footprint();
+    let start = Instant::now();
+    let errors = run_cycles(&mut w, &t, cycles, in_flight)?;
+    let wall = start.elapsed();
+    w.settle(pool)?;
+    // Idle threads of the blocking pool that calls ran on end after 10 s
+    // without work (tokio's keep-alive).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while w.footprint().2 > before.2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = w.footprint();
+    Ok(json!({
+        "cycles": cycles,
+        "in_flight": in_flight,
+        "errors": errors,
+        "fd_delta": after.0 - before.0,
+        "rss_delta_kib": after.1 - before.1,
+        "threads_delta": after.2 - before.2,
+        "wall_ms": (wall.as_secs_f64() * 1e4).round() / 10.0,
+    }))
+}
+
+/// `cycles` pipelined fork/exec/kill cycles of template `t`, `in_flight` at
+/// once; returns how many failed.
+fn run_cycles(
+    w: &mut Worker,
+    t: &Value,
+    cycles: usize,
+    in_flight: usize,
+) -> Result<usize, EngineError> {
     enum Step {
         Fork,
         Exec(Value),
@@ -288,7 +316,6 @@ pub fn soak(cycles: usize, in_flight: usize, pool: usize) -> Result<Value, Engin
     }
     let mut pending: std::collections::HashMap<u64, Step> = std::collections::HashMap::new();
     let (mut started, mut done, mut errors) = (0usize, 0usize, 0usize);
-    let start = Instant::now();
     while done < cycles {
         while started < cycles && pending.len() < in_flight {
             let id = w.send("sandbox.fork", json!({"template": t}))?;
@@ -325,22 +352,5 @@ pub fn soak(cycles: usize, in_flight: usize, pool: usize) -> Result<Value, Engin
             }
         }
     }
-    let wall = start.elapsed();
-    w.settle(pool)?;
-    // Idle threads of the blocking pool that calls ran on end after 10 s
-    // without work (tokio's keep-alive).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while w.footprint().2 > before.2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let after = w.footprint();
-    Ok(json!({
-        "cycles": cycles,
-        "in_flight": in_flight,
-        "errors": errors,
-        "fd_delta": after.0 - before.0,
-        "rss_delta_kib": after.1 - before.1,
-        "threads_delta": after.2 - before.2,
-        "wall_ms": (wall.as_secs_f64() * 1e4).round() / 10.0,
-    }))
+    Ok(errors)
 }

@@ -45,6 +45,9 @@ enum Command {
     /// Templates built from a spec (zeroboot.toml), and what a template file holds.
     #[command(subcommand)]
     Template(template::TemplateCommand),
+    /// Builds spec images for a confined worker (started by `serve`).
+    #[command(name = "build-helper", hide = true)]
+    BuildHelper,
 }
 
 /// Engine knobs shared by every command that starts an engine.
@@ -172,6 +175,7 @@ pub fn dispatch(args: Args) -> ExitCode {
             max_message_bytes: a.max_message_bytes,
             seccomp: !a.no_seccomp,
         }),
+        Command::BuildHelper => zeroboot::rpc::build_helper::serve(),
         Command::Mcp(a) => zeroboot::mcp::serve(zeroboot::mcp::McpOptions {
             engine: a.engine.config(),
             template: a.template,

@@ -16,8 +16,9 @@
 //! snapshot, crash reports), raise the serial interrupt, reset the dirty
 //! ring, count private pages (PAGEMAP_SCAN, or reading the pagemap),
 //! remap and copy guest memory (recycling, snapshots), write its call's
-//! reply to the protocol stream, allocate, wait, and end. No `openat`, no
-//! sockets, no threads.
+//! reply to the protocol stream, open its guest's outward IPv4 flows (the
+//! user-mode network runs on the thread that serves the device), allocate,
+//! wait, and end. No `openat`, no listening socket, no threads.
 
 use std::collections::BTreeMap;
 
@@ -85,8 +86,21 @@ const VCPU_IOCTLS: &[u64] = &[
     crate::vmm::pagemap::PAGEMAP_SCAN_IOCTL,
 ];
 
+const FIONBIO: u64 = 0x5421;
+
 /// Non-KVM ioctls the worker makes: PAGEMAP_SCAN, FIONBIO, TCGETS.
-const WORKER_OTHER_IOCTLS: &[u64] = &[crate::vmm::pagemap::PAGEMAP_SCAN_IOCTL, 0x5421, 0x5401];
+const WORKER_OTHER_IOCTLS: &[u64] = &[crate::vmm::pagemap::PAGEMAP_SCAN_IOCTL, FIONBIO, 0x5401];
+
+/// What a vCPU thread calls for its guest's flows, besides `socket`.
+const VCPU_NET: &[i64] = &[
+    libc::SYS_connect,
+    libc::SYS_getsockopt,
+    libc::SYS_getpeername,
+    libc::SYS_shutdown,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_epoll_ctl,
+];
 
 /// Calls both tables allow: memory, waiting, signals, ending.
 const COMMON: &[i64] = &[
@@ -217,7 +231,17 @@ fn rules(filter: Filter) -> BTreeMap<i64, Vec<SeccompRule>> {
     map.insert(libc::SYS_mprotect, no_exec());
     match filter {
         Filter::Vcpu => {
-            map.insert(libc::SYS_ioctl, one_of(1, VCPU_IOCTLS));
+            let mut ioctl = one_of(1, VCPU_IOCTLS);
+            ioctl.extend(one_of(1, &[FIONBIO]));
+            map.insert(libc::SYS_ioctl, ioctl);
+            // A networked guest's frames are handled on its VM's thread
+            // (src/net/endpoint.rs), which opens the host's end of each flow:
+            // IPv4 TCP and UDP sockets that connect out, registered with the
+            // reactor's epoll. Nothing binds, listens or accepts.
+            map.insert(libc::SYS_socket, one_of(0, &[libc::AF_INET as u64]));
+            for nr in VCPU_NET {
+                map.insert(*nr, Vec::new());
+            }
         }
         Filter::Worker => {
             map.extend(WORKER.iter().map(|&nr| (nr, Vec::new())));

@@ -143,17 +143,27 @@ mod tests {
     // kernel reads anything.
 
     #[test]
-    fn a_vcpu_thread_may_not_open_files_sockets_or_executable_memory() {
+    fn a_vcpu_thread_may_not_open_files_local_sockets_listeners_or_executable_memory() {
         let results = under(Filter::Vcpu, || {
             // SAFETY: see above.
             unsafe {
                 [
                     errno_of(libc::syscall(
                         libc::SYS_socket,
-                        libc::AF_INET,
+                        libc::AF_UNIX,
                         libc::SOCK_STREAM,
                         0,
                     )),
+                    errno_of(libc::syscall(
+                        libc::SYS_socket,
+                        libc::AF_NETLINK,
+                        libc::SOCK_RAW,
+                        0,
+                    )),
+                    // On a bad fd: the filter answers before the fd is looked at.
+                    errno_of(libc::syscall(libc::SYS_bind, -1, 0, 0)),
+                    errno_of(libc::syscall(libc::SYS_listen, -1, 1)),
+                    errno_of(libc::syscall(libc::SYS_accept4, -1, 0, 0, 0)),
                     errno_of(libc::syscall(
                         libc::SYS_openat,
                         libc::AT_FDCWD,
@@ -175,7 +185,7 @@ mod tests {
                 ]
             }
         });
-        assert_eq!(results, [libc::EPERM; 5]);
+        assert_eq!(results, [libc::EPERM; 9]);
         // KVM_RUN on a bad fd passes the filter and meets the kernel's EBADF.
         let run = under(Filter::Vcpu, || {
             // SAFETY: see above.

@@ -157,6 +157,15 @@ pub enum ImageError {
         "python.preload needs a Python in the image (/usr/bin/python3 or /usr/local/bin/python3)"
     )]
     NoPython,
+    /// The build helper (a worker under its seccomp filter builds through
+    /// it: [`super::helper`]) failed the build, or is gone.
+    #[error("{message}")]
+    Helper {
+        /// The helper's error with its causes.
+        message: String,
+        /// Its typed data, as the worker reports it.
+        data: serde_json::Value,
+    },
     /// Filesystem work failed.
     #[error("{action} {path}: {source}")]
     Io {

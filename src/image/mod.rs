@@ -56,6 +56,7 @@ mod cpio;
 pub mod debian;
 pub mod debs;
 mod error;
+pub mod helper;
 mod initramfs;
 mod kernel;
 pub mod layers;

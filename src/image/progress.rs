@@ -2,10 +2,10 @@
 //! got (bytes for downloads, steps otherwise). The CLI draws it on stderr,
 //! the JSON-RPC worker sends it as `template.progress` notifications.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A phase of building a template from a spec, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Choosing package versions (Debian closure, Python wheels).
@@ -23,7 +23,7 @@ pub enum Phase {
 }
 
 /// One report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// The phase.
     pub phase: Phase,

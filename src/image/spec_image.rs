@@ -166,8 +166,22 @@ fn digest(spec: &Spec, agent: &[u8]) -> Result<String, ImageError> {
     Ok(d.hex())
 }
 
-/// Builds `spec`'s image, or finds it in the cache.
+/// Builds `spec`'s image, or finds it in the cache; through the build
+/// helper when this process started one ([`super::helper`]: a worker under
+/// its seccomp filter, which can start no program).
 pub fn build(
+    spec: &Spec,
+    opts: &SpecBuildOptions,
+    progress: Reporter<'_>,
+) -> Result<SpecImage, ImageError> {
+    match super::helper::running() {
+        Some(helper) => helper.build(spec, opts, progress),
+        None => build_here(spec, opts, progress),
+    }
+}
+
+/// [`build`] in this process.
+pub fn build_here(
     spec: &Spec,
     opts: &SpecBuildOptions,
     progress: Reporter<'_>,

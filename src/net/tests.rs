@@ -526,3 +526,48 @@ fn a_syn_flood_is_capped_and_other_sandboxes_carry_on() {
     let s = flooded.stats();
     assert_eq!(s.open_connections, 256, "{s:?}");
 }
+
+/// The guest's frames reach the endpoint on the VM's own thread (the
+/// device's queue is served there), which opens host sockets for them: that
+/// must work under the worker's and the vCPU's seccomp filters together, as
+/// in `zeroboot serve` (the lane's Linux guests found it refused).
+#[test]
+fn flows_work_on_a_thread_under_the_vcpu_filter() {
+    use crate::confine::{Filter, install};
+    let net = Network::start().unwrap();
+    let srv = server(3, |_, req| [b"you said ", req].concat());
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let std::net::SocketAddr::V4(udp) = peer.local_addr().unwrap() else {
+        unreachable!()
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = peer.recv_from(&mut buf) {
+            let _ = peer.send_to(&[b"echo ", &buf[..n]].concat(), from);
+        }
+    });
+    let ep = endpoint(
+        &net,
+        &[
+            &format!("127.0.0.1:{}", srv.port()),
+            &format!("127.0.0.1:{}", udp.port()),
+        ],
+        &[],
+        Limits::DEFAULT,
+    );
+    std::thread::spawn(move || {
+        install(Filter::Worker).unwrap();
+        install(Filter::Vcpu).unwrap();
+        let mut g = Guest::new();
+        let reply = g.fetch(&ep, host(srv.port()), 40001, b"hi!");
+        let echo = g.udp_exchange(&ep, host(udp.port()), b"ping");
+        (reply, echo, ep.stats().failed)
+    })
+    .join()
+    .map(|(reply, echo, failed)| {
+        assert_eq!(reply, b"you said hi!");
+        assert_eq!(echo.as_deref(), Some(&b"echo ping"[..]));
+        assert_eq!(failed, 0);
+    })
+    .unwrap();
+}

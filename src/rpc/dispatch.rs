@@ -311,10 +311,11 @@ fn build_from_spec(e: &Engine, spec: &serde_json::Value, reply: Reply) {
             },
         );
     };
-    // A worker under its seccomp filter can start no program: it takes the
-    // image from the cache (docs/security.md).
+    // A worker under its seccomp filter can start no program: its build
+    // helper builds, and without one it takes the image from the cache
+    // (docs/security.md).
     let opts = crate::image::spec_image::SpecBuildOptions {
-        no_programs: crate::confine::worker_filtered(),
+        no_programs: crate::confine::worker_filtered() && crate::image::helper::running().is_none(),
         ..Default::default()
     };
     let built = e.build_from_spec(&spec, &opts, &mut progress, reply.cancel_token());

@@ -240,11 +240,12 @@ fn spec_data(e: &crate::spec::SpecError) -> Value {
 }
 
 /// `data` of a failed image build: `kind` names the case.
-fn image_data(e: &crate::image::ImageError) -> Value {
+pub(super) fn image_data(e: &crate::image::ImageError) -> Value {
     use crate::image::ImageError as I;
     use crate::image::layers::LayerError;
     let detail = crate::error_chain(e);
     match e {
+        I::Helper { data, .. } => data.clone(),
         I::PythonNoWheel { requirement, .. } => {
             json!({"kind": "python_no_wheel", "requirement": requirement, "detail": detail})
         }

@@ -13,6 +13,7 @@
 //! notification and error — is schema/openrpc.json, returned by
 //! `rpc.discover`. docs/rpc-path.md explains the design and its figures.
 
+pub mod build_helper;
 mod code;
 mod dispatch;
 pub mod errors;
@@ -71,6 +72,13 @@ pub fn serve(opts: ServeOptions) -> ExitCode {
         tracing::warn!(error = %detail, "engine unavailable; only worker.info, worker.ping and rpc.discover will work");
         detail
     });
+    // Under the filter the worker can start no program: spec images are
+    // built by a helper process started now (crate::image::helper).
+    if opts.seccomp
+        && let Err(e) = std::env::current_exe().and_then(|exe| crate::image::helper::start(&exe))
+    {
+        tracing::warn!(error = %e, "cannot start the build helper; template.build {{spec}} will take images from the cache only");
+    }
     // /dev/kvm is open and no thread has started: give up what is not needed.
     if let Err(e) = confine(opts.seccomp) {
         tracing::error!(error = %crate::error_chain(&e), "cannot confine the worker");
