@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use zeroboot::engine::{
-    Branching, CancelToken, Engine, EngineConfig, EngineError, ExecRequest, Unload,
+    Branching, CancelToken, Engine, EngineConfig, EngineError, ExecRequest, ForkOptions, Unload,
 };
 
 use super::stats::summarize;
@@ -214,18 +214,28 @@ fn depth(engine: &Engine, root: &str, samples: usize) -> Result<Value, EngineErr
     }))
 }
 
+/// Private memory each node of the search tree may hold.
+const TREE_NODE_MEMORY_LIMIT: u64 = 4 << 20;
+
 /// A search tree of `nodes` nodes, breadth first: each node execs, is
 /// branched, its branch forks (up to) two children and is unloaded, and the
 /// node is killed. Reports wall time and the worker's peak memory above its
 /// start: RSS, and private plus shared memory (full copies live in memfds).
 fn tree(config: &EngineConfig, nodes: usize, how: Branching) -> Result<Value, EngineError> {
     let engine = Engine::new(config.clone())?;
+    // Each node may dirty 4 MiB, as a platform would bound it: unbounded, a
+    // node is charged its template's whole memory and the ~500 nodes alive
+    // at once at the tree's widest exceed the default memory budget.
+    let node = ForkOptions {
+        memory_limit: Some(TREE_NODE_MEMORY_LIMIT),
+        ..Default::default()
+    };
     let root = engine.load_builtin("bare")?.template;
     std::thread::sleep(Duration::from_millis(200));
     let (base, base_all) = (rss_kib(), anon_and_shmem_kib());
     let (mut peak, mut peak_all) = (base, base_all);
     let start = Instant::now();
-    let mut queue = std::collections::VecDeque::from([engine.fork(&root)?.sandbox]);
+    let mut queue = std::collections::VecDeque::from([engine.fork_with(&root, &node)?.sandbox]);
     let mut created = 1;
     let mut n = 0;
     while let Some(sb) = queue.pop_front() {
@@ -234,7 +244,7 @@ fn tree(config: &EngineConfig, nodes: usize, how: Branching) -> Result<Value, En
         let b = snapshot(&engine, &sb, how)?;
         for _ in 0..2 {
             if created < nodes {
-                queue.push_back(engine.fork(&b)?.sandbox);
+                queue.push_back(engine.fork_with(&b, &node)?.sandbox);
                 created += 1;
             }
         }

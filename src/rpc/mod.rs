@@ -328,4 +328,28 @@ mod schema_tests {
             );
         }
     }
+
+    /// `template.build` answers a TemplateInfo (plus a manifest): its schema
+    /// must list every field TemplateInfo does, or a Linux build's reply
+    /// fails validation (only the hardware-KVM lane builds one).
+    #[test]
+    fn a_built_template_has_every_field_of_a_template() {
+        let doc: Value = serde_json::from_str(OPENRPC).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let fields = |name: &str| -> (Vec<String>, Vec<String>) {
+            let s = &schemas[name];
+            let props = s["properties"].as_object().unwrap().keys().cloned();
+            let required = s["required"].as_array().unwrap().iter();
+            (
+                props.collect(),
+                required.map(|r| r.as_str().unwrap().to_string()).collect(),
+            )
+        };
+        let (info, info_required) = fields("TemplateInfo");
+        let (built, built_required) = fields("TemplateBuilt");
+        for f in &info {
+            assert!(built.contains(f), "TemplateBuilt lacks {f}");
+        }
+        assert_eq!(info_required, built_required);
+    }
 }

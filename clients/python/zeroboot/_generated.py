@@ -594,6 +594,7 @@ TemplateBuilt = TypedDict("TemplateBuilt", {
     'memory_bytes': int,  # Guest memory size.
     'sandboxes': int,  # Live sandboxes forked from it.
     'pooled': int,  # Idle VMs ready for forks.
+    'charged_bytes': int,  # Bytes of the worker's memory budget its own memory takes: a root template's whole memory (what forks can make its file or memfd hold), or the pages a branch's capture copied (shared with the branches that show the same pages, and released when the last of them goes); each VM forked from it, pooled or not, is charged separately.
     'depth': int,  # Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch.
     'memory': "TemplateBuiltMemory",  # Memory it holds above the memory it maps (what a branch costs).
     'manifest': NotRequired["ImageManifest"],

@@ -586,6 +586,8 @@ export type TemplateBuilt = {
   sandboxes: number;
   /** Idle VMs ready for forks. */
   pooled: number;
+  /** Bytes of the worker's memory budget its own memory takes: a root template's whole memory (what forks can make its file or memfd hold), or the pages a branch's capture copied (shared with the branches that show the same pages, and released when the last of them goes); each VM forked from it, pooled or not, is charged separately. */
+  charged_bytes: number;
   /** Branches between it and the template its memory is mapped from: 0 for a built, loaded or full-copy template, parent's + 1 for a branch. */
   depth: number;
   /** Memory it holds above the memory it maps (what a branch costs). */
