@@ -13,7 +13,7 @@ else:  # pragma: no cover
 
 from ._errors import RpcError
 
-METHOD_NAMES = ('template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.exec', 'sandbox.run_code', 'sandbox.contexts', 'sandbox.kill', 'sandbox.list', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown', 'sandbox.fork', 'sandbox.stats', 'sandbox.run', 'worker.ping', 'template.load', 'sandbox.fork')
+METHOD_NAMES = ('template.build', 'template.list', 'template.unload', 'template.save', 'sandbox.exec', 'sandbox.run_code', 'sandbox.contexts', 'sandbox.kill', 'sandbox.list', 'sandbox.snapshot', 'sandbox.write_file', 'sandbox.read_file', 'worker.info', 'rpc.discover', 'shutdown', 'sandbox.stats', 'sandbox.run', 'worker.ping', 'template.load', 'sandbox.fork')
 NOTIFICATION_NAMES = ('exit', '$/cancelRequest', 'sandbox.output', 'template.progress')
 
 TemplateId = str
@@ -848,15 +848,6 @@ ExitParams = TypedDict("ExitParams", {
 CancelRequestParams = TypedDict("CancelRequestParams", {
     'id': "RequestId",  # Id of the call to cancel.
 })
-
-# Params of sandbox.fork
-SandboxForkParams = TypedDict("SandboxForkParams", {
-    'template': "TemplateId",  # The template.
-    'count': NotRequired[int],  # Fork this many (the result is then a list).
-    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The sandboxes' network: absent for the template's (its spec's `network`; none for other templates), `false` for none, or a policy. The guest's interface comes up before the sandbox's first request.
-})
-
-SandboxForkResult = Union["Forked", "ForkedMany"]
 
 # Params of sandbox.stats
 SandboxStatsParams = TypedDict("SandboxStatsParams", {

@@ -950,19 +950,6 @@ export type CancelRequestParams = {
   id: RequestId;
 };
 
-/** Params of `sandbox.fork`: Fork sandboxes from a template. */
-export type SandboxForkParams = {
-  /** The template. */
-  template: TemplateId;
-  /** Fork this many (the result is then a list). */
-  count?: number;
-  /** The sandboxes' network: absent for the template's (its spec's `network`; none for other templates), `false` for none, or a policy. The guest's interface comes up before the sandbox's first request. */
-  network?: false | NetworkPolicy;
-};
-
-/** Result of `sandbox.fork` */
-export type SandboxForkResult = Forked | ForkedMany;
-
 /** Params of `sandbox.stats`: Resource use of a sandbox. */
 export type SandboxStatsParams = {
   /** The sandbox. */
@@ -1086,7 +1073,6 @@ export interface Methods {
   "worker.info": { params: WorkerInfoParams; result: WorkerInfoResult };
   "rpc.discover": { params: RpcDiscoverParams; result: RpcDiscoverResult };
   "shutdown": { params: ShutdownParams; result: ShutdownResult };
-  "sandbox.fork": { params: SandboxForkParams; result: SandboxForkResult };
   "sandbox.stats": { params: SandboxStatsParams; result: SandboxStatsResult };
   "sandbox.run": { params: SandboxRunParams; result: SandboxRunResult };
   "worker.ping": { params: WorkerPingParams; result: WorkerPingResult };
@@ -1102,7 +1088,7 @@ export interface Notifications {
   "template.progress": TemplateProgressParams;
 }
 
-export const METHOD_NAMES = ["template.build","template.list","template.unload","template.save","sandbox.exec","sandbox.run_code","sandbox.contexts","sandbox.kill","sandbox.list","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown","sandbox.fork","sandbox.stats","sandbox.run","worker.ping","template.load","sandbox.fork"] as const;
+export const METHOD_NAMES = ["template.build","template.list","template.unload","template.save","sandbox.exec","sandbox.run_code","sandbox.contexts","sandbox.kill","sandbox.list","sandbox.snapshot","sandbox.write_file","sandbox.read_file","worker.info","rpc.discover","shutdown","sandbox.stats","sandbox.run","worker.ping","template.load","sandbox.fork"] as const;
 export const NOTIFICATION_NAMES = ["exit","$/cancelRequest","sandbox.output","template.progress"] as const;
 
 /** Error codes the worker documents. */
