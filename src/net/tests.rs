@@ -227,6 +227,21 @@ fn server(
     addr
 }
 
+/// A UDP peer on 127.0.0.1 that answers each datagram with "echo " and it.
+fn udp_echo_peer() -> SocketAddrV4 {
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let std::net::SocketAddr::V4(addr) = peer.local_addr().unwrap() else {
+        unreachable!()
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = peer.recv_from(&mut buf) {
+            let _ = peer.send_to(&[b"echo ", &buf[..n]].concat(), from);
+        }
+    });
+    addr
+}
+
 /// Where the guest reaches the host's 127.0.0.1:`port`: the gateway.
 fn host(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(GATEWAY_IP, port)
@@ -432,16 +447,7 @@ fn dns_answers_allowed_names_only() {
 #[test]
 fn udp_flows_reach_allowed_peers_and_bring_replies_back() {
     let net = Network::start().unwrap();
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let std::net::SocketAddr::V4(addr) = peer.local_addr().unwrap() else {
-        unreachable!()
-    };
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while let Ok((n, from)) = peer.recv_from(&mut buf) {
-            let _ = peer.send_to(&[b"echo ", &buf[..n]].concat(), from);
-        }
-    });
+    let addr = udp_echo_peer();
     let ep = endpoint(
         &net,
         &[&format!("127.0.0.1:{}", addr.port())],
@@ -536,16 +542,7 @@ fn flows_work_on_a_thread_under_the_vcpu_filter() {
     use crate::confine::{Filter, install};
     let net = Network::start().unwrap();
     let srv = server(3, |_, req| [b"you said ", req].concat());
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let std::net::SocketAddr::V4(udp) = peer.local_addr().unwrap() else {
-        unreachable!()
-    };
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while let Ok((n, from)) = peer.recv_from(&mut buf) {
-            let _ = peer.send_to(&[b"echo ", &buf[..n]].concat(), from);
-        }
-    });
+    let udp = udp_echo_peer();
     let ep = endpoint(
         &net,
         &[
