@@ -175,6 +175,9 @@ enum Method<'a> {
     Raw(&'a RawValue),
 }
 
+/// The params as the one parse found them; `Parsed` moves on into the
+/// message, so it is not boxed (as for [`Message`]).
+#[allow(clippy::large_enum_variant)]
 enum Params<'a> {
     Absent,
     Raw(&'a RawValue),
