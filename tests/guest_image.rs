@@ -219,8 +219,10 @@ fn prepare(profile: Profile) -> Option<(Qemu, ImagePaths)> {
 }
 
 /// The size budget of the default image (its issue: "~13 MB raw"); 12.9 MB
-/// measured, broken down in src/image/mod.rs.
-const MINIMAL_MAX_BYTES: u64 = 13_500_000;
+/// measured before the network modules (~0.43 MB: virtio_net, tun and their
+/// dependencies, issue 14) and the agent's code runner (~0.1 MB, issue 16)
+/// came in, 13.52 MB measured with them; broken down in src/image/mod.rs.
+const MINIMAL_MAX_BYTES: u64 = 13_750_000;
 
 #[test]
 fn minimal_initramfs_stays_within_its_size_budget() {
