@@ -145,6 +145,39 @@ fn the_one_shot_form_forks_runs_and_kills() {
 }
 
 #[test]
+fn the_one_shot_form_forks_with_a_memory_limit_and_network_choice() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut w = Worker::spawn(Framing::Ndjson, &[]);
+    let tpl = w.load_bare();
+    let r = w.ok(
+        "sandbox.run_code",
+        json!({"template": tpl, "language": "bash", "code": "dirty 16",
+               "memory_limit_mib": 1, "network": false}),
+    );
+    assert_eq!(r["exit_code"], 0, "{r}");
+    // 4 MiB of writes in a fork limited to 1 MiB: stopped, and killed.
+    let e = w.err(
+        "sandbox.run_code",
+        json!({"template": tpl, "language": "bash", "code": "dirty 1024", "memory_limit_mib": 1}),
+    );
+    assert_eq!(
+        (code_of(&e), &e["data"]["kind"]),
+        (1011, &json!("memory_limit")),
+        "{e}"
+    );
+    assert_eq!(w.ok("sandbox.list", json!({}))["sandboxes"], json!([]));
+    // Without the limit the same code runs.
+    let r = w.ok(
+        "sandbox.run_code",
+        json!({"template": tpl, "language": "bash", "code": "dirty 1024"}),
+    );
+    assert_eq!(r["exit_code"], 0, "{r}");
+    w.shutdown();
+}
+
+#[test]
 fn contexts_are_listed_and_branch_with_their_sandbox() {
     if !kvm_or_skip() {
         return;
@@ -198,6 +231,8 @@ fn bad_run_code_params_are_refused_before_the_guest_sees_them() {
         json!({"sandbox": sb, "language": "bash", "code": "true", "context": ""}),
         json!({"template": tpl, "language": "bash", "code": "true", "context": "nb"}),
         json!({"sandbox": sb, "language": "bash", "code": "true", "shell": true}),
+        json!({"sandbox": sb, "language": "bash", "code": "true", "memory_limit_mib": 4}),
+        json!({"sandbox": sb, "language": "bash", "code": "true", "network": false}),
     ] {
         let e = w.err_unchecked("sandbox.run_code", params.clone());
         assert_eq!(code_of(&e), -32602, "{params}: {e}");

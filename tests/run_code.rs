@@ -156,6 +156,7 @@ fn each_language_runs_with_notebook_semantics() {
     let r = engine
         .run_code_once(
             &tpl.template,
+            &Default::default(),
             &request(Language::Python, "1 + 1"),
             &CancelToken::new(),
             &mut |_, _, _| {},

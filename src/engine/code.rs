@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::converse::Relay;
 use super::exec::Printed;
 use super::request::{Checked, fresh_seed, now_ns};
-use super::{CancelToken, Engine, EngineError, ExecResult, OutputStream};
+use super::{CancelToken, Engine, EngineError, ExecResult, ForkOptions, OutputStream};
 use crate::agent::{self, FramePort, VmLink};
 pub use crate::agent::{CodeFailure, ContextInfo, Language};
 
@@ -131,11 +131,13 @@ impl Engine {
         })
     }
 
-    /// Forks a sandbox from `template`, runs `req` in it and kills it,
-    /// whatever the run's outcome. `on_output` also gets the sandbox's id.
+    /// Forks a sandbox from `template` as `opts` say, runs `req` in it and
+    /// kills it, whatever the run's outcome. `on_output` also gets the
+    /// sandbox's id.
     pub fn run_code_once(
         &self,
         template: &str,
+        opts: &ForkOptions,
         req: &CodeRequest,
         cancel: &CancelToken,
         on_output: &mut dyn FnMut(&str, OutputStream, &[u8]),
@@ -145,7 +147,7 @@ impl Engine {
                 "a context lives in a sandbox: fork one to keep it".into(),
             ));
         }
-        let sandbox = self.fork(template)?.sandbox;
+        let sandbox = self.fork_with(template, opts)?.sandbox;
         let ran = self.run_code(&sandbox, req, cancel, &mut |s, d| on_output(&sandbox, s, d));
         // Only fails if a concurrent kill (or shutdown) got there first.
         let _already_gone = self.kill(&sandbox);

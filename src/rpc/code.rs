@@ -6,12 +6,15 @@
 use super::dispatch::answer;
 use super::errors;
 use super::output::Streamer;
-use super::params::{CodeErrorWire, ExecResult, RunCodeResult, SandboxRunCode};
+use super::params::{
+    CodeErrorWire, ExecResult, NetworkParam, RunCodeResult, SandboxRunCode, fork_options,
+};
 use super::reply::Reply;
 use crate::engine::{Engine, OutputStream};
 
-/// `sandbox.run_code`: in `sandbox`, or in a fresh fork of `template`.
-pub(super) fn run_code(engine: &Engine, p: &SandboxRunCode, reply: Reply) {
+/// `sandbox.run_code`: in `sandbox`, or in a fresh fork of `template` (made
+/// with `network` and `memory_limit_mib`, as `sandbox.run`'s forks are).
+pub(super) fn run_code(engine: &Engine, p: SandboxRunCode, reply: Reply) {
     let req = p.request();
     let cancel = reply.cancel_token().clone();
     let notifier = reply.notifier();
@@ -26,11 +29,20 @@ pub(super) fn run_code(engine: &Engine, p: &SandboxRunCode, reply: Reply) {
                 .chunk(stream, data);
         }
     };
+    let for_fork = !matches!(p.network, NetworkParam::Template) || p.memory_limit_mib.is_some();
     let result = match (&p.sandbox, &p.template) {
+        (Some(_), None) if for_fork => {
+            return reply.err(errors::invalid_params(
+                "`network` and `memory_limit_mib` set up a fresh fork: give them with `template`",
+            ));
+        }
         (Some(sandbox), None) => {
             engine.run_code(sandbox, &req, &cancel, &mut |s, d| push(sandbox, s, d))
         }
-        (None, Some(template)) => engine.run_code_once(template, &req, &cancel, &mut push),
+        (None, Some(template)) => {
+            let opts = fork_options(p.network, p.memory_limit_mib);
+            engine.run_code_once(template, &opts, &req, &cancel, &mut push)
+        }
         _ => {
             return reply.err(errors::invalid_params(
                 "give exactly one of `sandbox` or `template`",

@@ -172,7 +172,7 @@ pub fn dispatch(s: &Arc<Session>, framing: Framing, call: Call, reply: Reply) {
         }),
         Call::SandboxRun(p) => with_engine(s, reply, |e, reply| run(s, e, p, reply)),
         Call::SandboxRunCode(p) => with_engine(s, reply, |e, reply| {
-            slow(s, reply, move |reply| code::run_code(&e, &p, reply));
+            slow(s, reply, move |reply| code::run_code(&e, p, reply));
         }),
         Call::SandboxContexts(p) => with_engine(s, reply, |e, reply| {
             slow(s, reply, move |reply| {

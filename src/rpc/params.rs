@@ -396,6 +396,12 @@ pub struct SandboxRunCode {
     /// Encoding of stdout/stderr in the result and notifications.
     #[serde(default)]
     pub encoding: Encoding,
+    /// With `template`: the fork's network (absent: the template's;
+    /// `false`: none).
+    #[serde(default)]
+    pub network: NetworkParam,
+    /// With `template`: most private memory the fork may dirty, in MiB.
+    pub memory_limit_mib: Option<u64>,
 }
 
 impl SandboxRunCode {

@@ -760,6 +760,8 @@ SandboxRunCodeParams = TypedDict("SandboxRunCodeParams", {
     'output_cap': NotRequired[int],  # Output bytes kept, stdout and stderr together (default: `limits.default_output_cap`; at most `limits.max_output_cap`).
     'stream': NotRequired[bool],  # Send output chunks as `sandbox.output` notifications (default false).
     'encoding': NotRequired["Encoding"],  # Encoding of `stdout`/`stderr` and of notification `data` (default utf8).
+    'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # With `template` only: the fork's network, as for sandbox.fork: absent for the template's, `false` for none, or a policy.
+    'memory_limit_mib': NotRequired[int],  # With `template` only: most private memory the fork may hold, in MiB, as for sandbox.fork.
 })
 
 SandboxRunCodeResult = "RunCodeResult"
@@ -862,6 +864,7 @@ SandboxRunParams = TypedDict("SandboxRunParams", {
     'argv': List[str],  # Program and arguments; with `program: "python"`, `argv[0]` is Python source.
     'count': NotRequired[int],  # Run this many at once, each in its own fork (the result is then `RunMany`).
     'network': NotRequired[Union[Literal[False], "NetworkPolicy"]],  # The forks' network, as for sandbox.fork: absent for the template's, `false` for none, or a policy.
+    'memory_limit_mib': NotRequired[int],  # Most private memory each fork may hold, in MiB, as for sandbox.fork.
     'stdin': NotRequired[str],  # Standard input as UTF-8 text.
     'stdin_base64': NotRequired[str],  # Standard input as base64 (exclusive with `stdin`).
     'env': NotRequired[Dict[str, str]],  # Environment variables.

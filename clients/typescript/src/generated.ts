@@ -838,6 +838,10 @@ export type SandboxRunCodeParams = {
   stream?: boolean;
   /** Encoding of `stdout`/`stderr` and of notification `data` (default utf8). */
   encoding?: Encoding;
+  /** With `template` only: the fork's network, as for sandbox.fork: absent for the template's, `false` for none, or a policy. */
+  network?: false | NetworkPolicy;
+  /** With `template` only: most private memory the fork may hold, in MiB, as for sandbox.fork. */
+  memory_limit_mib?: number;
 };
 
 /** Result of `sandbox.run_code` */
@@ -969,6 +973,8 @@ export type SandboxRunParams = {
   count?: number;
   /** The forks' network, as for sandbox.fork: absent for the template's, `false` for none, or a policy. */
   network?: false | NetworkPolicy;
+  /** Most private memory each fork may hold, in MiB, as for sandbox.fork. */
+  memory_limit_mib?: number;
   /** Standard input as UTF-8 text. */
   stdin?: string;
   /** Standard input as base64 (exclusive with `stdin`). */
