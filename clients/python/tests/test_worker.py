@@ -71,6 +71,11 @@ def test_network_is_per_fork_and_its_policy_is_checked(zb, bare):
     with pytest.raises(zeroboot.RpcError) as e:
         zb.fork(bare, network={"allow": ["300.1.1.1:80"]})
     assert e.value.code == -32602 and e.value.data["kind"] == "network_policy"
+    # The one-shot run_code forks with the policy too.
+    assert zb.run_code("result 1", "bash", template=bare, network=False).result == "1"
+    with pytest.raises(zeroboot.RpcError) as e:
+        zb.run_code("result 1", "bash", template=bare, network={"allow": ["300.1.1.1:80"]})
+    assert e.value.code == -32602 and e.value.data["kind"] == "network_policy"
 
 
 def test_files(zb, bare):

@@ -249,11 +249,12 @@ class _Worker:
 
     _last_template: Optional[str] = None
 
-    def _run_target(self, template: Optional[TemplateLike]) -> Dict[str, str]:
-        t = _tid(template) if template is not None else self._last_template
+    def _run_target(self, template: Optional[TemplateLike],
+                    network: Union[Dict[str, Any], bool, None]) -> Dict[str, Any]:
+        t = template if template is not None else self._last_template
         if t is None:
             raise ValueError("run_code: no template loaded; load one or pass template=")
-        return {"template": t}
+        return _fork_params(t, network)
 
     def _loaded(self, t: Template) -> Template:
         self._last_template = t.id
@@ -341,9 +342,11 @@ class Zeroboot(_Worker):
 
     def run_code(self, code: str, language: Language = "python", *, template: Optional[TemplateLike] = None,
                  env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
-            output_cap: Optional[int] = None, cancel: Optional[CancelToken] = None) -> CodeResult:
-        """Runs code in a fresh sandbox forked from `template` (default: the last one loaded), then kills it."""
-        params = _code_params(self._run_target(template), code, language, None, env, cwd, timeout_ms, output_cap,
+                 output_cap: Optional[int] = None, network: Union[Dict[str, Any], bool, None] = None,
+                 cancel: Optional[CancelToken] = None) -> CodeResult:
+        """Runs code in a fresh sandbox forked from `template` (default: the last one loaded), then kills it.
+        `network` as for `fork`."""
+        params = _code_params(self._run_target(template, network), code, language, None, env, cwd, timeout_ms, output_cap,
                               False)
         return CodeResult._from(self.call("sandbox.run_code", params, cancel=cancel))
 
@@ -634,9 +637,10 @@ class AsyncZeroboot(_Worker):
 
     async def run_code(self, code: str, language: Language = "python", *,
                        template: Optional[TemplateLike] = None, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None, timeout_ms: Optional[int] = None,
-                  output_cap: Optional[int] = None) -> CodeResult:
+                       output_cap: Optional[int] = None,
+                       network: Union[Dict[str, Any], bool, None] = None) -> CodeResult:
         """See Zeroboot.run_code."""
-        params = _code_params(self._run_target(template), code, language, None, env, cwd, timeout_ms, output_cap,
+        params = _code_params(self._run_target(template, network), code, language, None, env, cwd, timeout_ms, output_cap,
                               False)
         return CodeResult._from(await self.call("sandbox.run_code", params))
 

@@ -90,6 +90,8 @@ export interface RunCodeOptions extends CallOptions {
 export interface RunCodeOnceOptions extends Omit<RunCodeOptions, "language" | "context" | "onOutput"> {
   /** The template to fork (default: the last one this client loaded). */
   template?: Template | string;
+  /** The fork's network, as for {@link Zeroboot.fork}. */
+  network?: NetworkPolicy | false;
 }
 
 /** Options of {@link Zeroboot.fork} and {@link Zeroboot.forkMany}. */
@@ -441,6 +443,7 @@ export class Zeroboot implements AsyncDisposable {
     const template = opts.template ?? this.#lastTemplate;
     if (template === undefined) throw new ZerobootError("runCode: no template loaded; load one or pass `template`");
     const params: ParamsOf<"sandbox.run_code"> = { template: templateId(template), language, code };
+    if (opts.network !== undefined) params.network = opts.network;
     runParams(params, opts);
     return codeResult(await this.call("sandbox.run_code", params, { signal: opts.signal }));
   }

@@ -51,10 +51,12 @@ describe("zeroboot worker", { skip }, () => {
     const plain = await zb.fork(bare);
     assert.equal((await plain.stats()).network, null);
     await plain.kill();
-    await assert.rejects(
-      zb.fork(bare, { network: { allow: ["300.1.1.1:80"] } }),
-      (e: unknown) => e instanceof ZerobootRpcError && e.code === -32602 && (e.data as { kind: string }).kind === "network_policy",
-    );
+    const badPolicy = (e: unknown) =>
+      e instanceof ZerobootRpcError && e.code === -32602 && (e.data as { kind: string }).kind === "network_policy";
+    await assert.rejects(zb.fork(bare, { network: { allow: ["300.1.1.1:80"] } }), badPolicy);
+    // The one-shot runCode forks with the policy too.
+    assert.equal((await zb.runCode("result 1", "bash", { template: bare, network: false })).result, "1");
+    await assert.rejects(zb.runCode("result 1", "bash", { template: bare, network: { allow: ["300.1.1.1:80"] } }), badPolicy);
   });
 
   it("branches: snapshot then forkMany, branch(n), full copies", async () => {
