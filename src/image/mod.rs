@@ -79,8 +79,14 @@ use std::path::{Path, PathBuf};
 /// Kernel command line the image is meant to boot with: serial console,
 /// quiet, reboot instead of hanging on panic, trust the CPU's RNG at boot,
 /// and skip the legacy probes (i8042, CMOS RTC) that stall minimal VMs.
+/// No transparent huge pages: Debian's kernel backs any aligned 2 MiB of
+/// anonymous memory with one when it can, so a fork's small allocation
+/// (or khugepaged collapsing pages behind it) zeroes or copies 2 MiB of
+/// guest memory, 512 pages made private to that fork, or not, depending
+/// on how fragmented the template's free memory happened to be.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t random.trust_cpu=on \
-     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd initcall_blacklist=cmos_init";
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd initcall_blacklist=cmos_init \
+     transparent_hugepage=never";
 
 /// How much of the standard library the image carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
