@@ -17,16 +17,13 @@ use std::time::{Duration, Instant};
 
 use super::pool::Health;
 use super::sandbox::{Counters, Sandbox};
+use super::session;
 use super::{CancelToken, Engine, EngineError, OutputStream, Template};
 use crate::agent::AgentError;
 use crate::vmm::Vm;
 
 /// How a call reports its end, exactly once.
 pub type Done<T> = Box<dyn FnOnce(Result<T, EngineError>) + Send>;
-
-/// How long past its deadline (plus this) a blocking caller waits for a
-/// kicked vCPU before it gives up on it.
-const KICK_GRACE: Duration = Duration::from_secs(5);
 
 /// A conversation between its start and its end. If it is dropped without
 /// having ended (the VM thread is gone, or the job never ran), it still
@@ -88,13 +85,9 @@ impl Engine {
             _result: std::marker::PhantomData,
         };
         let shell = sb.shell();
-        let kicker = shell.thread.kicker().clone();
-        kicker.clear();
-        cancel.attach(&kicker);
-        let armed = self.0.deadlines.arm(Instant::now() + limit, kicker);
-        let (cancel, health) = (cancel.clone(), Arc::clone(&shell.health));
+        let (token, health) = (cancel.clone(), Arc::clone(&shell.health));
         sb.ran.store(true, Ordering::SeqCst);
-        shell.thread.submit(move |vm| {
+        let job = move |vm: &mut Vm| {
             // A failed recycling reset or branch placement is only known
             // here, on the VM's thread.
             let broken = match &*health.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -112,20 +105,30 @@ impl Engine {
                     }
                 }
                 // Only `finish` takes the state, and it has not run yet.
-                (None, None) => return,
+                (None, None) => return (pending, None),
             };
             *sb.counters.lock().unwrap_or_else(|e| e.into_inner()) = Counters {
                 exits: vm.exits(),
                 stray: vm.bus_stats(),
             };
-            cancel.detach();
-            let timed_out = armed.fired();
-            drop(armed);
-            sb.execs.fetch_add(1, Ordering::Relaxed);
-            pending.finish(settle(&sb, result, &cancel, timed_out, limit));
-        });
-        // If the VM thread is gone the job was dropped unrun, and `Pending`
-        // has already reported.
+            (pending, Some(result))
+        };
+        // If the VM thread is gone the job is dropped unrun, and `Pending`
+        // reports then.
+        session::start(
+            &shell.thread,
+            &self.0.deadlines,
+            limit,
+            cancel,
+            job,
+            move |(mut pending, result), timed_out| {
+                if let Some(result) = result {
+                    let sb = Arc::clone(&pending.sb);
+                    sb.execs.fetch_add(1, Ordering::Relaxed);
+                    pending.finish(settle(&sb, result, &token, timed_out, limit));
+                }
+            },
+        );
     }
 
     /// Runs `job` against sandbox `id` like [`Engine::converse_then`], and
@@ -180,7 +183,7 @@ impl Engine {
         on_output: &mut dyn FnMut(OutputStream, &[u8]),
         start: impl FnOnce(Relay<T>),
     ) -> Result<T, EngineError> {
-        let give_up = Instant::now() + limit + KICK_GRACE;
+        let give_up = Instant::now() + limit + session::KICK_GRACE;
         let (tx, rx) = mpsc::channel();
         start(Relay(tx));
         loop {

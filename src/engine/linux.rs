@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::budget::cost;
+use super::deadline::Deadlines;
 use super::layer::Layer;
 use super::memory;
 use super::template::{Boot, BootFailure};
@@ -84,8 +85,10 @@ impl Engine {
         let bytes = (memory_mib as u64).saturating_mul(1 << 20);
         let charge = self.charge("template", memory::template_cost(bytes) + cost::vm(bytes))?;
         let started = Instant::now();
+        self.start_threads()?;
         let layer = boot_linux(
             &self.0.hv,
+            &self.0.deadlines,
             &LinuxSpec {
                 kernel,
                 initramfs,
@@ -112,6 +115,7 @@ impl Engine {
 /// Boots the guest on its own vCPU thread and captures it at Ready.
 fn boot_linux(
     hv: &Arc<Hypervisor>,
+    deadlines: &Deadlines,
     spec: &LinuxSpec<'_>,
     cancel: &CancelToken,
 ) -> Result<Layer, EngineError> {
@@ -132,6 +136,7 @@ fn boot_linux(
         base,
         cpuid,
         deadline: BOOT_DEADLINE,
+        deadlines,
         cancel,
         make: Box::new(move |hv, ram, cpuid| {
             let mut vm = Vm::new(hv, ram, cpuid, Tracking::Off)?;

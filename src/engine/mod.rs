@@ -364,7 +364,9 @@ impl Engine {
                 let bytes = (mib as u64) << 20;
                 let charge =
                     self.charge("template", memory::template_cost(bytes) + cost::vm(bytes))?;
-                (template::boot_bare(&self.0.hv, mib << 20, &cancel)?, charge)
+                self.start_threads()?;
+                let layer = template::boot_bare(&self.0.hv, &self.0.deadlines, mib << 20, &cancel)?;
+                (layer, charge)
             }
             other => {
                 return Err(EngineError::InvalidRequest(format!(
@@ -436,6 +438,7 @@ impl Engine {
             )?;
             Arc::new(Family::new(
                 &self.0.hv,
+                &self.0.deadlines,
                 id.clone(),
                 template::Root {
                     layer,

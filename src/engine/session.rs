@@ -1,84 +1,95 @@
-//! The one way the engine runs something on a VM's thread and waits for it:
-//! with a deadline and a cancel token. The job runs on the vCPU's own thread
-//! (KVM_RUN must not change threads); output chunks it produces come back as
-//! they are produced; when the deadline passes the vCPU is kicked once, and
-//! the job, which then sees its KVM_RUN interrupted, gets a grace period to
-//! report before the caller stops waiting. A cancel kicks the same way at
-//! once. Exec conversations, file transfers, snapshots, the hot-page probe
-//! and Linux boots all go through here.
+//! The one way the engine runs something on a VM's thread with a deadline
+//! and a cancel. The job runs on the vCPU's own thread (KVM_RUN must not
+//! change threads) and nobody has to wait for it: the engine's deadline
+//! thread ([`Deadlines`]) kicks the vCPU when the deadline passes, a cancel
+//! kicks it at once from whichever thread cancels, and the job, which then
+//! sees its KVM_RUN interrupted, ends on its own thread, where `done` hears
+//! whether the deadline fired.
+//!
+//! Sandbox conversations ([`Engine::converse_then`](super::Engine)) answer
+//! from `done` without waking anyone; boots and the hot-page probe, which
+//! have a thread to spare, wait with [`run`].
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::CancelToken;
-use crate::agent::Stream;
+use super::deadline::Deadlines;
 use crate::vmm::{VcpuThread, Vm};
 
-/// How long a kicked vCPU may take to stop before the caller gives up on it.
-const KICK_GRACE: Duration = Duration::from_secs(5);
+/// How long past its deadline a waiting caller gives a kicked vCPU to stop
+/// before it stops waiting.
+pub(crate) const KICK_GRACE: Duration = Duration::from_secs(5);
 
-/// Where a job sends its output chunks.
-pub(crate) type Sink<'a> = &'a mut dyn FnMut(Stream, &[u8]);
+/// Starts `job` on `thread`'s VM under a deadline `limit` from now and
+/// `cancel`; `done` gets its value and whether the deadline fired, on the
+/// VM's thread. If the thread is gone, both are dropped unrun.
+pub(crate) fn start<T>(
+    thread: &VcpuThread,
+    deadlines: &Deadlines,
+    limit: Duration,
+    cancel: &CancelToken,
+    job: impl FnOnce(&mut Vm) -> T + Send + 'static,
+    done: impl FnOnce(T, bool) + Send + 'static,
+) {
+    let kicker = thread.kicker().clone();
+    kicker.clear();
+    cancel.attach(&kicker);
+    let armed = deadlines.arm(Instant::now() + limit, kicker);
+    let token = cancel.clone();
+    let submitted = thread.submit(move |vm| {
+        let value = job(vm);
+        token.detach();
+        let timed_out = armed.fired();
+        drop(armed);
+        done(value, timed_out);
+    });
+    if !submitted {
+        cancel.detach();
+    }
+}
 
-/// How a session ended.
+/// How a waited-for job ended.
 pub(crate) struct Outcome<T> {
     /// What the job returned; `None` when the VM thread is gone, or did not
-    /// stop within the grace period after a kick.
+    /// stop within [`KICK_GRACE`] after its deadline.
     pub value: Option<T>,
     /// The deadline passed and the vCPU was kicked.
     pub timed_out: bool,
 }
 
-enum Msg<T> {
-    Output(Stream, Vec<u8>),
-    Done(T),
-}
-
-/// Runs `job` on `thread`'s VM, passing its output to `on_output`, until it
-/// returns or `timeout` passes (then the vCPU is kicked) or `cancel` fires
-/// (kicked at once).
+/// Runs `job` as [`start`] does and waits for it.
 pub(crate) fn run<T: Send + 'static>(
     thread: &VcpuThread,
-    timeout: Duration,
+    deadlines: &Deadlines,
+    limit: Duration,
     cancel: &CancelToken,
-    on_output: Sink<'_>,
-    job: impl FnOnce(&mut Vm, Sink<'_>) -> T + Send + 'static,
+    job: impl FnOnce(&mut Vm) -> T + Send + 'static,
 ) -> Outcome<T> {
-    let deadline = Instant::now() + timeout;
-    let kicker = thread.kicker();
-    kicker.clear();
-    let (tx, rx) = mpsc::channel::<Msg<T>>();
-    let submitted = thread.submit(move |vm| {
-        let out = tx.clone();
-        // The receiver outlives every send: it waits for Done, or has given
-        // up on this job, in which case nothing needs the chunks.
-        let value = job(vm, &mut |s, d| drop(out.send(Msg::Output(s, d.to_vec()))));
-        drop(tx.send(Msg::Done(value)));
-    });
-    if !submitted {
-        return Outcome {
+    let (tx, rx) = mpsc::channel();
+    start(
+        thread,
+        deadlines,
+        limit,
+        cancel,
+        job,
+        move |value, timed_out| {
+            // The receiver is gone only if it gave up on this job.
+            drop(tx.send((value, timed_out)));
+        },
+    );
+    match rx.recv_timeout(limit + KICK_GRACE) {
+        Ok((value, timed_out)) => Outcome {
+            value: Some(value),
+            timed_out,
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => Outcome {
+            value: None,
+            timed_out: true,
+        },
+        Err(mpsc::RecvTimeoutError::Disconnected) => Outcome {
             value: None,
             timed_out: false,
-        };
+        },
     }
-    cancel.attach(kicker);
-    let mut timed_out = false;
-    let value = loop {
-        let wait = if timed_out {
-            KICK_GRACE
-        } else {
-            deadline.saturating_duration_since(Instant::now())
-        };
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Output(stream, data)) => on_output(stream, &data),
-            Ok(Msg::Done(v)) => break Some(v),
-            Err(mpsc::RecvTimeoutError::Timeout) if !timed_out => {
-                timed_out = true;
-                kicker.kick();
-            }
-            Err(_) => break None,
-        }
-    };
-    cancel.detach();
-    Outcome { value, timed_out }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use kvm_bindings::CpuId;
 
 use super::budget::{Charge, cost};
+use super::deadline::Deadlines;
 use super::layer::{Layer, Over, Ram};
 use super::pool::{Health, Pool, Shell};
 use super::{CancelToken, EngineError, session};
@@ -146,6 +147,7 @@ impl Family {
     /// `timeout` is refused with [`EngineError::TemplateUnresponsive`].
     pub fn new(
         hv: &Arc<Hypervisor>,
+        deadlines: &Deadlines,
         name: String,
         root: Root,
         pool: Pool,
@@ -164,7 +166,7 @@ impl Family {
             members: AtomicUsize::new(0),
             charge: root.charge,
         };
-        family.hot_pages = family.learn_hot_pages(hv, timeout, cancel)?;
+        family.hot_pages = family.learn_hot_pages(hv, deadlines, timeout, cancel)?;
         Ok(family)
     }
 
@@ -180,6 +182,7 @@ impl Family {
     fn learn_hot_pages(
         &self,
         hv: &Arc<Hypervisor>,
+        deadlines: &Deadlines,
         timeout: Duration,
         cancel: &CancelToken,
     ) -> Result<Vec<u64>, EngineError> {
@@ -195,12 +198,12 @@ impl Family {
             detail: format!("its state cannot be restored: {}", crate::error_chain(&e)),
         })?;
         let mailbox = self.root.mailbox;
-        let outcome = session::run(&thread, timeout, cancel, &mut |_, _| {}, move |vm, out| {
+        let outcome = session::run(&thread, deadlines, timeout, cancel, move |vm| {
             let mut link = agent::VmLink {
                 vm: &mut *vm,
                 mailbox: &mailbox,
             };
-            let answer = agent::exec(&mut link, &frame, 0, out, None);
+            let answer = agent::exec(&mut link, &frame, 0, &mut |_, _| {}, None);
             let rip = vm.regs().map(|r| r.rip).ok();
             let (addr, size) = (vm.ram().host_addr(), vm.ram().size());
             let hot = pagemap::private_page_offsets(addr, size, MAX_HOT_PAGES)
@@ -295,6 +298,7 @@ pub(crate) struct Boot<'a> {
     pub base: MemoryFile,
     pub cpuid: CpuId,
     pub deadline: Duration,
+    pub deadlines: &'a Deadlines,
     pub cancel: &'a CancelToken,
     pub make: MakeVm,
 }
@@ -321,10 +325,10 @@ impl Boot<'_> {
         let (h, b, cpuid) = (Arc::clone(hv), Arc::clone(&base), self.cpuid);
         let outcome = session::run(
             &thread,
+            self.deadlines,
             self.deadline,
             self.cancel,
-            &mut |_, _| {},
-            move |vm, _| {
+            move |vm| {
                 agent::boot(vm)
                     .and_then(|(mailbox, _ready)| {
                         let over = Over::Boot { base: b, mailbox };
@@ -368,6 +372,7 @@ impl Boot<'_> {
 /// Boots the bare guest in `memory_bytes` of memory to its Ready point and captures it.
 pub(crate) fn boot_bare(
     hv: &Arc<Hypervisor>,
+    deadlines: &Deadlines,
     memory_bytes: usize,
     cancel: &CancelToken,
 ) -> Result<Layer, EngineError> {
@@ -376,6 +381,7 @@ pub(crate) fn boot_bare(
         base,
         cpuid: hv.cpuid().clone(),
         deadline: BARE_BOOT_DEADLINE,
+        deadlines,
         cancel,
         make: Box::new(|hv, ram, cpuid| {
             layout::write_bare_boot(&ram, BARE_GUEST)?;
