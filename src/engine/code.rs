@@ -5,11 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::converse::Relay;
-use super::exec::Printed;
+use super::exec::PrintingCall;
 use super::request::{Checked, fresh_seed, now_ns};
 use super::{CancelToken, Engine, EngineError, ExecResult, ForkOptions, OutputStream};
-use crate::agent::{self, FramePort, VmLink};
+use crate::agent::{self, VmLink};
 pub use crate::agent::{CodeFailure, ContextInfo, Language};
 
 /// Code to run with notebook semantics.
@@ -60,12 +59,6 @@ fn check_context(name: &str) -> Result<(), EngineError> {
     }
 }
 
-/// A code run under way: its waiting caller and what it has printed.
-struct Collect {
-    relay: Relay<CodeResult>,
-    printed: Printed,
-}
-
 impl Engine {
     /// Runs `req` in sandbox `id` and waits for it; `on_output` sees each
     /// chunk as it arrives, on this thread.
@@ -82,8 +75,6 @@ impl Engine {
         }
         let checked = Checked::new(req.timeout, req.output_cap, &self.0.config)?;
         let sandbox = self.sandbox(id)?;
-        // The TAP link's endpoint, as for an exec.
-        let port = sandbox.net.as_ref().and_then(|n| n.port());
         let wire = agent::CodeRequest {
             language: req.language,
             code: req.code.clone(),
@@ -92,42 +83,21 @@ impl Engine {
             cwd: req.cwd.clone(),
             timeout_ms: checked.timeout.as_millis() as u32,
         };
-        let frame = agent::encode_run_code(&wire, sandbox.vm_id, now_ns(), fresh_seed())
-            .map_err(EngineError::from_agent)?;
-        let cap = checked.output_cap;
+        let call = PrintingCall {
+            frame: agent::encode_run_code(&wire, sandbox.vm_id, now_ns(), fresh_seed())
+                .map_err(EngineError::from_agent)?,
+            cap: checked.output_cap,
+            call: agent::run_code,
+        };
         let limit = checked.host_deadline;
         Engine::wait(limit, on_output, |relay| {
-            let collect = Collect {
-                relay,
-                printed: Printed::default(),
-            };
-            self.converse_then(
-                id,
-                limit,
-                cancel,
-                collect,
-                move |vm, tpl, c: &mut Collect| {
-                    let net = port.as_deref().map(|p| p as &dyn FramePort);
-                    let mut out = |stream, data: &[u8]| {
-                        let stream = OutputStream::from_agent(stream);
-                        c.relay.output(stream, data);
-                        c.printed.push(stream, data);
-                    };
-                    let mut link = VmLink {
-                        vm,
-                        mailbox: &tpl.layer.mailbox,
-                    };
-                    agent::run_code(&mut link, &frame, cap, &mut out, net)
-                },
-                move |c, result| {
-                    let result = result.map(|end| CodeResult {
-                        exec: c.printed.ended(&end.end, start),
-                        result: end.result,
-                        error: end.error,
-                    });
-                    c.relay.done(result);
-                },
-            );
+            self.converse_printing(id, limit, cancel, call, relay, move |relay, result| {
+                relay.done(result.map(|(printed, end)| CodeResult {
+                    exec: printed.ended(&end.end, start),
+                    result: end.result,
+                    error: end.error,
+                }));
+            });
         })
     }
 

@@ -1,11 +1,11 @@
 //! Running a program in a sandbox and collecting what it printed; and the
 //! one-shot run (fork, exec, kill) that needs no sandbox id from the caller.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::converse::Relay;
 use super::{CancelToken, Engine, EngineError, ExecRequest, ExecResult, OutputStream};
-use crate::agent::{self, FramePort, VmLink};
+use crate::agent::{self, AgentError, FrameLink, FramePort, Stream, VmLink};
 
 /// Where an exec's output and end go. Both are called on the VM's thread:
 /// the guest is not run while [`ExecSink::output`] blocks, so a sink whose
@@ -17,9 +17,44 @@ pub trait ExecSink: Send + 'static {
     fn done(self: Box<Self>, result: Result<ExecResult, EngineError>);
 }
 
-/// An exec under way: its sink and what it has printed.
-struct Collect {
-    sink: Box<dyn ExecSink>,
+/// The agent's calls that print as they run ([`agent::exec`],
+/// [`agent::run_code`]): link, request frame, output cap, output, network.
+type AgentCall<E> = fn(
+    &mut dyn FrameLink,
+    &[u8],
+    usize,
+    &mut dyn FnMut(Stream, &[u8]),
+    Option<&dyn FramePort>,
+) -> Result<E, AgentError>;
+
+/// A guest call that prints as it runs, with its request frame and the
+/// output cap.
+pub(crate) struct PrintingCall<E> {
+    pub frame: Vec<u8>,
+    pub cap: usize,
+    pub call: AgentCall<E>,
+}
+
+/// What sees a printing call's output chunks, on the VM's thread.
+pub(crate) trait OnOutput: Send + 'static {
+    fn chunk(&mut self, stream: OutputStream, data: &[u8]);
+}
+
+impl OnOutput for Box<dyn ExecSink> {
+    fn chunk(&mut self, stream: OutputStream, data: &[u8]) {
+        self.output(stream, data);
+    }
+}
+
+impl<T: Send + 'static> OnOutput for Relay<T> {
+    fn chunk(&mut self, stream: OutputStream, data: &[u8]) {
+        self.output(stream, data);
+    }
+}
+
+/// A printing call under way: who sees its output, and what it printed.
+struct Collect<S> {
+    sink: S,
     printed: Printed,
 }
 
@@ -54,6 +89,50 @@ impl Printed {
 }
 
 impl Engine {
+    /// Runs `call` in sandbox `id` within `limit`: `sink` sees each output
+    /// chunk as it arrives, then `done` gets it back with the call's end and
+    /// what was printed (on this thread if the call cannot start).
+    pub(crate) fn converse_printing<S: OnOutput, E: Send + 'static>(
+        &self,
+        id: &str,
+        limit: Duration,
+        cancel: &CancelToken,
+        call: PrintingCall<E>,
+        sink: S,
+        done: impl FnOnce(S, Result<(Printed, E), EngineError>) + Send + 'static,
+    ) {
+        // The TAP link's endpoint, which the conversation carries frames for
+        // (none without network, or on the virtio link).
+        let port = self
+            .sandbox(id)
+            .ok()
+            .and_then(|sb| sb.net.as_ref().and_then(|n| n.port()));
+        let collect = Collect {
+            sink,
+            printed: Printed::default(),
+        };
+        self.converse_then(
+            id,
+            limit,
+            cancel,
+            collect,
+            move |vm, tpl, c: &mut Collect<S>| {
+                let net = port.as_deref().map(|p| p as &dyn FramePort);
+                let mut out = |stream, data: &[u8]| {
+                    let stream = OutputStream::from_agent(stream);
+                    c.sink.chunk(stream, data);
+                    c.printed.push(stream, data);
+                };
+                let mut link = VmLink {
+                    vm,
+                    mailbox: &tpl.layer.mailbox,
+                };
+                (call.call)(&mut link, &call.frame, call.cap, &mut out, net)
+            },
+            move |c, result| done(c.sink, result.map(|end| (c.printed, end))),
+        );
+    }
+
     /// Starts `req` in sandbox `id`; `sink` sees each output chunk as it
     /// arrives and then the result. Returns at once: the end is reported on
     /// the VM's thread (or on this one if the exec cannot start).
@@ -73,39 +152,18 @@ impl Engine {
             Ok(f) => f,
             Err(e) => return sink.done(Err(e)),
         };
-        let cap = checked.output_cap;
-        // The TAP link's endpoint, which the exec conversation carries frames
-        // for (none without network, or on the virtio link).
-        let port = self
-            .sandbox(id)
-            .ok()
-            .and_then(|sb| sb.net.as_ref().and_then(|n| n.port()));
-        let collect = Collect {
-            sink,
-            printed: Printed::default(),
+        let call = PrintingCall {
+            frame,
+            cap: checked.output_cap,
+            call: agent::exec,
         };
-        self.converse_then(
+        self.converse_printing(
             id,
             checked.host_deadline,
             cancel,
-            collect,
-            move |vm, tpl, c: &mut Collect| {
-                let net = port.as_deref().map(|p| p as &dyn FramePort);
-                let mut out = |stream, data: &[u8]| {
-                    let stream = OutputStream::from_agent(stream);
-                    c.sink.output(stream, data);
-                    c.printed.push(stream, data);
-                };
-                let mut link = VmLink {
-                    vm,
-                    mailbox: &tpl.layer.mailbox,
-                };
-                agent::exec(&mut link, &frame, cap, &mut out, net)
-            },
-            move |c, result| {
-                let result = result.map(|end| c.printed.ended(&end, start));
-                c.sink.done(result);
-            },
+            call,
+            sink,
+            move |sink, result| sink.done(result.map(|(printed, end)| printed.ended(&end, start))),
         );
     }
 
