@@ -2,7 +2,8 @@
 //! with the agent as PID 1 on a second serial port (ttyS1; the kernel console
 //! stays on ttyS0): Python execs, exit codes, entropy and clock per exec,
 //! files, the minimal profile's modules; images built from template specs
-//! (numpy preloaded, busybox's `sh`, a non-root user; an OCI image's Env). Prints boot-to-ready and exec
+//! (numpy preloaded, busybox's `sh`, a non-root user, Debian's nodejs with
+//! the agent's reseed module; an OCI image's Env). Prints boot-to-ready and exec
 //! round-trip times. One test needs no QEMU: the minimal image's size budget.
 //!
 //! QEMU: `ZEROBOOT_QEMU` (a command that runs qemu-system-x86_64), else the
@@ -14,7 +15,7 @@
 
 mod agent_support;
 
-use agent_support::{Client, ExecSpec, now_ns};
+use agent_support::{Client, CodeSpec, ExecSpec, now_ns};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
@@ -413,7 +414,7 @@ fn build_spec(spec: &zeroboot::spec::Spec) -> Option<zeroboot::image::spec_image
 }
 
 #[test]
-fn spec_image_runs_numpy_and_a_shell_under_qemu() {
+fn spec_image_runs_numpy_a_shell_and_node_under_qemu() {
     let Some(qemu) = find_qemu() else {
         skip("no QEMU found (set ZEROBOOT_QEMU, or run tests/kvm-lane/run once to fetch it)");
         return;
@@ -456,6 +457,22 @@ fn spec_image_runs_numpy_and_a_shell_under_qemu() {
         "stderr: {}",
         run.stderr_str()
     );
+    // The image has Debian's node, so the build packed the reseed module the
+    // agent hands its JavaScript workers: node loads it and reseeds OpenSSL.
+    let run = c.exec(&ExecSpec::argv(&[
+        "node",
+        "-e",
+        "const m = { exports: {} }; process.dlopen(m, '/usr/lib/zeroboot/reseed.node'); \
+         m.exports.reseed(); console.log(process.version.split('.')[0], require('crypto').randomBytes(16).length)",
+    ]));
+    assert_eq!(
+        (run.stdout_str(), run.status().code),
+        ("v18 16\n".to_owned(), 0),
+        "stderr: {}",
+        run.stderr_str()
+    );
+    let js = c.run_code(&CodeSpec::javascript("[1, 2].length"));
+    assert_eq!(js.result(), Some("2"), "stderr: {}", js.stderr());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -4,16 +4,19 @@
 //! snapshot, fresh userspace randomness in every fork and branch, deadlines
 //! that stop busy loops and leave the sandbox usable, the one-shot form.
 //!
-//! Languages and libraries the guest image lacks (Node.js, a shell, numpy,
-//! OpenSSL's `ssl` module) are skipped with a message, unless
-//! `ZEROBOOT_REQUIRE_RUNTIMES=1` names them (space-separated) as required.
+//! The template is the lane's spec (`tests/specs/numpy/zeroboot.toml`:
+//! numpy, Debian's nodejs, the full standard library), or the default image
+//! when that spec's image cannot be had. Languages and libraries the image
+//! lacks (Node.js, a shell, numpy, OpenSSL's `ssl` module) are skipped with a
+//! message, unless `ZEROBOOT_REQUIRE_RUNTIMES` names them (space-separated)
+//! as required: the lane names them all.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use support::kvm_or_skip;
-use support::linux::{chain, linux_template};
+use support::linux::{chain, spec_template};
 use zeroboot::engine::{Branching, CancelToken, CodeRequest, CodeResult, Engine, Language};
 
 /// The in-guest deadline of a run that is not about deadlines (emulated
@@ -98,7 +101,7 @@ fn each_language_runs_with_notebook_semantics() {
     if !kvm_or_skip(TEST) {
         return;
     }
-    let Some((engine, tpl)) = linux_template(TEST) else {
+    let Some((engine, tpl)) = spec_template(TEST) else {
         return;
     };
     let t = Instant::now();
@@ -177,7 +180,7 @@ fn a_context_branches_with_its_sandbox_and_reseeds_in_each_branch() {
     if !kvm_or_skip(TEST) {
         return;
     }
-    let Some((engine, tpl)) = linux_template(TEST) else {
+    let Some((engine, tpl)) = spec_template(TEST) else {
         return;
     };
     let sb = engine.fork(&tpl.template).unwrap().sandbox;
@@ -260,7 +263,7 @@ fn two_forks_draw_different_numbers_from_every_generator() {
     if !kvm_or_skip(TEST) {
         return;
     }
-    let Some((engine, tpl)) = linux_template(TEST) else {
+    let Some((engine, tpl)) = spec_template(TEST) else {
         return;
     };
     let probe_sb = engine.fork(&tpl.template).unwrap().sandbox;
@@ -313,7 +316,7 @@ fn deadlines_stop_busy_loops_and_the_sandbox_stays_usable() {
     if !kvm_or_skip(TEST) {
         return;
     }
-    let Some((engine, tpl)) = linux_template(TEST) else {
+    let Some((engine, tpl)) = spec_template(TEST) else {
         return;
     };
     let sb = engine.fork(&tpl.template).unwrap().sandbox;

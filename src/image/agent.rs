@@ -100,6 +100,22 @@ pub fn build_node_addon(source: &Path) -> Result<PathBuf, ImageError> {
     Ok(out.join("libzeroboot_node_reseed.so"))
 }
 
+/// The Node.js reseed module to pack into an image that has Node.js:
+/// `$ZEROBOOT_NODE_ADDON` if set, else built from the source tree.
+pub fn locate_node_addon() -> Result<PathBuf, ImageError> {
+    match std::env::var_os("ZEROBOOT_NODE_ADDON").filter(|p| !p.is_empty()) {
+        Some(p) if Path::new(&p).is_file() => Ok(PathBuf::from(p)),
+        Some(p) => Err(ImageError::Missing {
+            what: "Node.js reseed module ($ZEROBOOT_NODE_ADDON)",
+            path: PathBuf::from(p),
+        }),
+        None if !command::exists("cargo") && std::env::var_os("CARGO").is_none() => {
+            Err(ImageError::NoAgentSource)
+        }
+        None => build_node_addon(&source_tree().ok_or(ImageError::NoAgentSource)?),
+    }
+}
+
 /// The agent to pack: `explicit` if given, else `$ZEROBOOT_AGENT`, else
 /// built from the source tree. Either way it must be static.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {

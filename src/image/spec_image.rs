@@ -12,7 +12,8 @@
 //! (`spec/<digest>/`) only ever receives a finished image, by rename. The
 //! digest covers what decides the image's bytes (the spec without its
 //! `warmup`, `memory_mib` and `network`, the sizes and times of the host
-//! files it names, the agent, this module's layout version): a second build of the
+//! files it names, the agent, this module's layout version; not the Node.js
+//! reseed module packed when the image has `node`): a second build of the
 //! same spec is a lookup that needs no network, which is how the test lane
 //! (no network inside) builds templates from specs that the host prepared.
 
@@ -30,7 +31,12 @@ use super::{ImageError, Profile, agent, cache, initramfs, kernel, libs, oci, pyt
 use crate::spec::{Base, Spec, Stdlib};
 
 /// Part of every spec image's digest: bump when the assembly changes.
-const LAYOUT_VERSION: &[u8] = b"zeroboot-spec-image-2";
+const LAYOUT_VERSION: &[u8] = b"zeroboot-spec-image-3";
+/// Where the agent looks for the Node.js reseed module (the agent's
+/// `GUEST_NODE_ADDON`), relative to the root.
+const NODE_ADDON: &str = "usr/lib/zeroboot/reseed.node";
+/// Where an image may keep `node` (Debian's package; the official images).
+const NODE_PATHS: [&str; 3] = ["usr/bin/node", "usr/local/bin/node", "bin/node"];
 /// The busybox of the python base (static: needs no library).
 const BUSYBOX: &str = "busybox-static";
 /// Libraries manylinux wheels may expect from the system besides glibc.
@@ -359,6 +365,18 @@ fn assemble(
     }
     kernel::install_modules(modules, &root)?;
     copy_files(spec, &root)?;
+    if NODE_PATHS
+        .iter()
+        .any(|p| fs::symlink_metadata(root.join(p)).is_ok())
+    {
+        // Without it a JavaScript worker started before the snapshot shares
+        // OpenSSL's generator, so crypto and Math.random, with every fork.
+        progress(&Progress::step(
+            Phase::Assemble,
+            "the Node.js reseed module",
+        ));
+        install_node_addon(&agent::locate_node_addon()?, &root)?;
+    }
     let user = user_ids(spec, &oci_defaults, &root, &mut owners)?;
     write_agent_conf(spec, &oci_defaults, user, &root, &mut owners)?;
     let out = work.join("out");
@@ -579,6 +597,16 @@ fn create_user(
     let home = root.join("home").join(name);
     fs::create_dir_all(&home).map_err(ImageError::io("cannot create", &home))?;
     owners.insert(PathBuf::from("home").join(name), (FIRST_UID, FIRST_UID));
+    Ok(())
+}
+
+/// Copies the Node.js reseed module to where the agent looks for it.
+fn install_node_addon(addon: &Path, root: &Path) -> Result<(), ImageError> {
+    let to = root.join(NODE_ADDON);
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).map_err(ImageError::io("cannot create", dir))?;
+    }
+    fs::copy(addon, &to).map_err(ImageError::io("cannot copy", addon))?;
     Ok(())
 }
 

@@ -45,6 +45,49 @@ pub fn kernel() -> Option<PathBuf> {
         })
 }
 
+/// The lane's template spec (tests/template_spec.rs, tests/run_code.rs):
+/// numpy, Debian's nodejs, the full standard library.
+pub fn lane_spec() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/specs/numpy/zeroboot.toml")
+}
+
+/// An engine (a pool of two) with a template built from the lane's spec,
+/// whose image the host prepared (the lane builds it before booting L1);
+/// without that image, the default image's template ([`linux_template`]).
+/// The host's deadline is 20 s past the guest's (not 0.5 s): under
+/// emulation a runtime stopped at its in-guest deadline takes seconds to
+/// go, and the guest's own deadline is what these tests check.
+pub fn spec_template(test: &str) -> Option<(Engine, TemplateInfo)> {
+    let engine = Engine::new(EngineConfig {
+        pool_size: 2,
+        exec_host_grace_ms: 20_000,
+        ..Default::default()
+    })
+    .expect("KVM engine");
+    if engine.flavor() == Flavor::Pvm {
+        skip(
+            test,
+            "/dev/kvm is kvm-pvm, which cannot boot a stock kernel (run it in tests/kvm-lane)",
+        );
+        return None;
+    }
+    let spec = zeroboot::spec::Spec::load(&lane_spec()).expect("the lane's spec");
+    let cancel = zeroboot::engine::CancelToken::new();
+    match engine.build_from_spec(&spec, &Default::default(), &mut |_| {}, &cancel) {
+        Ok(built) => Some((engine, built.info)),
+        Err(EngineError::Image(e)) => {
+            eprintln!(
+                "{test}: no image of {} ({}); using the default image",
+                lane_spec().display(),
+                chain(&e)
+            );
+            drop(engine);
+            linux_template(test)
+        }
+        Err(e) => panic!("{}", chain(&e)),
+    }
+}
+
 /// Kernel and initramfs: from the environment, else built (or found in the
 /// image cache) by `zeroboot::image::build`.
 pub fn image(test: &str) -> Option<(PathBuf, PathBuf)> {
