@@ -15,13 +15,35 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use std::sync::{Mutex, MutexGuard};
 use support::kvm_or_skip;
 use support::linux::{chain, spec_template};
-use zeroboot::engine::{Branching, CancelToken, CodeRequest, CodeResult, Engine, Language};
+
+use zeroboot::engine::{
+    Branching, CancelToken, CodeRequest, CodeResult, Engine, ForkOptions, Language,
+};
 
 /// The in-guest deadline of a run that is not about deadlines (emulated
 /// time is slow).
 const LONG: Duration = Duration::from_secs(120);
+
+/// The tests boot 1 GiB Linux guests, one at a time: each engine's memory
+/// budget is taken from what the machine has free when it starts, so
+/// engines running side by side would each count on the same memory.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fork that may dirty 256 MiB: the budget charges a fork its limit
+/// (default: the template's 1 GiB), and these runs need a few MiB.
+fn fork(engine: &Engine, template: &str) -> String {
+    let opts = ForkOptions {
+        memory_limit: Some(256 << 20),
+        ..Default::default()
+    };
+    engine.fork_with(template, &opts).unwrap().sandbox
+}
 
 fn request(language: Language, code: &str) -> CodeRequest {
     CodeRequest {
@@ -101,11 +123,12 @@ fn each_language_runs_with_notebook_semantics() {
     if !kvm_or_skip(TEST) {
         return;
     }
+    let _serial = serial();
     let Some((engine, tpl)) = spec_template(TEST) else {
         return;
     };
     let t = Instant::now();
-    let sb = engine.fork(&tpl.template).unwrap().sandbox;
+    let sb = fork(&engine, &tpl.template);
     let r = py(&engine, &sb, "print('hi')\n6 * 7");
     let first_ms = t.elapsed().as_millis();
     assert_eq!(
@@ -180,10 +203,11 @@ fn a_context_branches_with_its_sandbox_and_reseeds_in_each_branch() {
     if !kvm_or_skip(TEST) {
         return;
     }
+    let _serial = serial();
     let Some((engine, tpl)) = spec_template(TEST) else {
         return;
     };
-    let sb = engine.fork(&tpl.template).unwrap().sandbox;
+    let sb = fork(&engine, &tpl.template);
     let nb = |sb: &str, code: &str| in_context(&engine, sb, Language::Python, "nb", code);
     nb(&sb, "import random\nrandom.seed(7)\nx = 41");
     let numpy = have(&engine, &sb, "numpy", Language::Python, "import numpy");
@@ -213,10 +237,7 @@ fn a_context_branches_with_its_sandbox_and_reseeds_in_each_branch() {
         .snapshot_sandbox(&sb, Branching::Layer, &CancelToken::new())
         .unwrap()
         .template;
-    let (b1, b2) = (
-        engine.fork(&branch).unwrap().sandbox,
-        engine.fork(&branch).unwrap().sandbox,
-    );
+    let (b1, b2) = (fork(&engine, &branch), fork(&engine, &branch));
     let contexts: Vec<String> = engine
         .contexts(&b1)
         .unwrap()
@@ -263,10 +284,11 @@ fn two_forks_draw_different_numbers_from_every_generator() {
     if !kvm_or_skip(TEST) {
         return;
     }
+    let _serial = serial();
     let Some((engine, tpl)) = spec_template(TEST) else {
         return;
     };
-    let probe_sb = engine.fork(&tpl.template).unwrap().sandbox;
+    let probe_sb = fork(&engine, &tpl.template);
     let mut probes = vec![
         (Language::Python, PY_RANDOM),
         (Language::Python, PY_URANDOM),
@@ -291,8 +313,8 @@ fn two_forks_draw_different_numbers_from_every_generator() {
     for (language, probe) in probes {
         // Each probe is the first run of two fresh forks: the warm spare
         // worker, which the snapshot holds identically in both.
-        let a = engine.fork(&tpl.template).unwrap().sandbox;
-        let b = engine.fork(&tpl.template).unwrap().sandbox;
+        let a = fork(&engine, &tpl.template);
+        let b = fork(&engine, &tpl.template);
         let (ra, rb) = (
             result(&run(&engine, &a, &request(language, probe))),
             result(&run(&engine, &b, &request(language, probe))),
@@ -316,10 +338,11 @@ fn deadlines_stop_busy_loops_and_the_sandbox_stays_usable() {
     if !kvm_or_skip(TEST) {
         return;
     }
+    let _serial = serial();
     let Some((engine, tpl)) = spec_template(TEST) else {
         return;
     };
-    let sb = engine.fork(&tpl.template).unwrap().sandbox;
+    let sb = fork(&engine, &tpl.template);
     let node = have(&engine, &sb, "node", Language::JavaScript, "1");
     let mut languages = vec![(Language::Python, "while True: pass", "6 * 7")];
     if node {
