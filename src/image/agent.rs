@@ -109,11 +109,16 @@ pub fn locate_node_addon() -> Result<PathBuf, ImageError> {
             what: "Node.js reseed module ($ZEROBOOT_NODE_ADDON)",
             path: PathBuf::from(p),
         }),
-        None if !command::exists("cargo") && std::env::var_os("CARGO").is_none() => {
-            Err(ImageError::NoAgentSource)
-        }
-        None => build_node_addon(&source_tree().ok_or(ImageError::NoAgentSource)?),
+        None => build_node_addon(&buildable_source()?),
     }
+}
+
+/// The source tree to build guest programs from, when cargo is there too.
+fn buildable_source() -> Result<PathBuf, ImageError> {
+    if !command::exists("cargo") && std::env::var_os("CARGO").is_none() {
+        return Err(ImageError::NoAgentSource);
+    }
+    source_tree().ok_or(ImageError::NoAgentSource)
 }
 
 /// The agent to pack: `explicit` if given, else `$ZEROBOOT_AGENT`, else
@@ -128,10 +133,7 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {
             });
         }
         Some(p) => p.to_owned(),
-        None if !command::exists("cargo") && std::env::var_os("CARGO").is_none() => {
-            return Err(ImageError::NoAgentSource);
-        }
-        None => build(&source_tree().ok_or(ImageError::NoAgentSource)?)?,
+        None => build(&buildable_source()?)?,
     };
     let bytes = std::fs::read(&path).map_err(ImageError::io("cannot read", &path))?;
     if !is_static(&bytes) {
