@@ -58,19 +58,13 @@ pub fn lane_spec() -> PathBuf {
 /// emulation a runtime stopped at its in-guest deadline takes seconds to
 /// go, and the guest's own deadline is what these tests check.
 pub fn spec_template(test: &str) -> Option<(Engine, TemplateInfo)> {
-    let engine = Engine::new(EngineConfig {
-        pool_size: 2,
-        exec_host_grace_ms: 20_000,
-        ..Default::default()
-    })
-    .expect("KVM engine");
-    if engine.flavor() == Flavor::Pvm {
-        skip(
-            test,
-            "/dev/kvm is kvm-pvm, which cannot boot a stock kernel (run it in tests/kvm-lane)",
-        );
-        return None;
-    }
+    let engine = linux_engine(
+        test,
+        EngineConfig {
+            exec_host_grace_ms: 20_000,
+            ..pool_of_two()
+        },
+    )?;
     let spec = zeroboot::spec::Spec::load(&lane_spec()).expect("the lane's spec");
     let cancel = zeroboot::engine::CancelToken::new();
     match engine.build_from_spec(&spec, &Default::default(), &mut |_| {}, &cancel) {
@@ -81,8 +75,7 @@ pub fn spec_template(test: &str) -> Option<(Engine, TemplateInfo)> {
                 lane_spec().display(),
                 chain(&e)
             );
-            drop(engine);
-            linux_template(test)
+            image_template(engine, test)
         }
         Err(e) => panic!("{}", chain(&e)),
     }
@@ -120,14 +113,17 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// An engine (a pool of two) with a template built from the guest image;
-/// `None` (after saying so) where Linux guests cannot run.
-pub fn linux_template(test: &str) -> Option<(Engine, TemplateInfo)> {
-    let engine = Engine::new(EngineConfig {
+fn pool_of_two() -> EngineConfig {
+    EngineConfig {
         pool_size: 2,
         ..Default::default()
-    })
-    .expect("KVM engine");
+    }
+}
+
+/// An engine made with `config`; `None` (after saying so) where Linux
+/// guests cannot run.
+fn linux_engine(test: &str, config: EngineConfig) -> Option<Engine> {
+    let engine = Engine::new(config).expect("KVM engine");
     if engine.flavor() == Flavor::Pvm {
         skip(
             test,
@@ -135,6 +131,17 @@ pub fn linux_template(test: &str) -> Option<(Engine, TemplateInfo)> {
         );
         return None;
     }
+    Some(engine)
+}
+
+/// An engine (a pool of two) with a template built from the guest image;
+/// `None` (after saying so) where Linux guests cannot run.
+pub fn linux_template(test: &str) -> Option<(Engine, TemplateInfo)> {
+    image_template(linux_engine(test, pool_of_two())?, test)
+}
+
+/// `engine` with a template built from the guest image.
+fn image_template(engine: Engine, test: &str) -> Option<(Engine, TemplateInfo)> {
     let (kernel, initramfs) = image(test)?;
     // RUST_LOG=zeroboot::guest=info streams the guest's console while it boots.
     let _already = tracing_subscriber::fmt()
