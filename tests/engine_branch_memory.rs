@@ -81,3 +81,39 @@ fn memory_is_given_back_when_no_template_or_sandbox_needs_it() {
         "last fork killed: {base} -> {held} -> {after_kill} KiB"
     );
 }
+
+/// Page faults this process has taken (minor: no I/O).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command (which may hold spaces) start at state; minflt
+    // is the 10th field overall, the 8th after the command's ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(7).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_branch_reuses_the_pages_of_one_gone_before_it() {
+    if !kvm_or_skip("a_branch_reuses_the_pages_of_one_gone_before_it") {
+        return;
+    }
+    let (e, root) = engine();
+    let a = fork(&e, &root);
+    stdout(&e, &a, &["dirty", "2048"]);
+    let before = minor_faults();
+    let first = branch(&e, &a);
+    let cold = minor_faults() - before;
+    assert!(
+        cold >= 2048,
+        "the first branch makes its pages: {cold} faults"
+    );
+    e.unload_template(&first.template, Unload::IfUnused)
+        .unwrap();
+    let before = minor_faults();
+    let second = branch(&e, &a);
+    let warm = minor_faults() - before;
+    assert!(
+        warm < 512,
+        "the next branch copies into the pages the first one left: {warm} faults"
+    );
+    assert_eq!(second.memory.own_bytes, first.memory.own_bytes);
+}

@@ -461,17 +461,20 @@ fn print_table(v: &Value) {
         "soak",
         "memory_budget_mib",
         "snapshot_us_per_page",
+        "snapshot_cold_us_per_page",
         "fork_branch_over_template_p50",
         "branch_kib",
         "branch_rss_kib",
     ] {
         println!("  {key:<26} {}", v[key]);
     }
-    for (pages, s) in v["snapshot_us"].as_object().into_iter().flatten() {
-        println!(
-            "  snapshot_us ({pages:>4} dirtied pages) p50 {:>9} us   p99 {:>9} us   (n={})",
-            s["p50"], s["p99"], s["n"]
-        );
+    for key in ["snapshot_us", "snapshot_cold_us"] {
+        for (pages, s) in v[key].as_object().into_iter().flatten() {
+            println!(
+                "  {key} ({pages:>4} dirtied pages) p50 {:>9} us   p99 {:>9} us   (n={})",
+                s["p50"], s["p99"], s["n"]
+            );
+        }
     }
     for key in ["depth_fork_exec_echo_us", "tree_bench", "template_load"] {
         println!("  {key:<26} {}", v[key]);

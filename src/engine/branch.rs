@@ -48,10 +48,13 @@ impl Engine {
             Branching::FullCopy => memory::template_cost(size),
         };
         let mut charge = self.charge("snapshot", cost::private(private) + copy)?;
-        let hv = Arc::clone(&self.0.hv);
+        let (hv, reserve) = (Arc::clone(&self.0.hv), Arc::clone(&self.0.reserve));
         let layer = self.converse(id, self.timeout_or_default(None), cancel, move |vm, tpl| {
-            Layer::capture(vm, &hv, &tpl.family.cpuid, Over::Layer(&tpl.layer))
-                .map_err(AgentError::Vmm)
+            let over = Over::Layer {
+                parent: &tpl.layer,
+                reserve: &reserve,
+            };
+            Layer::capture(vm, &hv, &tpl.family.cpuid, over).map_err(AgentError::Vmm)
         })?;
         let sb = self.sandbox(id)?;
         let source = format!("sandbox:{id} (from {})", sb.template.id);

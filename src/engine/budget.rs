@@ -120,6 +120,14 @@ impl Budget {
         })
     }
 
+    /// A charge of nothing, to be grown or to absorb others.
+    pub fn nothing(self: &Arc<Self>) -> Charge {
+        Charge {
+            budget: Arc::clone(self),
+            bytes: 0,
+        }
+    }
+
     fn release(&self, bytes: u64) {
         *self.lock() -= bytes;
     }

@@ -33,8 +33,10 @@ use std::sync::{Arc, OnceLock};
 use kvm_bindings::CpuId;
 
 use super::budget::{Charge, cost};
+use super::reserve::PageReserve;
 use crate::agent::Mailbox;
-use crate::vmm::memory::{MemoryFile, PAGE, PageStore};
+use crate::vmm::memory::{MemoryFile, PAGE};
+use crate::vmm::pages::PageStore;
 use crate::vmm::{Hypervisor, MachineState, Vm, VmmError};
 
 /// A chain may hold at most this many times the pages its index shows
@@ -55,18 +57,28 @@ struct Entry {
 }
 
 /// A page store and the budget charge that pays for it (set once the
-/// capture that made it is paid for).
+/// capture that made it is paid for); its pages go back to the reserve, with
+/// their charge, when the last layer showing them goes.
 struct Stored {
     pages: PageStore,
     charge: OnceLock<Charge>,
+    reserve: Arc<PageReserve>,
 }
 
 impl Stored {
-    fn new(pages: PageStore) -> Arc<Stored> {
+    fn new(pages: PageStore, reserve: &Arc<PageReserve>) -> Arc<Stored> {
         Arc::new(Stored {
             pages,
             charge: OnceLock::new(),
+            reserve: Arc::clone(reserve),
         })
+    }
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        let span = self.pages.take_pages();
+        self.reserve.keep(span, self.charge.get_mut());
     }
 }
 
@@ -101,8 +113,12 @@ pub(crate) enum Over<'a> {
         /// The mailbox its agent registered.
         mailbox: Mailbox,
     },
-    /// It is a fork of this layer.
-    Layer(&'a Layer),
+    /// It is a fork of this layer; the pages it changed are kept in pages
+    /// from `reserve`.
+    Layer {
+        parent: &'a Layer,
+        reserve: &'a Arc<PageReserve>,
+    },
 }
 
 /// How a VM's mapping stands before [`Layer::restore`].
@@ -268,13 +284,13 @@ impl Layer {
         over: Over<'_>,
     ) -> Result<Layer, VmmError> {
         let state = vm.capture(hv, cpuid)?;
-        let parent = match over {
+        let (parent, reserve) = match over {
             Over::Boot { base, mailbox } => return Ok(Layer::root(base, state, mailbox)),
-            Over::Layer(parent) => parent,
+            Over::Layer { parent, reserve } => (parent, reserve),
         };
         let io = |e: std::io::Error| VmmError::MapMemory(e);
         let private = vm.ram().private_pages().map_err(io)?;
-        let mut store = PageStore::with_capacity(private.len())?;
+        let mut store = reserve.store(private.len())?;
         let mut added = Vec::new();
         for gpa in private {
             // Each page is read once, straight into the store's next slot,
@@ -285,19 +301,19 @@ impl Layer {
                 added.push((gpa, store.keep() as u32));
             }
         }
-        store.shrink();
+        reserve.keep(store.shrink(), None);
         let own_pages = store.len();
-        let mut layer = parent.stack(store, &added, state);
+        let mut layer = parent.stack(Stored::new(store, reserve), &added, state);
         layer.own_pages = own_pages;
         if layer.wasteful() {
-            layer.compact()?;
+            layer.compact(reserve)?;
         }
         Ok(layer)
     }
 
     /// A child of `self`: its index overridden by `added` (address, slot in
     /// `store`), holding only the stores the result still points into.
-    fn stack(&self, store: PageStore, added: &[(u64, u32)], state: MachineState) -> Layer {
+    fn stack(&self, store: Arc<Stored>, added: &[(u64, u32)], state: MachineState) -> Layer {
         let new_store = self.stores.len() as u32;
         let mut index = Vec::with_capacity(self.index.len() + added.len());
         let (mut old, mut new) = (self.index.iter().peekable(), added.iter().peekable());
@@ -323,7 +339,7 @@ impl Layer {
             }
         }
         let mut stores = self.stores.clone();
-        stores.push(Stored::new(store));
+        stores.push(store);
         let (index, stores) = keep_used(index, stores);
         Layer {
             base: Arc::clone(&self.base),
@@ -343,8 +359,8 @@ impl Layer {
     }
 
     /// Copies every indexed page into one store of this layer's own.
-    fn compact(&mut self) -> Result<(), VmmError> {
-        let mut store = PageStore::with_capacity(self.index.len())?;
+    fn compact(&mut self, reserve: &Arc<PageReserve>) -> Result<(), VmmError> {
+        let mut store = reserve.store(self.index.len())?;
         let mut index = Vec::with_capacity(self.index.len());
         for e in &self.index {
             let slot = store.push(self.page(e)) as u32;
@@ -356,7 +372,7 @@ impl Layer {
         }
         self.own_pages = store.len();
         self.index = index;
-        self.stores = vec![Stored::new(store)];
+        self.stores = vec![Stored::new(store, reserve)];
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Where the engine meets its memory budget ([`super::budget`]): what a
-//! pooled VM, a sandbox and a template are charged, and how idle pooled VMs
-//! give their memory back when a call needs it.
+//! pooled VM, a sandbox and a template are charged, and how the page reserve
+//! and idle pooled VMs give their memory back when a call needs it.
 
 use std::sync::Arc;
 
@@ -14,15 +14,19 @@ use super::{Engine, EngineError, Template};
 const TEMPLATE_FIXED: u64 = 128 << 10;
 
 impl Engine {
-    /// Charges `bytes` for `what`. When the budget falls short, idle pooled
-    /// VMs are retired (and their memory waited for) before it gives up.
+    /// Charges `bytes` for `what`. When the budget falls short, the page
+    /// reserve is emptied and idle pooled VMs are retired (and their memory
+    /// waited for) before it gives up.
     pub(crate) fn charge(&self, what: &'static str, bytes: u64) -> Result<Charge, EngineError> {
         let short = match self.0.budget.charge(what, bytes) {
             Ok(c) => return Ok(c),
             Err(EngineError::OverBudget { available, .. }) => bytes - available,
             Err(e) => return Err(e),
         };
-        self.reclaim(short);
+        let short = short.saturating_sub(self.0.reserve.empty());
+        if short > 0 {
+            self.reclaim(short);
+        }
         self.0.budget.charge(what, bytes)
     }
 
@@ -64,6 +68,12 @@ impl Engine {
         for thread in stopping {
             thread.join();
         }
+    }
+
+    /// Gives back the memory kept for reuse (the page reserve) now, as the
+    /// worker does by itself once it is idle.
+    pub fn release_kept_memory(&self) {
+        self.0.reserve.empty();
     }
 
     /// Starts a VM of `family` outside the pool, charged as a pooled one.

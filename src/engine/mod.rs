@@ -25,6 +25,7 @@ mod pool;
 mod recycle;
 mod refill;
 mod request;
+mod reserve;
 mod sandbox;
 mod session;
 mod spec;
@@ -241,6 +242,8 @@ struct Inner {
     hv: Arc<Hypervisor>,
     config: EngineConfig,
     budget: Arc<Budget>,
+    /// Populated pages kept for the next branch.
+    reserve: Arc<reserve::PageReserve>,
     templates: RwLock<HashMap<String, Arc<Template>>>,
     sandboxes: RwLock<HashMap<String, Arc<Sandbox>>>,
     next_id: AtomicU64,
@@ -262,6 +265,7 @@ impl Engine {
         Ok(Engine(Arc::new(Inner {
             hv: Arc::new(hv),
             config,
+            reserve: Arc::new(reserve::PageReserve::new(&budget)),
             budget,
             templates: RwLock::new(HashMap::new()),
             sandboxes: RwLock::new(HashMap::new()),
@@ -282,7 +286,8 @@ impl Engine {
             EngineError::ResourceLimit(format!("cannot start the deadline thread: {e}"))
         })?;
         let mut refiller = self.0.refiller.lock().unwrap_or_else(|e| e.into_inner());
-        if refiller.is_none() && self.0.config.pool_size > 0 {
+        // Started without pools too: it also empties the idle page reserve.
+        if refiller.is_none() {
             let handle = refill::start(Arc::downgrade(&self.0), Arc::clone(&self.0.wanted))
                 .map_err(|e| {
                     EngineError::ResourceLimit(format!("cannot start the pool thread: {e}"))

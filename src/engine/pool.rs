@@ -174,7 +174,7 @@ impl Pool {
     /// creation beside nearly every request on a 2-core host.
     pub fn wants_more(&self) -> bool {
         let len = self.lock().len();
-        if self.closed.load(Ordering::SeqCst) {
+        if self.capacity == 0 || self.closed.load(Ordering::SeqCst) {
             return false;
         }
         let refilling = self.refilling.load(Ordering::SeqCst);

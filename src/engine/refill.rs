@@ -4,7 +4,8 @@
 //! from spare budget only (a pool never takes the last eighth of it), and
 //! sleeps until a fork takes a pooled VM, a template arrives, or 100 ms pass
 //! (budget released elsewhere). One thread for all pools: a worker with
-//! hundreds of templates does not hold hundreds of idle threads.
+//! hundreds of templates does not hold hundreds of idle threads. It also
+//! empties the page reserve once it is idle ([`super::reserve`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -39,6 +40,7 @@ fn round(inner: &Weak<Inner>) -> Option<bool> {
     if inner.shut.load(Ordering::SeqCst) {
         return None;
     }
+    inner.reserve.empty_if_idle();
     let mut families: Vec<Arc<Family>> = Vec::new();
     for tpl in inner
         .templates

@@ -7,7 +7,7 @@
 //! address so its KVM slot stays valid while its dirty pages are dropped.
 //!
 //! Layers above the base (branches) keep the pages they changed in a
-//! [`PageStore`]; a fork of a branch gets them written over its private
+//! [`super::pages::PageStore`]; a fork of a branch gets them written over its private
 //! mapping with [`GuestRam::place`].
 //!
 //! The host never reads a template file through a mapping: a file cut short
@@ -401,127 +401,6 @@ fn map_at(
     Ok(NonNull::new(p.cast()).expect("mmap never returns NULL on success"))
 }
 
-/// Whole pages in anonymous memory of their own: what a branch changed. Its
-/// own mapping (not the malloc heap) so that dropping it gives the memory back
-/// to the system at once, where the worker's RSS shows it.
-pub struct PageStore {
-    addr: NonNull<u8>,
-    capacity: usize,
-    len: usize,
-}
-
-// SAFETY: the mapping is owned by this value; shared references only read it.
-unsafe impl Send for PageStore {}
-// SAFETY: as above: after construction (`&mut self`), the pages never change.
-unsafe impl Sync for PageStore {}
-
-impl PageStore {
-    /// Room for `capacity` pages; costs memory only for the pages pushed.
-    pub fn with_capacity(capacity: usize) -> Result<PageStore, VmmError> {
-        let bytes = capacity.max(1) * PAGE;
-        // SAFETY: a new anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(VmmError::CreateMemory {
-                size: bytes,
-                source: io::Error::last_os_error(),
-            });
-        }
-        // Fault the pages in with one call rather than one fault each (they
-        // are about to be written); a kernel without it faults them one by one.
-        // SAFETY: advice on the mapping just made; its contents stay zero.
-        unsafe { libc::madvise(p, bytes, libc::MADV_POPULATE_WRITE) };
-        Ok(PageStore {
-            addr: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
-            capacity: capacity.max(1),
-            len: 0,
-        })
-    }
-
-    /// Pages stored.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Bytes of memory the stored pages hold.
-    pub fn bytes(&self) -> usize {
-        self.len * PAGE
-    }
-
-    /// Appends a page; returns its slot.
-    pub fn push(&mut self, page: &[u8]) -> usize {
-        self.spare().copy_from_slice(page);
-        self.keep()
-    }
-
-    /// The next free slot, to be filled in place and then kept with
-    /// [`PageStore::keep`] (or left for the next page).
-    pub fn spare(&mut self) -> &mut [u8] {
-        assert!(self.len < self.capacity, "page store is full");
-        // SAFETY: slot `len` lies inside the mapping (checked above), which is
-        // exclusively borrowed through `self` for the slice's lifetime.
-        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(self.len), PAGE) }
-    }
-
-    /// Keeps the spare slot's page; returns its slot.
-    pub fn keep(&mut self) -> usize {
-        assert!(self.len < self.capacity, "page store is full");
-        self.len += 1;
-        self.len - 1
-    }
-
-    /// Gives the unused tail of the mapping back.
-    pub fn shrink(&mut self) {
-        let keep = self.len.max(1);
-        if keep < self.capacity {
-            // SAFETY: the tail [keep, capacity) belongs to this mapping and
-            // holds no page handed out (only slots below `len` are readable).
-            unsafe { libc::munmap(self.slot_ptr(keep).cast(), (self.capacity - keep) * PAGE) };
-            self.capacity = keep;
-        }
-    }
-
-    /// The page in `slot`.
-    pub fn page(&self, slot: usize) -> &[u8] {
-        assert!(slot < self.len, "slot {slot} of {}", self.len);
-        // SAFETY: the slot was written by `push`, lies inside the mapping, and
-        // is never written again while shared.
-        unsafe { std::slice::from_raw_parts(self.slot_ptr(slot), PAGE) }
-    }
-
-    fn slot_ptr(&self, slot: usize) -> *mut u8 {
-        // SAFETY: callers pass slot <= capacity: within or one past the mapping.
-        unsafe { self.addr.as_ptr().add(slot * PAGE) }
-    }
-}
-
-impl Drop for PageStore {
-    fn drop(&mut self) {
-        // SAFETY: this value owns the mapping of `capacity` pages.
-        unsafe { libc::munmap(self.addr.as_ptr().cast(), self.capacity * PAGE) };
-    }
-}
-
-impl std::fmt::Debug for PageStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PageStore({} pages)", self.len)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,16 +455,5 @@ mod tests {
         assert!(file.has_data(5).unwrap());
         assert!(!file.has_data(4).unwrap());
         assert!(!file.has_data(63).unwrap());
-    }
-
-    #[test]
-    fn a_page_store_keeps_what_was_pushed() {
-        let mut store = PageStore::with_capacity(8).unwrap();
-        let slot = store.push(&[9u8; PAGE]);
-        store.push(&[3u8; PAGE]);
-        store.shrink();
-        assert_eq!(store.len(), 2);
-        assert_eq!(store.page(slot), &[9u8; PAGE][..]);
-        assert_eq!(store.bytes(), 2 * PAGE);
     }
 }

@@ -17,6 +17,7 @@ mod limits;
 pub mod linux;
 pub mod memory;
 pub mod pagemap;
+pub mod pages;
 mod pthread;
 mod quirks;
 mod serial;
