@@ -251,6 +251,15 @@ fn a_guest_that_never_answers_is_rejected_in_bounded_time() {
     // Far from the 60 s deadline (even in the emulated lane).
     assert!(started.elapsed() < Duration::from_secs(15));
     canceller.join().unwrap();
+    // The same file corrupt besides: its checksum, checked while the probe
+    // runs, fails and stops the spinning probe long before its deadline.
+    let mut b = std::fs::read(&path).unwrap();
+    b[(p.body_offset + 0x10_0000 + 5) as usize] ^= 0x10;
+    std::fs::write(&path, &b).unwrap();
+    let started = Instant::now();
+    let detail = file_error(slow.load_file(&path, &CancelToken::new()).map(|i| i.template));
+    assert!(detail.contains("checksum"), "{detail}");
+    assert!(started.elapsed() < Duration::from_secs(15));
     // Zero special registers: KVM refuses them, or the guest dies at once.
     std::fs::write(&path, &pristine).unwrap();
     let mut p = Parts::read(&path);

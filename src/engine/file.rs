@@ -239,22 +239,82 @@ fn fs_magic(file: &File) -> io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
-/// Reads a template file: checks it whole (prefix, sizes, checksum, header
-/// ranges, that this host can run its vCPU) and returns a root layer whose
-/// memory is the file's body, mapped on fork.
-pub(crate) fn read(path: &Path, hv: &Hypervisor) -> Result<(Layer, Option<Manifest>), EngineError> {
+/// A template file opened by [`open`]: its root layer, and the check of its
+/// memory still to be made.
+pub(crate) struct Opened {
+    pub layer: Layer,
+    pub manifest: Option<Manifest>,
+    pub body_check: BodyCheck,
+}
+
+/// The checksum of a template file, to be finished over its memory.
+pub(crate) struct BodyCheck {
+    path: PathBuf,
+    body: Arc<MemoryFile>,
+    /// Fed the prefix and header so far.
+    hash: Xxh3,
+    expected: u64,
+}
+
+impl BodyCheck {
+    /// Reads and hashes every data page of the file's memory; an error if
+    /// the checksum disagrees (the file is corrupt) or the file cannot be read.
+    pub fn verify(mut self, cancel: &CancelToken) -> Result<(), EngineError> {
+        hash_body(&self.body, &mut self.hash, cancel).map_err(|e| match e {
+            Hashing::Cancelled => EngineError::Cancelled,
+            Hashing::Io(e) => err(&self.path, e),
+        })?;
+        if self.hash.digest() != self.expected {
+            return Err(err(&self.path, "checksum mismatch: the file is corrupt"));
+        }
+        Ok(())
+    }
+}
+
+/// Opens a template file: checks its prefix, sizes, header ranges and that
+/// this host can run its vCPU, and returns a root layer whose memory is the
+/// file's body, mapped on fork. Its memory is not checked yet: nothing may
+/// use the layer but a probe before [`BodyCheck::verify`] has passed (a
+/// header that fails its checks is reported as corruption if the checksum
+/// fails too).
+pub(crate) fn open(path: &Path, hv: &Hypervisor) -> Result<Opened, EngineError> {
     let (file, p, header) = open_checked(path)?;
-    let io = |e: io::Error| err(path, e);
     let mut hash = Xxh3::new();
     hash.update(&p.hashed());
     hash.update(&header);
-    let body = MemoryFile::from_file(file, p.body_offset, p.memory as usize);
-    hash_body(&body, &mut hash).map_err(io)?;
-    if hash.digest() != p.checksum {
-        return Err(err(path, "checksum mismatch: the file is corrupt"));
+    let body = Arc::new(MemoryFile::from_file(
+        file,
+        p.body_offset,
+        p.memory as usize,
+    ));
+    let body_check = BodyCheck {
+        path: path.to_path_buf(),
+        body: Arc::clone(&body),
+        hash,
+        expected: p.checksum,
+    };
+    match parse_header(path, &header, &body, hv) {
+        Ok(header) => Ok(Opened {
+            layer: Layer::root(body, header.state, header.mailbox),
+            manifest: header.manifest,
+            body_check,
+        }),
+        Err(e) => {
+            body_check.verify(&CancelToken::new())?;
+            Err(e)
+        }
     }
+}
+
+/// The header of the file at `path`, checked against its memory and this host.
+fn parse_header(
+    path: &Path,
+    header: &[u8],
+    body: &MemoryFile,
+    hv: &Hypervisor,
+) -> Result<Header, EngineError> {
     let header: Header =
-        serde_json::from_slice(&header).map_err(|e| err(path, format!("header: {e}")))?;
+        serde_json::from_slice(header).map_err(|e| err(path, format!("header: {e}")))?;
     header
         .mailbox
         .check(body.size())
@@ -271,10 +331,7 @@ pub(crate) fn read(path: &Path, hv: &Hypervisor) -> Result<(Layer, Option<Manife
             detail: why,
         });
     }
-    Ok((
-        Layer::root(Arc::new(body), header.state, header.mailbox),
-        header.manifest,
-    ))
+    Ok(header)
 }
 
 /// Opens a template file and reads its prefix (range-checked, and agreeing
@@ -302,7 +359,7 @@ fn open_checked(path: &Path) -> Result<(File, Prefix, Vec<u8>), EngineError> {
 }
 
 /// What a template file holds, from its prefix and header (guest memory is
-/// neither read nor checked: [`read`] does that).
+/// neither read nor checked: [`BodyCheck::verify`] does that).
 pub(crate) fn inspect(path: &Path) -> Result<FileInfo, EngineError> {
     let (_, p, header) = open_checked(path)?;
     let header: Header =
@@ -314,23 +371,35 @@ pub(crate) fn inspect(path: &Path) -> Result<FileInfo, EngineError> {
     })
 }
 
+/// Why hashing a file's memory stopped.
+enum Hashing {
+    Io(io::Error),
+    Cancelled,
+}
+
 /// Feeds every non-zero page of `body` (index, contents) to `hash`, reading
-/// only its data extents.
-fn hash_body(body: &MemoryFile, hash: &mut Xxh3) -> io::Result<()> {
+/// only its data extents; looks at `cancel` every [`READ_CHUNK`].
+fn hash_body(body: &MemoryFile, hash: &mut Xxh3, cancel: &CancelToken) -> Result<(), Hashing> {
     let mut buf = vec![0u8; READ_CHUNK];
     let pages = body.pages();
     let mut i = 0;
     while i < pages {
-        if !body.has_data(i)? {
+        if !body.has_data(i).map_err(Hashing::Io)? {
             i += 1;
             continue;
         }
+        if cancel.is_cancelled() {
+            return Err(Hashing::Cancelled);
+        }
         let mut run = 1;
-        while i + run < pages && run < READ_CHUNK / PAGE && body.has_data(i + run)? {
+        while i + run < pages
+            && run < READ_CHUNK / PAGE
+            && body.has_data(i + run).map_err(Hashing::Io)?
+        {
             run += 1;
         }
         let chunk = &mut buf[..run * PAGE];
-        body.read((i * PAGE) as u64, chunk)?;
+        body.read((i * PAGE) as u64, chunk).map_err(Hashing::Io)?;
         for (k, page) in chunk.chunks_exact(PAGE).enumerate() {
             if page.iter().any(|&b| b != 0) {
                 hash.update(&((i + k) as u64).to_le_bytes());

@@ -393,8 +393,48 @@ impl Engine {
         cancel: &CancelToken,
     ) -> Result<TemplateInfo, EngineError> {
         let charge = self.charge("template", memory::template_cost(0))?;
-        let (layer, manifest) = file::read(path, &self.0.hv)?;
-        self.register_root(path.display().to_string(), layer, manifest, cancel, charge)
+        let file::Opened {
+            layer,
+            manifest,
+            body_check,
+        } = file::open(path, &self.0.hv)?;
+        // The memory is read and hashed on a second thread while the probe
+        // runs the guest in a throwaway VM (each takes about as long); the
+        // template is registered only once both passed, and a failed check
+        // stops the probe. No thread to spare: one after the other.
+        let probe_cancel = cancel.child();
+        let check = Mutex::new(Some(body_check));
+        let verify =
+            |cancel: &CancelToken| match check.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                Some(c) => c.verify(cancel),
+                None => Ok(()),
+            };
+        let family = std::thread::scope(|scope| {
+            let hashing = std::thread::Builder::new()
+                .name("template-check".into())
+                .spawn_scoped(scope, || {
+                    let checked = verify(cancel);
+                    if checked.is_err() {
+                        probe_cancel.cancel();
+                    }
+                    checked
+                });
+            match hashing {
+                Ok(hashing) => {
+                    let family = self.root_family(layer, manifest, &probe_cancel, charge);
+                    let checked = hashing.join().unwrap_or_else(|_| {
+                        Err(EngineError::ResourceLimit(
+                            "checking the template file failed".into(),
+                        ))
+                    });
+                    checked.and(family)
+                }
+                Err(_) => {
+                    verify(cancel).and_then(|()| self.root_family(layer, manifest, cancel, charge))
+                }
+            }
+        })?;
+        Ok(self.register_root_family(path.display().to_string(), family))
     }
 
     /// What a template file holds (its header only: no KVM, no guest memory).
@@ -416,17 +456,29 @@ impl Engine {
     }
 
     /// Registers a new root layer: its own family, whose probe must answer.
-    /// `charge` covered it while it was made; it ends up covering what the
-    /// root can hold ([`memory::template_cost`]), and the probe's VM is
-    /// charged while it runs.
     fn register_root(
         &self,
         source: String,
         layer: Layer,
         manifest: Option<Manifest>,
         cancel: &CancelToken,
-        mut charge: Charge,
+        charge: Charge,
     ) -> Result<TemplateInfo, EngineError> {
+        let family = self.root_family(layer, manifest, cancel, charge)?;
+        Ok(self.register_root_family(source, family))
+    }
+
+    /// A new family for a root layer, named with a new template id, whose
+    /// probe answered. `charge` covered it while it was made; it ends up
+    /// covering what the root can hold ([`memory::template_cost`]), and the
+    /// probe's VM is charged while it runs.
+    fn root_family(
+        &self,
+        layer: Layer,
+        manifest: Option<Manifest>,
+        cancel: &CancelToken,
+        mut charge: Charge,
+    ) -> Result<Arc<Family>, EngineError> {
         // Before the probe: its run has a deadline.
         self.start_threads()?;
         let size = layer.memory_bytes() as u64;
@@ -435,30 +487,31 @@ impl Engine {
             charge.absorb(self.charge("template", held - charge.bytes())?);
         }
         charge.shrink_to(held);
-        let id = self.next_id("tpl");
-        let family = {
-            let _probe = self.charge(
-                "template",
-                cost::vm(size) + cost::private(template::MAX_HOT_PAGES as u64),
-            )?;
-            Arc::new(Family::new(
-                &self.0.hv,
-                &self.0.deadlines,
-                id.clone(),
-                template::Root {
-                    layer,
-                    manifest,
-                    charge,
-                },
-                Pool::new(self.0.config.pool_size, Arc::clone(&self.0.wanted)),
-                self.timeout_or_default(None),
-                cancel,
-            )?)
-        };
+        let _probe = self.charge(
+            "template",
+            cost::vm(size) + cost::private(template::MAX_HOT_PAGES as u64),
+        )?;
+        Ok(Arc::new(Family::new(
+            &self.0.hv,
+            &self.0.deadlines,
+            self.next_id("tpl"),
+            template::Root {
+                layer,
+                manifest,
+                charge,
+            },
+            Pool::new(self.0.config.pool_size, Arc::clone(&self.0.wanted)),
+            self.timeout_or_default(None),
+            cancel,
+        )?))
+    }
+
+    /// Registers the root template of `family`, under its name.
+    fn register_root_family(&self, source: String, family: Arc<Family>) -> TemplateInfo {
         let layer = Arc::clone(&family.root);
-        let info = self.register(id, source, layer, family);
+        let info = self.register(family.name.clone(), source, layer, family);
         self.0.wanted.notify();
-        Ok(info)
+        info
     }
 
     /// Adds a template of `family` to the registry.
