@@ -257,7 +257,10 @@ fn a_guest_that_never_answers_is_rejected_in_bounded_time() {
     b[(p.body_offset + 0x10_0000 + 5) as usize] ^= 0x10;
     std::fs::write(&path, &b).unwrap();
     let started = Instant::now();
-    let detail = file_error(slow.load_file(&path, &CancelToken::new()).map(|i| i.template));
+    let detail = file_error(
+        slow.load_file(&path, &CancelToken::new())
+            .map(|i| i.template),
+    );
     assert!(detail.contains("checksum"), "{detail}");
     assert!(started.elapsed() < Duration::from_secs(15));
     // Zero special registers: KVM refuses them, or the guest dies at once.
