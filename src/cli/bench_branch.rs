@@ -93,10 +93,12 @@ pub fn measure(
         // (what a worker that keeps branching finds). Cold: none are.
         let (mut times, mut cold) = (Vec::with_capacity(samples), Vec::new());
         for i in 0..samples + samples.div_ceil(10) {
-            let out = if i < samples { &mut times } else { &mut cold };
-            if i >= samples {
+            let out = if i < samples {
+                &mut times
+            } else {
                 engine.release_kept_memory();
-            }
+                &mut cold
+            };
             let t = Instant::now();
             let b = snapshot(&engine, &sb, Branching::Layer)?;
             out.push(t.elapsed());

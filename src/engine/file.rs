@@ -259,12 +259,13 @@ pub(crate) struct BodyCheck {
 impl BodyCheck {
     /// Reads and hashes every data page of the file's memory; an error if
     /// the checksum disagrees (the file is corrupt) or the file cannot be read.
-    pub fn verify(mut self, cancel: &CancelToken) -> Result<(), EngineError> {
-        hash_body(&self.body, &mut self.hash, cancel).map_err(|e| match e {
+    pub fn verify(&self, cancel: &CancelToken) -> Result<(), EngineError> {
+        let mut hash = self.hash.clone();
+        hash_body(&self.body, &mut hash, cancel).map_err(|e| match e {
             Hashing::Cancelled => EngineError::Cancelled,
             Hashing::Io(e) => err(&self.path, e),
         })?;
-        if self.hash.digest() != self.expected {
+        if hash.digest() != self.expected {
             return Err(err(&self.path, "checksum mismatch: the file is corrupt"));
         }
         Ok(())

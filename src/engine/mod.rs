@@ -403,17 +403,11 @@ impl Engine {
         // template is registered only once both passed, and a failed check
         // stops the probe. No thread to spare: one after the other.
         let probe_cancel = cancel.child();
-        let check = Mutex::new(Some(body_check));
-        let verify =
-            |cancel: &CancelToken| match check.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                Some(c) => c.verify(cancel),
-                None => Ok(()),
-            };
         let family = std::thread::scope(|scope| {
             let hashing = std::thread::Builder::new()
                 .name("template-check".into())
                 .spawn_scoped(scope, || {
-                    let checked = verify(cancel);
+                    let checked = body_check.verify(cancel);
                     if checked.is_err() {
                         probe_cancel.cancel();
                     }
@@ -429,9 +423,9 @@ impl Engine {
                     });
                     checked.and(family)
                 }
-                Err(_) => {
-                    verify(cancel).and_then(|()| self.root_family(layer, manifest, cancel, charge))
-                }
+                Err(_) => body_check
+                    .verify(cancel)
+                    .and_then(|()| self.root_family(layer, manifest, cancel, charge)),
             }
         })?;
         Ok(self.register_root_family(path.display().to_string(), family))
