@@ -5,7 +5,7 @@ Two ways to read its answers, one protocol core (`Connection`: frames, pending c
 the worker's death):
 
 - `ThreadConnection` (the synchronous API): a calling thread that waits for its answer reads the
-  output itself, completing the futures of whatever arrives (other threads' answers too), and hands
+  output itself, setting the answers of whatever arrives (other threads' too), and hands
   the reading over when its own answer is in; any thread may call. One caller at a time reads exactly
   as a bare pipe client would: no reader thread to wake, no thread switch per answer.
 - `LoopConnection` (the asyncio API): the event loop itself reads and writes the pipes, and completes
@@ -69,39 +69,89 @@ def find_binary(explicit: Optional[str] = None) -> str:
 
 
 OutputHandler = Callable[[Dict[str, Any]], None]
-AnyFuture = Union[concurrent.futures.Future, "asyncio.Future[Any]"]
+AnyFuture = Union["Answer", "asyncio.Future[Any]"]
+
+
+class Answer:
+    """A synchronous call's answer: set once by whichever thread reads it, read by the caller once it saw
+    `done()` under the transport's turn lock (which orders the two). A `concurrent.futures.Future` would
+    also lock and notify its own condition for every answer, which nobody waits on here."""
+
+    __slots__ = ("_done", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._value = value
+        self._done = True
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done = True
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class Frames:
     """Splits the worker's output into messages, whatever pieces it arrives in."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._length: Optional[int] = None
+        self._buf = bytearray()  # the start of a message not yet whole
 
     def feed(self, data: bytes) -> List[Any]:
-        self._buf += data
-        out = []
-        while True:
-            if self._length is None:
-                end = self._buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return out
-                length = None
-                for line in bytes(self._buf[:end]).split(b"\r\n"):
-                    name, _, value = line.decode("ascii").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value.strip())
-                if length is None:
-                    raise ValueError("a frame without Content-Length")
-                del self._buf[: end + 4]
-                self._length = length
-            if len(self._buf) < self._length:
-                return out
-            body = bytes(self._buf[: self._length])
-            del self._buf[: self._length]
-            self._length = None
-            out.append(json.loads(body))
+        buf = self._buf
+        if not buf:  # the usual case: `data` starts a message; no copy of what is whole in it
+            out, used = _split(data)
+            buf += memoryview(data)[used:]
+            return out
+        buf += data
+        out, used = _split(buf)
+        del buf[:used]
+        return out
+
+
+def _split(data: Union[bytes, bytearray]) -> tuple[List[Any], int]:
+    """The whole messages at the start of `data`, and how many bytes they took."""
+    out = []
+    pos = 0
+    while True:
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return out, pos
+        start = end + 4
+        length = _content_length(data[pos:end])
+        if len(data) - start < length:
+            return out, pos
+        out.append(_decode(data[start : start + length].decode()))
+        pos = start + length
+
+
+def _content_length(headers: Union[bytes, bytearray]) -> int:
+    """The Content-Length of a message's header block (other headers are ignored)."""
+    if headers.startswith(b"Content-Length: ") and b"\r" not in headers:  # what the worker writes
+        return int(headers[16:])
+    length = None
+    for line in bytes(headers).split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length is None:
+        raise ValueError("a frame without Content-Length")
+    return length
+
+
+# One encoder and decoder for every message: `json.dumps` with options builds an encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
 
 
 class Connection:
@@ -206,7 +256,7 @@ class Connection:
         raise NotImplementedError
 
     def _send(self, msg: Dict[str, Any]) -> None:
-        body = json.dumps(msg, separators=(",", ":")).encode()
+        body = _encode(msg).encode()
         self._write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
     def request(self, method: str, params: Dict[str, Any],
@@ -264,9 +314,9 @@ class ThreadConnection(Connection):
         self._reading = False
 
     def _new_future(self) -> AnyFuture:
-        return concurrent.futures.Future()
+        return Answer()
 
-    def wait(self, fut: concurrent.futures.Future, timeout: Optional[float] = None) -> Any:
+    def wait(self, fut: Answer, timeout: Optional[float] = None) -> Any:
         """The result of `fut`, reading the worker's output on this thread whenever no other thread
         does. Raises concurrent.futures.TimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout

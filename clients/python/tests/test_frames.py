@@ -1,0 +1,41 @@
+"""The client's message framing (pure: no worker)."""
+
+import json
+
+from zeroboot._conn import Frames
+
+
+def frame(msg, headers=b""):
+    body = json.dumps(msg).encode()
+    return headers + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_messages_come_out_whole_whatever_the_pieces():
+    a, b = {"id": 1, "result": {"text": "é"}}, {"jsonrpc": "2.0", "method": "sandbox.output", "params": {}}
+    stream = frame(a) + frame(b) + frame(a)
+    for cut in range(1, len(stream)):
+        f = Frames()
+        assert f.feed(stream[:cut]) + f.feed(stream[cut:]) == [a, b, a], cut
+    f = Frames()
+    assert [m for byte in range(len(stream)) for m in f.feed(stream[byte : byte + 1])] == [a, b, a]
+
+
+def test_other_headers_and_any_case_are_accepted():
+    msg = {"id": 7, "result": None}
+    body = json.dumps(msg).encode()
+    assert Frames().feed(b"Content-Type: application/json\r\ncontent-LENGTH:  %d\r\n\r\n" % len(body) + body) == [msg]
+
+
+def test_a_frame_without_length_is_an_error():
+    try:
+        Frames().feed(b"Content-Type: x\r\n\r\n{}")
+    except ValueError:
+        return
+    raise AssertionError("no error")
+
+
+def test_a_large_message_in_many_pieces():
+    big = frame({"id": 2, "result": "x" * (8 << 20)}) + frame({"id": 3, "result": 0})
+    f = Frames()
+    out = [m for i in range(0, len(big), 1 << 16) for m in f.feed(big[i : i + (1 << 16)])]
+    assert [m["id"] for m in out] == [2, 3] and len(out[0]["result"]) == 8 << 20
