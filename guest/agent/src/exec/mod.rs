@@ -304,7 +304,7 @@ impl Runner {
 /// wake the zygote, whose SIGCHLD handler hears of stops).
 fn warm_up(mut worker: Worker) -> io::Result<Worker> {
     if worker.language() != Language::Python {
-        privatize(&worker)?;
+        private::privatize(worker.pid())?;
         worker.pause()?;
         return Ok(worker);
     }
@@ -319,22 +319,8 @@ fn warm_up(mut worker: Worker) -> io::Result<Worker> {
         user: None,
     });
     worker.warm_up(&message, WARM_UP_TIMEOUT)?;
-    privatize(&worker)?;
+    private::privatize(worker.pid())?;
     Ok(worker)
-}
-
-/// Makes a spare's memory its own (`private.rs`) and says on the console
-/// what that cost: the pages filled are the template memory it adds.
-fn privatize(worker: &Worker) -> io::Result<()> {
-    let done = private::privatize(worker.pid())?;
-    eprintln!(
-        "zeroboot-agent: {} spare: {} pages made its own, {} more filled ({} KiB)",
-        language_name(worker.language()),
-        done.present,
-        done.filled,
-        done.filled * 4,
-    );
-    Ok(())
 }
 
 fn spawn_failed(e: io::Error) -> Failure {
