@@ -304,7 +304,7 @@ impl Runner {
 /// wake the zygote, whose SIGCHLD handler hears of stops).
 fn warm_up(mut worker: Worker) -> io::Result<Worker> {
     if worker.language() != Language::Python {
-        privatize(&worker)?;
+        private::privatize(worker.pid())?;
         worker.pause()?;
         return Ok(worker);
     }
@@ -319,20 +319,8 @@ fn warm_up(mut worker: Worker) -> io::Result<Worker> {
         user: None,
     });
     worker.warm_up(&message, WARM_UP_TIMEOUT)?;
-    privatize(&worker)?;
+    private::privatize(worker.pid())?;
     Ok(worker)
-}
-
-/// Makes a spare's memory its own and maps its files' pages in
-/// (`private.rs`), and says on the console how many pages that took.
-fn privatize(worker: &Worker) -> io::Result<()> {
-    let mapped = private::map_files(worker.pid())?;
-    let written = private::privatize(worker.pid())?;
-    eprintln!(
-        "zeroboot-agent: {} spare: {written} pages made its own, {mapped} file pages mapped in",
-        language_name(worker.language()),
-    );
-    Ok(())
 }
 
 fn spawn_failed(e: io::Error) -> Failure {

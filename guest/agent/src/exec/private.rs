@@ -9,12 +9,6 @@
 //! the first run writes costs the host one page copy each and the guest
 //! nothing. The pages so copied cost template memory once (the spare's
 //! resident set), never a fork's.
-//!
-//! The pages of its files' read-only mappings (code, constants) that the
-//! spare has not touched yet are read through `/proc/PID/mem` too: the
-//! file's pages are in memory already (the root is an initramfs), so
-//! mapping them costs only page-table entries and the pages' map counts,
-//! written once here rather than in every fork that first runs that code.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -44,62 +38,6 @@ fn writable_private(maps: &str) -> Vec<(u64, u64)> {
             ))
         })
         .collect()
-}
-
-/// The readable, not writable mappings of files in a `/proc/PID/maps`
-/// text, as address ranges.
-fn readonly_files(maps: &str) -> Vec<(u64, u64)> {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?.as_bytes();
-            let name = fields.nth(3).unwrap_or("");
-            if perms.first() != Some(&b'r') || perms.get(1) != Some(&b'-') || !name.starts_with('/')
-            {
-                return None;
-            }
-            let (lo, hi) = range.split_once('-')?;
-            Some((
-                u64::from_str_radix(lo, 16).ok()?,
-                u64::from_str_radix(hi, 16).ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// Reads one byte of every page of process `pid`'s read-only file mappings
-/// that is not mapped yet, so that it is; returns how many pages it read.
-/// A page that cannot be read (past the file's end) ends its mapping.
-pub fn map_files(pid: u32) -> io::Result<usize> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
-    let mem = File::open(format!("/proc/{pid}/mem"))?;
-    let mut read = 0;
-    let mut entries = vec![0u8; (BATCH * 8) as usize];
-    'mappings: for (lo, hi) in readonly_files(&maps) {
-        let mut page = lo;
-        while page < hi {
-            let n = ((hi - page) / PAGE).min(BATCH);
-            let buf = &mut entries[..(n * 8) as usize];
-            pagemap.read_exact_at(buf, page / PAGE * 8)?;
-            for (i, e) in buf.chunks_exact(8).enumerate() {
-                let present = u64::from_le_bytes(e.try_into().expect("8 bytes")) >> 63 == 1;
-                if !present {
-                    let mut byte = [0u8];
-                    if mem
-                        .read_exact_at(&mut byte, page + i as u64 * PAGE)
-                        .is_err()
-                    {
-                        continue 'mappings;
-                    }
-                    read += 1;
-                }
-            }
-            page += n * PAGE;
-        }
-    }
-    Ok(read)
 }
 
 /// Writes every present page of process `pid`'s private writable mappings
@@ -159,70 +97,6 @@ mod tests {
                 (0x7f00_0000_5000, 0x7f00_0000_6000),
             ]
         );
-    }
-
-    #[test]
-    fn only_readonly_file_mappings_are_mapped_in() {
-        let maps = "\
-55d0c0000000-55d0c0021000 rw-p 00000000 00:00 0                          [heap]
-7f0000000000-7f0000001000 r--p 00000000 08:01 42                         /usr/lib/libc.so.6
-7f0000001000-7f0000002000 r-xp 00001000 08:01 42                         /usr/lib/libc.so.6
-7f0000002000-7f0000003000 rw-p 00002000 08:01 42                         /usr/lib/libc.so.6
-7f0000003000-7f0000004000 ---p 00000000 08:01 42                         /usr/lib/libc.so.6
-7f0000004000-7f0000005000 r--s 00000000 00:05 7                          /dev/shm/x
-7f0000005000-7f0000006000 r--p 00000000 00:00 0
-7ffd00000000-7ffd00002000 r--p 00000000 00:00 0                          [vvar]
-7ffd00002000-7ffd00004000 r-xp 00000000 00:00 0                          [vdso]
-";
-        assert_eq!(
-            readonly_files(maps),
-            [
-                (0x7f00_0000_0000, 0x7f00_0000_1000),
-                (0x7f00_0000_1000, 0x7f00_0000_2000),
-                (0x7f00_0000_4000, 0x7f00_0000_5000),
-            ]
-        );
-    }
-
-    /// Pages of `pid`'s read-only file mappings not mapped.
-    fn unmapped_file_pages(pid: u32) -> usize {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let pagemap = File::open(format!("/proc/{pid}/pagemap")).unwrap();
-        let mut missing = 0;
-        for (lo, hi) in readonly_files(&maps) {
-            for page in (lo..hi).step_by(PAGE as usize) {
-                let mut e = [0u8; 8];
-                pagemap.read_exact_at(&mut e, page / PAGE * 8).unwrap();
-                missing += usize::from(u64::from_le_bytes(e) >> 63 == 0);
-            }
-        }
-        missing
-    }
-
-    #[test]
-    fn a_child_gets_its_files_mapped_in() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        // Asleep: its loader has mapped everything.
-        let stat = format!("/proc/{pid}/stat");
-        for _ in 0..500 {
-            let s = std::fs::read_to_string(&stat).unwrap();
-            if s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
-            {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let before = unmapped_file_pages(pid);
-        assert!(before > 0, "a fresh sleep has not touched all of libc");
-        let read = map_files(pid).unwrap();
-        assert_eq!(read, before);
-        assert_eq!(unmapped_file_pages(pid), 0);
-        let _ = child.kill().and_then(|()| child.wait());
     }
 
     #[test]
