@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::kvm_or_skip;
 use zeroboot::vmm::memory::{GuestRam, MemoryFile, Sharing};
-use zeroboot::vmm::{Flavor, Hypervisor, MachineState, Tracking, Vm};
+use zeroboot::vmm::{Flavor, Hypervisor, MachineState, Pace, Tracking, Vm};
 
 const MSR_IA32_TSC: u32 = 0x10;
 
@@ -53,9 +53,9 @@ fn a_second_restore_within_a_second_sets_the_snapshot_tsc() {
     {
         m.data = snapshot_tsc;
     }
-    vm.restore(&state).unwrap();
+    vm.restore(&state, Pace::Urgent).unwrap();
     std::thread::sleep(Duration::from_millis(600));
-    vm.restore(&state).unwrap();
+    vm.restore(&state, Pace::Urgent).unwrap();
     let after = tsc(&vm.capture(&hv, hv.cpuid()).unwrap());
     // The capture follows the restore within microseconds; a TSC that ran on
     // through the 0.6 s between restores would be >= 6e8 cycles ahead at any

@@ -137,8 +137,7 @@ impl<'a> RunCode<'a> {
 
     /// Iterates the environment as (key, value) pairs.
     pub fn env_pairs(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        let mut it = self.env.iter();
-        core::iter::from_fn(move || Some((it.next()?, it.next()?)))
+        self.env.pairs()
     }
 }
 

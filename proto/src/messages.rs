@@ -99,6 +99,12 @@ impl<'a> StrList<'a> {
         let mut r = Reader::new(self.raw);
         core::iter::from_fn(move || r.bytes().ok())
     }
+
+    /// Iterates a list decoded two strings per entry as (key, value) pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let mut it = self.iter();
+        core::iter::from_fn(move || Some((it.next()?, it.next()?)))
+    }
 }
 
 /// Payload of [`crate::Kind::Exec`].
@@ -194,8 +200,7 @@ impl<'a> Exec<'a> {
 
     /// Iterates the environment as (key, value) pairs.
     pub fn env_pairs(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        let mut it = self.env.iter();
-        core::iter::from_fn(move || Some((it.next()?, it.next()?)))
+        self.env.pairs()
     }
 }
 

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use zeroboot::engine::EngineError;
 
+use super::affinity::CpuSet;
+
 /// A child that answers each line with a line.
 struct LinePeer {
     child: Child,
@@ -178,6 +180,10 @@ impl Worker {
 pub struct RpcFigures {
     /// Round trip to `cat`, alternating with `ping`.
     pub floor: Vec<Duration>,
+    /// Round trip to `cat` with both ends on one CPU.
+    pub floor_same_cpu: Vec<Duration>,
+    /// Round trip to `cat` on another CPU (none on a one-CPU host).
+    pub floor_cross_cpu: Option<Vec<Duration>>,
     /// `worker.ping`.
     pub ping: Vec<Duration>,
     /// `sandbox.fork` (each followed by an untimed kill).
@@ -190,6 +196,38 @@ pub struct RpcFigures {
     pub kill: Vec<Duration>,
     /// `worker.ping` right after that kill.
     pub ping_after_kill: Vec<Duration>,
+}
+
+/// Round trips of `line` to `cat` with this thread and `cat` on one CPU, and
+/// (when there are two) with `cat` on another: what a wake-up across CPUs
+/// costs on this host, beside figures whose threads the scheduler places.
+fn pinned_floors(
+    samples: usize,
+    line: &[u8],
+) -> Result<(Vec<Duration>, Option<Vec<Duration>>), EngineError> {
+    let all = CpuSet::current().map_err(failed)?;
+    let cpus = all.cpus();
+    let measured = (|| {
+        let mut other = match cpus.get(1) {
+            Some(&b) => {
+                CpuSet::one(b).apply().map_err(failed)?;
+                Some(LinePeer::spawn(Command::new("cat"))?)
+            }
+            None => None,
+        };
+        CpuSet::one(cpus[0]).apply().map_err(failed)?;
+        let mut same = LinePeer::spawn(Command::new("cat"))?;
+        let (mut on_one, mut across) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+        for _ in 0..samples {
+            on_one.push(same.round_trip(line)?.1);
+            if let Some(other) = &mut other {
+                across.push(other.round_trip(line)?.1);
+            }
+        }
+        Ok((on_one, other.map(|_| across)))
+    })();
+    all.apply().map_err(failed)?;
+    measured
 }
 
 /// Runs every RPC figure with `samples` samples each, through a worker with
@@ -209,6 +247,8 @@ pub fn measure(samples: usize, pool: usize, seccomp: bool) -> Result<RpcFigures,
         floor.push(cat.round_trip(&line)?.1);
         ping.push(w.call("worker.ping", json!({}))?.1);
     }
+    let (_, line) = w.line("worker.ping", &json!({}))?;
+    let (floor_same_cpu, floor_cross_cpu) = pinned_floors(samples, &line)?;
 
     let mut fork = Vec::with_capacity(samples);
     for _ in 0..samples {
@@ -251,6 +291,8 @@ pub fn measure(samples: usize, pool: usize, seccomp: bool) -> Result<RpcFigures,
     }
     Ok(RpcFigures {
         floor,
+        floor_same_cpu,
+        floor_cross_cpu,
         ping,
         fork,
         exec,

@@ -37,7 +37,7 @@ use super::reserve::PageReserve;
 use crate::agent::Mailbox;
 use crate::vmm::memory::{MemoryFile, PAGE};
 use crate::vmm::pages::PageStore;
-use crate::vmm::{Hypervisor, MachineState, Vm, VmmError};
+use crate::vmm::{Hypervisor, MachineState, Pace, Vm, VmmError};
 
 /// A chain may hold at most this many times the pages its index shows
 /// (plus [`COMPACT_SLACK`]) before the next branch compacts it.
@@ -399,15 +399,24 @@ impl Layer {
 
     /// Makes `vm` a fresh fork of this layer: its memory shows exactly what
     /// this layer shows (base, `hot` pages copied ahead, indexed pages written
-    /// over it) and its machine state is this layer's.
-    pub fn restore(&self, vm: &mut Vm, hot: &[u64], ram: Ram) -> Result<(), VmmError> {
+    /// over it) and its machine state is this layer's. `pace` says whether a
+    /// request waits for it ([`Pace`]).
+    pub fn restore(
+        &self,
+        vm: &mut Vm,
+        hot: &[u64],
+        ram: Ram,
+        pace: Pace<'_>,
+    ) -> Result<(), VmmError> {
         if ram == Ram::Used {
             vm.ram().reset_private(&self.base, IN_PLACE_RESET_PAGES)?;
+            pace.step();
         }
         vm.ram().precopy(hot)?;
         vm.ram()
             .place(self.index.iter().map(|e| (e.gpa, self.page(e))))?;
-        vm.restore(&self.state)
+        pace.step();
+        vm.restore(&self.state, pace)
     }
 }
 

@@ -36,6 +36,10 @@ pub(crate) struct Shell {
     charge: Charge,
     /// Bytes of its charge covering pages it keeps private while idle.
     kept: u64,
+    /// Set while a request holds the VM (from the fork that takes it out of
+    /// a pool): a recycling reset still running then stops yielding its CPU
+    /// ([`crate::vmm::Pace`]).
+    pub wanted: Arc<AtomicBool>,
 }
 
 impl Shell {
@@ -46,6 +50,7 @@ impl Shell {
             tracked,
             charge,
             kept: 0,
+            wanted: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -132,7 +137,9 @@ impl Pool {
     pub fn take(&self, tracked: bool) -> Option<Shell> {
         let mut shells = self.lock();
         let taken = match shells.iter().position(|s| s.tracked == tracked) {
-            Some(i) => shells.remove(i),
+            Some(i) => shells
+                .remove(i)
+                .inspect(|s| s.wanted.store(true, Ordering::Relaxed)),
             None => {
                 if shells.len() >= self.capacity
                     && let Some(other) = shells.pop_front()

@@ -18,11 +18,13 @@
 //! (a 190 ms `exec_echo_us` maximum in the bench).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::budget::cost;
 use super::layer::{IN_PLACE_RESET_PAGES, Layer, Ram};
 use super::pool::{Health, Shell};
 use super::template::{Family, Template};
+use crate::vmm::Pace;
 
 /// Recycles `shell`: back into the ready VMs of `branch` (the branch its
 /// sandbox was forked from) while that branch wants more, so a branch forked
@@ -78,10 +80,17 @@ fn reset(family: &Arc<Family>, layer: &Arc<Layer>, shell: &Shell) -> bool {
     shell.thread.kicker().clear();
     let health = Arc::clone(&shell.health);
     let (f, l) = (Arc::clone(family), Arc::clone(layer));
+    // Until a fork takes the VM from the pool, nobody waits for this reset.
+    shell.wanted.store(false, Ordering::Relaxed);
+    let wanted = Arc::clone(&shell.wanted);
     shell.thread.submit(move |vm| {
+        let pace = Pace::Background { wanted: &wanted };
+        // Whoever woke this thread (the reader, handing the VM over after
+        // answering a kill) goes on first if it shares the CPU.
+        pace.step();
         // No frame may land in memory handed to the next tenant.
         vm.detach_net();
-        if let Err(e) = l.restore(vm, &f.hot_pages, Ram::Used) {
+        if let Err(e) = l.restore(vm, &f.hot_pages, Ram::Used, pace) {
             tracing::warn!(template = %f.name, error = %e, "recycling a VM failed");
             *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
                 reason: format!("reset after recycling failed: {e}"),

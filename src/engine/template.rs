@@ -22,7 +22,7 @@ use super::{CancelToken, EngineError, session};
 use crate::agent::{self, AgentError};
 use crate::image::spec_image::Manifest;
 use crate::vmm::memory::{GuestRam, MemoryFile, Sharing};
-use crate::vmm::{Hypervisor, Tracking, VcpuThread, Vm, VmmError, layout, pagemap};
+use crate::vmm::{Hypervisor, Pace, Tracking, VcpuThread, Vm, VmmError, layout, pagemap};
 
 /// The bare guest image, built from guest/bare by build.rs.
 pub static BARE_GUEST: &[u8] = include_bytes!(env!("ZEROBOOT_BARE_GUEST"));
@@ -69,7 +69,7 @@ impl Template {
             Arc::clone(&shell.health),
         );
         shell.thread.submit(move |vm| {
-            if let Err(e) = layer.restore(vm, &family.hot_pages, Ram::Clean) {
+            if let Err(e) = layer.restore(vm, &family.hot_pages, Ram::Clean, Pace::Urgent) {
                 *health.lock().unwrap_or_else(|e| e.into_inner()) = Health::Broken {
                     reason: format!("restoring the branch failed: {e}"),
                     recyclable: true,
@@ -191,7 +191,7 @@ impl Family {
         let thread = VcpuThread::spawn(format!("probe-{}", self.name), move || {
             let ram = GuestRam::map(root.base(), Sharing::Private)?;
             let mut vm = Vm::new(&h, ram, &cpuid, Tracking::Off)?;
-            root.restore(&mut vm, &[], Ram::Clean)?;
+            root.restore(&mut vm, &[], Ram::Clean, Pace::Urgent)?;
             Ok(vm)
         })
         .map_err(|e| EngineError::TemplateUnresponsive {
@@ -281,7 +281,7 @@ impl Family {
             let mut vm = Vm::new(&hv, ram, &family.cpuid, tracking)?;
             family
                 .root
-                .restore(&mut vm, &family.hot_pages, Ram::Clean)?;
+                .restore(&mut vm, &family.hot_pages, Ram::Clean, Pace::Urgent)?;
             Ok(vm)
         })?;
         Ok(Shell::new(thread, tracked, charge))

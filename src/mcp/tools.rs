@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use super::progress::{Progress, excerpt};
 use super::session::Session;
 use super::{TemplateSource, ToolError};
-use crate::engine::{Branching, CodeRequest, ExecRequest, Language, OutputStream, SandboxState};
+use crate::engine::{
+    Branching, CancelToken, CodeRequest, Engine, EngineError, ExecRequest, ExecResult, Language,
+    OutputStream, SandboxState,
+};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -324,7 +327,6 @@ impl Server {
     ) -> Result<Json<ExecOutput>, ToolError> {
         let progress = Progress::new(&ctx);
         let sandbox = self.session.sandbox(a.sandbox, &ctx, &progress).await?;
-        // The engine checks the deadline against its limits.
         let req = ExecRequest {
             argv: a.argv,
             env: a.env.into_iter().collect(),
@@ -333,33 +335,17 @@ impl Server {
             timeout: a.timeout_ms.map(Duration::from_millis),
             ..Default::default()
         };
-        let (tx, forwarding) = progress.forwarder().unzip();
-        let forwarding = async {
-            if let Some(forwarding) = forwarding {
-                forwarding.await;
-            }
-        };
-        let id = sandbox.clone();
-        let running = self.session.run_on(&sandbox, &ctx, move |engine, cancel| {
-            let timeout_ms = req
-                .timeout
-                .map_or(engine.config().default_timeout_ms, |t| t.as_millis() as u64);
-            let result = engine.exec(&id, &req, cancel, &mut |stream, data| {
-                forward(tx.as_ref(), stream, data)
-            });
-            result.map(|r| (r, timeout_ms))
-        });
-        // The sender goes with the finished call, which ends the forwarding.
-        let (ran, ()) = tokio::join!(running, forwarding);
-        let (r, timeout_ms) = ran?;
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        if r.timed_out {
-            return Err(ToolError::TimedOut {
-                timeout_ms,
-                stdout: text(&r.stdout),
-                stderr: text(&r.stderr),
-            });
-        }
+        let (id, timeout) = (sandbox.clone(), req.timeout);
+        let r = self
+            .streamed(
+                &sandbox,
+                &ctx,
+                &progress,
+                timeout,
+                move |e, cancel, out| e.exec(&id, &req, cancel, out),
+                |r| r,
+            )
+            .await?;
         Ok(Json(ExecOutput {
             sandbox,
             stdout: text(&r.stdout),
@@ -390,36 +376,20 @@ impl Server {
             context: a.context,
             env: a.env.into_iter().collect(),
             cwd: a.cwd.unwrap_or_default(),
-            // The engine checks the deadline against its limits.
             timeout: a.timeout_ms.map(Duration::from_millis),
             output_cap: None,
         };
-        let (tx, forwarding) = progress.forwarder().unzip();
-        let forwarding = async {
-            if let Some(forwarding) = forwarding {
-                forwarding.await;
-            }
-        };
-        let id = sandbox.clone();
-        let running = self.session.run_on(&sandbox, &ctx, move |engine, cancel| {
-            let timeout_ms = req
-                .timeout
-                .map_or(engine.config().default_timeout_ms, |t| t.as_millis() as u64);
-            let result = engine.run_code(&id, &req, cancel, &mut |stream, data| {
-                forward(tx.as_ref(), stream, data)
-            });
-            result.map(|r| (r, timeout_ms))
-        });
-        let (ran, ()) = tokio::join!(running, forwarding);
-        let (r, timeout_ms) = ran?;
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        if r.exec.timed_out {
-            return Err(ToolError::TimedOut {
-                timeout_ms,
-                stdout: text(&r.exec.stdout),
-                stderr: text(&r.exec.stderr),
-            });
-        }
+        let (id, timeout) = (sandbox.clone(), req.timeout);
+        let r = self
+            .streamed(
+                &sandbox,
+                &ctx,
+                &progress,
+                timeout,
+                move |e, cancel, out| e.run_code(&id, &req, cancel, out),
+                |r| &r.exec,
+            )
+            .await?;
         Ok(Json(RunCodeOutput {
             sandbox,
             stdout: text(&r.exec.stdout),
@@ -622,6 +592,61 @@ impl Server {
 
 /// Forwards an output chunk as a progress message, when the client asked
 /// for progress.
+impl Server {
+    /// Runs `call` on sandbox `id` with its output forwarded to the client as
+    /// progress. A run that reached its deadline (`timeout`, or the engine's
+    /// default) is the tool's `TimedOut` error, with the output it made;
+    /// `exec` finds the run's exec result in what `call` returns.
+    async fn streamed<T: Send + 'static>(
+        &self,
+        id: &str,
+        ctx: &RequestContext<RoleServer>,
+        progress: &Progress,
+        timeout: Option<Duration>,
+        call: impl FnOnce(
+            &Engine,
+            &CancelToken,
+            &mut dyn FnMut(OutputStream, &[u8]),
+        ) -> Result<T, EngineError>
+        + Send
+        + 'static,
+        exec: impl Fn(&T) -> &ExecResult,
+    ) -> Result<T, ToolError> {
+        let (tx, forwarding) = progress.forwarder().unzip();
+        let forwarding = async {
+            if let Some(forwarding) = forwarding {
+                forwarding.await;
+            }
+        };
+        let running = self.session.run_on(id, ctx, move |engine, cancel| {
+            // The engine checks the deadline against its limits.
+            let timeout_ms =
+                timeout.map_or(engine.config().default_timeout_ms, |t| t.as_millis() as u64);
+            call(engine, cancel, &mut |stream, data| {
+                forward(tx.as_ref(), stream, data)
+            })
+            .map(|r| (r, timeout_ms))
+        });
+        // The sender goes with the finished call, which ends the forwarding.
+        let (ran, ()) = tokio::join!(running, forwarding);
+        let (r, timeout_ms) = ran?;
+        let e = exec(&r);
+        if e.timed_out {
+            return Err(ToolError::TimedOut {
+                timeout_ms,
+                stdout: text(&e.stdout),
+                stderr: text(&e.stderr),
+            });
+        }
+        Ok(r)
+    }
+}
+
+/// Output bytes as the text a tool result carries.
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 fn forward(
     tx: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
     stream: OutputStream,

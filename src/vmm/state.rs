@@ -10,7 +10,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceState, Quirks, VmmError, tsc};
+use super::{DeviceState, Pace, Quirks, VmmError, tsc};
 
 /// State of the one vCPU.
 ///
@@ -262,15 +262,25 @@ impl VcpuState {
     ///   set through its offset, exactly (see `tsc.rs`), and not written again.
     /// - MP_STATE last, so the vCPU is runnable only once everything is in place.
     ///
-    /// `quirks` adjust what the host needs adjusted (see [`Quirks`]).
-    pub fn restore(&self, vcpu: &VcpuFd, quirks: Quirks, tsc_offset: bool) -> Result<(), VmmError> {
+    /// `quirks` adjust what the host needs adjusted (see [`Quirks`]). The
+    /// vCPU is this thread's alone throughout, so yielding between steps
+    /// (at `pace`) changes nothing but who else runs meanwhile.
+    pub fn restore(
+        &self,
+        vcpu: &VcpuFd,
+        quirks: Quirks,
+        tsc_offset: bool,
+        pace: Pace<'_>,
+    ) -> Result<(), VmmError> {
         set("SREGS", vcpu.set_sregs(&quirks.sregs(self.sregs)))?;
         set("XCRS", vcpu.set_xcrs(&self.xcrs))?;
         // SAFETY: KVM_SET_XSAVE reads size_of::<kvm_xsave>() bytes, and
         // Hypervisor::open refused hosts whose XSAVE area is larger.
         set("XSAVE", unsafe { vcpu.set_xsave(&self.xsave) })?;
+        pace.step();
         set("REGS", vcpu.set_regs(&self.regs))?;
         set("LAPIC", vcpu.set_lapic(&self.lapic))?;
+        pace.step();
         let tsc = self.msrs.iter().find(|m| m.index == tsc::MSR_IA32_TSC);
         match tsc {
             Some(tsc) if tsc_offset => {
@@ -285,6 +295,7 @@ impl VcpuState {
             }
             _ => write_msrs(vcpu, &self.msrs)?,
         }
+        pace.step();
         set("DEBUGREGS", vcpu.set_debug_regs(&self.debugregs))?;
         set("VCPU_EVENTS", vcpu.set_vcpu_events(&self.events))?;
         set("MP_STATE", vcpu.set_mp_state(self.mp_state))

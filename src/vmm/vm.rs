@@ -17,7 +17,9 @@ use super::linux::COM1_IRQ;
 use super::memory::GuestRam;
 use super::serial::{ConsoleLog, SerialConsole};
 use super::virtio::{NET_IRQ, NetBackend, NetHandle, VirtioNet};
-use super::{Bus, Flavor, Hypervisor, MachineState, Quirks, Stop, VcpuState, VmState, VmmError};
+use super::{
+    Bus, Flavor, Hypervisor, MachineState, Pace, Quirks, Stop, VcpuState, VmState, VmmError,
+};
 
 /// Address of the three pages Intel VMX needs for real-mode emulation.
 const TSS_ADDR: usize = 0xfffb_d000;
@@ -109,15 +111,18 @@ impl Vm {
     }
 
     /// Puts the machine into `state` (memory is the caller's business, and
-    /// is taken to be the template's again: the dirty count starts over).
-    pub fn restore(&mut self, state: &MachineState) -> Result<(), VmmError> {
+    /// is taken to be the template's again: the dirty count starts over),
+    /// yielding between steps at `pace`.
+    pub fn restore(&mut self, state: &MachineState, pace: Pace<'_>) -> Result<(), VmmError> {
         if let Some(ring) = &mut self.dirty {
             ring.clear();
         }
         state.vm.restore(&self.vm)?;
+        pace.step();
         state
             .vcpu
-            .restore(&self.vcpu, self.quirks, self.tsc_offset)?;
+            .restore(&self.vcpu, self.quirks, self.tsc_offset, pace)?;
+        pace.step();
         let vm = &self.vm;
         self.bus.restore(
             &state.devices,
