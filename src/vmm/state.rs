@@ -272,15 +272,19 @@ impl VcpuState {
         tsc_offset: bool,
         pace: Pace<'_>,
     ) -> Result<(), VmmError> {
-        set("SREGS", vcpu.set_sregs(&quirks.sregs(self.sregs)))?;
-        set("XCRS", vcpu.set_xcrs(&self.xcrs))?;
+        // One ioctl a step: each takes ~9 us on kvm-pvm.
+        let paced = |what, r: Result<(), kvm_ioctls::Error>| {
+            set(what, r)?;
+            pace.step();
+            Ok::<(), VmmError>(())
+        };
+        paced("SREGS", vcpu.set_sregs(&quirks.sregs(self.sregs)))?;
+        paced("XCRS", vcpu.set_xcrs(&self.xcrs))?;
         // SAFETY: KVM_SET_XSAVE reads size_of::<kvm_xsave>() bytes, and
         // Hypervisor::open refused hosts whose XSAVE area is larger.
-        set("XSAVE", unsafe { vcpu.set_xsave(&self.xsave) })?;
-        pace.step();
-        set("REGS", vcpu.set_regs(&self.regs))?;
-        set("LAPIC", vcpu.set_lapic(&self.lapic))?;
-        pace.step();
+        paced("XSAVE", unsafe { vcpu.set_xsave(&self.xsave) })?;
+        paced("REGS", vcpu.set_regs(&self.regs))?;
+        paced("LAPIC", vcpu.set_lapic(&self.lapic))?;
         let tsc = self.msrs.iter().find(|m| m.index == tsc::MSR_IA32_TSC);
         match tsc {
             Some(tsc) if tsc_offset => {
@@ -296,9 +300,9 @@ impl VcpuState {
             _ => write_msrs(vcpu, &self.msrs)?,
         }
         pace.step();
-        set("DEBUGREGS", vcpu.set_debug_regs(&self.debugregs))?;
-        set("VCPU_EVENTS", vcpu.set_vcpu_events(&self.events))?;
-        set("MP_STATE", vcpu.set_mp_state(self.mp_state))
+        paced("DEBUGREGS", vcpu.set_debug_regs(&self.debugregs))?;
+        paced("VCPU_EVENTS", vcpu.set_vcpu_events(&self.events))?;
+        paced("MP_STATE", vcpu.set_mp_state(self.mp_state))
     }
 }
 
@@ -324,10 +328,11 @@ impl VmState {
         Ok(VmState { irqchips, clock })
     }
 
-    /// Writes the VM-wide state.
-    pub fn restore(&self, vm: &VmFd) -> Result<(), VmmError> {
+    /// Writes the VM-wide state, yielding between ioctls at `pace`.
+    pub fn restore(&self, vm: &VmFd, pace: Pace<'_>) -> Result<(), VmmError> {
         for chip in &self.irqchips {
             set("IRQCHIP", vm.set_irqchip(chip))?;
+            pace.step();
         }
         set("CLOCK", vm.set_clock(&self.clock))
     }

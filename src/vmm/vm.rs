@@ -117,7 +117,7 @@ impl Vm {
         if let Some(ring) = &mut self.dirty {
             ring.clear();
         }
-        state.vm.restore(&self.vm)?;
+        state.vm.restore(&self.vm, pace)?;
         pace.step();
         state
             .vcpu
