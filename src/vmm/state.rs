@@ -302,7 +302,8 @@ impl VcpuState {
         pace.step();
         paced("DEBUGREGS", vcpu.set_debug_regs(&self.debugregs))?;
         paced("VCPU_EVENTS", vcpu.set_vcpu_events(&self.events))?;
-        paced("MP_STATE", vcpu.set_mp_state(self.mp_state))
+        // The last step: the caller yields after it.
+        set("MP_STATE", vcpu.set_mp_state(self.mp_state))
     }
 }
 
