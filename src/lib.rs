@@ -6,6 +6,7 @@
 //! engine owns templates and sandboxes; [`vmm`] owns KVM; [`agent`] is the host
 //! side of the protocol spoken with the program inside each guest.
 
+pub mod affinity;
 pub mod agent;
 pub mod confine;
 pub mod engine;

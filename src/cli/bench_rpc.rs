@@ -11,9 +11,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use zeroboot::affinity::CpuSet;
 use zeroboot::engine::EngineError;
-
-use super::affinity::CpuSet;
 
 /// A child that answers each line with a line.
 struct LinePeer {

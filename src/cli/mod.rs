@@ -1,7 +1,6 @@
 //! Command-line parsing and the small commands; each subcommand lives in its
 //! own file and calls the engine (or the RPC worker) and nothing lower.
 
-mod affinity;
 mod bench;
 mod bench_branch;
 mod bench_linux;

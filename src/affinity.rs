@@ -1,9 +1,10 @@
-//! Which CPUs the calling thread may run on, for the bench's floors measured
-//! on one CPU and across two. On a host whose idle CPUs halt into a hypervisor
+//! Which CPUs the calling thread may run on. The bench measures its floors on
+//! one CPU and across two: on a host whose idle CPUs halt into a hypervisor
 //! (this project's development VM), waking a thread on another CPU costs tens
-//! of microseconds; a round trip's cost then depends on where the scheduler
-//! put the two ends, and the bench reports both cases beside its figures.
-//! A child process starts with its parent thread's set.
+//! of microseconds, so a round trip's cost depends on where the scheduler put
+//! the two ends. Tests that compare TSC readings pin themselves to one CPU:
+//! hosts need not keep their CPUs' TSCs in step (the lane's emulated L1 does
+//! not). A child process starts with its parent thread's set.
 
 use std::io;
 
