@@ -74,40 +74,60 @@ fn run_code(engine: &Engine, sandbox: &str, req: &CodeRequest) -> Result<(), Eng
     Ok(())
 }
 
-/// Fork + one call, `samples` times: latency, pages made private, exits.
+/// Fork + one call, `samples` times: latency, pages made private (right
+/// after the call, and once the sandbox's idle trim gave back what the call
+/// left unchanged), exits.
 fn fork_and(
     engine: &Engine,
     template: &str,
     samples: usize,
     call: impl Fn(&str) -> Result<(), EngineError>,
-) -> Result<[Option<Summary>; 3], EngineError> {
+) -> Result<ForkAnd, EngineError> {
     let mut latency = Vec::with_capacity(samples);
     // What a fork + call costs in host terms, whatever the speed of the
     // host: pages it made private (copy-on-write faults) and exits to userspace.
-    let (mut dirty_kib, mut exits) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    let (mut untrimmed, mut trimmed) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    let mut exits = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
         let f = engine.fork(template)?;
         call(&f.sandbox)?;
         latency.push(t.elapsed());
         let stats = engine.stats(&f.sandbox)?;
-        dirty_kib.push(stats.private_dirty_kib as f64);
+        untrimmed.push(stats.private_dirty_kib as f64);
         exits.push(stats.exits as f64);
+        engine.trim(&f.sandbox)?;
+        trimmed.push(engine.stats(&f.sandbox)?.private_dirty_kib as f64);
         engine.kill(&f.sandbox)?;
     }
-    Ok([
-        summarize(&latency),
-        summarize_values(dirty_kib),
-        summarize_values(exits),
-    ])
+    Ok(ForkAnd {
+        us: summarize(&latency),
+        private_kib: summarize_values(trimmed),
+        untrimmed_private_kib: summarize_values(untrimmed),
+        exits: summarize_values(exits),
+    })
 }
 
-/// Puts a fork + call's three figures under `{prefix}_us`,
-/// `{prefix}_private_kib` and `{prefix}_exits`.
-fn put(out: &mut Map<String, Value>, prefix: &str, [us, kib, exits]: [Option<Summary>; 3]) {
-    out.insert(format!("{prefix}_us"), json!(us));
-    out.insert(format!("{prefix}_private_kib"), json!(kib));
-    out.insert(format!("{prefix}_exits"), json!(exits));
+/// What [`fork_and`] measured.
+#[derive(Default)]
+struct ForkAnd {
+    us: Option<Summary>,
+    private_kib: Option<Summary>,
+    untrimmed_private_kib: Option<Summary>,
+    exits: Option<Summary>,
+}
+
+/// Puts a fork + call's figures under `{prefix}_us`, `{prefix}_private_kib`
+/// (what the sandbox holds once idle), `{prefix}_untrimmed_private_kib`
+/// (right after the call) and `{prefix}_exits`.
+fn put(out: &mut Map<String, Value>, prefix: &str, f: ForkAnd) {
+    out.insert(format!("{prefix}_us"), json!(f.us));
+    out.insert(format!("{prefix}_private_kib"), json!(f.private_kib));
+    out.insert(
+        format!("{prefix}_untrimmed_private_kib"),
+        json!(f.untrimmed_private_kib),
+    );
+    out.insert(format!("{prefix}_exits"), json!(f.exits));
 }
 
 /// The `run_code` figures of `template`: fork + run in Python and (when the
@@ -132,7 +152,7 @@ fn code_figures(
     let fork_js = if has_node {
         fork_and(engine, template, samples, |sb| run_code(engine, sb, &js))?
     } else {
-        [None, None, None]
+        ForkAnd::default()
     };
     out.insert("node".into(), json!(has_node));
     put(out, "fork_run_javascript", fork_js);
@@ -150,6 +170,15 @@ fn code_figures(
     Ok(())
 }
 
+/// The bench's engine: no idle trims, so no figure taken right after a call
+/// races one; the trimmed figures come from [`Engine::trim`].
+fn bench_engine(config: &EngineConfig) -> Result<Engine, EngineError> {
+    Engine::new(EngineConfig {
+        trim_idle_ms: None,
+        ..config.clone()
+    })
+}
+
 /// Measures the Linux figures with `samples` repetitions each.
 pub fn run(
     config: &EngineConfig,
@@ -157,7 +186,7 @@ pub fn run(
     initramfs: &Path,
     samples: usize,
 ) -> Result<Value, EngineError> {
-    let engine = Engine::new(config.clone())?;
+    let engine = bench_engine(config)?;
     let cancel = CancelToken::new();
     let t0 = Instant::now();
     let tpl = engine.build_template(kernel, initramfs, DEFAULT_LINUX_MEMORY_MIB, None, &cancel)?;
@@ -221,7 +250,7 @@ pub fn run(
 /// The `--linux-spec` figures (see the module docs).
 pub fn run_spec(config: &EngineConfig, spec: &Path, samples: usize) -> Result<Value, EngineError> {
     let spec = zeroboot::spec::Spec::load(spec)?;
-    let engine = Engine::new(config.clone())?;
+    let engine = bench_engine(config)?;
     let t0 = Instant::now();
     let built =
         engine.build_from_spec(&spec, &Default::default(), &mut |_| {}, &CancelToken::new())?;
@@ -284,19 +313,24 @@ pub fn print_table(v: &Value) {
         ("fork_exec_python_us", "us"),
         ("exec_python_us", "us"),
         ("fork_exec_python_private_kib", "KiB"),
+        ("fork_exec_python_untrimmed_private_kib", "KiB"),
         ("fork_exec_python_exits", "exits"),
         ("fork_exec_preloaded_us", "us"),
         ("fork_exec_preloaded_private_kib", "KiB"),
+        ("fork_exec_preloaded_untrimmed_private_kib", "KiB"),
         ("fork_exec_preloaded_exits", "exits"),
         ("fork_run_python_us", "us"),
         ("fork_run_python_private_kib", "KiB"),
+        ("fork_run_python_untrimmed_private_kib", "KiB"),
         ("fork_run_python_exits", "exits"),
         ("fork_run_python_forked_us", "us"),
         ("fork_run_python_forked_private_kib", "KiB"),
+        ("fork_run_python_forked_untrimmed_private_kib", "KiB"),
         ("fork_run_python_forked_exits", "exits"),
         ("run_code_context_us", "us"),
         ("fork_run_javascript_us", "us"),
         ("fork_run_javascript_private_kib", "KiB"),
+        ("fork_run_javascript_untrimmed_private_kib", "KiB"),
         ("fork_run_javascript_exits", "exits"),
         ("net_connect_us", "us"),
         ("net_throughput_mib_s", "MiB/s"),

@@ -35,6 +35,10 @@ pub struct EngineConfig {
     /// of the memory available when the engine starts (see
     /// [`super::available_memory`]).
     pub max_memory: Option<u64>,
+    /// How long a sandbox goes without a request before the pages its runs
+    /// left as the template has them are given back (see `trim.rs`); `None`:
+    /// never.
+    pub trim_idle_ms: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +55,7 @@ impl Default for EngineConfig {
             min_linux_memory_mib: 64,
             max_linux_memory_mib: 65536,
             max_memory: None,
+            trim_idle_ms: Some(5),
         }
     }
 }

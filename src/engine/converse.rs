@@ -129,6 +129,8 @@ impl Engine {
                 }
             },
         );
+        // Queued behind the job, so its wait starts when the job ends.
+        super::trim::when_idle(&sb, self.config().trim_idle_ms);
     }
 
     /// Runs `job` against sandbox `id` like [`Engine::converse_then`], and

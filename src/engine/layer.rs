@@ -47,6 +47,8 @@ const COMPACT_SLACK: usize = 256;
 /// Most private pages a reset copies back in place (1 MiB); more are dropped
 /// by mapping the base again.
 pub(crate) const IN_PLACE_RESET_PAGES: usize = 256;
+/// Pages a trim compares between two looks at whether a request waits.
+const TRIM_STEP: usize = 16;
 
 /// Where one indexed page lives.
 #[derive(Clone, Copy, Debug)]
@@ -395,6 +397,49 @@ impl Layer {
         }
         base.seal()?;
         Ok(Layer::root(Arc::new(base), self.state, self.mailbox))
+    }
+
+    /// Gives back the private pages of `vm` (a fork of this layer) that hold
+    /// what the base holds, and returns how many. Pages this layer indexes
+    /// are kept even then: a dropped page shows the base, and a branch
+    /// captured later would take this layer's copy for it instead. Stops
+    /// early (giving back what it found) once `stop` says a request waits.
+    pub fn trim(&self, vm: &mut Vm, stop: &dyn Fn() -> bool) -> Result<usize, VmmError> {
+        // A frame landing in a page between its comparison and its drop
+        // would be lost.
+        vm.pause_net(true);
+        let same = self.unchanged(vm, stop);
+        let trimmed = same.and_then(|same| vm.discard(&same).map(|()| same.len()));
+        vm.pause_net(false);
+        trimmed
+    }
+
+    /// The private pages of `vm` that hold what the base holds and that this
+    /// layer does not index, until `stop` (looked at every [`TRIM_STEP`]
+    /// pages, where the CPU is also offered to any other thread).
+    fn unchanged(&self, vm: &Vm, stop: &dyn Fn() -> bool) -> Result<Vec<u64>, VmmError> {
+        let io = |e: std::io::Error| VmmError::MapMemory(e);
+        let mut page = [0u8; PAGE];
+        let mut same = Vec::new();
+        let private = vm.ram().private_pages().map_err(io)?;
+        for (i, &gpa) in private.iter().enumerate() {
+            if i % TRIM_STEP == 0 {
+                if stop() {
+                    break;
+                }
+                // Work nobody waits for: a thread woken on this CPU (a
+                // reader, another VM's request) runs first.
+                std::thread::yield_now();
+            }
+            if self.indexed(gpa).is_some() {
+                continue;
+            }
+            vm.ram().read(gpa, &mut page)?;
+            if self.shows(gpa, &page).map_err(io)? {
+                same.push(gpa);
+            }
+        }
+        Ok(same)
     }
 
     /// Makes `vm` a fresh fork of this layer: its memory shows exactly what

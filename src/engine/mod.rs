@@ -30,6 +30,7 @@ mod sandbox;
 mod session;
 mod spec;
 mod template;
+mod trim;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -735,7 +736,7 @@ impl Engine {
             shell: Some(shell),
             net,
             busy: AtomicBool::new(false),
-            killed: AtomicBool::new(false),
+            killed: Arc::new(AtomicBool::new(false)),
             ran: AtomicBool::new(false),
             created: Instant::now(),
             execs: AtomicU64::new(0),

@@ -25,7 +25,8 @@ pub(crate) struct Sandbox {
     pub shell: Option<Shell>,
     pub net: Option<SandboxNet>,
     pub busy: AtomicBool,
-    pub killed: AtomicBool,
+    /// Shared with the sandbox's idle trim, which a kill calls off.
+    pub killed: Arc<AtomicBool>,
     /// Set once a conversation was started: until then the VM is exactly as
     /// its pool held it, and recycling it needs no reset.
     pub ran: AtomicBool,

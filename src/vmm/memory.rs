@@ -234,6 +234,35 @@ impl GuestRam {
         Ok(true)
     }
 
+    /// Gives back the private copies of the pages at `gpas` (sorted): they
+    /// read as the file's pages again. The caller has checked that each one
+    /// holds what the file holds and keeps every writer (the vCPU, devices)
+    /// off them meanwhile, so no byte anyone reads changes.
+    pub fn discard(&self, gpas: &[u64]) -> Result<(), VmmError> {
+        for (gpa, count) in page_runs(gpas.iter().copied()) {
+            if gpa + (count * PAGE) as u64 > self.size as u64 {
+                return Err(VmmError::GuestAddress {
+                    addr: gpa,
+                    len: count * PAGE,
+                });
+            }
+            // SAFETY: the range was just checked to lie inside this mapping,
+            // which this value owns; MADV_DONTNEED on a private file mapping
+            // only drops copies, so the range stays mapped and readable.
+            let r = unsafe {
+                libc::madvise(
+                    self.addr.as_ptr().add(gpa as usize).cast(),
+                    count * PAGE,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if r != 0 {
+                return Err(VmmError::MapMemory(io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
     /// Host address of guest-physical 0.
     pub fn host_addr(&self) -> u64 {
         self.addr.as_ptr() as u64
@@ -446,6 +475,24 @@ mod tests {
         // The file itself is unchanged.
         file.read(4096, &mut buf).unwrap();
         assert_eq!(buf, [0u8; PAGE]);
+    }
+
+    #[test]
+    fn discarded_pages_read_as_the_file_and_are_no_longer_private() {
+        let file = MemoryFile::create("discard-test", 16 * 4096).unwrap();
+        file.write(2 * 4096, &[9u8; PAGE]).unwrap();
+        let ram = GuestRam::map(&file, Sharing::Private).unwrap();
+        for gpa in [2 * 4096, 3 * 4096, 4 * 4096] {
+            ram.write(gpa, &[1u8; 8]).unwrap();
+        }
+        ram.discard(&[2 * 4096, 3 * 4096]).unwrap();
+        assert_eq!(ram.private_pages().unwrap(), vec![4 * 4096]);
+        let mut buf = [0u8; PAGE];
+        ram.read(2 * 4096, &mut buf).unwrap();
+        assert_eq!(buf, [9u8; PAGE]);
+        ram.read(4 * 4096, &mut buf[..8]).unwrap();
+        assert_eq!(buf[..8], [1u8; 8]);
+        assert!(ram.discard(&[16 * 4096]).is_err());
     }
 
     #[test]

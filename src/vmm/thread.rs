@@ -5,17 +5,28 @@
 //! happens on that thread, off every request path. The thread is a
 //! [`RawThread`]: starting a `std::thread` costs time proportional to the
 //! number of VMs alive (see [`super::pthread`]).
+//!
+//! A thread also holds at most one *idle* job: work worth doing once the VM
+//! has had nothing to do for a while (giving back memory), which must not
+//! hold up a request. It runs when no message has come for its delay, and is
+//! told whether one is waiting now so it can stop early.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use super::pthread::RawThread;
 use super::{Kicker, Vm, VmmError};
 
 type Job = Box<dyn FnOnce(&mut Vm) + Send>;
+/// An idle job: gets the VM and a probe that says whether a message waits.
+type IdleJob = Box<dyn FnOnce(&mut Vm, &dyn Fn() -> bool) + Send>;
 
 enum Msg {
     Run(Job),
+    /// Replace the idle job.
+    Idle((Duration, IdleJob)),
     /// End the thread; run this once the VM is dropped.
     Stop(Box<dyn FnOnce() + Send>),
 }
@@ -34,6 +45,8 @@ const STACK_SIZE: usize = 256 * 1024;
 /// Handle to a thread that owns a [`Vm`].
 pub struct VcpuThread {
     jobs: mpsc::Sender<Msg>,
+    /// Messages sent and not yet taken by the thread.
+    queued: Arc<AtomicUsize>,
     kicker: Kicker,
     handle: RawThread,
     ram: (u64, usize),
@@ -47,6 +60,8 @@ impl VcpuThread {
         make: impl FnOnce() -> Result<Vm, VmmError> + Send + 'static,
     ) -> Result<VcpuThread, VmmError> {
         let (jobs, inbox) = mpsc::channel::<Msg>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::clone(&queued);
         type Ready = Result<(Kicker, (u64, usize)), VmmError>;
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Ready>(1);
         LIVE.fetch_add(1, Ordering::SeqCst);
@@ -80,9 +95,25 @@ impl VcpuThread {
                 return;
             }
             let mut after = None;
-            while let Ok(msg) = inbox.recv() {
+            let mut idle: Option<(Duration, IdleJob)> = None;
+            loop {
+                let msg = match &idle {
+                    None => inbox.recv().ok(),
+                    Some((delay, _)) => match inbox.recv_timeout(*delay) {
+                        Ok(msg) => Some(msg),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let (_, job) = idle.take().expect("matched Some");
+                            job(&mut vm, &|| waiting.load(Ordering::SeqCst) > 0);
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    },
+                };
+                let Some(msg) = msg else { break };
+                waiting.fetch_sub(1, Ordering::SeqCst);
                 match msg {
                     Msg::Run(job) => job(&mut vm),
+                    Msg::Idle(job) => idle = Some(job),
                     Msg::Stop(f) => {
                         after = Some(f);
                         break;
@@ -102,6 +133,7 @@ impl VcpuThread {
         match ready_rx.recv() {
             Ok(Ok((kicker, ram))) => Ok(VcpuThread {
                 jobs,
+                queued,
                 kicker,
                 handle,
                 ram,
@@ -121,7 +153,25 @@ impl VcpuThread {
 
     /// Queues work for the VM; false if the thread is gone.
     pub fn submit(&self, job: impl FnOnce(&mut Vm) + Send + 'static) -> bool {
-        self.jobs.send(Msg::Run(Box::new(job))).is_ok()
+        self.send(Msg::Run(Box::new(job))).is_ok()
+    }
+
+    /// Sets the thread's idle job (replacing any earlier one): it runs once,
+    /// after `delay` without a message, and gets a probe that turns true as
+    /// soon as a message waits. False if the thread is gone.
+    pub fn when_idle(
+        &self,
+        delay: Duration,
+        job: impl FnOnce(&mut Vm, &dyn Fn() -> bool) + Send + 'static,
+    ) -> bool {
+        self.send(Msg::Idle((delay, Box::new(job)))).is_ok()
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), mpsc::SendError<Msg>> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.jobs.send(msg).inspect_err(|_| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        })
     }
 
     /// Host address and size of the VM's memory mapping (for page accounting).
@@ -144,7 +194,7 @@ impl VcpuThread {
     /// (and the kernel memory it held) is gone.
     pub fn stop_then(self, after: impl FnOnce() + Send + 'static) -> RawThread {
         self.kicker.kick();
-        if let Err(mpsc::SendError(Msg::Stop(after))) = self.jobs.send(Msg::Stop(Box::new(after))) {
+        if let Err(mpsc::SendError(Msg::Stop(after))) = self.send(Msg::Stop(Box::new(after))) {
             // The thread has already ended.
             after();
         }

@@ -171,6 +171,17 @@ impl Vm {
         }
     }
 
+    /// Gives back private copies of pages that hold what the base file holds
+    /// ([`GuestRam::discard`]); the dirty count is taken from the page
+    /// tables again at the next look.
+    pub fn discard(&mut self, gpas: &[u64]) -> Result<(), VmmError> {
+        self.ram.discard(gpas)?;
+        if let Some(ring) = &mut self.dirty {
+            ring.clear();
+        }
+        Ok(())
+    }
+
     /// Lets KVM finish the I/O instruction the vCPU stopped on (RIP moves past
     /// it) without running further, so captured state is self-consistent.
     pub fn complete_pending_io(&mut self) -> Result<(), VmmError> {
