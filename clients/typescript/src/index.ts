@@ -15,6 +15,7 @@ import rpc from "vscode-jsonrpc/node.js";
 import type { MessageConnection } from "vscode-jsonrpc/node.js";
 
 import { WorkerExitedError, WorkerSpawnError, ZerobootError, ZerobootRpcError } from "./errors.js";
+import { FrameReader } from "./frame-reader.js";
 import { FrameWriter } from "./frame-writer.js";
 import { errorFromCode, type CodeError, type Language, type Methods, type NetworkPolicy, type Notifications } from "./generated.js";
 
@@ -319,7 +320,7 @@ export class Zeroboot implements AsyncDisposable {
     // cancellation strategy, right before sending it, and tells it when the request is settled.
     const sender = rpc.CancellationSenderStrategy.Message;
     this.#conn = rpc.createMessageConnection(
-      new rpc.StreamMessageReader(child.stdout!),
+      new FrameReader(child.stdout!),
       new FrameWriter(this.#input),
       undefined,
       {
