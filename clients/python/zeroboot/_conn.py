@@ -312,6 +312,7 @@ class ThreadConnection(Connection):
         # Held (with `_lock`) while a thread decides who reads; `_reading` says one does.
         self._turn = threading.Condition(self._lock)
         self._reading = False
+        self._following = 0  # threads waiting in `_lead` for the reader to finish
 
     def _new_future(self) -> AnyFuture:
         return Answer()
@@ -338,7 +339,11 @@ class ThreadConnection(Connection):
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         return False
-                    self._turn.wait(left)
+                    self._following += 1
+                    try:
+                        self._turn.wait(left)
+                    finally:
+                        self._following -= 1
                 if until() or self.exited.is_set():
                     return until()
                 if deadline is not None and time.monotonic() >= deadline:
@@ -349,7 +354,8 @@ class ThreadConnection(Connection):
             finally:
                 with self._turn:
                     self._reading = False
-                    self._turn.notify_all()
+                    if self._following:  # notify_all is Python code, a few µs even with nobody to wake
+                        self._turn.notify_all()
 
     def _read_some(self, deadline: Optional[float]) -> None:
         """Reads what the worker has written (waiting until `deadline` at most) and dispatches it."""
