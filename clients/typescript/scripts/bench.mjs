@@ -7,11 +7,13 @@
 //   raw_ping_us            the worker-side figures again, measured from here the way `zeroboot bench`
 //   raw_run_echo_us        measures them (one line written, one line read, no client), in the same run
 //
-//   npm run bench -- [--samples N] [--json]
+//   npm run bench -- [--samples N] [--warmup N] [--json]
 //
 // Each figure is {n, p50, p90, p99, max, mean} in microseconds (nearest-rank percentiles, as the Rust
 // bench). Client and raw samples alternate in blocks of 50, so a noisy moment of the machine touches them
-// alike.
+// alike. Each is measured after --warmup calls of every kind (default 5000) that are not: V8 compiles a
+// path once it is hot, and each of those compiles held a call up for 0.5-3 ms in the first few thousand
+// calls here (2 % of 3000 pings; none in 3000 after 9000).
 import { spawn } from "node:child_process";
 
 import { Zeroboot, findBinary } from "../dist/src/index.js";
@@ -93,6 +95,14 @@ async function interleave(n, ...fs) {
 const args = process.argv.slice(2);
 const samplesAt = args.indexOf("--samples");
 const n = samplesAt >= 0 ? Number(args[samplesAt + 1]) : 2000;
+const warmupAt = args.indexOf("--warmup");
+const warmup = warmupAt >= 0 ? Number(args[warmupAt + 1]) : 5000;
+
+/** `interleave` after `warmup` unmeasured calls of each of `fs`. */
+async function warmThenInterleave(...fs) {
+  await interleave(warmup, ...fs);
+  return interleave(n, ...fs);
+}
 
 const cat = new Raw(["cat"]);
 const raw = new Raw([findBinary(), "serve"]);
@@ -103,15 +113,13 @@ try {
   const [, rt] = await raw.call("template.load", { builtin: "bare" });
   await new Promise((r) => setTimeout(r, 200)); // let the pools fill
   const ping = raw.line("worker.ping", {});
-  [figures.client_stdio_floor_us, figures.raw_ping_us, figures.client_ping_us] = await interleave(
-    n,
+  [figures.client_stdio_floor_us, figures.raw_ping_us, figures.client_ping_us] = await warmThenInterleave(
     async () => (await cat.roundTrip(ping))[0],
     async () => (await raw.call("worker.ping", {}))[0],
     () => timed(() => zb.ping()),
   );
   const run = { template: rt.template, argv: ["echo", "hello"] };
-  [figures.raw_run_echo_us, figures.client_run_echo_us] = await interleave(
-    n,
+  [figures.raw_run_echo_us, figures.client_run_echo_us] = await warmThenInterleave(
     async () => (await raw.call("sandbox.run", run))[0],
     () => timed(() => zb.run(t, ["echo", "hello"])),
   );
