@@ -13,6 +13,10 @@ const MAX_HEADER = 4096;
 
 /** The body length a frame's header declares; throws on a header without a valid Content-Length. */
 export function contentLength(header: string): number {
+  if (header.startsWith("Content-Length: ") && !header.includes("\r")) {
+    const value = header.slice(16); // what the worker writes: one header line
+    if (/^[0-9]{1,15}$/.test(value)) return Number(value);
+  }
   for (const line of header.split("\r\n")) {
     const colon = line.indexOf(":");
     if (colon < 0 || line.slice(0, colon).trim().toLowerCase() !== "content-length") continue;

@@ -17,10 +17,10 @@ export class FrameWriter extends rpc.AbstractMessageWriter implements rpc.Messag
   }
 
   write(msg: rpc.Message): Promise<void> {
-    const body = Buffer.from(JSON.stringify(msg), "utf8");
-    const frame = Buffer.concat([Buffer.from(`Content-Length: ${body.byteLength}\r\n\r\n`, "ascii"), body]);
+    const body = JSON.stringify(msg);
+    const frame = `Content-Length: ${Buffer.byteLength(body, "utf8")}\r\n\r\n${body}`;
     return new Promise((resolve, reject) => {
-      this.out.write(frame, (err) => {
+      this.out.write(frame, "utf8", (err) => {
         if (!err) return resolve();
         this.fireError(err, msg, ++this.#errors);
         reject(err);

@@ -178,7 +178,10 @@ function execResult(r: RawExecResult): ExecResult {
 }
 
 function runResult(r: RawRunResult): RunResult {
-  return { ...execResult(r), sandbox: r.sandbox, forkUs: r.fork_us };
+  const e = execResult(r) as RunResult; // a fresh object: adding two fields is cheaper than spreading it
+  e.sandbox = r.sandbox;
+  e.forkUs = r.fork_us;
+  return e;
 }
 
 /** A streaming exec: iterate the output chunks; `result` settles when the exec ends. */
