@@ -306,7 +306,7 @@ class Zeroboot(_Worker):
         `$/cancelRequest` and raises once the worker answers. `on_output` receives the params of the
         call's `sandbox.output` notifications (on whichever calling thread reads them)."""
         rid, fut = self._conn.request(method, params or {}, on_output)
-        undo = cancel._register(lambda: self._conn.cancel(rid)) if cancel else (lambda: None)
+        undo = cancel._register(lambda: self._conn.cancel(rid)) if cancel else None
         try:
             try:
                 return self._conn.wait(fut, timeout)
@@ -318,7 +318,8 @@ class Zeroboot(_Worker):
                     pass
                 raise
         finally:
-            undo()
+            if undo is not None:
+                undo()
 
     def info(self) -> Dict[str, Any]:
         return self.call("worker.info")

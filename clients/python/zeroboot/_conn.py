@@ -356,6 +356,9 @@ class ThreadConnection(Connection):
                     self._reading = False
                     if self._following:  # notify_all is Python code, a few µs even with nobody to wake
                         self._turn.notify_all()
+                    settled = until()
+            if settled:  # the usual end: one read brought the answer; no second turn of the lock
+                return True
 
     def _read_some(self, deadline: Optional[float]) -> None:
         """Reads what the worker has written (waiting until `deadline` at most) and dispatches it."""
