@@ -158,13 +158,14 @@ impl VcpuThread {
 
     /// Sets the thread's idle job (replacing any earlier one): it runs once,
     /// after `delay` without a message, and gets a probe that turns true as
-    /// soon as a message waits. False if the thread is gone.
+    /// soon as a message waits.
     pub fn when_idle(
         &self,
         delay: Duration,
         job: impl FnOnce(&mut Vm, &dyn Fn() -> bool) + Send + 'static,
-    ) -> bool {
-        self.send(Msg::Idle((delay, Box::new(job)))).is_ok()
+    ) {
+        // A thread that is gone has no VM left to be idle.
+        let _ = self.send(Msg::Idle((delay, Box::new(job))));
     }
 
     fn send(&self, msg: Msg) -> Result<(), mpsc::SendError<Msg>> {
