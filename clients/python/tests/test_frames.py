@@ -39,3 +39,14 @@ def test_a_large_message_in_many_pieces():
     f = Frames()
     out = [m for i in range(0, len(big), 1 << 16) for m in f.feed(big[i : i + (1 << 16)])]
     assert [m["id"] for m in out] == [2, 3] and len(out[0]["result"]) == 8 << 20
+
+
+def test_a_body_is_one_json_value_with_whitespace_around_it_allowed():
+    for body, value in [(b'{"id":1}', {"id": 1}), (b' \r\n{"id":1} \n', {"id": 1}), (b"[1,2]", [1, 2])]:
+        assert Frames().feed(b"Content-Length: %d\r\n\r\n" % len(body) + body) == [value], body
+    for body in [b"", b"   ", b'{"id":1} {"id":2}', b'{"id":', b"nul"]:
+        try:
+            Frames().feed(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        except ValueError:
+            continue
+        raise AssertionError(f"{body!r} was accepted")
