@@ -686,3 +686,37 @@ fn template_build_from_a_spec_names_the_bad_field_and_needs_hardware_kvm() {
     }
     w.shutdown();
 }
+
+/// Private pages of `sandbox` after a write and its undoing, once it has been
+/// idle for 200 ms, in a worker started with `serve ARGS`.
+fn pages_after_idle(args: &[&str]) -> (u64, u64) {
+    let mut w = Worker::spawn(Framing::Ndjson, args);
+    let t = w.load_bare();
+    let sb = w.fork(&t);
+    exec(&mut w, &sb, &["poke", "0x1234"]);
+    exec(&mut w, &sb, &["poke", "0x7e57000000000001"]); // the template's value
+    let stats = |w: &mut Worker| {
+        w.ok("sandbox.stats", json!({"sandbox": sb}))["dirty_pages"]
+            .as_u64()
+            .unwrap()
+    };
+    let busy = stats(&mut w);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let idle = stats(&mut w);
+    w.shutdown();
+    (busy, idle)
+}
+
+#[test]
+fn an_idle_sandbox_gives_back_unchanged_pages_unless_the_worker_is_told_not_to() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let (busy, idle) = pages_after_idle(&[]);
+    assert!(
+        idle < busy,
+        "default worker: {busy} private pages before, {idle} idle"
+    );
+    let (busy, idle) = pages_after_idle(&["--trim-idle-ms", "off"]);
+    assert_eq!(idle, busy, "--trim-idle-ms off");
+}

@@ -74,6 +74,24 @@ pub struct EngineArgs {
     /// available at start (the host's, or less if the memory cgroup has less).
     #[arg(long, value_parser = parse_bytes)]
     max_memory: Option<u64>,
+    /// Milliseconds a sandbox goes without a request before it gives back
+    /// the pages its runs left as its template has them; "off": never.
+    #[arg(long, value_parser = parse_idle_ms, default_value = "5")]
+    trim_idle_ms: IdleMs,
+}
+
+/// `--trim-idle-ms`: a delay, or none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct IdleMs(Option<u64>);
+
+fn parse_idle_ms(s: &str) -> Result<IdleMs, String> {
+    match s.trim() {
+        "off" => Ok(IdleMs(None)),
+        t => t
+            .parse()
+            .map(|ms| IdleMs(Some(ms)))
+            .map_err(|_| format!("{s:?} is neither milliseconds nor \"off\"")),
+    }
 }
 
 /// "4096", "512M", "4G", "1.5G"...: bytes, with an optional binary suffix.
@@ -116,6 +134,7 @@ impl EngineArgs {
             default_output_cap: self.output_cap,
             max_file_bytes: self.max_file_bytes,
             max_memory: self.max_memory,
+            trim_idle_ms: self.trim_idle_ms.0,
             ..EngineConfig::default()
         }
     }
@@ -199,7 +218,19 @@ pub fn report(e: &(dyn std::error::Error + 'static)) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{EngineConfig, IdleMs, parse_bytes, parse_idle_ms};
+
+    #[test]
+    fn idle_trim_delays_parse_and_the_flag_defaults_to_the_engines() {
+        assert_eq!(
+            parse_idle_ms("5"),
+            Ok(IdleMs(EngineConfig::default().trim_idle_ms))
+        );
+        assert_eq!(parse_idle_ms("250"), Ok(IdleMs(Some(250))));
+        assert_eq!(parse_idle_ms("off"), Ok(IdleMs(None)));
+        assert!(parse_idle_ms("soon").is_err());
+        assert!(parse_idle_ms("-1").is_err());
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {
