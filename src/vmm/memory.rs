@@ -239,28 +239,7 @@ impl GuestRam {
     /// holds what the file holds and keeps every writer (the vCPU, devices)
     /// off them meanwhile, so no byte anyone reads changes.
     pub fn discard(&self, gpas: &[u64]) -> Result<(), VmmError> {
-        for (gpa, count) in page_runs(gpas.iter().copied()) {
-            if gpa + (count * PAGE) as u64 > self.size as u64 {
-                return Err(VmmError::GuestAddress {
-                    addr: gpa,
-                    len: count * PAGE,
-                });
-            }
-            // SAFETY: the range was just checked to lie inside this mapping,
-            // which this value owns; MADV_DONTNEED on a private file mapping
-            // only drops copies, so the range stays mapped and readable.
-            let r = unsafe {
-                libc::madvise(
-                    self.addr.as_ptr().add(gpa as usize).cast(),
-                    count * PAGE,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            if r != 0 {
-                return Err(VmmError::MapMemory(io::Error::last_os_error()));
-            }
-        }
-        Ok(())
+        self.advise(gpas, libc::MADV_DONTNEED)
     }
 
     /// Host address of guest-physical 0.
@@ -342,6 +321,17 @@ impl GuestRam {
     /// MADV_POPULATE_WRITE (before 5.14) nothing is copied ahead: the guest
     /// takes those faults itself. Returns whether the pages were populated.
     pub fn precopy(&self, pages: &[u64]) -> Result<bool, VmmError> {
+        match self.advise(pages, libc::MADV_POPULATE_WRITE) {
+            Err(VmmError::MapMemory(e)) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            other => other.map(|()| true),
+        }
+    }
+
+    /// `madvise(advice)` on each run of adjacent `pages` (sorted), each
+    /// checked to lie inside the mapping first; stops at the first failure.
+    /// `advice` is MADV_POPULATE_WRITE (makes copies, changes no contents) or
+    /// MADV_DONTNEED (drops copies: see [`GuestRam::discard`]).
+    fn advise(&self, pages: &[u64], advice: libc::c_int) -> Result<(), VmmError> {
         for (start, count) in page_runs(pages.iter().copied()) {
             let len = count * PAGE;
             if start
@@ -351,23 +341,18 @@ impl GuestRam {
                 return Err(VmmError::GuestAddress { addr: start, len });
             }
             // SAFETY: the range lies inside this mapping (checked above), which
-            // stays mapped while `self` lives; populating changes no contents.
+            // stays mapped while `self` lives; neither advice unmaps it, and
+            // neither changes a byte the guest or host reads except as the
+            // callers document (a dropped copy reads as the file's page, which
+            // `discard`'s caller checked it holds).
             let r = unsafe {
-                libc::madvise(
-                    self.addr.as_ptr().add(start as usize).cast(),
-                    len,
-                    libc::MADV_POPULATE_WRITE,
-                )
+                libc::madvise(self.addr.as_ptr().add(start as usize).cast(), len, advice)
             };
             if r != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    return Ok(false);
-                }
-                return Err(VmmError::MapMemory(e));
+                return Err(VmmError::MapMemory(io::Error::last_os_error()));
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Writes whole pages over this mapping: a branch's pages placed over the
