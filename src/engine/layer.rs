@@ -222,16 +222,21 @@ impl Layer {
 
     /// Whether this layer shows exactly `page` at `gpa`.
     fn shows(&self, gpa: u64, page: &[u8]) -> std::io::Result<bool> {
-        static ZERO: [u8; PAGE] = [0; PAGE];
         match self.indexed(gpa) {
             Some(p) => Ok(p == page),
-            None if !self.base.has_data(gpa as usize / PAGE)? => Ok(page == ZERO),
-            None => {
-                let mut buf = [0u8; PAGE];
-                self.base.read(gpa, &mut buf)?;
-                Ok(buf == page)
-            }
+            None => self.base_holds(gpa, page),
         }
+    }
+
+    /// Whether the base holds exactly `page` at `gpa`.
+    fn base_holds(&self, gpa: u64, page: &[u8]) -> std::io::Result<bool> {
+        static ZERO: [u8; PAGE] = [0; PAGE];
+        if !self.base.has_data(gpa as usize / PAGE)? {
+            return Ok(page == ZERO);
+        }
+        let mut buf = [0u8; PAGE];
+        self.base.read(gpa, &mut buf)?;
+        Ok(buf == page)
     }
 
     /// Reads page `gpa` as this layer shows it into `buf`.
@@ -435,7 +440,7 @@ impl Layer {
                 continue;
             }
             vm.ram().read(gpa, &mut page)?;
-            if self.shows(gpa, &page).map_err(io)? {
+            if self.base_holds(gpa, &page).map_err(io)? {
                 same.push(gpa);
             }
         }
