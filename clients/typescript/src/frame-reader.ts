@@ -10,18 +10,20 @@ import rpc from "vscode-jsonrpc/node.js";
 const HEADER_END = Buffer.from("\r\n\r\n", "ascii");
 /** Longest header accepted (the worker sends one line of ~20 bytes). */
 const MAX_HEADER = 4096;
+/** A Content-Length value: decimal digits, at most 15 (a safe integer). */
+const LENGTH = /^[0-9]{1,15}$/;
 
 /** The body length a frame's header declares; throws on a header without a valid Content-Length. */
 export function contentLength(header: string): number {
   if (header.startsWith("Content-Length: ") && !header.includes("\r")) {
     const value = header.slice(16); // what the worker writes: one header line
-    if (/^[0-9]{1,15}$/.test(value)) return Number(value);
+    if (LENGTH.test(value)) return Number(value);
   }
   for (const line of header.split("\r\n")) {
     const colon = line.indexOf(":");
     if (colon < 0 || line.slice(0, colon).trim().toLowerCase() !== "content-length") continue;
     const value = line.slice(colon + 1).trim();
-    if (!/^[0-9]{1,15}$/.test(value)) throw new Error(`invalid Content-Length: ${JSON.stringify(value)}`);
+    if (!LENGTH.test(value)) throw new Error(`invalid Content-Length: ${JSON.stringify(value)}`);
     return Number(value);
   }
   throw new Error(`frame header without Content-Length: ${JSON.stringify(header)}`);
