@@ -8,16 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use support::*;
-use zeroboot::engine::{Branching, CancelToken, Engine, TemplateInfo, Unload};
-
-fn branch(e: &Engine, sb: &str) -> TemplateInfo {
-    e.snapshot_sandbox(sb, Branching::Layer, &CancelToken::new())
-        .expect("snapshot")
-}
-
-fn fork(e: &Engine, t: &str) -> String {
-    e.fork(t).expect("fork").sandbox
-}
+use zeroboot::engine::Unload;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

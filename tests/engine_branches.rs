@@ -7,21 +7,12 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use zeroboot::engine::{Branching, CancelToken, Engine, EngineError, TemplateInfo, Unload};
+use zeroboot::engine::{Branching, CancelToken, EngineError, Unload};
 
 const TEMPLATE_SCRATCH: &str = "0x7e57000000000001\n";
 
 fn hex(v: u64) -> String {
     format!("{v:#018x}\n")
-}
-
-fn branch(e: &Engine, sb: &str) -> TemplateInfo {
-    e.snapshot_sandbox(sb, Branching::Layer, &CancelToken::new())
-        .expect("snapshot")
-}
-
-fn fork(e: &Engine, t: &str) -> String {
-    e.fork(t).expect("fork").sandbox
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use zeroboot::engine::{Branching, CancelToken, Engine, EngineConfig};
+use zeroboot::engine::{Engine, EngineConfig};
 
 const TEMPLATE_SCRATCH: &str = "0x7e57000000000001";
 
@@ -33,7 +33,7 @@ fn an_idle_sandbox_gives_back_what_it_left_unchanged_and_keeps_its_writes() {
         return;
     }
     let (e, t) = engine();
-    let sb = e.fork(&t).unwrap().sandbox;
+    let sb = fork(&e, &t);
     stdout(&e, &sb, &["poke", "0x1234"]);
     stdout(&e, &sb, &["dirty", "100"]);
     let dirty_addr = format!("{:#x}", 8u64 << 20);
@@ -55,11 +55,8 @@ fn an_idle_sandbox_gives_back_what_it_left_unchanged_and_keeps_its_writes() {
     assert_eq!(stdout(&e, &sb, &["peek"]), format!("{TEMPLATE_SCRATCH}\n"));
     // The trim left the sandbox whole: it runs on and branches.
     stdout(&e, &sb, &["poke", "0x1234"]);
-    let branch = e
-        .snapshot_sandbox(&sb, Branching::Layer, &CancelToken::new())
-        .unwrap()
-        .template;
-    let child = e.fork(&branch).unwrap().sandbox;
+    let snap = branch(&e, &sb).template;
+    let child = fork(&e, &snap);
     assert_eq!(stdout(&e, &child, &["peek"]), "0x0000000000001234\n");
     assert_eq!(stdout(&e, &child, &["peek", &dirty_addr]), written);
 }
@@ -70,24 +67,18 @@ fn a_page_written_back_to_the_base_keeps_a_branch_forks_value() {
         return;
     }
     let (e, t) = engine();
-    let a = e.fork(&t).unwrap().sandbox;
+    let a = fork(&e, &t);
     stdout(&e, &a, &["poke", "0x1234"]);
-    let b = e
-        .snapshot_sandbox(&a, Branching::Layer, &CancelToken::new())
-        .unwrap()
-        .template;
+    let b = branch(&e, &a).template;
     // A fork of the branch writes the template's value back: its page may
     // equal the base again, but the branch shows 0x1234 there, so the page
     // must stay for a branch of this fork to show the template's value.
-    let c = e.fork(&b).unwrap().sandbox;
+    let c = fork(&e, &b);
     stdout(&e, &c, &["poke", TEMPLATE_SCRATCH]);
     e.trim(&c).unwrap();
     assert_eq!(stdout(&e, &c, &["peek"]), format!("{TEMPLATE_SCRATCH}\n"));
-    let d = e
-        .snapshot_sandbox(&c, Branching::Layer, &CancelToken::new())
-        .unwrap()
-        .template;
-    let f = e.fork(&d).unwrap().sandbox;
+    let d = branch(&e, &c).template;
+    let f = fork(&e, &d);
     assert_eq!(stdout(&e, &f, &["peek"]), format!("{TEMPLATE_SCRATCH}\n"));
 }
 
@@ -100,7 +91,7 @@ fn without_idle_trims_nothing_is_given_back() {
         trim_idle_ms: None,
         ..Default::default()
     });
-    let sb = e.fork(&t).unwrap().sandbox;
+    let sb = fork(&e, &t);
     stdout(&e, &sb, &["poke", "0x1234"]);
     stdout(&e, &sb, &["poke", TEMPLATE_SCRATCH]);
     let busy = pages(&e, &sb);

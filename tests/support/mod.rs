@@ -5,7 +5,10 @@ pub mod linux;
 
 use std::time::Duration;
 
-use zeroboot::engine::{CancelToken, Engine, EngineConfig, EngineError, ExecRequest, ExecResult};
+use zeroboot::engine::{
+    Branching, CancelToken, Engine, EngineConfig, EngineError, ExecRequest, ExecResult,
+    TemplateInfo,
+};
 
 /// Returns false (after saying so) when /dev/kvm is missing; panics instead when
 /// ZEROBOOT_REQUIRE_KVM=1, so CI can never skip KVM tests silently.
@@ -29,6 +32,17 @@ pub fn engine_with(config: EngineConfig) -> (Engine, String) {
 
 pub fn engine() -> (Engine, String) {
     engine_with(EngineConfig::default())
+}
+
+/// A fork of template `t`.
+pub fn fork(e: &Engine, t: &str) -> String {
+    e.fork(t).expect("fork").sandbox
+}
+
+/// Sandbox `sb` captured as a branch (a layer over its template).
+pub fn branch(e: &Engine, sb: &str) -> TemplateInfo {
+    e.snapshot_sandbox(sb, Branching::Layer, &CancelToken::new())
+        .expect("snapshot")
 }
 
 pub fn req(argv: &[&str]) -> ExecRequest {
