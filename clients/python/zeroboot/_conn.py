@@ -74,8 +74,9 @@ AnyFuture = Union["Answer", "asyncio.Future[Any]"]
 
 class Answer:
     """A synchronous call's answer: set once by whichever thread reads it, read by the caller once it saw
-    `done()` under the transport's turn lock (which orders the two). A `concurrent.futures.Future` would
-    also lock and notify its own condition for every answer, which nobody waits on here."""
+    `_done` under the transport's turn lock (which orders the two), or right after its own read set it.
+    A `concurrent.futures.Future` would also lock and notify its own condition for every answer, which
+    nobody waits on here."""
 
     __slots__ = ("_done", "_value", "_error")
 
@@ -111,7 +112,8 @@ class Frames:
         buf = self._buf
         if not buf:  # the usual case: `data` starts a message; no copy of what is whole in it
             out, used = _split(data)
-            buf += memoryview(data)[used:]
+            if used < len(data):
+                buf += memoryview(data)[used:]
             return out
         buf += data
         out, used = _split(buf)
@@ -120,7 +122,9 @@ class Frames:
 
 
 def _split(data: Union[bytes, bytearray]) -> tuple[List[Any], int]:
-    """The whole messages at the start of `data`, and how many bytes they took."""
+    """The whole messages at the start of `data`, and how many bytes they took. (One function for the
+    header, the body and its JSON: a reply is decoded where the caches are cold, after the worker ran a
+    sandbox on this CPU, and each Python call there costs about a microsecond.)"""
     out = []
     pos = 0
     while True:
@@ -128,17 +132,25 @@ def _split(data: Union[bytes, bytearray]) -> tuple[List[Any], int]:
         if end < 0:
             return out, pos
         start = end + 4
-        length = _content_length(data[pos:end])
+        if data.startswith(b"Content-Length: ", pos) and data.find(b"\r", pos, end) < 0:  # what the worker writes
+            length = int(data[pos + 16 : end])
+        else:
+            length = _content_length(data[pos:end])
         if len(data) - start < length:
             return out, pos
-        out.append(_decode(data[start : start + length].decode()))
         pos = start + length
+        text = data[start:pos].decode()
+        try:
+            value, stop = _scan(text, 0)
+        except StopIteration:  # whitespace before the value, or no value
+            value, stop = _scan_padded(text)
+        if stop != len(text) and text[stop:].strip():
+            raise ValueError("a frame whose body holds more than one JSON value")
+        out.append(value)
 
 
 def _content_length(headers: Union[bytes, bytearray]) -> int:
     """The Content-Length of a message's header block (other headers are ignored)."""
-    if headers.startswith(b"Content-Length: ") and b"\r" not in headers:  # what the worker writes
-        return int(headers[16:])
     length = None
     for line in bytes(headers).split(b"\r\n"):
         name, _, value = line.partition(b":")
@@ -149,23 +161,20 @@ def _content_length(headers: Union[bytes, bytearray]) -> int:
     return length
 
 
-# One encoder and decoder for every message: `json.dumps` with options builds an encoder per call.
+# One encoder and decoder for every message: `json.dumps` with options builds an encoder per call. The
+# decoder's C scanner is called without the Python wrapper around it (`JSONDecoder.decode`), which
+# matches whitespace before and after the value with two regular expressions.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _scan = json.JSONDecoder().scan_once
 
 
-def _decode(text: str) -> Any:
-    """The one JSON value of a frame's body: the decoder's C scanner, without the Python wrapper around
-    it that matches whitespace before and after the value with two regular expressions."""
-    if text[:1].isspace():
-        text = text.lstrip()
+def _scan_padded(text: str) -> tuple[Any, int]:
+    """The value of a body that does not start with one: after leading whitespace, or an error."""
+    pad = len(text) - len(text.lstrip())
     try:
-        value, end = _scan(text, 0)
+        return _scan(text, pad)
     except StopIteration as e:  # what the scanner raises where no value starts
         raise ValueError(f"a frame whose body is not JSON (at {e.value})") from None
-    if end != len(text) and text[end:].strip():
-        raise ValueError("a frame whose body holds more than one JSON value")
-    return value
 
 
 class Connection:
@@ -327,6 +336,9 @@ class ThreadConnection(Connection):
         self._turn = threading.Condition(self._lock)
         self._reading = False
         self._following = 0  # threads waiting in `_lead` for the reader to finish
+        self._ended = Answer()  # set once the worker's output ended and every pending call failed
+        assert self.proc.stdout is not None
+        self._fd = self.proc.stdout.fileno()
 
     def _new_future(self) -> AnyFuture:
         return Answer()
@@ -335,21 +347,27 @@ class ThreadConnection(Connection):
         """The result of `fut`, reading the worker's output on this thread whenever no other thread
         does. Raises concurrent.futures.TimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._lead(fut.done, deadline):
+        if not self._lead(fut, deadline):
             raise concurrent.futures.TimeoutError()
         return fut.result()
 
     def wait_exit(self, timeout: float) -> bool:
         """Reads the worker's output to its end (answers nobody waits for are dropped); false if the
         worker has not exited within `timeout` seconds."""
-        return self._lead(self.exited.is_set, time.monotonic() + timeout)
+        return self._lead(self._ended, time.monotonic() + timeout)
 
-    def _lead(self, until: Callable[[], bool], deadline: Optional[float]) -> bool:
-        """Reads whenever no other thread does, until `until()` holds (true), the worker's output
-        ends, or `deadline` passes (false)."""
+    def _fail_pending(self, death: WorkerExitedError) -> None:
+        super()._fail_pending(death)
+        self._ended.set_result(None)
+
+    def _lead(self, answer: Answer, deadline: Optional[float]) -> bool:
+        """Reads whenever no other thread does, until `answer` is set (true), the worker's output
+        ends, or `deadline` passes (false). Plain attribute tests and the lock itself (not the
+        Condition's Python wrappers) on the way: this runs once per call."""
+        lock, ended = self._lock, self._ended
         while True:
-            with self._turn:
-                while not until() and self._reading and not self.exited.is_set():
+            with lock:
+                while self._reading and not answer._done and not ended._done:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         return False
@@ -358,26 +376,24 @@ class ThreadConnection(Connection):
                         self._turn.wait(left)
                     finally:
                         self._following -= 1
-                if until() or self.exited.is_set():
-                    return until()
+                if answer._done or ended._done:
+                    return answer._done
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
                 self._reading = True
             try:
                 self._read_some(deadline)
             finally:
-                with self._turn:
+                with lock:
                     self._reading = False
                     if self._following:  # notify_all is Python code, a few µs even with nobody to wake
                         self._turn.notify_all()
-                    settled = until()
-            if settled:  # the usual end: one read brought the answer; no second turn of the lock
+            if answer._done:  # the usual end: one read brought the answer (only the reader sets it)
                 return True
 
     def _read_some(self, deadline: Optional[float]) -> None:
         """Reads what the worker has written (waiting until `deadline` at most) and dispatches it."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
+        fd = self._fd
         if deadline is not None:
             left = max(0.0, deadline - time.monotonic())
             if not select.select([fd], [], [], left)[0]:
