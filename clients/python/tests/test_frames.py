@@ -50,3 +50,17 @@ def test_a_body_is_one_json_value_with_whitespace_around_it_allowed():
         except ValueError:
             continue
         raise AssertionError(f"{body!r} was accepted")
+
+
+def test_messages_are_encoded_as_the_json_module_encodes_them():
+    from zeroboot._conn import _encode
+
+    for value in [{"jsonrpc": "2.0", "id": 1, "method": "sandbox.run", "params": {"argv": ["echo", "h\u00e9\n\"x\""]}},
+                  [1, 2.5, -0.0, 10**30, None, True, False, {}], {"nested": {"a": [{"b": []}]}}, "\U0001f600"]:
+        assert _encode(value) == json.dumps(value, separators=(",", ":")), value
+    for bad in [{"s": {1}}, {1.5j: 0}, [object()]]:
+        try:
+            _encode(bad)
+        except TypeError:
+            continue
+        raise AssertionError(f"{bad!r} was encoded")

@@ -164,8 +164,31 @@ def _content_length(headers: Union[bytes, bytearray]) -> int:
 # One encoder and decoder for every message: `json.dumps` with options builds an encoder per call. The
 # decoder's C scanner is called without the Python wrapper around it (`JSONDecoder.decode`), which
 # matches whitespace before and after the value with two regular expressions.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 _scan = json.JSONDecoder().scan_once
+
+
+def _c_encode() -> Optional[Callable[[Any], str]]:
+    """`JSONEncoder(separators=(",", ":")).encode` without its two Python methods, one of which builds a C
+    encoder per call: one C encoder for every message. It does not track the containers it is in (which
+    the per-call one does to call a cycle a ValueError: here one ends in RecursionError), so it keeps no
+    state between calls and any thread may use it. None where the interpreter has no such C encoder."""
+    try:
+        from json.encoder import c_encode_basestring_ascii, c_make_encoder  # type: ignore[attr-defined]
+
+        chunks = c_make_encoder(None, json.JSONEncoder().default, c_encode_basestring_ascii, None, ":", ",",
+                                False, False, True)
+    except (ImportError, TypeError):
+        return None
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {}}
+    return encode if encode(sample) == _plain_encode(sample) else None
+
+
+_plain_encode = json.JSONEncoder(separators=(",", ":")).encode
+_encode = _c_encode() or _plain_encode
 
 
 def _scan_padded(text: str) -> tuple[Any, int]:
