@@ -33,6 +33,7 @@
 import _ast
 import _signal
 import _socket
+import gc
 import os
 import sys
 
@@ -43,9 +44,16 @@ for _name in PRELOAD:
     except Exception as _e:  # a module the image lacks is not fatal
         print("zeroboot zygote: cannot preload %s: %s" % (_name, _e), file=sys.stderr)
 
-import linecache  # noqa: E402  (after preload: always needed by the workers)
+# Imported here, not where they are used: an import statement runs the
+# import system's Python code even for a module already loaded, and in a
+# run that code's bookkeeping (its specialization counters, the error it
+# raises and clears) lands on pages the fork must then copy (~50 of them for
+# the one in `_finish`; docs/run-code.md).
+import atexit  # noqa: E402  (after preload: always needed by the workers)
+import linecache  # noqa: E402
 import random  # noqa: E402
 import traceback  # noqa: E402
+import types  # noqa: E402
 
 _ctl = _socket.socket(fileno=0)
 _ZYGOTE = os.getpid()
@@ -149,7 +157,6 @@ def _run_cell(source, ns, name):
 def _run_program(source, argv):
     """Runs `source` as `python -c` would, in a fresh __main__; returns the
     exit code (a traceback goes to stderr)."""
-    import types
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main
     sys.argv = ["-c"] + [a.decode("utf-8", "surrogateescape") for a in argv]
@@ -184,7 +191,6 @@ def _finish(ctl, code):
     try:
         if "threading" in sys.modules:
             sys.modules["threading"]._shutdown()
-        import atexit
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -197,6 +203,19 @@ def _finish(ctl, code):
     except BaseException:
         pass
     os._exit(code)
+
+
+def _parse(body):
+    """A worker request's fields: (mode, keep, reseed, code, argv, env, cwd,
+    uid, gid)."""
+    r = _Reader(body)
+    r.u8()  # b"R"
+    mode, keep, reseed = r.u8(), r.u8(), r.u8()
+    source = r.blob()
+    argv = [r.blob() for _ in range(r.u32())]
+    env = [(r.blob(), r.blob()) for _ in range(r.u32())]
+    cwd = r.blob()
+    return mode, keep, reseed, source, argv, env, cwd, r.u32(), r.u32()
 
 
 def _recv_exact(sock, n):
@@ -223,7 +242,6 @@ def _worker(fds):
     # Stream output as it comes: the host shows it live, and the agent batches
     # whatever accumulates in the pipe while a frame is in flight.
     sys.stdout.reconfigure(line_buffering=True)
-    import types
     main = types.ModuleType("__main__")
     cells = 0
     while True:
@@ -233,14 +251,7 @@ def _worker(fds):
         body = head and _recv_exact(ctl, int.from_bytes(head, "little"))
         if not body:
             os._exit(0)  # the agent closed the channel
-        r = _Reader(body)
-        r.u8()  # b"R"
-        mode, keep, reseed = r.u8(), r.u8(), r.u8()
-        source = r.blob()
-        argv = [r.blob() for _ in range(r.u32())]
-        env = [(r.blob(), r.blob()) for _ in range(r.u32())]
-        cwd = r.blob()
-        uid, gid = r.u32(), r.u32()
+        mode, keep, reseed, source, argv, env, cwd, uid, gid = _parse(body)
         if reseed:
             _reseed()
         for key, value in env:
@@ -301,15 +312,29 @@ def _reap(*_):
             os._exit(0)  # the agent is gone
 
 
+# Rounds of the zygote's warm-up. CPython 3.11 specializes a function's
+# bytecode in place after a few calls and keeps counters in it, so a function
+# first called in a run writes to its code object, whose page the fork must
+# then copy. Measured with a page-content diff of a worker on the host
+# (docs/run-code.md): 20 rounds leave ~6 fewer pages changed by a first cell
+# than one round.
+_WARM_ROUNDS = 20
+# A worker request as the agent sends it (see above), for the warm-up.
+_SAMPLE = (b"RCS\x01" + _blob(b"x") + _u32(1) + _blob(b"a") + _u32(1)
+           + _blob(b"K") + _blob(b"V") + _blob(b"") + _u32(0) + _u32(0))
+
+
 def _warm_up():
-    """Runs what every cell runs once, so the first real one finds the code
-    paths (compiler, traceback formatting, linecache) warm; then moves every
-    object alive to the collector's permanent generation, so no collection in
-    a worker touches (and copies) the pages of the zygote's objects."""
-    import gc
+    """Runs what every request and cell runs, enough times that the first
+    real one finds the code paths (compiler, traceback formatting, linecache,
+    the request's parse) warm and specialized; then moves every object alive
+    to the collector's permanent generation, so no collection in a worker
+    touches (and copies) the pages of the zygote's objects."""
     ns = {}
-    for source in (b"x = 1\nx + 1", b"1/0", b"("):
-        _run_cell(source, ns, "<warm-up>")
+    for _ in range(_WARM_ROUNDS):
+        _parse(_SAMPLE)
+        for source in (b"x = 1\nx + 1", b"print(end='')", b"1/0", b"("):
+            _run_cell(source, ns, "<warm-up>")
     linecache.cache.pop("<warm-up>", None)
     gc.collect()
     gc.freeze()
