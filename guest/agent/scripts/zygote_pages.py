@@ -17,14 +17,24 @@ guest figure also holds the kernel's pages (docs/run-code.md).
 import argparse
 import array
 import os
+import re
 import socket
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
-PRELOAD = ("os,sys,json,random,re,math,collections,itertools,functools,datetime,time,"
-           "string,base64,hashlib,struct,io,traceback,types")  # zeroboot_proto::PYTHON_PRELOAD
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def preload():
+    """The agent's built-in preload list, read from its one definition
+    (`zeroboot_proto::PYTHON_PRELOAD`) rather than copied here."""
+    source = (ROOT / "proto/src/lib.rs").read_text()
+    found = re.search(r'pub const PYTHON_PRELOAD: &str = "([^"]*)";', source)
+    if found is None:
+        sys.exit("PYTHON_PRELOAD not found in proto/src/lib.rs")
+    return found.group(1)
 
 
 def u32(v):
@@ -99,10 +109,10 @@ def main():
     ap.add_argument("--mode", choices=("cell", "program"), default="cell")
     ap.add_argument("--code", default="print(1+1)")
     ap.add_argument("--trials", type=int, default=5)
-    ap.add_argument("--zygote", default=str(Path(__file__).resolve().parent.parent / "src/exec/zygote.py"))
+    ap.add_argument("--zygote", default=str(ROOT / "guest/agent/src/exec/zygote.py"))
     args = ap.parse_args()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", Path(args.zygote).read_text(), PRELOAD],
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", Path(args.zygote).read_text(), preload()],
                             stdin=theirs.fileno())
     theirs.close()
     if ours.recv(16) != b"R":
